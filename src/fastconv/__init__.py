@@ -1,0 +1,18 @@
+"""fastconv: readable, fast 2-D multi-channel convolution kernels.
+
+>>> import numpy as np, fastconv
+>>> y = fastconv.conv2d(np.ones((1, 3, 8, 8)), np.ones((4, 3, 3, 3)))
+>>> y.shape
+(1, 4, 6, 6)
+"""
+
+from . import _config  # noqa: F401  (chooses a thread-safe Numba threading layer first)
+from . import reference
+from ._api import conv2d
+from ._dispatch import algorithms
+from .errors import CudaUnavailableError, UnsupportedError
+
+__version__ = "0.1.0"
+
+__all__ = ["conv2d", "algorithms", "reference", "UnsupportedError", "CudaUnavailableError",
+           "__version__"]

@@ -1,0 +1,144 @@
+"""The public ``conv2d`` call: normalise once, dispatch, lay out the result."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _config
+from ._dispatch import check_out, resolve
+from ._params import ConvParams, as_float_array, normalize
+
+
+def _is_device_array(a) -> bool:
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    # torch CUDA tensors and other DLPack producers that say they live on a GPU
+    dev = getattr(a, "__dlpack_device__", None)
+    if dev is not None:
+        try:
+            return int(dev()[0]) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+        except Exception:
+            return False
+    return False
+
+
+def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           layout="NCHW", algorithm="auto", out=None):
+    """2-D multi-channel convolution (cross-correlation), as in PyTorch and JAX.
+
+    Output map ``k`` is ``bias[k]`` plus the sum, over the input maps ``c``
+    of its group, of the 2-D cross-correlation of ``x[:, c]`` with the kernel
+    slice ``w[k, c]``.  The kernel is not flipped.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (N, H, W, C)
+        Input maps; 3-D ``(C, H, W)`` (or ``(H, W, C)``) is one unbatched
+        image and gives a 3-D result.  float32 or float64, any strides.
+        CUDA arrays (``__cuda_array_interface__`` or DLPack on a GPU) run on
+        the GPU and return the same kind of array.
+    w : array_like, shape (K, C/groups, R, S)
+        Kernels: each of the K kernels is 3-D, one R x S slice per input map
+        of its group.
+    bias : array_like, shape (K,), optional
+    stride, dilation : int or (int, int)
+        Each >= 1.
+    padding : int, (ph, pw), ((top, bottom), (left, right)), or str
+        ``"valid"`` (no padding), ``"same"`` (TF/JAX rule for every stride:
+        ``P = ceil(H / stride)``, the odd padding element at the bottom/right)
+        or ``"full"`` (``(R - 1) * dilation`` on every side).
+    groups : int
+        Divides C and K; ``groups == C`` is a depthwise convolution.
+    layout : {"NCHW", "NHWC"}
+        Layout of ``x`` and of the result; ``w`` is always (K, C/groups, R, S).
+    algorithm : str
+        ``"auto"``, or one of :func:`fastconv.algorithms`.  Naming an
+        algorithm that cannot run this configuration raises
+        :class:`fastconv.UnsupportedError`; ``"auto"`` never does.
+    out : numpy.ndarray, optional
+        Writeable array of exactly the result's shape and dtype; returned.
+
+    Returns
+    -------
+    y : numpy.ndarray, shape (N, K, P, Q) or (N, P, Q, K)
+        dtype ``np.result_type(x, w, bias)``, with
+        ``P = (H + pad_top + pad_bottom - dilation_h * (R - 1) - 1) // stride_h + 1``
+        and likewise Q.
+
+    Raises
+    ------
+    TypeError
+        Non-float dtypes, or arguments of the wrong type.
+    ValueError
+        Inconsistent shapes or values; the message names the argument.
+    UnsupportedError
+        The named algorithm does not support this configuration.
+
+    Notes
+    -----
+    Inputs are never modified.  NaN and inf propagate exactly to the outputs
+    whose receptive field holds them, whatever the algorithm.  Results do not
+    depend on the number of threads, and calls from several Python threads
+    are safe.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.ones((1, 2, 5, 5), np.float32)      # 2 input maps
+    >>> w = np.ones((3, 2, 3, 3), np.float32)      # 3 kernels, each 2 x 3 x 3
+    >>> fastconv.conv2d(x, w, padding=1).shape
+    (1, 3, 5, 5)
+    >>> float(fastconv.conv2d(x, w)[0, 0, 0, 0])   # 2 maps x 9 taps
+    18.0
+    """
+    if _is_device_array(x) or _is_device_array(w) or (bias is not None and _is_device_array(bias)):
+        from .cuda import conv2d as cuda_conv2d
+        return cuda_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                           groups=groups, layout=layout, algorithm=algorithm, out=out)
+
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    b = None if bias is None else as_float_array(bias, "bias")
+    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
+    p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
+                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+    if out is not None:
+        check_out(out, p)
+    alg = resolve(algorithm, p, "cpu")
+    return execute(alg, x, w, b, p, out)
+
+
+def to_nchw(x: np.ndarray, p: ConvParams) -> np.ndarray:
+    """The input as a C-contiguous (N, C, H, W) array of the call's dtype."""
+    xx = x if p.batched else x[None]
+    if p.layout == "NHWC":
+        xx = xx.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(xx, dtype=p.dtype)
+
+
+def execute(alg, x, w, b, p: ConvParams, out=None):
+    """Run a resolved CPU algorithm on validated arrays and lay out its result."""
+    xx = to_nchw(x, p)
+    ww = np.ascontiguousarray(w, dtype=p.dtype)
+    bb = None if b is None else np.ascontiguousarray(b, dtype=p.dtype)
+    direct_out = (out is not None and p.layout == "NCHW" and p.batched
+                  and out.flags.c_contiguous
+                  and not any(np.may_share_memory(out, a) for a in (x, w, b) if a is not None))
+    shape = (p.N, p.K, p.P, p.Q)
+    try:
+        y = out if direct_out else np.empty(shape, dtype=p.dtype)
+    except MemoryError:
+        raise ValueError(f"sizes too large: could not allocate the result of shape {shape}") from None
+    if p.N:
+        with _config.parallel_section():
+            alg.run(xx, ww, bb, p, y)
+    if direct_out:
+        return out
+    if p.layout == "NHWC":
+        y = y.transpose(0, 2, 3, 1)
+    if not p.batched:
+        y = y[0]
+    if out is not None:
+        np.copyto(out, y)
+        return out
+    return np.ascontiguousarray(y)

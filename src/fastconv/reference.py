@@ -1,0 +1,75 @@
+"""The definition of a multi-channel 2-D convolution layer, written out with scipy.
+
+This is the oracle every fastconv kernel is tested against, and the formula
+the docs explain: output map ``k`` of image ``n`` is the sum over the input
+maps ``c`` of its group of the 2-D cross-correlation of map ``c`` with the
+kernel slice ``w[k, c]``, plus ``bias[k]``::
+
+    y[n, k] = bias[k] + sum_c scipy.signal.correlate(x_padded[n, c], w_dilated[k, c], mode="valid")[::sh, ::sw]
+
+Padding is explicit zero-padding of ``x``; dilation inserts ``dilation - 1``
+zeros between kernel taps; stride keeps every ``stride``-th output of the
+stride-1 correlation.  Everything is computed in float64 with scipy's direct
+method (never FFT: an FFT would smear one NaN over the whole map), so the
+result is exact to float64 rounding.  It is slow by design: one scipy call
+per (image, output map, input map).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import signal
+
+from ._params import as_float_array, normalize
+
+__all__ = ["conv2d"]
+
+
+def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           layout="NCHW", algorithm="auto", out=None):
+    """Reference 2-D convolution; same signature and result as :func:`fastconv.conv2d`.
+
+    ``algorithm`` is accepted for signature compatibility and ignored.  The
+    sum is accumulated in float64 and the result is returned in the promoted
+    dtype of the inputs (pass float64 inputs to keep every bit).
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    b = None if bias is None else as_float_array(bias, "bias")
+    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
+    p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
+                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+
+    xx = x if p.batched else x[None]
+    if p.layout == "NHWC":
+        xx = xx.transpose(0, 3, 1, 2)
+    xx = xx.astype(np.float64)
+    ww = w.astype(np.float64)
+    pt, pb, pl, pr = p.padding
+    xpad = np.pad(xx, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    dh, dw = p.dilation
+    wdil = np.zeros((p.K, p.Cg, (p.R - 1) * dh + 1, (p.S - 1) * dw + 1))
+    wdil[:, :, ::dh, ::dw] = ww
+    sh, sw = p.stride
+
+    y = np.zeros((p.N, p.K, p.P, p.Q))
+    for n in range(p.N):
+        for k in range(p.K):
+            g = k // p.Kg
+            acc = np.zeros((p.P, p.Q)) if b is None else np.full((p.P, p.Q), float(b[k]))
+            for c in range(p.Cg):
+                full = signal.correlate(xpad[n, g * p.Cg + c], wdil[k, c], mode="valid",
+                                        method="direct")
+                acc = acc + full[::sh, ::sw][:p.P, :p.Q]
+            y[n, k] = acc
+    if p.layout == "NHWC":
+        y = y.transpose(0, 2, 3, 1)
+    if not p.batched:
+        y = y[0]
+    y = y.astype(dtype)
+    if out is not None:
+        from ._dispatch import check_out
+        check_out(out, p)
+        out[...] = y
+        return out
+    return np.ascontiguousarray(y)
