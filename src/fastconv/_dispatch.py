@@ -10,7 +10,7 @@ NNPACK's ``nnp_convolution_algorithm_auto``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -28,7 +28,10 @@ class Algorithm:
     supports: Callable[[ConvParams], Optional[str]]
     run: Callable
     summary: str = ""
-    phases: tuple = field(default=())
+    # Optional split for inference plans: prepare(w, params) -> packed weights
+    # (e.g. Winograd-transformed), run_prepared(x, packed, bias, params, y).
+    prepare: Optional[Callable] = None
+    run_prepared: Optional[Callable] = None
 
 
 _REGISTRY: dict = {}
