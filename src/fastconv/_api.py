@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _config
 from ._dispatch import check_out, resolve
-from ._params import ConvParams, as_float_array, normalize
+from ._params import ConvParams, as_float_array, connection_mask, normalize
 
 
 def _is_device_array(a) -> bool:
@@ -23,7 +23,7 @@ def _is_device_array(a) -> bool:
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           layout="NCHW", algorithm="auto", out=None):
+           layout="NCHW", algorithm="auto", out=None, connections=None):
     """2-D multi-channel convolution (cross-correlation), as in PyTorch and JAX.
 
     Output map ``k`` is ``bias[k]`` plus the sum, over the input maps ``c``
@@ -57,6 +57,13 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         :class:`fastconv.UnsupportedError`; ``"auto"`` never does.
     out : numpy.ndarray, optional
         Writeable array of exactly the result's shape and dtype; returned.
+    connections : array_like of bool, shape (K, C), optional
+        Connection table: ``connections[k, c]`` says whether output map ``k``
+        reads input map ``c`` (LeNet-5's C3 layer is
+        :func:`fastconv.lenet5_c3_table`).  Weights of unconnected pairs are
+        treated as zero (even if they hold NaN).  ``groups`` is the
+        block-diagonal special case; with both, the table must stay inside
+        the group blocks.
 
     Returns
     -------
@@ -93,6 +100,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     """
     if _is_device_array(x) or _is_device_array(w) or (bias is not None and _is_device_array(bias)):
         from .cuda import conv2d as cuda_conv2d
+        if connections is not None:
+            raise ValueError("connections= is not supported for CUDA arrays yet; mask the weights "
+                             "instead: w * connections-derived mask")
         return cuda_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                            groups=groups, layout=layout, algorithm=algorithm, out=out)
 
@@ -104,6 +114,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                   padding=padding, dilation=dilation, groups=groups, layout=layout)
     if out is not None:
         check_out(out, p)
+    mask = connection_mask(connections, p)
+    if mask is not None:
+        w = np.where(mask[:, :, None, None], w, np.zeros((), dtype=w.dtype))
     alg = resolve(algorithm, p, "cpu")
     return execute(alg, x, w, b, p, out)
 

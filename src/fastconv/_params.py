@@ -230,3 +230,38 @@ def normalize(x_shape, w_shape, bias_shape, dtype, *, stride=1, padding=0, dilat
     return ConvParams(N=N, C=C, H=H, W=W, K=K, R=R, S=S, P=P, Q=Q, stride=stride,
                       dilation=dilation, padding=pads, groups=groups, layout=layout,
                       dtype=dtype, batched=batched)
+
+
+def connection_mask(connections, p: ConvParams):
+    """Validate a (K, C) connection table and return it as a (K, C/groups) mask of ``w``.
+
+    Entry ``[k, c]`` says whether output map ``k`` reads input map ``c``
+    (LeCun et al. 1998, Table 1, transposed to output-major).  With groups,
+    output ``k`` of group ``g`` can only read maps of its group, so entry
+    ``[k, g*Cg + c]`` masks ``w[k, c]``; entries outside the group's block
+    must be False.
+    """
+    if connections is None:
+        return None
+    try:
+        table = np.asarray(connections)
+    except Exception as exc:
+        raise TypeError(f"connections must be a bool array of shape (K, C), got {exc}") from None
+    if table.dtype != np.bool_:
+        raise TypeError(f"connections must be a bool array of shape (K, C) = ({p.K}, {p.C}), "
+                        f"got dtype {table.dtype}; use e.g. table.astype(bool)")
+    if table.shape != (p.K, p.C):
+        raise ValueError(f"connections must have shape (K, C) = ({p.K}, {p.C}), got {table.shape}")
+    reads = table.any(axis=1)
+    if not reads.all():
+        raise ValueError(f"connections: every output map must read at least one input map; "
+                         f"output maps {np.flatnonzero(~reads).tolist()} read none")
+    groups, Cg, Kg = p.groups, p.Cg, p.Kg
+    block = np.kron(np.eye(groups, dtype=bool), np.ones((Kg, Cg), dtype=bool))
+    if (table & ~block).any():
+        k, c = map(int, np.argwhere(table & ~block)[0])
+        raise ValueError(f"connections[{k}, {c}] is True, but with groups={groups} output map {k} "
+                         f"can only read input maps {(k // Kg) * Cg}..{(k // Kg + 1) * Cg - 1}")
+    rows = np.arange(p.K)[:, None]
+    cols = (rows // Kg) * Cg + np.arange(Cg)[None, :]
+    return table[rows, cols]

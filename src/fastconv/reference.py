@@ -20,16 +20,18 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from ._params import as_float_array, normalize
+from ._params import as_float_array, connection_mask, normalize
 
 __all__ = ["conv2d"]
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           layout="NCHW", algorithm="auto", out=None):
+           layout="NCHW", algorithm="auto", out=None, connections=None):
     """Reference 2-D convolution; same signature and result as :func:`fastconv.conv2d`.
 
-    ``algorithm`` is accepted for signature compatibility and ignored.  The
+    ``algorithm`` is accepted for signature compatibility and ignored.
+    With ``connections``, unconnected (k, c) pairs are skipped: their scipy
+    call is never made.  The
     sum is accumulated in float64 and the result is returned in the promoted
     dtype of the inputs (pass float64 inputs to keep every bit).
     """
@@ -40,6 +42,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
                   padding=padding, dilation=dilation, groups=groups, layout=layout)
 
+    mask = connection_mask(connections, p)
     xx = x if p.batched else x[None]
     if p.layout == "NHWC":
         xx = xx.transpose(0, 3, 1, 2)
@@ -58,6 +61,8 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
             g = k // p.Kg
             acc = np.zeros((p.P, p.Q)) if b is None else np.full((p.P, p.Q), float(b[k]))
             for c in range(p.Cg):
+                if mask is not None and not mask[k, c]:
+                    continue
                 full = signal.correlate(xpad[n, g * p.Cg + c], wdil[k, c], mode="valid",
                                         method="direct")
                 acc = acc + full[::sh, ::sw][:p.P, :p.Q]
