@@ -1,0 +1,97 @@
+"""Componentwise error bounds of every algorithm, computable for a given input.
+
+Each function returns an array of the result's shape (NCHW, batched) that
+bounds ``|y_algorithm - y_exact|`` elementwise to first order in the unit
+roundoff ``u`` of the call's dtype.  ``python -m fastconv check`` and the
+tests compare measured errors against these.
+
+Direct and im2col (any summation order, e.g. BLAS blocking)::
+
+    |dy| <= gamma_{n} * ( (|x| (*) |w|) + |b| ),   n = Cg*R*S + 2
+
+where ``(*)`` is the convolution itself and ``gamma_n = n u / (1 - n u)``
+(Higham, Accuracy and Stability of Numerical Algorithms, eq. 3.5).
+
+Winograd F(m x m, 3 x 3) with transforms ``A^T, G, B^T``::
+
+    |dy| <= gamma_{n} * |A^T| [ sum_c (|G| |g_c| |G|^T) . (|B^T| |d_c| |B|) ] |A| + gamma_2 |b|,
+    n = Cg + 4 alpha + 2 r + 1
+
+the same sums evaluated with absolute values, tile by tile.  The normwise
+form of this bound is :func:`fastconv.winograd_math.error_bound`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._params import ConvParams, as_float_array, normalize
+from .winograd_math import transform_matrices
+
+
+def _gamma(n: int, dtype) -> float:
+    u = np.finfo(dtype).eps / 2
+    return n * u / (1 - n * u)
+
+
+def _nchw64(x, p: ConvParams) -> np.ndarray:
+    xx = x if p.batched else x[None]
+    if p.layout == "NHWC":
+        xx = xx.transpose(0, 3, 1, 2)
+    return np.asarray(xx, dtype=np.float64)
+
+
+def _abs_conv(x64, w, b, p: ConvParams) -> np.ndarray:
+    """``|x| (*) |w| + |b|`` in float64, NCHW."""
+    from . import reference
+
+    return reference.conv2d(np.abs(x64), np.abs(np.asarray(w, np.float64)),
+                            None if b is None else np.abs(np.asarray(b, np.float64)),
+                            stride=p.stride, padding=(p.padding[:2], p.padding[2:]),
+                            dilation=p.dilation, groups=p.groups)
+
+
+def _winograd_abs(x64, w, p: ConvParams, m: int) -> np.ndarray:
+    AT, G, BT = (np.abs(M) for M in transform_matrices(m))
+    alpha = m + 2
+    th, tw = -(-p.P // m), -(-p.Q // m)
+    pt, _, pl, _ = p.padding
+    xp = np.zeros((p.N, p.C, th * m + 2, tw * m + 2))
+    xp[:, :, pt:pt + p.H, pl:pl + p.W] = np.abs(x64)
+    tiles = np.lib.stride_tricks.sliding_window_view(xp, (alpha, alpha), axis=(2, 3))[:, :, ::m, ::m]
+    V = np.einsum("ai,nctuij,bj->nctuab", BT, tiles, BT)
+    U = np.einsum("ar,kcrs,bs->kcab", G, np.abs(np.asarray(w, np.float64)), G)
+    Y = np.empty((p.N, p.K, th, tw, m, m))
+    for g in range(p.groups):
+        cs, ks = slice(g * p.Cg, (g + 1) * p.Cg), slice(g * p.Kg, (g + 1) * p.Kg)
+        M = np.einsum("kcab,nctuab->nktuab", U[ks], V[:, cs])
+        Y[:, ks] = np.einsum("ia,nktuab,jb->nktuij", AT, M, AT)
+    Y = Y.transpose(0, 1, 2, 4, 3, 5).reshape(p.N, p.K, th * m, tw * m)
+    return Y[:, :, :p.P, :p.Q]
+
+
+def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                layout="NCHW") -> np.ndarray:
+    """Elementwise first-order error bound of ``algorithm`` on these inputs (NCHW, batched).
+
+    ``algorithm`` is a concrete name: "direct", "im2col", "winograd_f2x2_3x3"
+    or "winograd_f4x4_3x3" (CUDA kernels obey the same bounds).
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    b = None if bias is None else as_float_array(bias, "bias")
+    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
+    p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
+                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+    x64 = _nchw64(x, p)
+    if algorithm in ("direct", "im2col"):
+        return _gamma(p.Cg * p.R * p.S + 2, dtype) * _abs_conv(x64, w, b, p)
+    if algorithm.startswith("winograd_f"):
+        m = int(algorithm[len("winograd_f")])
+        bound = _gamma(p.Cg + 4 * (m + 2) + 6 + 1, dtype) * _winograd_abs(x64, w, p, m)
+        if b is not None:
+            bound += _gamma(2, dtype) * (np.abs(np.asarray(b, np.float64))[None, :, None, None]
+                                         + bound / _gamma(p.Cg + 4 * (m + 2) + 7, dtype))
+        return bound
+    raise ValueError(f"algorithm must be a concrete algorithm name (direct, im2col, "
+                     f"winograd_f2x2_3x3, winograd_f4x4_3x3), got {algorithm!r}")
