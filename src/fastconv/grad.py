@@ -1,0 +1,505 @@
+"""Gradients of :func:`fastconv.conv2d` and the transposed convolution, built on the forward kernels.
+
+Every function here reduces its work to one call of :func:`fastconv.conv2d`
+on rearranged arrays, so ``algorithm=`` means the same thing as in the
+forward call (it names the kernel that runs the *derived* convolution) and
+every CPU or CUDA kernel serves the backward pass too.
+
+One dimension is enough to see both identities.  The forward convolution is
+``y[p] = sum_r xpad[p*s + r*d] * w[r]`` with ``xpad[i] = x[i - pad_top]``.
+
+* ``grad_x[h] = sum_{p, r : p*s + r*d = h + pad_top} grad_y[p] * w[r]``.  Insert
+  ``s - 1`` zeros between the rows of ``grad_y`` (its *stride dilation*),
+  re-pad it, and correlate with the flipped kernel at dilation ``d`` and
+  stride 1 (Dumoulin & Visin 2016, Sec. 4).  The forward output size
+  ``P = (H + pads - reach) // s + 1`` floors away up to ``s - 1`` trailing
+  rows of ``x``: they got no output, so their gradient is exactly zero, and
+  the re-padding here is computed per side so those rows come out as zeros
+  rather than being dropped or shifted.
+* ``grad_w[k, c, r] = sum_{n, p} grad_y[n, k, p] * xpad[n, c, p*s + r*d]``:
+  a convolution whose *batch* is the input channel ``c``, whose channels are
+  the images ``n`` (the sum over the batch becomes the sum over channels),
+  whose kernel is ``grad_y`` at dilation ``s``, with stride ``d``.  ``xpad``
+  is cropped to the ``(R - 1)*d + (P - 1)*s + 1`` rows the forward call
+  actually read.
+
+The transposed convolution (PyTorch's ``conv_transpose2d``) is the
+``grad_x`` map with its own output size.
+
+References
+----------
+V. Dumoulin and F. Visin, "A guide to convolution arithmetic for deep
+learning", arXiv:1603.07285 (2016), Sections 4.1-4.6 (transposed convolution
+as a direct convolution of the zero-inserted, re-padded input).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._params import FLOAT_DTYPES, LAYOUTS, _is_int, _padding, _pair, as_float_array, normalize
+from .errors import UnsupportedError
+
+__all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "conv_transpose2d"]
+
+
+# --------------------------------------------------------------------------
+# Array operations the derivations need, for NumPy arrays and torch tensors
+# (the torch adapter runs the same derivations on CUDA tensors).
+# --------------------------------------------------------------------------
+
+class _NumpyOps:
+    @staticmethod
+    def zeros(shape, like):
+        return np.zeros(shape, dtype=like.dtype)
+
+    @staticmethod
+    def permute(a, axes):
+        return a.transpose(axes)
+
+    @staticmethod
+    def flip_hw(a):
+        return a[:, :, ::-1, ::-1]
+
+    @staticmethod
+    def contiguous(a):
+        return np.ascontiguousarray(a)
+
+
+class _TorchOps:
+    @staticmethod
+    def zeros(shape, like):
+        import torch
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def permute(a, axes):
+        return a.permute(*axes)
+
+    @staticmethod
+    def flip_hw(a):
+        return a.flip((2, 3))
+
+    @staticmethod
+    def contiguous(a):
+        return a.contiguous()
+
+
+def _ops(a):
+    return _NumpyOps if isinstance(a, np.ndarray) else _TorchOps
+
+
+def _conv2d(x, w, bias, *, stride, padding, dilation, groups, algorithm, what):
+    """The forward call that does the work, with errors naming the derived convolution."""
+    from ._api import conv2d
+    try:
+        return conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                      groups=groups, algorithm=algorithm)
+    except UnsupportedError as exc:
+        raise UnsupportedError(f"{what} runs a derived convolution (kernel "
+                               f"{tuple(w.shape[2:])}, stride {stride}, dilation {dilation}); "
+                               f"{exc}") from None
+
+
+# --------------------------------------------------------------------------
+# The two derivations, on batched NCHW arrays with normalised integers.
+# --------------------------------------------------------------------------
+
+def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algorithm, what):
+    """``grad_x`` (N, C, H, W) of the convolution ``(x -> gy)``, for ``out_hw = (H, W)``.
+
+    ``gy`` is (N, K, P, Q), ``w`` is (K, C/groups, R, S).  ``P`` need not be
+    the forward output size of ``H``: rows of ``gy`` beyond it are ignored and
+    missing rows count as zero, which is what the transposed convolution needs
+    when ``output_padding >= stride``.
+    """
+    ops = _ops(gy)
+    N, K, P, Q = gy.shape
+    Kw, Cg, R, S = w.shape
+    H, W = out_hw
+    (sh, sw), (dh, dw) = stride, dilation
+    pt, _, pl, _ = pads
+    G = groups
+    Kg = K // G
+    # grad_x[h] is a stride-1 correlation, at dilation d, of the flipped kernel
+    # with gy's rows placed at h' = L + p*s in a buffer of H + (R-1)*d rows,
+    # where L = (R-1)*d - pad_top.  L < 0 or a short buffer crops gy: those
+    # rows of gy fell entirely into the forward padding.
+    Hb, Wb = H + (R - 1) * dh, W + (S - 1) * dw
+    Lh, Lw = (R - 1) * dh - pt, (S - 1) * dw - pl
+
+    def span(L, s, n_in, n_buf):
+        lo = max(0, -(L // s) if L < 0 else 0)  # first p with L + p*s >= 0
+        hi = min(n_in - 1, (n_buf - 1 - L) // s)  # last p with L + p*s < n_buf
+        return lo, hi
+
+    ph0, ph1 = span(Lh, sh, P, Hb)
+    pw0, pw1 = span(Lw, sw, Q, Wb)
+    buf = ops.zeros((N, K, Hb, Wb), gy)
+    if ph0 <= ph1 and pw0 <= pw1:
+        buf[:, :, Lh + ph0 * sh: Lh + ph1 * sh + 1: sh,
+            Lw + pw0 * sw: Lw + pw1 * sw + 1: sw] = gy[:, :, ph0:ph1 + 1, pw0:pw1 + 1]
+    # Per group, the flipped kernels with input and output channels swapped:
+    # wt[g*Cg + c, k] = w[g*Kg + k, c, ::-1, ::-1].
+    wt = ops.permute(w.reshape(G, Kg, Cg, R, S), (0, 2, 1, 3, 4)).reshape(G * Cg, Kg, R, S)
+    wt = ops.contiguous(ops.flip_hw(wt))
+    return _conv2d(buf, wt, bias, stride=1, padding=0, dilation=(dh, dw), groups=G,
+                   algorithm=algorithm, what=what)
+
+
+def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what):
+    """``grad_w`` (K, C/groups, R, S) of the convolution ``(x -> gy)``; x (N,C,H,W), gy (N,K,P,Q)."""
+    ops = _ops(x)
+    N, C, H, W = x.shape
+    _, K, P, Q = gy.shape
+    R, S = RS
+    (sh, sw), (dh, dw) = stride, dilation
+    pt, _, pl, _ = pads
+    G = groups
+    Cg, Kg = C // G, K // G
+    if N == 0:
+        return ops.zeros((K, Cg, R, S), x)
+    # Only the first (R-1)*d + (P-1)*s + 1 padded rows were read by the
+    # forward call; the rest (floor of P) must not enter the correlation.
+    need_h, need_w = (R - 1) * dh + (P - 1) * sh + 1, (S - 1) * dw + (Q - 1) * sw + 1
+    rows, cols = max(0, min(H, need_h - pt)), max(0, min(W, need_w - pl))
+    if rows == 0 or cols == 0:  # the forward call read padding only
+        return ops.zeros((K, Cg, R, S), x)
+    top, left = min(pt, need_h), min(pl, need_w)
+    bottom, right = need_h - top - rows, need_w - left - cols
+    # Batch = input channel of the group, channels = (group, image):
+    # xt[c, g*N + n] = x[n, g*Cg + c]; kernels gt[k, n] = gy[n, k].
+    xt = ops.permute(x[:, :, :rows, :cols].reshape(N, G, Cg, rows, cols), (2, 1, 0, 3, 4))
+    xt = ops.contiguous(xt).reshape(Cg, G * N, rows, cols)
+    gt = ops.contiguous(ops.permute(gy, (1, 0, 2, 3)))
+    out = _conv2d(xt, gt, None, stride=(dh, dw), padding=((top, bottom), (left, right)),
+                  dilation=(sh, sw), groups=G, algorithm=algorithm, what=what)
+    # out is (Cg, K, R, S); grad_w[k, c] = out[c, k].
+    return ops.contiguous(ops.permute(out, (1, 0, 2, 3)))
+
+
+# --------------------------------------------------------------------------
+# Validation shared by the public functions.
+# --------------------------------------------------------------------------
+
+def _shape_arg(value, name):
+    if not isinstance(value, (tuple, list)) or not all(_is_int(d) for d in value):
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+    return tuple(int(d) for d in value)
+
+
+def _to_nchw(a, layout, batched):
+    a = a if batched else a[None]
+    return a.transpose(0, 3, 1, 2) if layout == "NHWC" else a
+
+
+def _from_nchw(a, layout, batched):
+    if layout == "NHWC":
+        a = a.transpose(0, 2, 3, 1)
+    if not batched:
+        a = a[0]
+    return np.ascontiguousarray(a)
+
+
+def _check_grad_y(grad_y, p):
+    if tuple(grad_y.shape) != p.output_shape:
+        raise ValueError(f"grad_y must have the shape of the forward output, {p.output_shape} "
+                         f"(layout {p.layout!r}), got {tuple(grad_y.shape)}")
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+def conv2d_grad_input(grad_y, w, x_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                      layout="NCHW", algorithm="auto"):
+    """Gradient of :func:`fastconv.conv2d` with respect to its input ``x``.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape (N, K, P, Q) or (N, P, Q, K)
+        Gradient of the loss with respect to the forward output (3-D for an
+        unbatched forward call).  Its shape must be exactly the forward output
+        shape of ``x_shape``.
+    w : array_like, shape (K, C/groups, R, S)
+        The forward call's kernels.
+    x_shape : tuple of int
+        Shape of the forward input ``x``, in ``layout``.
+    stride, padding, dilation, groups, layout
+        As in :func:`fastconv.conv2d` (every padding form, ``"same"`` and
+        ``"full"`` included).
+    algorithm : str
+        Kernel for the derived convolution (see Notes): ``"auto"`` or one of
+        :func:`fastconv.algorithms`.  Winograd applies when the forward kernel
+        is 3x3 with dilation 1 (any stride); a named algorithm that cannot run
+        the derived convolution raises :class:`fastconv.UnsupportedError`.
+
+    Returns
+    -------
+    grad_x : numpy.ndarray of shape ``x_shape``
+        dtype ``np.result_type(grad_y, w)``.
+
+    Raises
+    ------
+    TypeError
+        Non-float ``grad_y`` or ``w``, or a malformed ``x_shape``.
+    ValueError
+        Inconsistent arguments; ``grad_y`` of the wrong shape.
+
+    Notes
+    -----
+    ``grad_x`` is the correlation, at the forward dilation and stride 1, of
+    ``grad_y`` with ``stride - 1`` zeros inserted between its rows and
+    columns, re-padded by ``(R - 1) * dilation - pad`` per side, with the
+    spatially flipped kernels whose input and output channels are swapped per
+    group (Dumoulin & Visin 2016, Sec. 4).  When the forward output size
+    floored away trailing rows or columns of ``x`` they receive exactly zero.
+    Cost is that of a stride-1 convolution over an input ``stride**2`` times
+    larger than ``grad_y``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> from fastconv.grad import conv2d_grad_input
+    >>> w = np.ones((1, 1, 3, 3))
+    >>> conv2d_grad_input(np.ones((1, 1, 2, 2)), w, (1, 1, 4, 4))[0, 0]
+    array([[1., 2., 2., 1.],
+           [2., 4., 4., 2.],
+           [2., 4., 4., 2.],
+           [1., 2., 2., 1.]])
+    """
+    gy = as_float_array(grad_y, "grad_y")
+    w = as_float_array(w, "w")
+    x_shape = _shape_arg(x_shape, "x_shape")
+    dtype = np.result_type(gy.dtype, w.dtype)
+    p = normalize(x_shape, w.shape, None, dtype, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, layout=layout)
+    _check_grad_y(gy, p)
+    g = _to_nchw(gy, p.layout, p.batched).astype(dtype, copy=False)
+    gx = _input_grad_nchw(g, np.asarray(w, dtype=dtype), (p.H, p.W), p.padding, p.stride,
+                          p.dilation, p.groups, None, algorithm, "conv2d_grad_input")
+    return _from_nchw(gx, p.layout, p.batched)
+
+
+def _connection_mask(connections, K, C, groups, dtype):
+    """The (K, C/groups) 0/1 mask of w's entries from a (K, C) connection table."""
+    conn = np.asarray(connections)
+    if conn.dtype != np.bool_:
+        if not np.issubdtype(conn.dtype, np.integer) or not np.isin(conn, (0, 1)).all():
+            raise TypeError(f"connections must be a boolean (K, C) table, got dtype {conn.dtype}")
+        conn = conn.astype(bool)
+    if conn.shape != (K, C):
+        raise ValueError(f"connections must have shape (K, C) = ({K}, {C}), got {conn.shape}")
+    Cg, Kg = C // groups, K // groups
+    # Entry (k, g*Cg + c) masks w[k, c], where g = k // Kg.
+    cols = (np.arange(K) // Kg)[:, None] * Cg + np.arange(Cg)[None, :]
+    return np.take_along_axis(conn, cols, axis=1).astype(dtype)
+
+
+def conv2d_grad_weight(x, grad_y, w_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                       layout="NCHW", algorithm="auto", connections=None):
+    """Gradient of :func:`fastconv.conv2d` with respect to its kernels ``w``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (N, H, W, C)
+        The forward call's input (3-D for an unbatched call).
+    grad_y : array_like
+        Gradient of the loss with respect to the forward output; exactly the
+        forward output's shape.
+    w_shape : tuple of int
+        ``(K, C/groups, R, S)``.
+    stride, padding, dilation, groups, layout
+        As in :func:`fastconv.conv2d`.
+    algorithm : str
+        Kernel for the derived convolution (see Notes).  Its kernel is
+        ``grad_y``'s P x Q map, at dilation ``stride`` and stride
+        ``dilation``, so Winograd applies only when ``P == Q == 3`` with unit
+        stride and dilation; a named algorithm that cannot run it raises
+        :class:`fastconv.UnsupportedError`.
+    connections : array_like of bool, shape (K, C), optional
+        Connection table as in ``conv2d(connections=...)``: the gradient of
+        ``w[k, c]`` is zero where entry ``(k, g*C/groups + c)`` is False
+        (``g = k // (K/groups)``), since those weights are treated as zero by
+        the forward call.  Entries outside each output map's group are ignored.
+
+    Returns
+    -------
+    grad_w : numpy.ndarray, shape (K, C/groups, R, S)
+        dtype ``np.result_type(x, grad_y)``.
+
+    Notes
+    -----
+    ``grad_w[k, c, r, s] = sum_{n, p, q} grad_y[n, k, p, q] * xpad[n, c, p*sh + r*dh, q*sw + s*dw]``
+    is itself a convolution: its batch is the input channel ``c``, its
+    channels are the images ``n`` (per group), its kernels are the maps of
+    ``grad_y`` at dilation ``stride``, and its stride is the forward
+    ``dilation``.  Only the ``(R - 1)*d + (P - 1)*s + 1`` padded rows the
+    forward call read take part.
+    """
+    x = as_float_array(x, "x")
+    gy = as_float_array(grad_y, "grad_y")
+    w_shape = _shape_arg(w_shape, "w_shape")
+    dtype = np.result_type(x.dtype, gy.dtype)
+    p = normalize(x.shape, w_shape, None, dtype, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, layout=layout)
+    _check_grad_y(gy, p)
+    mask = None if connections is None else _connection_mask(connections, p.K, p.C, p.groups, dtype)
+    xx = _to_nchw(x, p.layout, p.batched).astype(dtype, copy=False)
+    g = _to_nchw(gy, p.layout, p.batched).astype(dtype, copy=False)
+    gw = _weight_grad_nchw(xx, g, (p.R, p.S), p.padding, p.stride, p.dilation, p.groups,
+                           algorithm, "conv2d_grad_weight")
+    if mask is not None:
+        gw *= mask[:, :, None, None]
+    return gw
+
+
+def conv2d_grad_bias(grad_y, *, layout="NCHW"):
+    """Gradient of :func:`fastconv.conv2d` with respect to its bias: ``grad_y`` summed over N, P, Q.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape (N, K, P, Q), (N, P, Q, K) or 3-D unbatched
+    layout : {"NCHW", "NHWC"}
+
+    Returns
+    -------
+    grad_bias : numpy.ndarray, shape (K,)
+        Same dtype as ``grad_y``; float32 input is summed in float64 first.
+    """
+    gy = as_float_array(grad_y, "grad_y")
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(repr(l) for l in LAYOUTS)}, got {layout!r}")
+    if gy.ndim not in (3, 4):
+        raise ValueError(f"grad_y must be 4-D (or 3-D unbatched), got shape {gy.shape}")
+    axis_k = (1 if gy.ndim == 4 else 0) if layout == "NCHW" else gy.ndim - 1
+    axes = tuple(a for a in range(gy.ndim) if a != axis_k)
+    return gy.sum(axis=axes, dtype=np.float64).astype(gy.dtype)
+
+
+def _transpose_params(x_shape, w_shape, bias_shape, *, stride, padding, output_padding,
+                      dilation, groups, layout):
+    """Validate a transposed-convolution call; returns the equivalent forward ConvParams."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(repr(l) for l in LAYOUTS)}, got {layout!r}")
+    if len(x_shape) not in (3, 4):
+        raise ValueError(f"x must be 4-D ({'N, C_in, H, W' if layout == 'NCHW' else 'N, H, W, C_in'}) "
+                         f"or 3-D unbatched; got shape {x_shape}")
+    batched = len(x_shape) == 4
+    xs = x_shape if batched else (1,) + x_shape
+    N, Cin, H, W = xs if layout == "NCHW" else (xs[0], xs[3], xs[1], xs[2])
+    if len(w_shape) != 4:
+        raise ValueError(f"w must be 4-D (C_in, K/groups, R, S); got shape {w_shape}")
+    Cw, Kg, R, S = w_shape
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if Cw != Cin:
+        raise ValueError(f"channel mismatch: x has C_in={Cin} channels but w.shape[0] = {Cw}; "
+                         f"w must be (C_in, K/groups, R, S)")
+    if Cin % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={Cin}")
+    if min(H, W, Cin) <= 0 or min(w_shape) <= 0:
+        raise ValueError(f"x and w must be non-empty; got x {x_shape}, w {w_shape}")
+    K = Kg * groups
+    if bias_shape is not None and tuple(bias_shape) != (K,):
+        raise ValueError(f"bias must have shape (K,) = ({K},) with K = w.shape[1] * groups, "
+                         f"got {tuple(bias_shape)}")
+    s = _pair(stride, "stride", 1)
+    d = _pair(dilation, "dilation", 1)
+    op = _pair(output_padding, "output_padding", 0)
+    for i, name in enumerate("hw"):
+        if op[i] >= max(s[i], d[i]):
+            raise ValueError(f"output_padding must be smaller than max(stride, dilation) in each "
+                             f"dimension; got output_padding={op}, stride={s}, dilation={d}")
+    reach = ((R - 1) * d[0] + 1, (S - 1) * d[1] + 1)
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if op != (0, 0):
+            raise ValueError(f"output_padding must be 0 with padding={padding!r} "
+                             f"(the output size is fixed by the mode)")
+        if mode == "same":
+            # The adjoint of conv2d(padding="same") on an input of H*stride rows
+            # (TF/Keras Conv2DTranspose): the output is H*stride.
+            Ho, Wo = H * s[0], W * s[1]
+            pads = _padding("same", R, S, Ho, Wo, s, d)
+        else:
+            pads = _padding(mode, R, S, H, W, s, d)  # "valid", "full"; else ValueError
+            Ho = (H - 1) * s[0] + reach[0] - pads[0] - pads[1]
+            Wo = (W - 1) * s[1] + reach[1] - pads[2] - pads[3]
+    else:
+        pads = _padding(padding, R, S, H, W, s, d)
+        Ho = (H - 1) * s[0] + reach[0] - pads[0] - pads[1] + op[0]
+        Wo = (W - 1) * s[1] + reach[1] - pads[2] - pads[3] + op[1]
+    if Ho <= 0 or Wo <= 0:
+        raise ValueError(f"padding {pads} (top, bottom, left, right) is too large: the output "
+                         f"would be {Ho}x{Wo}")
+    out_shape = (N, K, Ho, Wo) if layout == "NCHW" else (N, Ho, Wo, K)
+    return out_shape if batched else out_shape[1:], pads, s, d, batched
+
+
+def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1, layout="NCHW", algorithm="auto"):
+    """Transposed 2-D convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    The adjoint of :func:`fastconv.conv2d`: it maps a (N, C_in, H, W) input to
+    the (N, K, Ho, Wo) result whose forward convolution with ``w`` would have
+    the input's shape, scattering each input pixel through the kernel.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W) or (N, H, W, C_in); 3-D unbatched
+    w : array_like, shape (C_in, K/groups, R, S)
+        PyTorch's layout for transposed convolution weights (the forward
+        conv2d weights of the adjoint convolution ``K -> C_in``).
+    bias : array_like, shape (K,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (ph, pw), ((top, bottom), (left, right)), or str
+        Rows and columns removed from each side of the full result, as in
+        PyTorch; the pair-of-pairs form removes them asymmetrically.
+        ``"valid"`` is 0.  ``"same"`` gives ``Ho = H * stride`` (the adjoint
+        of ``conv2d(padding="same")``, as Keras's Conv2DTranspose); ``"full"``
+        is the adjoint of ``conv2d(padding="full")``.
+    output_padding : int or (int, int)
+        Extra rows/columns added at the bottom/right of the output shape; each
+        ``< max(stride, dilation)``, and 0 with a string padding.
+    groups : int
+    layout : {"NCHW", "NHWC"}
+    algorithm : str
+        Kernel for the derived stride-1 convolution (see
+        :func:`conv2d_grad_input`).
+
+    Returns
+    -------
+    y : numpy.ndarray, shape (N, K, Ho, Wo) or (N, Ho, Wo, K)
+        ``Ho = (H - 1)*stride - pad_top - pad_bottom + dilation*(R - 1) + output_padding + 1``;
+        dtype ``np.result_type(x, w, bias)``.
+
+    Notes
+    -----
+    Computed as a stride-1 convolution of the zero-inserted, re-padded input
+    with the flipped kernels (Dumoulin & Visin 2016, Sec. 4.5-4.6).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastconv.grad import conv_transpose2d
+    >>> conv_transpose2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), stride=2).shape
+    (1, 1, 4, 4)
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    b = None if bias is None else as_float_array(bias, "bias")
+    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
+    out_shape, pads, s, d, batched = _transpose_params(
+        x.shape, w.shape, None if b is None else b.shape, stride=stride, padding=padding,
+        output_padding=output_padding, dilation=dilation, groups=groups, layout=layout)
+    xx = _to_nchw(x, layout, batched).astype(dtype, copy=False)
+    Ho, Wo = (out_shape[-2:] if layout == "NCHW" else out_shape[-3:-1])
+    y = _input_grad_nchw(xx, np.asarray(w, dtype=dtype), (Ho, Wo), pads, s, d, int(groups),
+                         None if b is None else b.astype(dtype, copy=False), algorithm,
+                         "conv_transpose2d")
+    return _from_nchw(y, layout, batched)
