@@ -143,7 +143,8 @@ def execute(alg, x, w, b, p: ConvParams, out=None):
     except MemoryError:
         raise ValueError(f"sizes too large: could not allocate the result of shape {shape}") from None
     if p.N:
-        with _config.parallel_section():
+        # NaN/inf inputs propagate by design: no "invalid value" warnings from BLAS calls.
+        with _config.parallel_section(), np.errstate(invalid="ignore", over="ignore"):
             alg.run(xx, ww, bb, p, y)
     if direct_out:
         return out

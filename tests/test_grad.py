@@ -1,0 +1,293 @@
+"""Gradients and the transposed convolution against finite differences and PyTorch."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+from fastconv._params import normalize
+from fastconv.grad import conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, conv_transpose2d
+
+RNG = np.random.default_rng(20260126)
+
+# float64: the derived convolutions are exact sums of the same products in a
+# different order, so they agree with any float64 reference to a few ulps of
+# the magnitude of the terms.  float32: K*R*S or N*P*Q products accumulated in
+# float32 (unit roundoff 6e-8), times a margin of ~30.
+TOL = {np.float64: 1e-11, np.float32: 2e-5}
+
+
+def _rand(shape, dtype=np.float64):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def _close(got, want, dtype):
+    want = np.asarray(want, dtype=np.float64)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dtype] * scale * 10)
+
+
+# --------------------------------------------------------------------------
+# Finite differences of the float64 scipy reference (no torch needed)
+# --------------------------------------------------------------------------
+
+FD_CASES = [
+    # x shape, w shape, kwargs
+    ((1, 2, 5, 6), (2, 2, 3, 2), dict(stride=2, padding=1)),
+    ((2, 2, 6, 5), (2, 1, 2, 3), dict(stride=(3, 2), padding=((1, 0), (2, 1)), groups=2)),
+    ((1, 2, 7, 6), (3, 2, 2, 2), dict(stride=2, dilation=2, padding="same")),
+    ((1, 1, 4, 5), (2, 1, 3, 2), dict(padding="full", dilation=(1, 2))),
+    ((1, 6, 5, 4), (2, 2, 2, 2), dict(stride=2, groups=2, layout="NHWC")),
+    ((2, 5, 4), (2, 2, 3, 3), dict(padding=1)),  # 3-D unbatched NCHW
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", FD_CASES)
+def test_gradients_match_finite_differences_of_reference(x_shape, w_shape, kw):
+    x, w = _rand(x_shape), _rand(w_shape)
+    y0 = reference.conv2d(x, w, **kw)
+    gy = _rand(y0.shape)
+
+    def loss(xx, ww):
+        return float(np.sum(reference.conv2d(xx, ww, **kw) * gy))
+
+    # The loss is bilinear, so central differences are exact up to rounding.
+    def fd(a, f):
+        g = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            e = np.zeros_like(a)
+            e[i] = 0.5
+            g[i] = f(a + e) - f(a - e)
+        return g
+
+    gx_fd = fd(x, lambda xx: loss(xx, w))
+    gw_fd = fd(w, lambda ww: loss(x, ww))
+    gx = conv2d_grad_input(gy, w, x.shape, **kw)
+    gw = conv2d_grad_weight(x, gy, w.shape, **kw)
+    np.testing.assert_allclose(gx, gx_fd, atol=1e-9)
+    np.testing.assert_allclose(gw, gw_fd, atol=1e-9)
+    layout = kw.get("layout", "NCHW")
+    gb_want = gy.reshape(-1, gy.shape[-1]).sum(0) if layout == "NHWC" else \
+        np.moveaxis(gy, -3, 0).reshape(gy.shape[-3], -1).sum(1)
+    np.testing.assert_allclose(conv2d_grad_bias(gy, layout=layout), gb_want, atol=1e-12)
+
+
+def test_floored_rows_get_zero_gradient():
+    # H + pads - reach = 8 + 0 - 3 = 5, 5 % 3 = 2: the last two rows of x are
+    # never read by the forward call and must get exactly zero.
+    x, w = _rand((1, 1, 8, 8)), _rand((1, 1, 3, 3))
+    gy = _rand(fastconv.conv2d(x, w, stride=3).shape)
+    gx = conv2d_grad_input(gy, w, x.shape, stride=3)
+    assert np.all(gx[..., 6:, :] == 0) and np.all(gx[..., :, 6:] == 0)
+    assert np.all(gx[..., 5, :5] != 0)
+    # ... and x's unread rows must not leak into the weight gradient.
+    x2 = x.copy()
+    x2[..., 6:, :] = 1e6
+    np.testing.assert_allclose(conv2d_grad_weight(x2, gy, w.shape, stride=3),
+                               conv2d_grad_weight(x, gy, w.shape, stride=3), atol=1e-12)
+
+
+def test_padding_only_windows():
+    # Padding larger than the kernel reach: some outputs see only zeros.
+    x, w = _rand((1, 2, 3, 3)), _rand((2, 2, 2, 2))
+    kw = dict(stride=(4, 1), padding=((5, 0), (0, 3)))
+    y = reference.conv2d(x, w, **kw)
+    gy = _rand(y.shape)
+    gx = conv2d_grad_input(gy, w, x.shape, **kw)
+    gw = conv2d_grad_weight(x, gy, w.shape, **kw)
+    # Adjoint identity <conv(x), gy> = <x, gx> and, bilinearity, <w, gw>.
+    assert np.isclose(np.sum(y * gy), np.sum(x * gx))
+    assert np.isclose(np.sum(y * gy), np.sum(w * gw))
+
+
+def test_grad_weight_connections_masks_unconnected_pairs():
+    x, w = _rand((2, 4, 6, 6)), _rand((6, 2, 3, 3))
+    gy = _rand(fastconv.conv2d(x, w, groups=2).shape)
+    conn = RNG.random((6, 4)) < 0.5
+    full = conv2d_grad_weight(x, gy, w.shape, groups=2)
+    masked = conv2d_grad_weight(x, gy, w.shape, groups=2, connections=conn)
+    for k, c in itertools.product(range(6), range(2)):
+        g = k // 3
+        want = full[k, c] if conn[k, g * 2 + c] else 0.0
+        np.testing.assert_array_equal(masked[k, c], want)
+    with pytest.raises(ValueError, match="connections"):
+        conv2d_grad_weight(x, gy, w.shape, groups=2, connections=conn[:, :3])
+    with pytest.raises(TypeError, match="connections"):
+        conv2d_grad_weight(x, gy, w.shape, groups=2, connections=conn * 0.5)
+
+
+def test_algorithm_names_and_unsupported():
+    x, w = _rand((1, 16, 8, 8)), _rand((16, 16, 3, 3))
+    gy = _rand(fastconv.conv2d(x, w, stride=2, padding=1).shape)
+    want = conv2d_grad_input(gy, w, x.shape, stride=2, padding=1, algorithm="direct")
+    for alg in fastconv.algorithms():
+        # The derived convolution is 3x3 stride 1: every algorithm runs it.
+        got = conv2d_grad_input(gy, w, x.shape, stride=2, padding=1, algorithm=alg)
+        tol = 1e-9 if "winograd" in alg else 1e-11
+        np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
+    with pytest.raises(fastconv.UnsupportedError, match="conv2d_grad_input"):
+        conv2d_grad_input(gy, w, x.shape, stride=2, padding=2, dilation=2, algorithm="winograd")
+    # grad_weight's derived kernel is grad_y's P x Q = 4x4 map: not Winograd.
+    with pytest.raises(fastconv.UnsupportedError, match="conv2d_grad_weight"):
+        conv2d_grad_weight(x, gy, w.shape, stride=2, padding=1, algorithm="winograd")
+    # A forward call whose output is 3x3 gives a 3x3 unit-stride derived kernel.
+    x5 = _rand((2, 16, 5, 5))
+    gy3 = _rand((2, 16, 3, 3))
+    np.testing.assert_allclose(conv2d_grad_weight(x5, gy3, w.shape, algorithm="winograd"),
+                               conv2d_grad_weight(x5, gy3, w.shape, algorithm="direct"),
+                               atol=1e-9 * 50)
+
+
+def test_validation_errors_and_inputs_unchanged():
+    x, w = _rand((1, 2, 6, 6)), _rand((3, 2, 3, 3))
+    gy = _rand((1, 3, 4, 4))
+    with pytest.raises(ValueError, match="grad_y"):
+        conv2d_grad_input(gy, w, (1, 2, 7, 7))
+    with pytest.raises(ValueError, match="grad_y"):
+        conv2d_grad_weight(x, gy[..., :3], w.shape)
+    with pytest.raises(TypeError, match="grad_y"):
+        conv2d_grad_input(gy.astype(np.int64), w, x.shape)
+    with pytest.raises(TypeError, match="x_shape"):
+        conv2d_grad_input(gy, w, "1,2,6,6")
+    with pytest.raises(TypeError, match="w_shape"):
+        conv2d_grad_weight(x, gy, (3, 2, 3.0, 3))
+    with pytest.raises(ValueError, match="layout"):
+        conv2d_grad_bias(gy, layout="HWNC")
+    with pytest.raises(ValueError, match="output_padding"):
+        conv_transpose2d(gy, w, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="output_padding"):
+        conv_transpose2d(gy, w, padding="same", output_padding=1)
+    with pytest.raises(ValueError, match=r"w\.shape\[0\]"):
+        conv_transpose2d(gy, w.transpose(1, 0, 2, 3), stride=2)
+    copies = [a.copy() for a in (x, w, gy)]
+    conv2d_grad_input(gy, w, x.shape)
+    conv2d_grad_weight(x, gy, w.shape)
+    conv_transpose2d(gy, w)
+    for a, b in zip((x, w, gy), copies):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_conv_transpose_is_adjoint_for_string_and_asymmetric_padding():
+    w = _rand((3, 2, 3, 2))  # (C_in, K, R, S)
+    for kw in [dict(stride=2, padding="same"), dict(stride=3, padding="same", dilation=1),
+               dict(stride=(2, 1), padding="valid"), dict(stride=2, padding="full", dilation=2),
+               dict(stride=2, padding=((2, 0), (1, 3)), output_padding=1)]:
+        x = _rand((2, 3, 4, 5))
+        y = conv_transpose2d(x, w, **kw)
+        if kw.get("padding") == "same":
+            assert y.shape[2:] == (4 * kw["stride"], 5 * kw["stride"])
+        fkw = {k: v for k, v in kw.items() if k != "output_padding"}
+        u = _rand(y.shape)
+        v = reference.conv2d(u, w, **fkw)  # forward conv K -> C_in
+        assert v.shape == x.shape
+        assert np.isclose(np.sum(u * y), np.sum(v * x), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# PyTorch on a grid
+# --------------------------------------------------------------------------
+
+PADDINGS = [0, 1, ((1, 2), (0, 1)), "same", "full"]
+GROUPS = [(4, 6, 1), (4, 6, 2), (4, 4, 4)]  # (C, K, groups); the last is depthwise
+
+
+def _torch_grads(x, w, gy, kw):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    layout = kw.get("layout", "NCHW")
+    p = normalize(x.shape, w.shape, None, x.dtype, **{k: v for k, v in kw.items()
+                                                       if k != "algorithm"})
+    xt = torch.tensor(x, dtype=torch.float64)
+    gyt = torch.tensor(gy, dtype=torch.float64)
+    if layout == "NHWC":
+        xt, gyt = xt.permute(0, 3, 1, 2), gyt.permute(0, 3, 1, 2)
+    xt = xt.detach().requires_grad_(True)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    pt, pb, pl, pr = p.padding
+    y = F.conv2d(F.pad(xt, (pl, pr, pt, pb)), wt, stride=p.stride, dilation=p.dilation,
+                 groups=p.groups)
+    y.backward(gyt)
+    gx = xt.grad
+    if layout == "NHWC":
+        gx = gx.permute(0, 2, 3, 1)
+    return gx.numpy(), wt.grad.numpy()
+
+
+@pytest.mark.parametrize("padding", PADDINGS, ids=str)
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("C, K, groups", GROUPS)
+def test_grads_match_torch_grid(stride, dilation, padding, C, K, groups):
+    pytest.importorskip("torch")
+    # 11 x 9 input, 3 x 2 kernel: (H + pads - reach) % stride is non-zero for
+    # several grid points, which exercises the floored trailing rows.
+    x, w = _rand((2, C, 11, 9)), _rand((K, C // groups, 3, 2))
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = _rand(fastconv.conv2d(x, w, **kw).shape)
+    gx_t, gw_t = _torch_grads(x, w, gy, kw)
+    _close(conv2d_grad_input(gy, w, x.shape, **kw), gx_t, np.float64)
+    _close(conv2d_grad_weight(x, gy, w.shape, **kw), gw_t, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=((0, 1), (2, 1)), dilation=(1, 2)),
+                                dict(stride=(3, 1), padding="same", groups=2),
+                                dict(stride=1, padding=1, groups=4)], ids=["asym", "same", "dw"])
+def test_grads_match_torch_layouts_dtypes_algorithms(dtype, layout, algorithm, kw):
+    pytest.importorskip("torch")
+    kw = dict(kw, layout=layout, algorithm=algorithm)
+    groups = kw.get("groups", 1)
+    xs = (2, 4, 10, 7)
+    x = _rand(xs if layout == "NCHW" else (2, 10, 7, 4), dtype)
+    w = _rand((8, 4 // groups, 2, 3), dtype)
+    gy = _rand(fastconv.conv2d(x, w, **kw).shape, dtype)
+    gx_t, gw_t = _torch_grads(x, w, gy, kw)
+    gx = conv2d_grad_input(gy, w, x.shape, **kw)
+    gw = conv2d_grad_weight(x, gy, w.shape, **kw)
+    assert gx.dtype == dtype and gw.dtype == dtype
+    _close(gx, gx_t, dtype)
+    _close(gw, gw_t, dtype)
+    gb = conv2d_grad_bias(gy, layout=layout)
+    assert gb.dtype == dtype
+    _close(gb, gy.astype(np.float64).sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2)), dtype)
+
+
+def test_unbatched_grads_match_batched():
+    x, w = _rand((3, 7, 6)), _rand((4, 3, 3, 3))
+    gy = _rand(fastconv.conv2d(x, w, stride=2).shape)
+    assert gy.ndim == 3
+    np.testing.assert_allclose(conv2d_grad_input(gy, w, x.shape, stride=2),
+                               conv2d_grad_input(gy[None], w, (1,) + x.shape, stride=2)[0])
+    np.testing.assert_allclose(conv2d_grad_weight(x, gy, w.shape, stride=2),
+                               conv2d_grad_weight(x[None], gy[None], w.shape, stride=2))
+    np.testing.assert_allclose(conv2d_grad_bias(gy), gy.sum((1, 2)))
+
+
+@pytest.mark.parametrize("stride, dilation, padding, groups",
+                         [(1, 1, 0, 1), (2, 1, 1, 1), (3, 1, (1, 2), 2), (2, 2, 2, 1),
+                          (1, 3, 1, 3), (3, 2, 0, 1), (2, (1, 2), (0, 1), 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_transpose2d_matches_torch(stride, dilation, padding, groups, dtype):
+    torch = pytest.importorskip("torch")
+    s = stride if isinstance(stride, tuple) else (stride, stride)
+    d = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    x, w, b = _rand((2, 6, 5, 4), dtype), _rand((6, 2, 3, 2), dtype), _rand((2 * groups,), dtype)
+    # Every output_padding torch allows, including stride <= op < dilation.
+    for op in itertools.product(range(max(s[0], d[0])), range(max(s[1], d[1]))):
+        want = torch.nn.functional.conv_transpose2d(
+            torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64),
+            torch.tensor(b, dtype=torch.float64), stride=stride, padding=padding,
+            output_padding=op, dilation=dilation, groups=groups).numpy()
+        got = conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=op,
+                               dilation=dilation, groups=groups)
+        assert got.dtype == dtype
+        _close(got, want, dtype)
+        got_nhwc = conv_transpose2d(x.transpose(0, 2, 3, 1), w, b, stride=stride, padding=padding,
+                                    output_padding=op, dilation=dilation, groups=groups,
+                                    layout="NHWC", algorithm="im2col")
+        _close(got_nhwc, want.transpose(0, 2, 3, 1), dtype)

@@ -1,0 +1,28 @@
+"""The command line: info, check, usage."""
+
+import subprocess
+import sys
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "fastconv", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_info():
+    r = run("info")
+    assert r.returncode == 0, r.stderr
+    for field in ("fastconv", "numba", "threading layer", "algorithms", "cuda"):
+        assert field in r.stdout
+
+
+def test_check_passes():
+    r = run("check", "--dtype", "float64")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all within bounds" in r.stdout
+    assert "winograd_f4x4_3x3" in r.stdout and "FAIL" not in r.stdout
+
+
+def test_usage():
+    r = run("frobnicate")
+    assert r.returncode == 2 and "usage" in r.stdout
