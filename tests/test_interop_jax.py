@@ -28,6 +28,8 @@ def _lax(x, w, b, *, stride, padding, dilation, groups, layout):
     """The JAX spelling of the same convolution, bias added in JAX."""
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    dilation = (dilation, dilation) if isinstance(dilation, int) else dilation
     y = lax.conv_general_dilated(x, w, window_strides=stride, padding=padding,
                                  rhs_dilation=dilation, feature_group_count=groups,
                                  dimension_numbers=(layout, "OIHW", layout),

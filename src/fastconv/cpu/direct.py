@@ -1,9 +1,48 @@
-"""Direct convolution: the textbook loop nest, parallel over (image, output map).
+"""Direct convolution on the CPU: register-blocked SIMD micro-kernels.
 
-Layout: NCHW input (zero-padded here), KCRS weights, NCHW output.  Each output
-element is one dot product over (c, r, s) accumulated in the call's dtype in a
-fixed order, so results do not depend on the thread count.  Supports every
-configuration (stride, dilation, groups, any padding).
+``direct`` supports every configuration (stride, dilation, any padding,
+groups, depthwise with any channel multiplier, non-square kernels, float32
+and float64, any N including 0).  A call takes one of three paths:
+
+``blocked`` (:func:`_make_blocked_driver`)
+    The oneDNN/NNPACK layout: input packed to ``[N, G, CB, Hp, Wp, Vc]``
+    (channel blocks of ``Vc <= 16``, zero-padded spatially), weights to
+    ``[G, KB, CB, R, S, Vc, V]`` (``V`` = 16 float32 / 8 float64 output
+    channels contiguous), output accumulated in ``[N, G, KB, P*Q, V]`` and
+    unpacked to NCHW.  The micro-kernel holds ``NKB x NPX`` vector
+    accumulators (``NKB`` blocks of ``V`` output channels times ``NPX``
+    output pixels, up to 28 zmm registers); for each input element it
+    broadcasts one value and issues ``NKB`` FMAs against contiguous weight
+    vectors.  Pixels run through ``P*Q`` in row-major order, so a block may
+    span output rows and any stride or dilation costs nothing extra.  The
+    reduction over input channels is cut into chunks whose weights stay in
+    L2, the partial sums parked in the blocked output between chunks.
+    Used when the output channels per group fill the vector lanes well.
+``width`` (:mod:`fastconv.cpu.depthwise`)
+    Vectorised along the output row (depthwise, channel multipliers, few
+    output channels per group).
+``simple`` (:func:`_direct_nchw`)
+    The textbook loop nest, for tiny problems where packing would cost more
+    than it saves.
+
+Summation order and error bound
+-------------------------------
+Every output is one dot product ``y = b + sum_{c, r, s} w * x`` whose terms
+are added in an order fixed by the configuration alone (channel chunk,
+channel, kernel row, kernel column; the bias first).  No output's reduction
+is ever split between threads, so results do not depend on the number of
+Numba threads.  Padding zeros are real zeros that get multiplied (``inf *
+0`` gives NaN exactly as in the plain loop), and no zero weight is skipped.
+The only extra terms are ``0 * 0`` products of zero-filled channel padding.
+Multiply-adds may be fused (one rounding instead of two), which only
+tightens the classical bound (Higham, *Accuracy and Stability of Numerical
+Algorithms*, 2nd ed., sec. 3.1): with ``n = Cg*R*S + 1`` and unit roundoff
+``u`` of the dtype,
+
+    |y_hat - y| <= gamma_n * (|w| (*) |x| + |b|),   gamma_n = n u / (1 - n u),
+
+elementwise, where ``(*)`` is the same convolution applied to absolute
+values.  ``tests/test_cpu_direct.py`` holds this bound elementwise.
 """
 
 from __future__ import annotations
@@ -11,12 +50,28 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._config import PJIT
+from .._config import JIT, PJIT, parallel_section
+from . import depthwise
+from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sset,
+                       stack_ints, stack_vectors, vbcast, vfma, vload, vstore)
 from ._layout import pad_nchw
+
+# Below this many multiply-adds the packing passes of the SIMD paths cost
+# more than the convolution itself.
+SIMPLE_MAX_MACS = 4096
+
+# Register blocking of the blocked path: output-channel blocks -> pixels.
+# NKB * NPX accumulators + NKB weight vectors + 1 broadcast fit the 32 zmm
+# registers of AVX-512.
+BLOCKED_NPX = {1: 24, 2: 12, 3: 8, 4: 6}
+
+# Bytes of packed weights one channel chunk may hold (kept in L2).
+CHUNK_WEIGHT_BYTES = 128 * 1024
 
 
 @numba.njit(**PJIT)
 def _direct_nchw(xp, w, bias, y, sh, sw, dh, dw, groups):
+    """Reference-order loop nest on a zero-padded NCHW input."""
     N, K, P, Q = y.shape
     Cg, R, S = w.shape[1], w.shape[2], w.shape[3]
     Kg = K // groups
@@ -25,15 +80,205 @@ def _direct_nchw(xp, w, bias, y, sh, sw, dh, dw, groups):
         c0 = (k // Kg) * Cg
         for p in range(P):
             for q in range(Q):
-                y[n, k, p, q] = bias[k]
-        for c in range(Cg):
+                acc = bias[k]
+                for c in range(Cg):
+                    for r in range(R):
+                        hrow = p * sh + r * dh
+                        for s in range(S):
+                            acc += w[k, c, r, s] * xp[n, c0 + c, hrow, q * sw + s * dw]
+                y[n, k, p, q] = acc
+
+
+# ---------------------------------------------------------------------------
+# blocked path
+# ---------------------------------------------------------------------------
+
+_DRIVERS: dict = {}
+
+
+def _make_blocked_driver(NKB: int, NPX: int):
+    """Compile the blocked driver for ``NKB`` channel blocks x ``NPX`` pixels.
+
+    The micro-kernel's accumulator and offset arrays live on the stack and
+    are indexed only inside loops of constant trip count (``NKB``, ``NPX``),
+    which LLVM unrolls fully and then promotes to registers.  The last
+    pixel block of a tile may be short (``npx < NPX``): its missing pixels
+    repeat the first pixel's input (in bounds) and are never stored, so the
+    hot loop carries no branch.
+    """
+    NACC = NKB * NPX
+
+    @numba.njit(**JIT)
+    def micro(xb, wb, bb, yb, xbase, wbase, ybase, bbase, t0, npx, cb0, cb1,
+              first, Q, Wp, Vc, sh, sw, dh, dw, R, S, V, xcb, wkb, ykb):
+        acc = stack_vectors(yb, NACC)
+        wv = stack_vectors(yb, NKB)
+        offs = stack_ints(NPX)
+        p = t0 // Q
+        q = t0 - p * Q
+        for j in range(NPX):
+            if j < npx:
+                sset(offs, j, (p * sh * Wp + q * sw) * Vc)
+            else:
+                sset(offs, j, sget(offs, 0))
+            q += 1
+            if q == Q:
+                q = 0
+                p += 1
+        for i in range(NKB):
+            for j in range(NPX):
+                if first:
+                    sset(acc, i * NPX + j, vload(bb, bbase + i * V))
+                elif j < npx:
+                    sset(acc, i * NPX + j, vload(yb, ybase + i * ykb + (t0 + j) * V))
+                else:
+                    sset(acc, i * NPX + j, vload(bb, bbase + i * V))
+        RSV = R * S * Vc * V
+        for cb in range(cb0, cb1):
+            xc = xbase + cb * xcb
+            wc = wbase + cb * RSV
             for r in range(R):
                 for s in range(S):
-                    wv = w[k, c, r, s]
-                    for p in range(P):
-                        hrow = p * sh + r * dh
-                        for q in range(Q):
-                            y[n, k, p, q] += wv * xp[n, c0 + c, hrow, q * sw + s * dw]
+                    xo = xc + (r * dh * Wp + s * dw) * Vc
+                    wo = wc + (r * S + s) * Vc * V
+                    for c in range(Vc):
+                        for i in range(NKB):
+                            sset(wv, i, vload(wb, wo + i * wkb + c * V))
+                        for j in range(NPX):
+                            xv = vbcast(xb, xo + sget(offs, j) + c)
+                            for i in range(NKB):
+                                sset(acc, i * NPX + j,
+                                     vfma(xv, sget(wv, i), sget(acc, i * NPX + j)))
+        for i in range(NKB):
+            for j in range(NPX):
+                if j < npx:
+                    vstore(yb, ybase + i * ykb + (t0 + j) * V, sget(acc, i * NPX + j))
+
+    @numba.njit(**PJIT)
+    def driver(xb, wb, bb, yb, N, G, KBp, CB, Hp, Wp, Vc, R, S, P, Q,
+               sh, sw, dh, dw, V, ntiles, tile_px, ccb):
+        PQ = P * Q
+        nkg = KBp // NKB
+        xcb = Hp * Wp * Vc
+        wkb = CB * R * S * Vc * V
+        ykb = PQ * V
+        for task in numba.prange(N * G * nkg * ntiles):
+            tile = task % ntiles
+            rest = task // ntiles
+            kg = rest % nkg
+            ng = rest // nkg
+            g = ng % G
+            kb0 = kg * NKB
+            xbase = ng * CB * xcb
+            wbase = (g * KBp + kb0) * wkb
+            ybase = (ng * KBp + kb0) * ykb
+            bbase = (g * KBp + kb0) * V
+            t_begin = tile * tile_px
+            t_end = min(PQ, t_begin + tile_px)
+            for cb0 in range(0, CB, ccb):
+                cb1 = min(CB, cb0 + ccb)
+                for t0 in range(t_begin, t_end, NPX):
+                    micro(xb, wb, bb, yb, xbase, wbase, ybase, bbase, t0,
+                          min(NPX, t_end - t0), cb0, cb1, cb0 == 0, Q, Wp, Vc,
+                          sh, sw, dh, dw, R, S, V, xcb, wkb, ykb)
+
+    return driver
+
+
+def blocked_driver(NKB: int, NPX: int):
+    """The (lazily compiled, disk-cached) blocked driver for one register blocking."""
+    key = (NKB, NPX)
+    drv = _DRIVERS.get(key)
+    if drv is None:
+        drv = _DRIVERS.setdefault(key, _make_blocked_driver(NKB, NPX))
+    return drv
+
+
+@numba.njit(**PJIT)
+def _unpack_blocked_output(yb, y, G, KBp, V):
+    N, K, P, Q = y.shape
+    Kg = K // G
+    PQ = P * Q
+    for nk in numba.prange(N * K):
+        n, k = nk // K, nk % K
+        g, kk = k // Kg, k % Kg
+        kb, lane = kk // V, kk % V
+        src = ((n * G + g) * KBp + kb) * PQ * V + lane
+        for t in range(PQ):
+            y[n, k, t // Q, t % Q] = yb[src + t * V]
+
+
+def blocked_plan(p):
+    """Register and cache blocking of the blocked path for ``p``.
+
+    Returns ``(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)``.
+    """
+    V = lanes(p.dtype)
+    Cg, Kg = p.Cg, p.Kg
+    CB = -(-Cg // 16)
+    Vc = -(-Cg // CB)  # channel blocks of at most 16, padding below CB channels
+    KB = -(-Kg // V)
+    # The largest register block whose padding of KB wastes little.
+    NKB = 1
+    for cand in (4, 3, 2):
+        if KB >= cand and (-(-KB // cand) * cand - KB) * 4 <= KB:
+            NKB = cand
+            break
+    NPX = BLOCKED_NPX[NKB]
+    KBp = -(-KB // NKB) * NKB
+    item = np.dtype(p.dtype).itemsize
+    chunk = NKB * p.R * p.S * Vc * V * item
+    ccb = max(1, min(CB, CHUNK_WEIGHT_BYTES // max(chunk, 1)))
+    PQ = p.P * p.Q
+    outer = p.N * p.groups * (KBp // NKB)
+    want = 4 * max(1, numba.get_num_threads())
+    blocks = -(-PQ // NPX)
+    ntiles = max(1, min(blocks, -(-want // outer)))
+    tile_px = -(-blocks // ntiles) * NPX
+    ntiles = -(-PQ // tile_px)
+    return NKB, NPX, Vc, KBp, ntiles, tile_px, ccb
+
+
+def _run_blocked(x, w, bias, p, y):
+    V = lanes(p.dtype)
+    NKB, NPX, Vc, KBp, ntiles, tile_px, ccb = blocked_plan(p)
+    G = p.groups
+    xb, CB, Hp, Wp = pack_input_blocked(x, G, Vc, p.padding)
+    wb, KB = pack_weights_blocked(w, G, Vc, V)
+    if KBp != KB:
+        wb = np.concatenate([wb.reshape(G, KB, -1),
+                             np.zeros((G, KBp - KB, wb.size // max(G * KB, 1)), wb.dtype)],
+                            axis=1).ravel()
+    bb = np.zeros((G, KBp * V), dtype=p.dtype)
+    if bias is not None:
+        bb[:, :p.Kg] = bias.reshape(G, p.Kg)
+    bb = bb.ravel()
+    yb = np.empty(p.N * G * KBp * p.P * p.Q * V, dtype=p.dtype)
+    blocked_driver(NKB, NPX)(xb, wb, bb, yb, p.N, G, KBp, CB, Hp, Wp, Vc, p.R, p.S, p.P, p.Q,
+                             p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], V,
+                             ntiles, tile_px, ccb)
+    _unpack_blocked_output(yb, y, G, KBp, V)
+
+
+def _run_simple(x, w, bias, p, y):
+    xp = pad_nchw(x, *p.padding)
+    b = np.zeros(p.K, dtype=p.dtype) if bias is None else bias
+    _direct_nchw(xp, w, b, y, p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], p.groups)
+
+
+def choose_path(p) -> str:
+    """Which kernel ``run`` uses for ``p``: "simple", "blocked" or "width"."""
+    macs = p.N * p.K * p.P * p.Q * p.Cg * p.R * p.S
+    if macs <= SIMPLE_MAX_MACS:
+        return "simple"
+    V = lanes(p.dtype)
+    # Fraction of vector lanes doing useful work along output channels
+    # (blocked) versus along output width (width-vectorised).
+    fill_k = p.Kg / (-(-p.Kg // V) * V)
+    fill_q = p.Q / (-(-p.Q // V) * V)
+    if p.Kg < V and fill_q > fill_k:
+        return "width"
+    return "blocked"
 
 
 def supports(p):
@@ -41,6 +286,13 @@ def supports(p):
 
 
 def run(x, w, bias, p, y):
-    xp = pad_nchw(x, *p.padding)
-    b = np.zeros(p.K, dtype=p.dtype) if bias is None else bias
-    _direct_nchw(xp, w, b, y, p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], p.groups)
+    if y.size == 0:
+        return
+    path = choose_path(p)
+    with parallel_section():
+        if path == "simple":
+            _run_simple(x, w, bias, p, y)
+        elif path == "width":
+            depthwise.run(x, w, bias, p, y)
+        else:
+            _run_blocked(x, w, bias, p, y)
