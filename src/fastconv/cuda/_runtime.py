@@ -1,0 +1,230 @@
+"""Loading the CUDA target lazily, its settings, and launch helpers.
+
+Nothing here imports :mod:`numba.cuda` at import time: ``import fastconv.cuda``
+must work on a machine without numba-cuda, without a GPU, or with a numba-cuda
+that cannot load (numba-cuda 0.30 with numpy >= 2.5 fails on its first kernel
+compile with ``module 'numpy' has no attribute 'row_stack'``).  :func:`require`
+does the import, probes the target once, and raises
+:class:`fastconv.CudaUnavailableError` saying what to install or why the
+target cannot load.
+
+Settings (read once, at import; ``fastconv._config`` holds the shared ones)
+---------------------------------------------------------------------------
+FASTCONV_CUDA_BLOCK (``fastconv._config.CUDA_BLOCK``)
+    Threads per block edge of every tiled kernel (default 16, i.e. 256
+    threads).  The simulator tests use 4 so that multi-block paths run.
+FASTCONV_CUDA_REGTILE
+    Register tile edge of the GEMM kernels (default 8: each thread owns an
+    8 x 8 block of outputs, a block a 128 x 128 tile).  Must divide
+    FASTCONV_CUDA_BLOCK.
+FASTCONV_CUDA_BK
+    Depth of the shared-memory K-slices of the GEMM kernels (default 8).
+FASTCONV_CUDA_DIRECT_K, FASTCONV_CUDA_DIRECT_Q
+    Output channels (default 8) and output columns (default 2) each thread
+    of the direct kernel accumulates in registers.
+FASTCONV_CUDA_WORKSPACE_MB
+    Upper bound, in MiB, on the device workspace of one Winograd call
+    (default 1024); tiles are processed in chunks to respect it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from .. import _config
+from ..errors import CudaUnavailableError
+
+INSTALL_HINT = "pip install 'fastconv[cuda]' (numba-cuda with numpy < 2.5, and an NVIDIA driver)"
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        v = int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"environment variable {name} must be >= {minimum}, got {v}")
+    return v
+
+
+class Settings:
+    """Block and tile sizes of the CUDA kernels (compile-time constants of each kernel)."""
+
+    def __init__(self):
+        self.block = int(_config.CUDA_BLOCK)
+        self.regtile = _int("FASTCONV_CUDA_REGTILE", 8)
+        self.bk = _int("FASTCONV_CUDA_BK", 8)
+        self.direct_k = _int("FASTCONV_CUDA_DIRECT_K", 8)
+        self.direct_q = _int("FASTCONV_CUDA_DIRECT_Q", 2)
+        self.workspace_bytes = _int("FASTCONV_CUDA_WORKSPACE_MB", 1024) * 2**20
+        TB, RT, BK = self.block, min(self.regtile, self.block), self.bk
+        # The GEMM kernels' cooperative loads assume these divisibilities
+        # (every thread loads the same number of elements of each tile).
+        while TB % RT:
+            RT -= 1
+        self.regtile = RT
+        nt = TB * TB
+        if nt % BK or (BK * RT) % TB or nt % (TB * RT):
+            raise ValueError(f"FASTCONV_CUDA_BK={BK} does not fit FASTCONV_CUDA_BLOCK={TB} and "
+                             f"FASTCONV_CUDA_REGTILE={RT}: need (BLOCK^2) % BK == 0 and "
+                             f"(BK * REGTILE) % BLOCK == 0")
+        if nt > 1024:
+            raise ValueError(f"FASTCONV_CUDA_BLOCK={TB} gives {nt} threads per block; CUDA allows 1024")
+
+
+SETTINGS = Settings()
+
+# Options of every @cuda.jit kernel, from the package's one config module.
+CUDA_JIT = dict(fastmath=_config.FASTMATH)
+
+# Dynamic shared memory a block may use without an opt-in (every GPU since sm_20).
+SHARED_BYTES = 48 * 1024
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def simulator() -> bool:
+    """True when numba's CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
+
+
+# numba.cuda as a module global (the simulator swaps globals, not closures).
+cuda_g = None
+
+
+def _probe_kernel(a):
+    i = cuda_g.grid(1)
+    if i < a.size:
+        a[i] = i
+
+
+def _probe() -> dict:
+    info = {"available": False, "reason": "", "device": None, "compute_capability": None,
+            "numba_cuda_version": None, "simulator": simulator()}
+    try:
+        import numba_cuda  # noqa: F401
+        info["numba_cuda_version"] = getattr(numba_cuda, "__version__", None)
+    except Exception:
+        pass
+    try:
+        from numba import cuda
+    except Exception as exc:  # numba without the CUDA target
+        info["reason"] = f"numba.cuda cannot be imported ({exc}); install it with {INSTALL_HINT}"
+        return info
+    if info["numba_cuda_version"] is None and not hasattr(cuda, "jit"):
+        info["reason"] = f"numba-cuda is not installed; {INSTALL_HINT}"
+        return info
+    try:
+        if not cuda.is_available():
+            info["reason"] = ("numba-cuda is installed but finds no usable NVIDIA GPU / driver "
+                              "(numba.cuda.is_available() is False)")
+            return info
+        dev = cuda.get_current_device()
+        name = getattr(dev, "name", "numba CUDA simulator" if info["simulator"] else "unknown")
+        info["device"] = name.decode() if isinstance(name, bytes) else str(name)
+        cc = getattr(dev, "compute_capability", None)
+        info["compute_capability"] = None if cc is None else tuple(int(v) for v in cc)
+    except Exception as exc:
+        info["reason"] = f"the CUDA driver could not be initialised: {exc}"
+        return info
+    # Compile and run one tiny kernel: numba-cuda fails only here when it is
+    # incompatible with the installed numpy.
+    try:
+        global cuda_g
+        cuda_g = cuda
+        k = cuda.jit(**CUDA_JIT)(_probe_kernel)
+        a = cuda.device_array(4, np.float32)
+        k[1, 4](a)
+        if not np.array_equal(a.copy_to_host(), np.arange(4, dtype=np.float32)):
+            raise RuntimeError("a probe kernel computed wrong values")
+    except Exception as exc:
+        msg = f"{type(exc).__name__}: {exc}"
+        hint = ""
+        if "row_stack" in str(exc) or np.lib.NumpyVersion(np.__version__) >= "2.5.0":
+            hint = (f" numba-cuda {info['numba_cuda_version']} does not work with numpy "
+                    f"{np.__version__}; install numpy < 2.5 (pip install 'numpy<2.5').")
+        info["reason"] = f"the numba CUDA target cannot compile kernels ({msg}).{hint}"
+        return info
+    info["available"] = True
+    info["reason"] = "simulator (NUMBA_ENABLE_CUDASIM=1)" if info["simulator"] else "ok"
+    return info
+
+
+def status() -> dict:
+    """Probe the CUDA target once per process and return what was found."""
+    with _lock:
+        if "info" not in _state:
+            _state["info"] = _probe()
+        return dict(_state["info"])
+
+
+def require():
+    """The ``numba.cuda`` module, or :class:`CudaUnavailableError` saying why not."""
+    info = status()
+    if not info["available"]:
+        raise CudaUnavailableError(f"CUDA arrays were passed but the CUDA backend cannot run: "
+                                   f"{info['reason']}")
+    from numba import cuda
+    return cuda
+
+
+def cuda_module():
+    from numba import cuda
+    return cuda
+
+
+def nbtype(dtype):
+    """The numba scalar type of a numpy dtype (for shared/local arrays)."""
+    import numba
+    return numba.from_dtype(np.dtype(dtype))
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Context:
+    """Where one call's kernels run and how it allocates device memory.
+
+    ``stream`` is the caller's stream (torch's / CuPy's current stream, or
+    numba's default), so kernels are ordered after the producer of the inputs
+    without a host synchronisation; ``empty`` allocates through the caller's
+    framework (its caching allocator) when there is one.
+    """
+
+    def __init__(self, stream=0, empty=None):
+        self.stream = stream
+        self._empty = empty
+
+    def empty(self, shape, dtype):
+        if self._empty is not None:
+            return self._empty(tuple(shape), np.dtype(dtype))
+        cuda = cuda_module()
+        return cuda.device_array(tuple(shape), dtype=np.dtype(dtype), stream=self.stream)
+
+
+def launch(kernel, grid, block, ctx: Context, shared_bytes: int = 0):
+    """``kernel[grid, block, stream, shared]`` with a non-empty grid."""
+    grid = tuple(max(1, int(g)) for g in grid)
+    return kernel[grid, tuple(int(b) for b in block), ctx.stream, int(shared_bytes)]
+
+
+_dummies: dict = {}
+
+
+def dummy(dtype, ctx: Context):
+    """A one-element device array standing in for an absent optional argument."""
+    cuda = cuda_module()
+    key = (np.dtype(dtype).str, None if simulator() else id(cuda.current_context()))
+    arr = _dummies.get(key)
+    if arr is None:
+        arr = cuda.device_array(1, dtype=np.dtype(dtype))
+        _dummies[key] = arr
+    return arr
