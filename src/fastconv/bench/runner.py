@@ -8,7 +8,11 @@ Method (the same for every candidate):
    chosen so one round lasts at least ``min_round_s``.
 2. ``repeat`` rounds; inside a round the candidates run one after another
    (round-robin), so a burst of load from other processes slows all of them
-   alike instead of one.  The statistic reported is the median per call.
+   alike instead of one.  Each candidate's turn starts with one untimed call:
+   the thread pool of the previous candidate (OpenBLAS workers busy-wait
+   for a while after a GEMM, as do OpenMP workers after a parallel region)
+   is then idle again and does not steal cores from the timed calls.  The
+   statistic reported is the median per call.
 3. Every candidate's result is checked against a float64 numpy im2col
    oracle (``max |y - y_ref| / max |y_ref|``), so a wrong fast kernel shows.
 4. The ratio to PyTorch uses the two medians measured in this process.
@@ -245,6 +249,7 @@ def bench_layer(layer: Layer, *, algorithms=None, repeat: int = 5, dtype=np.floa
     for _ in range(repeat):
         for name, fn in calls.items():
             number = numbers[name]
+            fn()  # settle: the previous candidate's thread pool may still be spinning
             t0 = time.perf_counter()
             for _ in range(number):
                 fn()

@@ -1,0 +1,136 @@
+"""Measure every CPU algorithm on the suite's 18 layers and on other shapes, and score ``auto``.
+
+This is how the rule in :func:`fastconv.cpu.auto_rule` was fitted and how
+the hit rates in its docstring were measured::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fit_auto_rule.py \
+        --json benchmarks/results/auto_rule_data.json
+    python benchmarks/fit_auto_rule.py --from-json benchmarks/results/auto_rule_data.json
+
+The first command times every algorithm (interleaved rounds, medians; see
+:mod:`fastconv.bench.runner`) and stores the medians; the second re-scores the
+current ``auto_rule`` on stored data, so candidate rules can be compared
+without re-measuring.  A "hit" is auto choosing the fastest algorithm; a
+"near hit" is auto's choice within 5% (run-to-run noise) of the fastest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from fastconv.bench.layers import Layer, load_layers
+from fastconv.bench.runner import bench_layer
+
+#: Shapes outside the suite: channel counts around the Winograd threshold,
+#: batch, kernel sizes 1/3/5/7, stride 2, dilation, grouped and depthwise.
+OTHER_SHAPES = [
+    Layer("c16_k16_h32_3x3", 1, 16, 32, 32, 16, 3, 3, padding=1),
+    Layer("c8_k32_h56_3x3", 1, 8, 56, 56, 32, 3, 3, padding=1),
+    Layer("c32_k8_h28_3x3", 1, 32, 28, 28, 8, 3, 3, padding=1),
+    Layer("c3_k32_h128_3x3", 1, 3, 128, 128, 32, 3, 3, padding=1),
+    Layer("c16_k16_h224_3x3", 1, 16, 224, 224, 16, 3, 3, padding=1),
+    Layer("n8_c64_k64_h14_3x3", 8, 64, 14, 14, 64, 3, 3, padding=1),
+    Layer("n4_c256_k256_h7_3x3", 4, 256, 7, 7, 256, 3, 3, padding=1),
+    Layer("c512_k512_h4_3x3", 1, 512, 4, 4, 512, 3, 3, padding=1),
+    Layer("c64_k128_h28_5x5", 1, 64, 28, 28, 128, 5, 5, padding=2),
+    Layer("c32_k32_h56_7x7", 1, 32, 56, 56, 32, 7, 7, padding=3),
+    Layer("n32_c1_k32_h28_5x5", 32, 1, 28, 28, 32, 5, 5),
+    Layer("c128_k64_h28_1x1", 1, 128, 28, 28, 64, 1, 1),
+    Layer("n8_c256_k512_h7_1x1", 8, 256, 7, 7, 512, 1, 1),
+    Layer("c64_k64_h56_3x3_s2", 1, 64, 56, 56, 64, 3, 3, stride=2, padding=1),
+    Layer("c64_k64_h56_3x3_d2", 1, 64, 56, 56, 64, 3, 3, padding=2, dilation=2),
+    Layer("c128_k128_h28_3x3_g4", 1, 128, 28, 28, 128, 3, 3, padding=1, groups=4),
+    Layer("c128_k128_h28_3x3_g32", 1, 128, 28, 28, 128, 3, 3, padding=1, groups=32),
+    Layer("dw_c256_h14_3x3", 1, 256, 14, 14, 256, 3, 3, padding=1, groups=256),
+    Layer("dw_c96_h28_5x5", 1, 96, 28, 28, 96, 5, 5, padding=2, groups=96),
+]
+
+NEAR = 1.05
+
+
+def measure(layers, repeat, progress=True) -> list:
+    rows = []
+    for i, layer in enumerate(layers):
+        r = bench_layer(layer, repeat=repeat, peers=("torch",))
+        rows.append({"name": layer.name,
+                     "shape": {k: getattr(layer, k) for k in ("N", "C", "H", "W", "K", "R", "S",
+                                                             "stride", "padding", "dilation", "groups")},
+                     "medians": {m.name: m.median for m in r.measurements.values()},
+                     "auto_at_measurement": r.auto})
+        if progress:
+            best = min((m for m in r.algorithms()), key=lambda m: m.median).name
+            print(f"[{i + 1}/{len(layers)}] {layer.name}: fastest {best}", file=sys.stderr)
+    return rows
+
+
+def score(rows, label: str) -> dict:
+    """Score the current auto_rule on measured rows; prints one line per row."""
+    from fastconv import _dispatch
+
+    hits = near = 0
+    losses, vs_torch = [], []
+    print(f"\n{label}")
+    print(f"{'layer':24s} {'Cg':>4s} {'Kg':>4s} {'RxS':>5s} {'s':>2s} {'g':>4s} {'NPQ':>7s}  "
+          f"{'fastest':18s} {'auto':18s} {'auto/best':>9s}  times ms (alg=...)")
+    for row in rows:
+        layer = Layer(row["name"], **row["shape"])
+        p = layer.params()
+        auto = _dispatch.auto_choice(p, "cpu")
+        assert _dispatch.get("cpu", auto).supports(p) is None, (auto, row["name"])
+        algs = {k: v for k, v in row["medians"].items() if k != "torch"}
+        best = min(algs, key=algs.get)
+        loss = algs[auto] / algs[best] if auto in algs else float("nan")
+        hits += auto == best
+        near += loss <= NEAR
+        losses.append(loss)
+        if "torch" in row["medians"] and auto in algs:
+            vs_torch.append(row["medians"]["torch"] / algs[auto])
+        times = " ".join(f"{k}={v * 1e3:.2f}" for k, v in sorted(row["medians"].items()))
+        print(f"{row['name']:24s} {p.Cg:4d} {p.Kg:4d} {p.R}x{p.S:<3d} {p.stride[0]:2d} {p.groups:4d} "
+              f"{p.N * p.P * p.Q:7d}  {best:18s} {auto:18s} {loss:9.2f}  {times}")
+    n = len(rows)
+    gm = math.exp(np.mean(np.log(losses)))
+    out = {"n": n, "hits": hits, "near_hits": near, "auto_vs_best_geomean": gm,
+           "worst_loss": max(losses)}
+    if vs_torch:
+        out["auto_vs_torch_geomean"] = math.exp(np.mean(np.log(vs_torch)))
+    print(f"{label}: auto fastest on {hits}/{n}, within {NEAR}x on {near}/{n}; geometric mean "
+          f"auto/fastest {gm:.3f}, worst {max(losses):.2f}x")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", help="store the measured medians here")
+    ap.add_argument("--from-json", help="score auto_rule on stored medians instead of measuring")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--only", choices=("suite", "other"), default=None)
+    args = ap.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            data = json.load(f)
+    else:
+        data = {}
+        if args.only in (None, "suite"):
+            data["suite"] = measure(load_layers(), args.repeat)
+        if args.only in (None, "other"):
+            data["other"] = measure(OTHER_SHAPES, args.repeat)
+        from fastconv.bench.machine import machine_info
+        data["machine"] = machine_info()["fastconv"]
+        data["repeat"] = args.repeat
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(data, f, indent=1, default=str)
+    for key in ("suite", "other"):
+        if key in data:
+            score(data[key], f"{key} ({len(data[key])} shapes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
