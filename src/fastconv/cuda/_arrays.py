@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._runtime import Context, cdiv, launch, simulator, CUDA_JIT, cuda_module
+from ._runtime import threads_1d, Context, cdiv, launch, simulator, CUDA_JIT, cuda_module
 
 _DLPACK_CUDA = (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
 
@@ -290,7 +290,7 @@ def copy4d(src, dst, ctx: Context):
     total = shape[0] * shape[1] * shape[2] * shape[3]
     if total == 0:
         return dst
-    threads = 256
+    threads = threads_1d()
     blocks = min(cdiv(total, threads), 65535 * 4)
     launch(_copy_kernel(), (blocks,), (threads,), ctx)(src, dst, shape[1], shape[2], shape[3], total)
     return dst

@@ -210,6 +210,11 @@ class Context:
         return cuda.device_array(tuple(shape), dtype=np.dtype(dtype), stream=self.stream)
 
 
+def threads_1d() -> int:
+    """Threads per block of the one-dimensional (element-wise) kernels: BLOCK^2 (256 by default)."""
+    return SETTINGS.block * SETTINGS.block
+
+
 def launch(kernel, grid, block, ctx: Context, shared_bytes: int = 0):
     """``kernel[grid, block, stream, shared]`` with a non-empty grid."""
     grid = tuple(max(1, int(g)) for g in grid)

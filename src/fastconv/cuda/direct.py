@@ -29,7 +29,7 @@ import functools
 
 import numpy as np
 
-from ._runtime import CUDA_JIT, SETTINGS, SHARED_BYTES, cdiv, cuda_module, dummy, launch, nbtype
+from ._runtime import threads_1d, CUDA_JIT, SETTINGS, SHARED_BYTES, cdiv, cuda_module, dummy, launch, nbtype
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
@@ -234,6 +234,6 @@ def run(x, w, bias, p, y, ctx, flag=None):
         launch(kern, grid, (TB, TB), ctx, shared)(*common, qtiles, kblocks, p.groups, PH, PW)
     else:
         total = p.N * p.groups * kblocks * p.P * p.Q
-        threads = 128
+        threads = threads_1d()
         launch(_global(p.dtype.str, KB), (cdiv(total, threads),), (threads,), ctx)(
             *common, kblocks, p.groups, total)

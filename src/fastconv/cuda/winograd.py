@@ -42,7 +42,7 @@ import numpy as np
 
 from ..winograd_math import transform_matrices
 from . import direct
-from ._runtime import CUDA_JIT, SETTINGS, cdiv, cuda_module, launch, nbtype
+from ._runtime import threads_1d, CUDA_JIT, SETTINGS, cdiv, cuda_module, launch, nbtype
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
@@ -326,7 +326,7 @@ def _gemm_kernel(dtype_str: str, TB: int, RT: int, BK: int):
 
 
 def _scan_nonfinite(a, n, flag, ctx):
-    threads = 256
+    threads = threads_1d()
     blocks = max(1, min(cdiv(n, threads * 8), 4096))
     launch(_nonfinite_kernel(), (blocks,), (threads,), ctx)(a, n, flag)
 
@@ -358,7 +358,7 @@ def run_tiles(x, w, bias, p, y, ctx, m):
     U = ctx.empty((A2 * Cg * p.K,), dtype)
     V = ctx.empty((A2 * p.C * Tc,), dtype)
     Mw = ctx.empty((A2 * p.K * Tc,), dtype)
-    threads = 128
+    threads = threads_1d()
     launch(wk, (cdiv(G * Cg * Kg, threads),), (threads,), ctx)(w, U, Cg, Kg, G)
     for t0 in range(0, T, Tc):
         n_t = min(Tc, T - t0)
