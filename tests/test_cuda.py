@@ -1,20 +1,13 @@
-"""CUDA kernels (fastconv.cuda) against fastconv.reference, on a GPU or under the simulator.
+"""fastconv.cuda without kernels (registration, auto rule, status, errors), and the simulator run.
 
-Three ways this module runs:
-
-* ``NUMBA_ENABLE_CUDASIM=1`` in the environment: the kernel tests run in this
-  process under numba's CUDA simulator (kernels as Python threads);
-* a usable GPU: the same tests run on it, with the default block sizes;
-* neither (CI): the kernel tests are skipped here and
-  :func:`test_kernels_under_the_simulator` re-runs this file in a subprocess
-  with the simulator on and the block sizes shrunk (``SIM_ENV``), so
-  multi-block grids, partial tiles and several shared-memory slices per
-  output run on tiny shapes.  A subprocess is the robust way: the simulator
-  must be chosen before ``numba.cuda`` is first imported, and other test
-  modules may import it first.
-
-The pure-Python parts (registration, the auto rule, status, the error when
-CUDA is unavailable) run in every mode.
+The kernel tests live in ``test_cuda_kernels.py``.  They run in-process on a
+GPU or when ``NUMBA_ENABLE_CUDASIM=1`` is already set.  Otherwise (CI, no
+GPU) :func:`test_kernels_under_the_simulator` runs that file in a subprocess
+with numba's CUDA simulator on and the block sizes shrunk (``SIM_ENV``), so
+multi-block grids, partial tiles and several shared-memory slices per output
+run on tiny shapes.  A subprocess is the robust way: the simulator must be
+chosen before ``numba.cuda`` is first imported, and other test modules may
+import it first.
 """
 
 from __future__ import annotations
@@ -27,10 +20,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import CudaUnavailableError, UnsupportedError
-from fastconv.reference import conv2d as ref_conv2d
-
-from conftest import TOLERANCE, random_problem, rel_err
+from fastconv import CudaUnavailableError
 
 # Block sizes of the simulator run: 4x4 threads, 2x2 register tiles, K-slices of 4, 2 output
 # channels per direct thread, so the test shapes below span several blocks in every grid axis.
@@ -59,10 +49,7 @@ def _mode() -> str:
 
 
 MODE = _mode()
-kernels = pytest.mark.skipif(
-    MODE not in ("sim", "gpu"),
-    reason="no GPU: run by test_kernels_under_the_simulator in a subprocess" if MODE == "subprocess"
-    else "numba-cuda is not installed")
+KERNEL_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_cuda_kernels.py")
 
 
 # --- every mode -------------------------------------------------------------------------------
@@ -124,259 +111,8 @@ def test_kernels_under_the_simulator():
                                                     env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
            "--rootdir", os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-           os.path.abspath(__file__)]
+           KERNEL_TESTS]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, f"simulator run failed:\n{tail}"
     assert " passed" in proc.stdout and " failed" not in proc.stdout, tail
-
-
-# --- kernels (simulator or GPU) ---------------------------------------------------------------
-
-def _cuda():
-    from numba import cuda
-    return cuda
-
-
-def dev(a):
-    return None if a is None else _cuda().to_device(np.ascontiguousarray(a))
-
-
-def host(y):
-    return y.copy_to_host()
-
-
-def check(y, yr, algorithm, dtype):
-    y = np.asarray(y)
-    assert y.shape == yr.shape and y.dtype == np.dtype(dtype)
-    assert np.isfinite(y).all()
-    err = rel_err(y, yr)
-    assert err <= TOLERANCE[(algorithm, np.dtype(dtype).name)], (algorithm, err)
-
-
-def run(algorithm, x, w, b=None, **kw):
-    return host(fastconv.cuda.conv2d(dev(x), dev(w), dev(b), algorithm=algorithm, **kw))
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_kernel_matches_the_reference_and_its_error_bound(rng, algorithm):
-    from fastconv.accuracy import error_bound
-
-    x, w, b = random_problem(rng, (2, 3, 7, 6), (5, 3, 3, 3))
-    x0, w0, b0 = x.copy(), w.copy(), b.copy()
-    xd, wd, bd = dev(x), dev(w), dev(b)
-    y = fastconv.cuda.conv2d(xd, wd, bd, padding=1, algorithm=algorithm)
-    assert type(y) is type(xd)  # numba in, numba out
-    y = host(y)
-    yr = ref_conv2d(x, w, b, padding=1)
-    check(y, yr, algorithm, np.float32)
-    bound = error_bound(algorithm, x, w, b, padding=1)
-    assert np.all(np.abs(y - yr) <= bound * 1.01 + 1e-30)
-    for a, a0, d in ((x, x0, xd), (w, w0, wd), (b, b0, bd)):  # inputs never modified
-        assert np.array_equal(host(d), a0)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_many_tiles_and_slices(rng, algorithm):
-    # Kg = 10 > BM (2 row tiles), Cg * R * S = 45 (12 K-slices), N*P*Q = 70 (9 column tiles);
-    # and with the 1 MiB simulator workspace Winograd still runs in one chunk.
-    x, w, b = random_problem(rng, (2, 5, 5, 7), (10, 5, 3, 3))
-    check(run(algorithm, x, w, b, padding=1), ref_conv2d(x, w, b, padding=1), algorithm, np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
-@pytest.mark.parametrize("kw", [
-    {"stride": 2, "padding": ((1, 2), (0, 1)), "dilation": (2, 1)},
-    {"stride": (1, 3), "padding": "same"},
-    {"stride": 2, "padding": "same", "dilation": 2},
-    {"padding": "full"},
-], ids=["stride-asym-dilation", "same-stride13", "same-stride2-dil2", "full"])
-def test_stride_padding_dilation(rng, algorithm, kw):
-    x, w, b = random_problem(rng, (1, 3, 8, 9), (4, 3, 3, 2))
-    check(run(algorithm, x, w, b, **kw), ref_conv2d(x, w, b, **kw), algorithm, np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_winograd_padding_modes_and_asymmetry(rng, algorithm):
-    x, w, _ = random_problem(rng, (1, 2, 7, 9), (3, 2, 3, 3), bias=False)
-    kw = {"padding": ((0, 2), (1, 0))}
-    check(run(algorithm, x, w, **kw), ref_conv2d(x, w, **kw), algorithm, np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_groups(rng, algorithm):
-    x, w, b = random_problem(rng, (2, 4, 6, 5), (6, 2, 3, 3))
-    check(run(algorithm, x, w, b, padding=1, groups=2),
-          ref_conv2d(x, w, b, padding=1, groups=2), algorithm, np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd_f2x2_3x3"])
-@pytest.mark.parametrize("K", [3, 6], ids=["depthwise", "multiplier2"])
-def test_depthwise(rng, algorithm, K):
-    x, w, b = random_problem(rng, (1, 3, 6, 6), (K, 1, 3, 3))
-    check(run(algorithm, x, w, b, padding=1, groups=3),
-          ref_conv2d(x, w, b, padding=1, groups=3), algorithm, np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd_f4x4_3x3"])
-def test_nhwc(rng, algorithm):
-    x, w, b = random_problem(rng, (2, 3, 6, 5), (4, 3, 3, 3))
-    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    y = run(algorithm, xh, w, b, padding=1, layout="NHWC")
-    yr = ref_conv2d(x, w, b, padding=1).transpose(0, 2, 3, 1)
-    check(y, yr, algorithm, np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_float64(rng, algorithm):
-    x, w, b = random_problem(rng, (1, 3, 6, 6), (4, 3, 3, 3), dtype=np.float64)
-    check(run(algorithm, x, w, b, padding=1), ref_conv2d(x, w, b, padding=1), algorithm, np.float64)
-
-
-@kernels
-def test_mixed_dtypes_promote_like_numpy(rng):
-    x, w, b = random_problem(rng, (1, 2, 5, 5), (3, 2, 3, 3))
-    y = run("auto", x, w.astype(np.float64), b)
-    assert y.dtype == np.float64
-    check(y, ref_conv2d(x, w.astype(np.float64), b), "direct", np.float64)
-
-
-@kernels
-def test_unbatched_input(rng):
-    x, w, b = random_problem(rng, (3, 6, 5), (4, 3, 2, 2))
-    y = run("im2col", x, w, b, padding=(1, 0))
-    assert y.shape == (4, 7, 4)
-    check(y, ref_conv2d(x, w, b, padding=(1, 0)), "im2col", np.float32)
-
-
-@kernels
-def test_non_contiguous_input_is_copied_on_the_device(rng):
-    x, w, b = random_problem(rng, (2, 3, 10, 7), (4, 3, 3, 3))
-    xd = dev(x)[:, :, ::2, :]  # a strided device view
-    y = host(fastconv.cuda.conv2d(xd, dev(w), dev(b), algorithm="im2col"))
-    check(y, ref_conv2d(x[:, :, ::2, :], w, b), "im2col", np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_out(rng, layout):
-    x, w, b = random_problem(rng, (1, 2, 5, 6), (3, 2, 3, 3))
-    xin = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    yr = ref_conv2d(x, w, b, padding=1)
-    if layout == "NHWC":
-        yr = yr.transpose(0, 2, 3, 1)
-    out = dev(np.full(yr.shape, np.nan, np.float32))  # unwritten elements would stay NaN
-    got = fastconv.cuda.conv2d(dev(xin), dev(w), dev(b), padding=1, layout=layout,
-                               algorithm="direct", out=out)
-    assert got is out
-    check(host(out), yr, "direct", np.float32)
-
-
-@kernels
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_nonfinite_inputs_propagate_exactly(rng, algorithm):
-    x, w, b = random_problem(rng, (1, 2, 9, 8), (3, 2, 3, 3))
-    x[0, 0, 2, 3] = np.nan
-    x[0, 1, 7, 1] = np.inf
-    w[1, 0, 0, 0] = -np.inf if algorithm == "winograd_f4x4_3x3" else w[1, 0, 0, 0]
-    y = run(algorithm, x, w, b, padding=1)
-    with np.errstate(invalid="ignore"):
-        yr = ref_conv2d(x, w, b, padding=1)
-    assert np.array_equal(np.isnan(y), np.isnan(yr))
-    assert np.array_equal(np.isposinf(y), np.isposinf(yr))
-    assert np.array_equal(np.isneginf(y), np.isneginf(yr))
-    fin = np.isfinite(yr)
-    assert rel_err(y[fin], yr[fin]) <= TOLERANCE[(algorithm, "float32")]
-
-
-@kernels
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the simulator's numpy
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("algorithm", ["winograd_f2x2_3x3", "winograd_f4x4_3x3"])
-def test_winograd_transform_overflow_falls_back_to_direct(algorithm):
-    # Finite inputs and a finite exact result, but B^T d B overflows float32.
-    x = np.zeros((1, 1, 6, 6), np.float32)
-    x[0, 0, 2:4, 2:4] = 3e38
-    x[0, 0, 2, 3] = -3e38
-    w = np.zeros((1, 1, 3, 3), np.float32)
-    w[0, 0, 1, 1] = 1.0
-    y = run(algorithm, x, w, padding=1)
-    np.testing.assert_array_equal(y, x[0:1])
-
-
-@kernels
-def test_direct_fallback_for_a_patch_too_large_for_shared_memory(rng):
-    # The input patch of one block spans (R-1)*dilation+1 rows and columns: over 48 KiB here.
-    x, w, b = random_problem(rng, (1, 1, 125, 125), (2, 1, 2, 2))
-    kw = {"dilation": 120}
-    from fastconv._params import normalize
-    from fastconv.cuda import direct
-    from fastconv.cuda._runtime import SHARED_BYTES, SETTINGS
-
-    PH, PW = direct.patch_shape(normalize(x.shape, w.shape, None, np.float32, **kw))
-    assert PH * PW * 4 > SHARED_BYTES or SETTINGS.block > 4
-    check(run("direct", x, w, b, **kw), ref_conv2d(x, w, b, **kw), "direct", np.float32)
-
-
-@kernels
-def test_auto_and_alias(rng):
-    x, w, b = random_problem(rng, (1, 2, 6, 6), (3, 2, 3, 3))
-    yr = ref_conv2d(x, w, b, padding=1)
-    check(run("winograd", x, w, b, padding=1), yr, "winograd_f4x4_3x3", np.float32)
-    check(run("auto", x, w, b, padding=1), yr, "direct", np.float32)
-
-
-@kernels
-def test_empty_batch(rng):
-    x, w, b = random_problem(rng, (0, 2, 5, 5), (3, 2, 3, 3))
-    y = run("im2col", x, w, b)
-    assert y.shape == (0, 3, 3, 3)
-
-
-@kernels
-def test_front_end_dispatches_device_arrays(rng):
-    from fastconv import _api
-
-    x, w, b = random_problem(rng, (1, 2, 5, 5), (3, 2, 3, 3))
-    xd = dev(x)
-    if not _api._is_device_array(xd):
-        pytest.skip("fastconv.conv2d does not recognise the simulator's device arrays")
-    y = fastconv.conv2d(xd, dev(w), dev(b), algorithm="im2col")
-    assert type(y) is type(xd)
-    check(host(y), ref_conv2d(x, w, b), "im2col", np.float32)
-
-
-@kernels
-def test_errors():
-    x = dev(np.ones((1, 2, 5, 5), np.float32))
-    w = dev(np.ones((3, 2, 3, 3), np.float32))
-    with pytest.raises(TypeError, match=r"x \(.*\) on the GPU but w \(numpy.ndarray\) on the host"):
-        fastconv.cuda.conv2d(x, np.ones((3, 2, 3, 3), np.float32))
-    with pytest.raises(TypeError, match=r"bias \(numpy.ndarray\) on the host"):
-        fastconv.cuda.conv2d(x, w, np.ones(3, np.float32))
-    with pytest.raises(TypeError, match="out must be a CUDA array"):
-        fastconv.cuda.conv2d(x, w, out=np.empty((1, 3, 3, 3), np.float32))
-    with pytest.raises(ValueError, match=r"out must have shape \(1, 3, 3, 3\)"):
-        fastconv.cuda.conv2d(x, w, out=dev(np.empty((1, 3, 3, 4), np.float32)))
-    with pytest.raises(ValueError, match="out must have dtype float32"):
-        fastconv.cuda.conv2d(x, w, out=dev(np.empty((1, 3, 3, 3), np.float64)))
-    with pytest.raises(TypeError, match="x must have dtype float32 or float64, got int32"):
-        fastconv.cuda.conv2d(dev(np.ones((1, 2, 5, 5), np.int32)), w)
-    with pytest.raises(ValueError, match="stride must be >= 1"):
-        fastconv.cuda.conv2d(x, w, stride=0)
-    with pytest.raises(ValueError, match="channel mismatch"):
-        fastconv.cuda.conv2d(x, dev(np.ones((3, 4, 3, 3), np.float32)))
-    with pytest.raises(UnsupportedError, match="3x3 kernel with stride 1"):
-        fastconv.cuda.conv2d(x, w, stride=2, algorithm="winograd_f2x2_3x3")
-    with pytest.raises(ValueError, match="algorithm must be one of"):
-        fastconv.cuda.conv2d(x, w, algorithm="fft")
-    with pytest.raises(TypeError, match="x must be a CUDA array"):
-        fastconv.cuda.conv2d(np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32))
