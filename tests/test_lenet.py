@@ -205,3 +205,18 @@ def test_connections_validation_names_the_argument():
     empty[4] = False
     with pytest.raises(ValueError, match="connections"):
         fastconv.conv2d(x, w, connections=empty)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "winograd_f4x4_3x3", "im2col"])
+def test_table_on_a_wide_layer_with_out_and_unbatched(algorithm):
+    # C = K = 16 with 3x3 kernels: auto picks Winograd, whose transformed
+    # weights must also see the zeroed slices.
+    rng = np.random.default_rng(11)
+    table = random_table(rng, 16, 16, 0.3)
+    x = rng.standard_normal((16, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    out = np.full((16, 10, 10), np.nan, np.float32)
+    y = fastconv.conv2d(x, w, padding="same", algorithm=algorithm, out=out, connections=table)
+    assert y is out
+    np.testing.assert_allclose(y, masked_reference(x, w, None, table, padding="same"),
+                               rtol=1e-4, atol=1e-4)
