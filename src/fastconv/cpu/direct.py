@@ -65,8 +65,8 @@ SIMPLE_MAX_MACS = 4096
 # registers of AVX-512.
 BLOCKED_NPX = {1: 24, 2: 12, 3: 8, 4: 6}
 
-# Bytes of packed weights one channel chunk may hold (kept in L2).
-CHUNK_WEIGHT_BYTES = 128 * 1024
+# Bytes of packed weights one channel chunk may hold (kept in the 48 KiB L1).
+CHUNK_WEIGHT_BYTES = 40 * 1024
 
 
 @numba.njit(**PJIT)
@@ -96,21 +96,24 @@ def _direct_nchw(xp, w, bias, y, sh, sw, dh, dw, groups):
 _DRIVERS: dict = {}
 
 
-def _make_blocked_driver(NKB: int, NPX: int):
-    """Compile the blocked driver for ``NKB`` channel blocks x ``NPX`` pixels.
+def _make_blocked_driver(NKB: int, NPX: int, V: int):
+    """Compile the blocked driver for ``NKB`` channel blocks x ``NPX`` pixels of ``V`` lanes.
 
     The micro-kernel's accumulator and offset arrays live on the stack and
     are indexed only inside loops of constant trip count (``NKB``, ``NPX``),
     which LLVM unrolls fully and then promotes to registers.  The last
     pixel block of a tile may be short (``npx < NPX``): its missing pixels
     repeat the first pixel's input (in bounds) and are never stored, so the
-    hot loop carries no branch.
+    hot loop carries no branch.  With unit horizontal dilation the kernel
+    columns and channels of one kernel row are adjacent in both packed
+    layouts, so the innermost loop runs over ``S * Vc`` of them at once.
     """
     NACC = NKB * NPX
+    WV = NKB * V  # weights per input element
 
     @numba.njit(**JIT)
     def micro(xb, wb, bb, yb, xbase, wbase, ybase, bbase, t0, npx, cb0, cb1,
-              first, Q, Wp, Vc, sh, sw, dh, dw, R, S, V, xcb, wkb, ykb):
+              first, Q, Wp, Vc, sh, sw, dh, dw, R, S, xcb, ykb):
         acc = stack_vectors(yb, NACC)
         wv = stack_vectors(yb, NKB)
         offs = stack_ints(NPX)
@@ -127,25 +130,27 @@ def _make_blocked_driver(NKB: int, NPX: int):
                 p += 1
         for i in range(NKB):
             for j in range(NPX):
-                if first:
+                if first or j >= npx:
                     sset(acc, i * NPX + j, vload(bb, bbase + i * V))
-                elif j < npx:
-                    sset(acc, i * NPX + j, vload(yb, ybase + i * ykb + (t0 + j) * V))
                 else:
-                    sset(acc, i * NPX + j, vload(bb, bbase + i * V))
-        RSV = R * S * Vc * V
+                    sset(acc, i * NPX + j, vload(yb, ybase + i * ykb + (t0 + j) * V))
+        if dw == 1:
+            SL, L = 1, S * Vc
+        else:
+            SL, L = S, Vc
+        RSW = R * S * Vc * WV
         for cb in range(cb0, cb1):
             xc = xbase + cb * xcb
-            wc = wbase + cb * RSV
+            wc = wbase + cb * RSW
             for r in range(R):
-                for s in range(S):
+                for s in range(SL):
                     xo = xc + (r * dh * Wp + s * dw) * Vc
-                    wo = wc + (r * S + s) * Vc * V
-                    for c in range(Vc):
+                    wo = wc + (r * S + s) * Vc * WV
+                    for u in range(L):
                         for i in range(NKB):
-                            sset(wv, i, vload(wb, wo + i * wkb + c * V))
+                            sset(wv, i, vload(wb, wo + u * WV + i * V))
                         for j in range(NPX):
-                            xv = vbcast(xb, xo + sget(offs, j) + c)
+                            xv = vbcast(xb, xo + sget(offs, j) + u)
                             for i in range(NKB):
                                 sset(acc, i * NPX + j,
                                      vfma(xv, sget(wv, i), sget(acc, i * NPX + j)))
@@ -156,11 +161,10 @@ def _make_blocked_driver(NKB: int, NPX: int):
 
     @numba.njit(**PJIT)
     def driver(xb, wb, bb, yb, N, G, KBp, CB, Hp, Wp, Vc, R, S, P, Q,
-               sh, sw, dh, dw, V, ntiles, tile_px, ccb):
+               sh, sw, dh, dw, ntiles, tile_px, ccb):
         PQ = P * Q
         nkg = KBp // NKB
         xcb = Hp * Wp * Vc
-        wkb = CB * R * S * Vc * V
         ykb = PQ * V
         for task in numba.prange(N * G * nkg * ntiles):
             tile = task % ntiles
@@ -170,7 +174,7 @@ def _make_blocked_driver(NKB: int, NPX: int):
             g = ng % G
             kb0 = kg * NKB
             xbase = ng * CB * xcb
-            wbase = (g * KBp + kb0) * wkb
+            wbase = (g * nkg + kg) * CB * R * S * Vc * WV
             ybase = (ng * KBp + kb0) * ykb
             bbase = (g * KBp + kb0) * V
             t_begin = tile * tile_px
@@ -180,23 +184,22 @@ def _make_blocked_driver(NKB: int, NPX: int):
                 for t0 in range(t_begin, t_end, NPX):
                     micro(xb, wb, bb, yb, xbase, wbase, ybase, bbase, t0,
                           min(NPX, t_end - t0), cb0, cb1, cb0 == 0, Q, Wp, Vc,
-                          sh, sw, dh, dw, R, S, V, xcb, wkb, ykb)
+                          sh, sw, dh, dw, R, S, xcb, ykb)
 
     return driver
 
 
-def blocked_driver(NKB: int, NPX: int):
+def blocked_driver(NKB: int, NPX: int, V: int):
     """The (lazily compiled, disk-cached) blocked driver for one register blocking."""
-    key = (NKB, NPX)
+    key = (NKB, NPX, V)
     drv = _DRIVERS.get(key)
     if drv is None:
-        drv = _DRIVERS.setdefault(key, _make_blocked_driver(NKB, NPX))
+        drv = _DRIVERS.setdefault(key, _make_blocked_driver(NKB, NPX, V))
     return drv
 
 
 @numba.njit(**PJIT)
-def _unpack_blocked_output(yb, y, G, KBp, V):
-    N, K, P, Q = y.shape
+def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V):
     Kg = K // G
     PQ = P * Q
     for nk in numba.prange(N * K):
@@ -204,8 +207,9 @@ def _unpack_blocked_output(yb, y, G, KBp, V):
         g, kk = k // Kg, k % Kg
         kb, lane = kk // V, kk % V
         src = ((n * G + g) * KBp + kb) * PQ * V + lane
+        dst = nk * PQ
         for t in range(PQ):
-            y[n, k, t // Q, t % Q] = yb[src + t * V]
+            yf[dst + t] = yb[src + t * V]
 
 
 def blocked_plan(p):
@@ -229,6 +233,7 @@ def blocked_plan(p):
     item = np.dtype(p.dtype).itemsize
     chunk = NKB * p.R * p.S * Vc * V * item
     ccb = max(1, min(CB, CHUNK_WEIGHT_BYTES // max(chunk, 1)))
+    ccb = -(-CB // -(-CB // ccb))  # equal chunks
     PQ = p.P * p.Q
     outer = p.N * p.groups * (KBp // NKB)
     want = 4 * max(1, numba.get_num_threads())
@@ -244,20 +249,16 @@ def _run_blocked(x, w, bias, p, y):
     NKB, NPX, Vc, KBp, ntiles, tile_px, ccb = blocked_plan(p)
     G = p.groups
     xb, CB, Hp, Wp = pack_input_blocked(x, G, Vc, p.padding)
-    wb, KB = pack_weights_blocked(w, G, Vc, V)
-    if KBp != KB:
-        wb = np.concatenate([wb.reshape(G, KB, -1),
-                             np.zeros((G, KBp - KB, wb.size // max(G * KB, 1)), wb.dtype)],
-                            axis=1).ravel()
+    wb, _ = pack_weights_blocked(w, G, Vc, NKB, V)
     bb = np.zeros((G, KBp * V), dtype=p.dtype)
     if bias is not None:
         bb[:, :p.Kg] = bias.reshape(G, p.Kg)
     bb = bb.ravel()
     yb = np.empty(p.N * G * KBp * p.P * p.Q * V, dtype=p.dtype)
-    blocked_driver(NKB, NPX)(xb, wb, bb, yb, p.N, G, KBp, CB, Hp, Wp, Vc, p.R, p.S, p.P, p.Q,
-                             p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], V,
-                             ntiles, tile_px, ccb)
-    _unpack_blocked_output(yb, y, G, KBp, V)
+    blocked_driver(NKB, NPX, V)(xb, wb, bb, yb, p.N, G, KBp, CB, Hp, Wp, Vc, p.R, p.S, p.P, p.Q,
+                                p.stride[0], p.stride[1], p.dilation[0], p.dilation[1],
+                                ntiles, tile_px, ccb)
+    _unpack_blocked_output(yb, y.reshape(-1), p.N, p.K, p.P, p.Q, G, KBp, V)
 
 
 def _run_simple(x, w, bias, p, y):

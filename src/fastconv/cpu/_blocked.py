@@ -1,0 +1,421 @@
+"""SIMD building blocks and blocked-layout packing for the direct CPU kernels.
+
+Numba has no vector type, and LLVM keeps a micro-kernel's accumulators in
+registers only when it can prove they are private scalars.  A plain local
+``np.empty`` is a heap (NRT) allocation LLVM cannot promote, so the
+accumulators of a blocked kernel would round-trip through memory on every
+multiply-add.  The intrinsics here give the kernels what C intrinsics give
+oneDNN or NNPACK:
+
+* a 64-byte vector type (16 x float32 or 8 x float64: one zmm register);
+* :func:`vload`, :func:`vstore`, :func:`vbcast` (scalar load + splat) and
+  :func:`vfma` (``llvm.fma``: one rounding, so it never loosens the direct
+  sum's error bound);
+* :func:`stack_vectors` / :func:`stack_ints`: fixed-size arrays placed with
+  ``alloca`` in the function's entry block.  Indexed with compile-time
+  constants inside fully unrolled loops, SROA turns each element into an SSA
+  value, i.e. a register.
+
+All pointer arithmetic is raw: indices are element offsets into a 1-D
+C-contiguous array, never wrapped around when negative and never bounds
+checked.  Callers guarantee they stay in range.
+
+Packing helpers (all parallel, all writing every element of their output,
+so outputs can be ``np.empty``):
+
+* :func:`pack_input_blocked` - NCHW -> ``[N, G, CB, Hp, Wp, Vc]``: zero-padded
+  spatially, channels of each group split into ``CB`` blocks of ``Vc``
+  (zero-filled past ``Cg``); the blocked kernel broadcasts one element and
+  multiplies it into a contiguous vector of output channels.
+* :func:`pack_weights_blocked` - KCRS -> ``[G, KB/NKB, CB, R, S, Vc, NKB, V]``
+  (oneDNN's "OIhw{Vc}i{V}o" with ``NKB`` output blocks interleaved): the
+  ``NKB * V`` output channels a broadcast meets are contiguous;
+  zero-filled past ``Kg`` and ``Cg``.
+* :func:`pack_input_phases` - NCHW -> ``[N, C, Hp, sw, Wq]`` with
+  ``out[..., h, f, i] = xpad[..., h, i * sw + f]``: splitting the padded rows
+  into stride phases makes the input of ``V`` consecutive outputs contiguous
+  for any horizontal stride and dilation (the width-vectorised kernel).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, models, register_model
+
+from .._config import PJIT
+
+VECTOR_BYTES = 64  # one AVX-512 register
+
+
+def lanes(dtype) -> int:
+    """Vector lanes of ``dtype`` (16 for float32, 8 for float64)."""
+    return VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+class SimdVector(types.Type):
+    """A 64-byte LLVM vector of ``dtype`` (lowered to ``<L x float|double>``)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.count = VECTOR_BYTES // (dtype.bitwidth // 8)
+        super().__init__(name=f"SimdVector({dtype}x{self.count})")
+
+
+class StackArray(types.Type):
+    """Pointer to an ``alloca``'d fixed-size array of ``elem`` (a SimdVector or an integer)."""
+
+    def __init__(self, elem):
+        self.elem = elem
+        super().__init__(name=f"StackArray({elem})")
+
+
+@register_model(SimdVector)
+class _SimdVectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        scalar = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(scalar, fe_type.count))
+
+
+@register_model(StackArray)
+class _StackArrayModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, dmm.lookup(fe_type.elem).get_value_type().as_pointer())
+
+
+def _is_float_array(a):
+    return isinstance(a, types.Array) and isinstance(a.dtype, types.Float)
+
+
+def _element_ptr(context, builder, arrty, arr, idx):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.gep(ary.data, [idx])
+
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """Unaligned vector load of ``arr[idx : idx + L]`` (flat element index)."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)):
+        return None
+    vty = SimdVector(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        vptr = builder.bitcast(ptr, context.get_value_type(vty).as_pointer())
+        return builder.load(vptr, align=arr.dtype.bitwidth // 8)
+
+    return vty(arr, idx), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, v):
+    """Unaligned vector store of ``v`` to ``arr[idx : idx + L]``."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)
+            and isinstance(v, SimdVector) and v.dtype == arr.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        vptr = builder.bitcast(ptr, args[2].type.as_pointer())
+        builder.store(args[2], vptr, align=arr.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, v), codegen
+
+
+def _vname(vt):
+    """LLVM's overload suffix of a vector type, e.g. ``v16f32``."""
+    bits = 32 if isinstance(vt.element, ir.FloatType) else 64
+    return f"v{vt.count}f{bits}"
+
+
+def _splat(builder, scalar, count):
+    vec = ir.Constant(ir.VectorType(scalar.type, count), ir.Undefined)
+    vec = builder.insert_element(vec, scalar, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count)
+    return builder.shuffle_vector(vec, vec, mask)
+
+
+@intrinsic
+def vbcast(typingctx, arr, idx):
+    """Vector whose every lane is ``arr[idx]`` (folds into an FMA's ``{1toL}`` operand)."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)):
+        return None
+    vty = SimdVector(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        return _splat(builder, builder.load(ptr), vty.count)
+
+    return vty(arr, idx), codegen
+
+
+@intrinsic
+def vsplat(typingctx, value, like):
+    """Vector of ``like``'s dtype with every lane equal to ``value``."""
+    if not (_is_float_array(like) and isinstance(value, (types.Float, types.Integer))):
+        return None
+    vty = SimdVector(like.dtype)
+
+    def codegen(context, builder, sig, args):
+        scalar = context.cast(builder, args[0], sig.args[0], like.dtype)
+        return _splat(builder, scalar, vty.count)
+
+    return vty(value, like), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """``a * b + c`` lane-wise with a single rounding (``llvm.fma``)."""
+    if not (isinstance(a, SimdVector) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = args[0].type
+        fnty = ir.FunctionType(vt, [vt, vt, vt])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.{_vname(vt)}")
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """Lane-wise ``a + b``."""
+    if not (isinstance(a, SimdVector) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+def _literal_count(n):
+    return isinstance(n, types.IntegerLiteral) and n.literal_value > 0
+
+
+@intrinsic
+def stack_vectors(typingctx, like, n):
+    """``n`` (a compile-time constant) vectors of ``like``'s dtype on the stack."""
+    if not (_is_float_array(like) and _literal_count(n)):
+        return None
+    count = n.literal_value
+    sty = StackArray(SimdVector(like.dtype))
+
+    def codegen(context, builder, sig, args):
+        elem = context.get_value_type(sty.elem)
+        base = cgutils.alloca_once(builder, elem, size=count)
+        return base
+
+    return sty(like, n), codegen
+
+
+@intrinsic
+def stack_ints(typingctx, n):
+    """``n`` (a compile-time constant) int64 slots on the stack."""
+    if not _literal_count(n):
+        return None
+    count = n.literal_value
+    sty = StackArray(types.int64)
+
+    def codegen(context, builder, sig, args):
+        return cgutils.alloca_once(builder, ir.IntType(64), size=count)
+
+    return sty(n), codegen
+
+
+@intrinsic
+def sget(typingctx, buf, i):
+    """Element ``i`` of a stack array."""
+    if not (isinstance(buf, StackArray) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(builder.gep(args[0], [args[1]]))
+
+    return buf.elem(buf, i), codegen
+
+
+@intrinsic
+def sset(typingctx, buf, i, v):
+    """Set element ``i`` of a stack array."""
+    if not (isinstance(buf, StackArray) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], buf.elem)
+        builder.store(v, builder.gep(args[0], [args[1]]))
+        return context.get_dummy_value()
+
+    return types.void(buf, i, v), codegen
+
+
+# ---------------------------------------------------------------------------
+# Packing
+# ---------------------------------------------------------------------------
+
+@numba.njit(**PJIT)
+def _pack_input_blocked(x, xb, G, CB, Vc, pt, pl, Hp, Wp):
+    N, C, H, W = x.shape
+    Cg = C // G
+    zero = x.dtype.type(0)
+    for task in numba.prange(N * G * CB * Hp):
+        h = task % Hp
+        ncb = task // Hp
+        cb = ncb % CB
+        ng = ncb // CB
+        g = ng % G
+        n = ng // G
+        base = task * Wp * Vc
+        hi = h - pt
+        if hi < 0 or hi >= H:
+            for i in range(Wp * Vc):
+                xb[base + i] = zero
+            continue
+        for i in range(pl * Vc):
+            xb[base + i] = zero
+        for i in range((pl + W) * Vc, Wp * Vc):
+            xb[base + i] = zero
+        vmax = min(Vc, Cg - cb * Vc)
+        c0 = g * Cg + cb * Vc
+        for wi in range(W):
+            o = base + (wi + pl) * Vc
+            for v in range(vmax):
+                xb[o + v] = x[n, c0 + v, hi, wi]
+            for v in range(vmax, Vc):
+                xb[o + v] = zero
+
+
+def pack_input_blocked(x, G, Vc, padding, extra_cols=0):
+    """NCHW ``x`` -> flat ``[N, G, CB, Hp, Wp, Vc]`` (see the module docstring).
+
+    Returns ``(xb, CB, Hp, Wp)``.  ``extra_cols`` zero columns are appended on
+    the right of every row.
+    """
+    N, C, H, W = x.shape
+    pt, pb, pl, pr = padding
+    Cg = C // G
+    CB = -(-Cg // Vc)
+    Hp, Wp = H + pt + pb, W + pl + pr + extra_cols
+    xb = np.empty(N * G * CB * Hp * Wp * Vc, dtype=x.dtype)
+    if xb.size:
+        _pack_input_blocked(x, xb, G, CB, Vc, pt, pl, Hp, Wp)
+    return xb, CB, Hp, Wp
+
+
+@numba.njit(**PJIT)
+def _pack_weights_blocked(w, wb, G, KBp, CB, Vc, NKB, V):
+    K, Cg, R, S = w.shape
+    Kg = K // G
+    zero = w.dtype.type(0)
+    nkg = KBp // NKB
+    for task in numba.prange(G * nkg * CB):
+        cb = task % CB
+        gkg = task // CB
+        kg = gkg % nkg
+        g = gkg // nkg
+        base = task * R * S * Vc * NKB * V
+        for r in range(R):
+            for s in range(S):
+                for v in range(Vc):
+                    c = cb * Vc + v
+                    for i in range(NKB):
+                        o = base + (((r * S + s) * Vc + v) * NKB + i) * V
+                        for l in range(V):
+                            k = (kg * NKB + i) * V + l
+                            if c < Cg and k < Kg:
+                                wb[o + l] = w[g * Kg + k, c, r, s]
+                            else:
+                                wb[o + l] = zero
+
+
+def pack_weights_blocked(w, G, Vc, NKB, V):
+    """KCRS ``w`` -> flat ``[G, KBp/NKB, CB, R, S, Vc, NKB, V]``.
+
+    ``KBp`` is the number of ``V``-wide output-channel blocks per group,
+    rounded up to a multiple of ``NKB``; the ``NKB`` weight vectors one
+    broadcast input meets are adjacent.  Returns ``(wb, KBp)``.
+    """
+    K, Cg, R, S = w.shape
+    Kg = K // G
+    KB, CB = -(-Kg // V), -(-Cg // Vc)
+    KBp = -(-KB // NKB) * NKB
+    wb = np.empty(G * KBp * CB * R * S * Vc * V, dtype=w.dtype)
+    if wb.size:
+        _pack_weights_blocked(w, wb, G, KBp, CB, Vc, NKB, V)
+    return wb, KBp
+
+
+@numba.njit(**PJIT)
+def _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq):
+    N, C, H, W = x.shape
+    zero = x.dtype.type(0)
+    for task in numba.prange(N * C * Hp):
+        h = task % Hp
+        nc = task // Hp
+        n, c = nc // C, nc % C
+        base = task * sw * Wq
+        hi = h - pt
+        if hi < 0 or hi >= H:
+            for i in range(sw * Wq):
+                xq[base + i] = zero
+            continue
+        for f in range(sw):
+            # phase f, element i holds padded column i * sw + f = input column i * sw + f - pl
+            i0 = (pl - f + sw - 1) // sw if pl > f else 0
+            i1 = (pl + W - f + sw - 1) // sw if pl + W > f else 0
+            i0 = min(i0, Wq)
+            i1 = max(i0, min(i1, Wq))
+            o = base + f * Wq
+            for i in range(i0):
+                xq[o + i] = zero
+            for i in range(i0, i1):
+                xq[o + i] = x[n, c, hi, i * sw + f - pl]
+            for i in range(i1, Wq):
+                xq[o + i] = zero
+
+
+def pack_input_phases(x, padding, sw, min_cols):
+    """NCHW ``x`` -> flat ``[N, C, Hp, sw, Wq]`` stride phases (see the module docstring).
+
+    Each phase row holds at least ``min_cols`` elements (zeros past the
+    padded input) so vector loads may run past the last output.  Returns
+    ``(xq, Hp, Wq)``.
+    """
+    N, C, H, W = x.shape
+    pt, pb, pl, pr = padding
+    Hp, Wp = H + pt + pb, W + pl + pr
+    Wq = max(-(-Wp // sw), min_cols)
+    xq = np.empty(N * C * Hp * sw * Wq, dtype=x.dtype)
+    if xq.size:
+        _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq)
+    return xq, Hp, Wq
+
+
+@intrinsic
+def vstore_masked(typingctx, arr, idx, v, n):
+    """Store the first ``n`` lanes of ``v`` to ``arr[idx : idx + n]`` (``llvm.masked.store``)."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)
+            and isinstance(v, SimdVector) and v.dtype == arr.dtype
+            and isinstance(n, types.Integer)):
+        return None
+    count = v.count
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        vptr = builder.bitcast(ptr, args[2].type.as_pointer())
+        i32 = ir.IntType(32)
+        lanes_ = ir.Constant(ir.VectorType(i32, count), list(range(count)))
+        nn = builder.trunc(context.cast(builder, args[3], sig.args[3], types.int64), i32)
+        mask = builder.icmp_signed("<", lanes_, _splat(builder, nn, count))
+        vt = args[2].type
+        fnty = ir.FunctionType(ir.VoidType(), [vt, vptr.type, i32, mask.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                            f"llvm.masked.store.{_vname(vt)}.p0")
+        builder.call(fn, [args[2], vptr, ir.Constant(i32, arr.dtype.bitwidth // 8), mask])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, v, n), codegen
