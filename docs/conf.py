@@ -30,13 +30,8 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
-    "sphinx.ext.intersphinx",
     "numpydoc",
 ]
-
-# intersphinx needs the network; the build must work offline (CI, air-gapped machines).
-intersphinx_mapping: dict = {}
-intersphinx_disabled_reftypes = ["*"]
 
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
