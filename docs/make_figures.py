@@ -173,6 +173,43 @@ def fig_second_layer_all(out):
     save(fig, out, "layer2_six_kernels.png")
 
 
+def fig_shared_kernel(out):
+    """One 2-D kernel reused for every input map cannot tell the maps apart; a 3-D kernel can."""
+    _, _, _, maps = first_layer()
+    w2, _ = second_layer_weights()
+    v = w2[0, 0]
+    shared = np.broadcast_to(v, (1, 4, 3, 3))
+    order = [2, 0, 3, 1]
+    rows = [("x", maps), ("x'", maps[order])]
+    ys = [(fastconv.conv2d(xx, shared)[0], fastconv.conv2d(xx, w2[:1])[0]) for _, xx in rows]
+    check_equal(ys[0][0], ys[1][0], "shared kernel after permuting the maps")
+    check_equal(ys[0][0], signal.correlate(maps.sum(axis=0), v, mode="valid", method="direct"),
+                "shared kernel vs correlating the summed maps")
+    if np.allclose(ys[0][1], ys[1][1]):
+        raise AssertionError("the 3-D kernel should see the permutation")
+    lim_s = float(np.abs(ys[0][0]).max())
+    lim_k = float(np.abs(ys[0][1]).max())
+    fig, axes = plt.subplots(2, 6, figsize=(10.0, 4.0), layout="constrained")
+    for i, (label, xx) in enumerate(rows):
+        for c in range(4):
+            src = c if i == 0 else order[c]
+            show(axes[i, c], xx[c], f"{label}[{c}]" + ("" if i == 0 else f" = x[{src}]"), sym=True)
+        axes[i, 4].imshow(ys[i][0], cmap="RdBu_r", vmin=-lim_s, vmax=lim_s, interpolation="nearest")
+        axes[i, 5].imshow(ys[i][1], cmap="RdBu_r", vmin=-lim_k, vmax=lim_k, interpolation="nearest")
+        for ax in axes[i, 4:]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 4].set_title("one 2-D kernel\nfor every map", fontsize=9)
+    axes[0, 5].set_title("3-D kernel w[0]\n(a slice per map)", fontsize=9)
+    axes[1, 4].set_title("identical", fontsize=9, color="tab:red")
+    axes[1, 5].set_title("different", fontsize=9, color="tab:green")
+    axes[0, 0].set_ylabel("maps", fontsize=9)
+    axes[1, 0].set_ylabel("shuffled: x' = x[[2, 0, 3, 1]]", fontsize=8)
+    fig.suptitle("Shuffling the input maps: a shared 2-D kernel only sees their sum, "
+                 "a 3-D kernel tells them apart", fontsize=10)
+    save(fig, out, "shared_vs_3d_kernel.png")
+
+
 def fig_lenet_table(out):
     table = lenet5_c3_table()                        # (16 outputs, 6 inputs)
     fig, ax = plt.subplots(figsize=(8.0, 3.4))
@@ -231,6 +268,7 @@ def main(argv=None):
     fig_first_layer(out)
     fig_second_layer(out)
     fig_second_layer_all(out)
+    fig_shared_kernel(out)
     fig_lenet_table(out)
     fig_lenet_map0(out)
 

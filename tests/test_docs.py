@@ -32,7 +32,7 @@ PAGES = sorted(glob.glob(os.path.join(DOCS, "*.rst")) + glob.glob(os.path.join(D
 # examples would otherwise pass).
 PAGES_WITH_EXAMPLES = ["index.rst", "convolution_layer.rst", "lenet5.rst", "algorithms.rst"]
 FIGURES = ["layer1_four_maps.png", "layer2_one_output_map.png", "layer2_six_kernels.png",
-           "lenet5_c3_table.png", "lenet5_c3_map0.png"]
+           "shared_vs_3d_kernel.png", "lenet5_c3_table.png", "lenet5_c3_map0.png"]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
