@@ -1,102 +1,346 @@
 """Winograd F(m x m, 3 x 3) convolution (Lavin & Gray 2016): transform, GEMM, inverse transform.
 
-Phases (timed separately by the benchmark, as NNPACK does):
+Phases (timed separately by :func:`profile_phases`, as NNPACK does):
 
-1. kernel transform ``U = G w G^T``: ``(alpha^2, groups, Kg, Cg)``;
+1. kernel transform ``U = G w G^T`` (computed in float64, rounded once):
+   ``(alpha^2, groups, Kg, Cg)``;
 2. input transform ``V = B^T d B`` of every ``alpha x alpha`` input tile
    (tiles overlap by 2): ``(alpha^2, groups, Cg, tiles)``;
-3. ``alpha^2 * groups`` independent GEMMs ``M = U @ V`` (BLAS);
+3. ``alpha^2 * groups`` independent GEMMs ``M = U @ V`` (BLAS, through
+   ``np.matmul``; depthwise groups use an elementwise product);
 4. output transform ``Y = A^T M A`` into ``m x m`` output tiles, plus bias.
 
-Constraints: 3x3 kernels, stride 1, dilation 1; any padding, groups, dtype.
-Workspace: ``alpha^2 * (C + K) * tiles_per_block`` elements, bounded by
-``FASTCONV_WORKSPACE_MB``; tiles are processed in blocks.
+Layout and blocking
+-------------------
+Tiles are numbered row-major over ``(n, tile_row, tile_col)`` and processed
+in blocks of whole tile rows.  The transforms are specialised, unrolled
+F(2,3) / F(4,3) formulas (no multiplications by 0 or 1) applied first along
+the contiguous image rows (vectorised over the row) and then across tiles
+(vectorised over the tile index, which is the contiguous axis of ``V`` and
+``M``).  Padding is applied on the fly while a tile row is copied into a
+small per-job buffer: the input is never padded as a whole.  Each parallel
+job (one tile row of one channel) writes a disjoint slice; no sum is split
+across threads, so results do not depend on the number of threads.
 
-Non-finite values: the transforms mix a whole tile, so one inf would turn
-its neighbours into NaN.  When the input or the weights hold a non-finite
-value, or a transform overflowed, the call is computed by the direct kernel
-instead, which propagates NaN/inf exactly.  Error bound:
-:mod:`fastconv.winograd_math`.
+Workspace bound
+---------------
+``V`` and ``M`` of one block take ``alpha^2 * (Cg + Kg) * groups`` elements
+per tile, and the block size is chosen so that they fit in
+``FASTCONV_WORKSPACE_MB`` (one tile row is the minimum block); the
+transformed kernel ``U`` (``alpha^2 * K * Cg`` elements) and per-job row
+buffers (``O(alpha * W)``) come on top.  For VGG-16 conv1_2 at batch 32
+(C = K = 64, 224 x 224) this is at most 256 MiB + 0.6 MiB with the default.
+Blocks are further limited to about ``_BLOCK_BYTES`` (8 MiB) so that ``V``
+and ``M`` stay in the last-level cache between the phases.
+
+Constraints: 3x3 kernels, stride 1, dilation 1; any padding (asymmetric
+too), groups, float32/float64.
+
+Non-finite values: the transforms mix a whole tile, so one inf would turn its
+neighbours into NaN.  The output transform flags any tile whose (uncropped)
+result is not finite -- every non-finite input value, weight, or overflow
+reaches such a result, since every column of ``B^T``, ``G`` and ``A^T`` has a
+non-zero entry -- and the call is then recomputed by the direct kernel,
+which propagates NaN/inf exactly.  Error bound: :mod:`fastconv.winograd_math`.
 """
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 
-from .._config import PJIT, WORKSPACE_BYTES
+from .. import _config
+from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import direct
-from ._layout import pad_nchw
+
+#: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
+#: ``FASTCONV_WORKSPACE_MB`` is the hard bound).
+_BLOCK_BYTES = 8 * 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel transform
+
+
+def kernel_transform(w, m, dtype=None):
+    """``U = G w G^T`` of KCRS weights as a C-contiguous ``(alpha^2, groups, Kg, Cg)`` array.
+
+    ``groups`` is inferred from nothing: this returns ``(alpha^2, 1, K, Cg)``;
+    use :func:`prepare` for grouped weights.
+    """
+    return _transform_weights(np.ascontiguousarray(w), m, 1, np.dtype(dtype or w.dtype))
 
 
 @numba.njit(**PJIT)
-def _input_transform(xp, V, BT, t0, ntiles, tiles_h, tiles_w, m, Cg):
-    # V[a*alpha + b, g, c, t] = (BT d BT^T)[a, b] for the tile t0 + t of channel g*Cg + c.
-    alpha = BT.shape[0]
-    C = xp.shape[1]
-    for t in numba.prange(ntiles):
-        tile = t0 + t
-        n = tile // (tiles_h * tiles_w)
-        th = (tile // tiles_w) % tiles_h
-        tw = tile % tiles_w
-        h0, w0 = th * m, tw * m
-        tmp = np.empty((alpha, alpha), dtype=xp.dtype)
-        for cc in range(C):
-            g, c = cc // Cg, cc % Cg
-            for a in range(alpha):
-                for j in range(alpha):
-                    acc = 0.0
-                    for i in range(alpha):
-                        acc += BT[a, i] * xp[n, cc, h0 + i, w0 + j]
-                    tmp[a, j] = acc
-            for a in range(alpha):
-                for b in range(alpha):
-                    acc = 0.0
-                    for j in range(alpha):
-                        acc += tmp[a, j] * BT[b, j]
-                    V[a * alpha + b, g, c, t] = acc
+def _kernel_transform(wT, Gm, U):
+    # U[a*alpha + b, j] = (G w_j G^T)[a, b] for the 3x3 kernels w_j = wT[:, j] (j = k*Cg + c),
+    # computed in float64 and rounded once, in chunks of 1024 kernels (vectorised over j).
+    # Loops run over 0-based ranges of sliced views: Numba then needs no negative-index
+    # wraparound, which would block vectorisation.
+    J = wT.shape[1]
+    alpha = Gm.shape[0]
+    chunk = 1024
+    for ch in numba.prange((J + chunk - 1) // chunk):
+        j0 = ch * chunk
+        j1 = min(J, j0 + chunk)
+        L = j1 - j0
+        T = np.empty((alpha * 3, chunk), dtype=np.float64)
+        for a in range(alpha):
+            g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
+            for s in range(3):
+                row = T[a * 3 + s]
+                w0, w1, w2 = wT[s, j0:j1], wT[3 + s, j0:j1], wT[6 + s, j0:j1]
+                for j in range(L):
+                    row[j] = g0 * w0[j] + g1 * w1[j] + g2 * w2[j]
+        for a in range(alpha):
+            t0, t1, t2 = T[a * 3], T[a * 3 + 1], T[a * 3 + 2]
+            for b in range(alpha):
+                h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
+                u = U[a * alpha + b, j0:j1]
+                for j in range(L):
+                    u[j] = t0[j] * h0 + t1[j] * h1 + t2[j] * h2
+
+
+def _transform_weights(w, m, groups, dtype):
+    """``U`` as ``(alpha^2, groups, Kg, Cg)`` of the call's dtype."""
+    _, Gm, _ = transform_matrices(m)
+    alpha = m + 2
+    K, Cg = w.shape[0], w.shape[1]
+    wT = np.ascontiguousarray(w.reshape(K * Cg, 9).T)
+    U = np.empty((alpha * alpha, groups, K // groups, Cg), dtype=dtype)
+    _kernel_transform(wT, Gm, U.reshape(alpha * alpha, K * Cg))
+    return U
+
+
+# ----------------------------------------------------------------------------------------------
+# Input transforms.  x is unpadded NCHW; V is (alpha^2, G, Cg, nrows * tiles_w) for the tile
+# rows r0 .. r0 + nrows - 1 (tile row r is image r // tiles_h, row r % tiles_h).  The unrolled
+# formulas are B^T of transform_matrices(m) (checked by tests/test_cpu_winograd.py); constants
+# come typed from `cst` so float32 code stays float32.
+
+
+@numba.njit(**JIT)
+def _load_rows(x, n, cc, h0, pl, d):
+    # d[i, pl + j] = x[n, cc, h0 + i, j] where the row exists; zero elsewhere (the padding).
+    H, W = x.shape[2], x.shape[3]
+    width = min(W, d.shape[1] - pl)
+    d[:, :] = 0
+    for i in range(d.shape[0]):
+        h = h0 + i
+        if 0 <= h < H:
+            src = x[n, cc, h, :width]
+            dst = d[i, pl:pl + width]
+            for j in range(width):
+                dst[j] = src[j]
 
 
 @numba.njit(**PJIT)
-def _output_transform(M, AT, bias, y, t0, ntiles, tiles_h, tiles_w, has_bias):
-    m, alpha = AT.shape
+def _input_f2(x, V, cst, r0, nrows, tiles_h, tiles_w, pt, pl):
+    C = x.shape[1]
+    Cg = V.shape[2]
+    WP = tiles_w * 2 + 2
+    for job in numba.prange(nrows * C):
+        i, cc = job // C, job % C
+        g, c = cc // Cg, cc % Cg
+        r = r0 + i
+        n, th = r // tiles_h, r % tiles_h
+        d = np.empty((4, WP), dtype=x.dtype)
+        _load_rows(x, n, cc, th * 2 - pt, pl, d)
+        t = np.empty(WP, dtype=x.dtype)
+        # Column views: e_j[tw] = t[2*tw + j].
+        e0, e1, e2, e3 = t[0:WP - 2:2], t[1:WP - 1:2], t[2:WP:2], t[3:WP:2]
+        d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
+        lo, hi = i * tiles_w, (i + 1) * tiles_w
+        for a in range(4):
+            # rows of B^T: [-1 0 1 0] [0 1 1 0] [0 -1 1 0] [0 -1 0 1]
+            if a == 0:
+                for j in range(WP):
+                    t[j] = d2[j] - d0[j]
+            elif a == 1:
+                for j in range(WP):
+                    t[j] = d1[j] + d2[j]
+            elif a == 2:
+                for j in range(WP):
+                    t[j] = d2[j] - d1[j]
+            else:
+                for j in range(WP):
+                    t[j] = d3[j] - d1[j]
+            v0 = V[a * 4 + 0, g, c, lo:hi]
+            v1 = V[a * 4 + 1, g, c, lo:hi]
+            v2 = V[a * 4 + 2, g, c, lo:hi]
+            v3 = V[a * 4 + 3, g, c, lo:hi]
+            for tw in range(tiles_w):
+                v0[tw] = e2[tw] - e0[tw]
+                v1[tw] = e1[tw] + e2[tw]
+                v2[tw] = e2[tw] - e1[tw]
+                v3[tw] = e3[tw] - e1[tw]
+
+
+@numba.njit(**PJIT)
+def _input_f4(x, V, cst, r0, nrows, tiles_h, tiles_w, pt, pl):
+    C = x.shape[1]
+    Cg = V.shape[2]
+    WP = tiles_w * 4 + 2
+    c2, c4, c5 = cst[2], cst[4], cst[5]
+    for job in numba.prange(nrows * C):
+        i, cc = job // C, job % C
+        g, c = cc // Cg, cc % Cg
+        r = r0 + i
+        n, th = r // tiles_h, r % tiles_h
+        d = np.empty((6, WP), dtype=x.dtype)
+        _load_rows(x, n, cc, th * 4 - pt, pl, d)
+        t = np.empty(WP, dtype=x.dtype)
+        # Column views: e_j[tw] = t[4*tw + j].
+        e0, e1, e2 = t[0:WP - 5:4], t[1:WP - 4:4], t[2:WP - 3:4]
+        e3, e4, e5 = t[3:WP - 2:4], t[4:WP - 1:4], t[5:WP:4]
+        d0, d1, d2, d3, d4, d5 = d[0], d[1], d[2], d[3], d[4], d[5]
+        lo, hi = i * tiles_w, (i + 1) * tiles_w
+        for a in range(6):
+            # rows of B^T: [4 0 -5 0 1 0] [0 -4 -4 1 1 0] [0 4 -4 -1 1 0]
+            #              [0 -2 -1 2 1 0] [0 2 -1 -2 1 0] [0 4 0 -5 0 1]
+            if a == 0:
+                for j in range(WP):
+                    t[j] = c4 * d0[j] - c5 * d2[j] + d4[j]
+            elif a == 1:
+                for j in range(WP):
+                    t[j] = (d3[j] + d4[j]) - c4 * (d1[j] + d2[j])
+            elif a == 2:
+                for j in range(WP):
+                    t[j] = (d4[j] - d3[j]) + c4 * (d1[j] - d2[j])
+            elif a == 3:
+                for j in range(WP):
+                    t[j] = (d4[j] - d2[j]) + c2 * (d3[j] - d1[j])
+            elif a == 4:
+                for j in range(WP):
+                    t[j] = (d4[j] - d2[j]) - c2 * (d3[j] - d1[j])
+            else:
+                for j in range(WP):
+                    t[j] = c4 * d1[j] - c5 * d3[j] + d5[j]
+            v0 = V[a * 6 + 0, g, c, lo:hi]
+            v1 = V[a * 6 + 1, g, c, lo:hi]
+            v2 = V[a * 6 + 2, g, c, lo:hi]
+            v3 = V[a * 6 + 3, g, c, lo:hi]
+            v4 = V[a * 6 + 4, g, c, lo:hi]
+            v5 = V[a * 6 + 5, g, c, lo:hi]
+            for tw in range(tiles_w):
+                v0[tw] = c4 * e0[tw] - c5 * e2[tw] + e4[tw]
+                v1[tw] = (e3[tw] + e4[tw]) - c4 * (e1[tw] + e2[tw])
+                v2[tw] = (e4[tw] - e3[tw]) + c4 * (e1[tw] - e2[tw])
+                v3[tw] = (e4[tw] - e2[tw]) + c2 * (e3[tw] - e1[tw])
+                v4[tw] = (e4[tw] - e2[tw]) - c2 * (e3[tw] - e1[tw])
+                v5[tw] = c4 * e1[tw] - c5 * e3[tw] + e5[tw]
+
+
+# ----------------------------------------------------------------------------------------------
+# Output transforms.  M is (alpha^2, G, Kg, nrows * tiles_w); each job (tile row, output
+# channel) first combines the alpha rows of every tile (contiguous over tiles), then the
+# columns, into an m x (tiles_w * m) buffer that is cropped into y with the bias.  `bad[job]`
+# is set when a tile's uncropped result is not finite (NaN/inf in, or overflow).
+
+
+@numba.njit(**JIT)
+def _store_rows(out, y, n, kk, p0, b, Q):
+    P = y.shape[2]
+    for i in range(out.shape[0]):
+        p = p0 + i
+        if p < P:
+            src = out[i, :Q]
+            dst = y[n, kk, p, :Q]
+            for q in range(Q):
+                dst[q] = src[q] + b
+
+
+@numba.njit(**JIT)
+def _any_nonfinite(out):
+    flag = False
+    for i in range(out.shape[0]):
+        row = out[i]
+        for j in range(row.shape[0]):
+            flag |= row[j] - row[j] != 0
+    return flag
+
+
+@numba.njit(**PJIT)
+def _output_f2(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
     G, Kg = M.shape[1], M.shape[2]
-    P, Q = y.shape[2], y.shape[3]
-    for t in numba.prange(ntiles):
-        tile = t0 + t
-        n = tile // (tiles_h * tiles_w)
-        th = (tile // tiles_w) % tiles_h
-        tw = tile % tiles_w
-        tmp = np.empty((m, alpha), dtype=M.dtype)
-        for kk in range(G * Kg):
-            g, k = kk // Kg, kk % Kg
-            for i in range(m):
-                for b in range(alpha):
-                    acc = 0.0
-                    for a in range(alpha):
-                        acc += AT[i, a] * M[a * alpha + b, g, k, t]
-                    tmp[i, b] = acc
-            for i in range(m):
-                p = th * m + i
-                if p >= P:
-                    break
-                for j in range(m):
-                    q = tw * m + j
-                    if q >= Q:
-                        break
-                    acc = 0.0
-                    for b in range(alpha):
-                        acc += tmp[i, b] * AT[j, b]
-                    if has_bias:
-                        acc += bias[kk]
-                    y[n, kk, p, q] = acc
+    K = G * Kg
+    Q = y.shape[3]
+    for job in numba.prange(nrows * K):
+        i, kk = job // K, job % K
+        g, k = kk // Kg, kk % Kg
+        r = r0 + i
+        n, th = r // tiles_h, r % tiles_h
+        lo, hi = i * tiles_w, (i + 1) * tiles_w
+        s = np.empty((2, 4, tiles_w), dtype=M.dtype)
+        for b in range(4):
+            m0, m1 = M[0 * 4 + b, g, k, lo:hi], M[1 * 4 + b, g, k, lo:hi]
+            m2, m3 = M[2 * 4 + b, g, k, lo:hi], M[3 * 4 + b, g, k, lo:hi]
+            s0, s1 = s[0, b], s[1, b]
+            # rows of A^T: [1 1 1 0] [0 1 -1 1]
+            for tw in range(tiles_w):
+                s0[tw] = m0[tw] + m1[tw] + m2[tw]
+                s1[tw] = m1[tw] - m2[tw] + m3[tw]
+        out = np.empty((2, 2 * tiles_w), dtype=M.dtype)
+        for i2 in range(2):
+            e0, e1, e2, e3 = s[i2, 0], s[i2, 1], s[i2, 2], s[i2, 3]
+            o0, o1 = out[i2, 0::2], out[i2, 1::2]
+            for tw in range(tiles_w):
+                o0[tw] = e0[tw] + e1[tw] + e2[tw]
+                o1[tw] = e1[tw] - e2[tw] + e3[tw]
+        bad[job] = _any_nonfinite(out)
+        _store_rows(out, y, n, kk, th * 2, bias[kk], Q)
 
 
-def kernel_transform(w, m, dtype):
-    """``U = G w G^T`` as ``(alpha^2, groups... )``-ready array ``(alpha, alpha, K, Cg)``."""
-    _, G, _ = transform_matrices(m)
-    return np.einsum("ar,kcrs,bs->abkc", G, w.astype(np.float64), G).astype(dtype)
+@numba.njit(**PJIT)
+def _output_f4(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
+    G, Kg = M.shape[1], M.shape[2]
+    K = G * Kg
+    Q = y.shape[3]
+    c2, c4, c8 = cst[2], cst[4], cst[8]
+    for job in numba.prange(nrows * K):
+        i, kk = job // K, job % K
+        g, k = kk // Kg, kk % Kg
+        r = r0 + i
+        n, th = r // tiles_h, r % tiles_h
+        lo, hi = i * tiles_w, (i + 1) * tiles_w
+        s = np.empty((4, 6, tiles_w), dtype=M.dtype)
+        for b in range(6):
+            m0, m1 = M[0 * 6 + b, g, k, lo:hi], M[1 * 6 + b, g, k, lo:hi]
+            m2, m3 = M[2 * 6 + b, g, k, lo:hi], M[3 * 6 + b, g, k, lo:hi]
+            m4, m5 = M[4 * 6 + b, g, k, lo:hi], M[5 * 6 + b, g, k, lo:hi]
+            s0, s1, s2, s3 = s[0, b], s[1, b], s[2, b], s[3, b]
+            # rows of A^T: [1 1 1 1 1 0] [0 1 -1 2 -2 0] [0 1 1 4 4 0] [0 1 -1 8 -8 1]
+            for tw in range(tiles_w):
+                a12 = m1[tw] + m2[tw]
+                d12 = m1[tw] - m2[tw]
+                a34 = m3[tw] + m4[tw]
+                d34 = m3[tw] - m4[tw]
+                s0[tw] = m0[tw] + a12 + a34
+                s1[tw] = d12 + c2 * d34
+                s2[tw] = a12 + c4 * a34
+                s3[tw] = d12 + c8 * d34 + m5[tw]
+        out = np.empty((4, 4 * tiles_w), dtype=M.dtype)
+        for i4 in range(4):
+            e0, e1, e2, e3, e4, e5 = s[i4, 0], s[i4, 1], s[i4, 2], s[i4, 3], s[i4, 4], s[i4, 5]
+            o0, o1, o2, o3 = out[i4, 0::4], out[i4, 1::4], out[i4, 2::4], out[i4, 3::4]
+            for tw in range(tiles_w):
+                a12 = e1[tw] + e2[tw]
+                d12 = e1[tw] - e2[tw]
+                a34 = e3[tw] + e4[tw]
+                d34 = e3[tw] - e4[tw]
+                o0[tw] = e0[tw] + a12 + a34
+                o1[tw] = d12 + c2 * d34
+                o2[tw] = a12 + c4 * a34
+                o3[tw] = d12 + c8 * d34 + e5[tw]
+        bad[job] = _any_nonfinite(out)
+        _store_rows(out, y, n, kk, th * 4, bias[kk], Q)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
 
 
 def supports(p):
@@ -106,31 +350,102 @@ def supports(p):
     return None
 
 
-def _run(x, w, bias, p, y, m):
-    if not (np.isfinite(x).all() and np.isfinite(w).all()):
-        return direct.run(x, w, bias, p, y)
-    AT, _, BT = transform_matrices(m)
-    alpha = m + 2
+class PreparedWeights:
+    """Winograd-transformed weights for tile size ``m``, from :func:`prepare`.
+
+    ``U`` is ``(alpha^2, groups, Kg, Cg)``; ``w`` is a private copy of the
+    spatial weights, kept for the direct fallback on non-finite values.
+    """
+
+    __slots__ = ("m", "U", "w", "finite")
+
+    def __init__(self, m, U, w):
+        self.m, self.U, self.w = m, U, w
+        self.finite = bool(np.isfinite(U).all())
+
+    @property
+    def nbytes(self):
+        return self.U.nbytes + self.w.nbytes
+
+
+def prepare(w, p, m):
+    """Transform KCRS weights ``w`` once for :func:`run_prepared`; a snapshot (``w`` is copied)."""
+    w = np.array(w, dtype=p.dtype, order="C", copy=True)
+    return PreparedWeights(m, _transform_weights(w, m, p.groups, p.dtype), w)
+
+
+def prepare_f2x2(w, p):
+    return prepare(w, p, 2)
+
+
+def prepare_f4x4(w, p):
+    return prepare(w, p, 4)
+
+
+def _constants(dtype):
+    return np.arange(9, dtype=dtype)  # cst[k] == k, typed like the data
+
+
+def _block_rows(p, m, tiles_w):
+    """Tile rows per block: V + M within the LLC target and the workspace bound."""
+    alpha2 = (m + 2) ** 2
+    per_row = alpha2 * (p.C + p.K) * tiles_w * p.dtype.itemsize
+    return max(1, min(_BLOCK_BYTES, _config.WORKSPACE_BYTES) // per_row)
+
+
+def _execute(x, U, m, bias, p, y, timings=None):
+    """Input transform -> GEMMs -> output transform, block by block; True if all finite."""
+    alpha2 = (m + 2) ** 2
     dt = p.dtype
-    tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
-    pt, _, pl, _ = p.padding
-    xp = pad_nchw(x, pt, tiles_h * m + 2 - p.H - pt, pl, tiles_w * m + 2 - p.W - pl)
     G, Kg, Cg = p.groups, p.Kg, p.Cg
-    U = np.ascontiguousarray(kernel_transform(w, m, dt).reshape(alpha * alpha, G, Kg, Cg))
-    T = p.N * tiles_h * tiles_w
-    per_tile = alpha * alpha * (p.C + p.K) * dt.itemsize
-    tb = int(max(1, min(T, WORKSPACE_BYTES // per_tile)))
-    V = np.empty((alpha * alpha, G, Cg, tb), dtype=dt)
-    Mbuf = np.empty((alpha * alpha, G, Kg, tb), dtype=dt)
-    ATd, BTd = AT.astype(dt), BT.astype(dt)
+    tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
+    rows_total = p.N * tiles_h
+    rows = int(min(rows_total, _block_rows(p, m, tiles_w)))
+    pt, pl = p.padding[0], p.padding[2]
+    cst = _constants(dt)
     b = np.zeros(p.K, dtype=dt) if bias is None else bias
-    for t0 in range(0, T, tb):
-        nt = min(tb, T - t0)
-        Vv, Mv = V[..., :nt], Mbuf[..., :nt]
-        _input_transform(xp, Vv, BTd, t0, nt, tiles_h, tiles_w, m, Cg)
-        np.matmul(U, Vv, out=Mv)
-        _output_transform(Mv, ATd, b, y, t0, nt, tiles_h, tiles_w, bias is not None)
-    if not np.isfinite(y).all():  # a transform overflowed: fall back to the exact loop
+    vbuf = np.empty(alpha2 * G * Cg * rows * tiles_w, dtype=dt)
+    mbuf = np.empty(alpha2 * G * Kg * rows * tiles_w, dtype=dt)
+    bad = np.zeros(rows * p.K, dtype=np.bool_)
+    inp, outp = (_input_f2, _output_f2) if m == 2 else (_input_f4, _output_f4)
+    elementwise = Cg == 1 and Kg == 1
+    clock = time.perf_counter
+    finite = True
+    for r0 in range(0, rows_total, rows):
+        nr = min(rows, rows_total - r0)
+        nt = nr * tiles_w
+        V = vbuf[: alpha2 * G * Cg * nt].reshape(alpha2, G, Cg, nt)
+        M = mbuf[: alpha2 * G * Kg * nt].reshape(alpha2, G, Kg, nt)
+        t0 = clock()
+        inp(x, V, cst, r0, nr, tiles_h, tiles_w, pt, pl)
+        t1 = clock()
+        if elementwise:
+            np.multiply(U, V, out=M)
+        else:
+            np.matmul(U, V, out=M)
+        t2 = clock()
+        bv = bad[: nr * p.K]
+        outp(M, y, b, cst, bv, r0, nr, tiles_h, tiles_w)
+        t3 = clock()
+        if timings is not None:
+            timings["input_transform"] += t1 - t0
+            timings["gemm"] += t2 - t1
+            timings["output_transform"] += t3 - t2
+        if bv.any():
+            finite = False
+            break
+    return finite
+
+
+def run_prepared(x, packed, bias, p, y):
+    """Run with weights from :func:`prepare`; falls back to ``direct`` on non-finite values."""
+    if not (packed.finite and _execute(x, packed.U, packed.m, bias, p, y)):
+        direct.run(x, packed.w, bias, p, y)
+
+
+def _run(x, w, bias, p, y, m):
+    U = _transform_weights(w, m, p.groups, p.dtype)
+    if not _execute(x, U, m, bias, p, y):
         direct.run(x, w, bias, p, y)
 
 
@@ -140,3 +455,22 @@ def run_f2x2(x, w, bias, p, y):
 
 def run_f4x4(x, w, bias, p, y):
     _run(x, w, bias, p, y, 4)
+
+
+def profile_phases(x, w, bias, p, y, m=None):
+    """Run once, write ``y``, and return seconds per phase.
+
+    Keys: ``kernel_transform``, ``input_transform``, ``gemm``, ``output_transform``
+    (summed over blocks).  ``m`` (2 or 4) defaults to :func:`fastconv.cpu.winograd_rule`.
+    """
+    if m is None:
+        from . import winograd_rule
+        m = 2 if winograd_rule(p).endswith("f2x2_3x3") else 4
+    times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
+    with _config.parallel_section():
+        t0 = time.perf_counter()
+        U = _transform_weights(np.ascontiguousarray(w, dtype=p.dtype), m, p.groups, p.dtype)
+        times["kernel_transform"] = time.perf_counter() - t0
+        if not _execute(x, U, m, bias, p, y, times):
+            direct.run(x, w, bias, p, y)
+    return times

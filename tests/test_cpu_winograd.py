@@ -1,0 +1,186 @@
+"""fastconv.cpu.winograd: correctness against the float64 reference, blocking, bounds, fallback."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+from fastconv._params import normalize
+from fastconv.cpu import winograd
+from fastconv.winograd_math import error_bound, transform_matrices
+
+from conftest import TOLERANCE, random_problem, rel_err
+
+ALGS = ("winograd_f2x2_3x3", "winograd_f4x4_3x3")
+
+
+def _check(x, w, b, alg, **kw):
+    y = fastconv.conv2d(x, w, b, algorithm=alg, **kw)
+    ref = reference.conv2d(x, w, b, **kw)
+    assert y.shape == ref.shape and y.dtype == np.result_type(x, w)
+    assert rel_err(y, ref) < TOLERANCE[(alg, np.dtype(y.dtype).name)]
+    return y, ref
+
+
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    # (x shape, K, groups, padding)
+    ((1, 3, 8, 8), 4, 1, 1),
+    ((2, 5, 7, 9), 6, 1, 0),                       # odd sizes, partial edge tiles
+    ((3, 4, 11, 6), 4, 2, ((0, 2), (1, 0))),       # asymmetric padding, groups
+    ((1, 6, 5, 13), 6, 6, 1),                      # depthwise
+    ((2, 6, 3, 3), 9, 3, 2),                       # tiny map, wide padding, Kg != Cg
+    ((1, 2, 3, 4), 3, 1, 0),                       # output 1 x 2
+    ((1, 4, 9, 9), 2, 1, "same"),
+    ((1, 2, 6, 6), 2, 1, "full"),
+])
+def test_matches_reference(rng, alg, dtype, case):
+    xs, K, g, pad = case
+    x, w, b = random_problem(rng, xs, (K, xs[1] // g, 3, 3), dtype)
+    _check(x, w, b, alg, padding=pad, groups=g)
+    _check(x, w, None, alg, padding=pad, groups=g)
+
+
+def test_unbatched_and_nhwc(rng):
+    x, w, b = random_problem(rng, (3, 10, 7), (5, 3, 3, 3))
+    _check(x, w, b, "winograd_f4x4_3x3", padding=1)
+    xn = np.ascontiguousarray(rng.standard_normal((2, 9, 8, 4)).astype(np.float32))
+    w = rng.standard_normal((3, 4, 3, 3)).astype(np.float32) / 6
+    _check(xn, w, None, "winograd_f2x2_3x3", padding=1, layout="NHWC")
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_blocking_paths(rng, monkeypatch, alg):
+    """A workspace of one tile row forces many blocks; the result must not change."""
+    x, w, b = random_problem(rng, (3, 8, 13, 10), (8, 8, 3, 3), np.float64)
+    whole = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
+    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 1)
+    blocked = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
+    np.testing.assert_array_equal(blocked, whole)
+    monkeypatch.setattr(winograd, "_BLOCK_BYTES", 3 * 36 * 16 * 3 * 8)  # a few rows per block
+    np.testing.assert_array_equal(fastconv.conv2d(x, w, b, padding=1, algorithm=alg), whole)
+    assert rel_err(whole, reference.conv2d(x, w, b, padding=1)) < TOLERANCE[(alg, "float64")]
+
+
+def test_unrolled_transforms_are_the_matrices():
+    """The hand-unrolled formulas in the kernels are B^T, G, A^T of winograd_math."""
+    for m in (2, 4):
+        AT, G, BT = transform_matrices(m)
+        alpha = m + 2
+        # Input transform of unit tiles gives the columns of B^T (x) B^T.
+        p = normalize((1, 1, alpha, alpha), (1, 1, 3, 3), None, np.float64)
+        V = np.empty((alpha * alpha, 1, 1, 1))
+        inp = winograd._input_f2 if m == 2 else winograd._input_f4
+        cst = winograd._constants(np.float64)
+        for i in range(alpha):
+            for j in range(alpha):
+                d = np.zeros((1, 1, alpha, alpha))
+                d[0, 0, i, j] = 1
+                inp(d, V, cst, 0, 1, 1, 1, 0, 0)
+                np.testing.assert_array_equal(V.reshape(alpha, alpha), np.outer(BT[:, i], BT[:, j]))
+        # Output transform of unit M gives the columns of A^T (x) A^T.
+        outp = winograd._output_f2 if m == 2 else winograd._output_f4
+        for a in range(alpha):
+            for b in range(alpha):
+                M = np.zeros((alpha * alpha, 1, 1, 1))
+                M[a * alpha + b] = 1
+                y = np.full((1, 1, m, m), np.nan)
+                bad = np.zeros(1, np.bool_)
+                outp(M, y, np.zeros(1), cst, bad, 0, 1, 1, 1)
+                np.testing.assert_array_equal(y[0, 0], np.outer(AT[:, a], AT[:, b]))
+        # Kernel transform.
+        w = np.random.default_rng(m).standard_normal((2, 3, 3, 3))
+        U = winograd.kernel_transform(w, m)
+        ref = np.einsum("ar,kcrs,bs->abkc", G, w, G).reshape(alpha * alpha, 1, 2, 3)
+        np.testing.assert_allclose(U, ref, rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_error_bound_holds(rng, m, dtype):
+    """Every output is within winograd_math.error_bound of the float64 reference."""
+    C = 24
+    x = rng.uniform(-2, 2, (2, C, 14, 13)).astype(dtype)
+    w = rng.uniform(-1, 1, (5, C, 3, 3)).astype(dtype)
+    y = fastconv.conv2d(x, w, padding=1, algorithm=f"winograd_f{m}x{m}_3x3")
+    ref = reference.conv2d(x, w, padding=1)
+    bound = error_bound(m, C, dtype, np.abs(x).max(), np.abs(w).max())
+    err = np.abs(y.astype(np.float64) - ref).max()
+    assert err <= bound, (err, bound)
+    assert err > 0 or dtype == np.float64  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("where", ["x", "w", "overflow"])
+def test_nonfinite_falls_back_to_exact_propagation(rng, alg, where):
+    x, w, b = random_problem(rng, (2, 4, 9, 10), (3, 4, 3, 3), np.float32)
+    if where == "x":
+        x[1, 2, 4, 5] = np.inf
+        x[0, 0, 0, 0] = np.nan
+    elif where == "w":
+        w[2, 1, 0, 2] = -np.inf
+    else:
+        x[0, 1, 3, 3] = 3e38  # finite, but the transforms overflow
+    y = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
+    ref = fastconv.conv2d(x, w, b, padding=1, algorithm="direct")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    finite = np.isfinite(ref)
+    assert finite.any()
+    np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_profile_phases(rng):
+    x, w, b = random_problem(rng, (2, 6, 10, 9), (4, 6, 3, 3), np.float32)
+    p = normalize(x.shape, w.shape, b.shape, np.float32, padding=1)
+    for m in (2, 4, None):
+        y = np.full(p.output_shape, np.nan, np.float32)
+        t = winograd.profile_phases(x, w, b, p, y, m=m)
+        assert set(t) == {"kernel_transform", "input_transform", "gemm", "output_transform"}
+        assert all(v >= 0 for v in t.values())
+        assert rel_err(y, reference.conv2d(x, w, b, padding=1)) < 2e-4
+
+
+def test_prepare_run_prepared_snapshot(rng):
+    x, w, b = random_problem(rng, (2, 4, 9, 7), (6, 2, 3, 3), np.float32)
+    p = normalize(x.shape, w.shape, b.shape, np.float32, padding=1, groups=2)
+    ref = reference.conv2d(x, w, b, padding=1, groups=2)
+    packed = winograd.prepare_f4x4(w, p)
+    w[:] = 0  # the packed weights are a snapshot
+    y = np.empty(p.output_shape, np.float32)
+    winograd.run_prepared(x, packed, b, p, y)
+    assert rel_err(y, ref) < TOLERANCE[("winograd_f4x4_3x3", "float32")]
+    # Non-finite input with prepared weights still takes the exact fallback.
+    x[0, 0, 0, 0] = np.nan
+    winograd.run_prepared(x, packed, b, p, y)
+    assert np.isnan(y[0, :3, 0, 0]).all() and np.isfinite(y[0, 3:]).all()
+
+
+def test_thread_independent_and_concurrent(rng):
+    import numba
+    x, w, b = random_problem(rng, (2, 8, 12, 12), (8, 8, 3, 3), np.float32)
+    ref = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f4x4_3x3")
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f4x4_3x3")
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(one, ref)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f4x4_3x3")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        np.testing.assert_array_equal(r, ref)
