@@ -176,3 +176,10 @@ def test_cli_cuda_without_cuda_support_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastconv.cuda.bench", None)  # makes the import fail
     assert cli.main(["--device", "cuda", "--layers", "lenet5_c3", "--no-progress"]) == 2
     assert "--device cuda needs" in capsys.readouterr().err
+
+
+def test_markdown_table(result):
+    md = report.format_markdown(result).splitlines()
+    assert md[0].startswith("| layer | GFLOP |") and md[1].startswith("|---|---:|")
+    assert sum(line.startswith("| `tiny") for line in md) == 2
+    assert all(line.count("|") == md[0].count("|") for line in md[:4])

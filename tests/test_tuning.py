@@ -164,3 +164,18 @@ def test_cache_path_defaults_to_user_cache(monkeypatch, tmp_path):
 def test_bad_arguments(cache_dir, kw, exc):
     with pytest.raises(exc):
         tuning.choose(**SHAPE_3x3, **kw)
+
+
+@pytest.mark.parametrize("R", [1, 3, 5, 7])
+@pytest.mark.parametrize("stride, dilation, groups", [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 4),
+                                                      (1, 1, 16), (2, 1, 16)])
+@pytest.mark.parametrize("C, K, H", [(16, 16, 9), (1, 8, 12), (64, 32, 6), (32, 64, 20)])
+def test_rule_choice_always_supports_the_call(R, stride, dilation, groups, C, K, H):
+    if C % groups or K % groups or (R - 1) * dilation + 1 > H + 2:
+        pytest.skip("not a valid configuration")
+    for N in (1, 3):
+        p = _params((N, C, H, H), (K, C // groups, R, R), stride=stride, dilation=dilation,
+                    groups=groups, padding=1)
+        name, _ = tuning.choose((N, C, H, H), (K, C // groups, R, R), stride=stride,
+                                dilation=dilation, groups=groups, padding=1)
+        assert _dispatch.get("cpu", name).supports(p) is None, name

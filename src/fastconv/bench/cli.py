@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=None, help="override every layer's batch size N")
     ap.add_argument("--json", metavar="PATH", help="write pytest-benchmark-compatible JSON here")
     ap.add_argument("--plot", metavar="PATH", help="write a PNG plot here (needs matplotlib)")
+    ap.add_argument("--markdown", metavar="PATH", help="write the table as Markdown here")
     ap.add_argument("--phases", action="store_true",
                     help="also time the phases of im2col and Winograd (transforms, GEMM)")
     ap.add_argument("--no-torch", action="store_true", help="do not run PyTorch even if installed")
@@ -56,8 +57,12 @@ def _split(text):
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def _run_cuda(layers, **kwargs):
-    """Hand the run to ``fastconv.cuda.bench.run_suite``; ImportError explains what is missing."""
+def _cuda_runner():
+    """``fastconv.cuda.bench.run_suite``; RuntimeError saying what is missing when it cannot load.
+
+    The CUDA runner takes the layers and the same keyword options as
+    :func:`fastconv.bench.runner.run_suite` and returns a ``SuiteResult``.
+    """
     try:
         from fastconv.cuda.bench import run_suite as cuda_run_suite
     except ImportError as exc:
@@ -65,7 +70,7 @@ def _run_cuda(layers, **kwargs):
             "--device cuda needs fastconv's CUDA benchmark (fastconv.cuda.bench), numba-cuda "
             f"(pip install 'fastconv[cuda]') and an NVIDIA GPU; it could not be loaded: {exc}"
         ) from None
-    return cuda_run_suite(layers, **kwargs)
+    return cuda_run_suite
 
 
 def main(argv=None) -> int:
@@ -80,6 +85,11 @@ def main(argv=None) -> int:
         for layer in load_layers():
             print(f"{layer.name:20s} {layer.describe():45s} {layer.flops / 1e9:7.3f} GFLOP")
         return 0
+    try:
+        runner = _cuda_runner() if args.device == "cuda" else run_suite
+    except RuntimeError as exc:
+        print(f"fastconv bench: error: {exc}", file=sys.stderr)
+        return 2
     try:
         layers = select_layers(_split(args.layers), quick=args.quick)
         algorithms = _split(args.algorithms)
@@ -103,8 +113,8 @@ def main(argv=None) -> int:
               "(pip install 'fastconv[torch]')", file=sys.stderr)
         peers = tuple(p for p in peers if p != "torch")
 
-    from .machine import blas_warnings
-    for w in blas_warnings():
+    from .machine import blas_warnings, load_warning
+    for w in blas_warnings() + [w for w in (load_warning(),) if w]:
         print(f"fastconv bench: WARNING: {w}", file=sys.stderr)
 
     progress = None
@@ -113,10 +123,7 @@ def main(argv=None) -> int:
     kwargs = dict(algorithms=algorithms, repeat=repeat, dtype=np.dtype(args.dtype), peers=peers,
                   threads=args.threads, phases=args.phases, seed=args.seed, progress=progress)
     try:
-        if args.device == "cuda":
-            result = _run_cuda(layers, **kwargs)
-        else:
-            result = run_suite(layers, **kwargs)
+        result = runner(layers, **kwargs)
     except (RuntimeError, ValueError) as exc:
         print(f"\nfastconv bench: error: {exc}", file=sys.stderr)
         return 2
@@ -131,6 +138,10 @@ def main(argv=None) -> int:
     if args.json:
         report.write_json(result, args.json)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.format_markdown(result) + "\n")
+        print(f"wrote {args.markdown}")
     if args.plot:
         if report.write_plot(result, args.plot):
             print(f"wrote {args.plot}")

@@ -72,6 +72,25 @@ def blas_info() -> list:
         return []
 
 
+def load_average():
+    """1-minute load average (None where the OS has none): other work skews every timing."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def load_warning(load=None):
+    """A warning when other processes keep the CPUs busy (load above half the cores), else None."""
+    load = load_average() if load is None else load
+    cpus = os.cpu_count() or 1
+    if load is not None and load > 0.5 * cpus:
+        return (f"the 1-minute load average is {load:.1f} on {cpus} CPUs: other processes are "
+                f"running and the timings are slowed and noisy (ratios measured in the same "
+                f"run are affected less than absolute GFLOP/s)")
+    return None
+
+
 def blas_warnings() -> list:
     """Human-readable warnings about settings that slow BLAS down."""
     out = []
@@ -112,7 +131,8 @@ def fastconv_info(threads=None, torch_threads=None) -> dict:
         "fastmath": _config.FASTMATH,
         "blas": blas_info(),
         "env": {k: os.environ.get(k) for k in BLAS_ENV},
-        "warnings": blas_warnings(),
+        "load_average_1min": load_average(),
+        "warnings": blas_warnings() + [w for w in (load_warning(),) if w],
     }
 
 

@@ -43,11 +43,16 @@ def numpy_im2col(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
 
 
 def torch_available() -> bool:
+    """Whether torch is installed (found, not imported: importing torch takes seconds)."""
+    import importlib.util
+    import sys
+
+    if "torch" in sys.modules:
+        return True
     try:
-        import torch  # noqa: F401
-    except Exception:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def torch_conv(x, w, bias, layer, threads=None):

@@ -82,6 +82,24 @@ def format_table(result: SuiteResult) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(result: SuiteResult) -> str:
+    """The table of :func:`format_table` as a Markdown table plus the summary lines."""
+    algs, peers = _columns(result)
+    header = (["layer", "GFLOP"] + [short(a) for a in algs] + [short(p) for p in peers]
+              + ["auto", "auto/torch", "fastest", "auto/fastest time"])
+    numeric = set(range(1, 2 + len(algs) + len(peers))) | {len(header) - 3, len(header) - 1}
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i in numeric else "---" for i in range(len(header))) + "|"]
+    for r in result.layers:
+        ms = r.measurements
+        cells = [f"`{r.layer.name}`", _fmt(r.layer.params().flops / 1e9, ".3f")]
+        cells += [_fmt(ms[a].gflops) if a in ms else "n/a" for a in algs + peers]
+        cells += [f"`{r.auto}`", _fmt(r.ratio_vs_torch(r.auto), ".2f"), f"`{r.best}`",
+                  f"{r.auto_vs_best:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + summary_lines(result))
+
+
 def summary_lines(result: SuiteResult) -> list:
     s = result.summary()
     f = result.machine.get("fastconv", {})

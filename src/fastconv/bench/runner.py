@@ -286,10 +286,11 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
 
     import numba
 
-    from .machine import commit_info, machine_info
+    from .machine import commit_info, load_average, machine_info
 
     if algorithms is not None:
         check_algorithms(algorithms)
+    load_before = load_average()
     old_threads = numba.get_num_threads()
     limit = contextlib.nullcontext()
     if threads is not None:
@@ -312,6 +313,7 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
             if not ("torch" in peers and torch_available()):
                 torch_threads = None
             machine = machine_info(threads, torch_threads)
+            machine["fastconv"]["load_average_1min_before"] = load_before
     finally:
         numba.set_num_threads(old_threads)
     options = dict(repeat=repeat, dtype=np.dtype(dtype).name, threads=threads, peers=list(peers),
