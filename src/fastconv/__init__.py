@@ -11,8 +11,9 @@ from . import reference
 from ._api import conv2d
 from ._dispatch import algorithms
 from .errors import CudaUnavailableError, UnsupportedError
+from .lenet import lenet5_c3_parameter_count, lenet5_c3_table
 
 __version__ = "0.1.0"
 
 __all__ = ["conv2d", "algorithms", "reference", "UnsupportedError", "CudaUnavailableError",
-           "__version__"]
+           "lenet5_c3_table", "lenet5_c3_parameter_count", "__version__"]

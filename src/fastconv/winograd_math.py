@@ -20,7 +20,7 @@ results are the matrices printed in Lavin & Gray.
 Error bound
 -----------
 For one output of a tile, summing over ``Cg`` input channels in floating
-point with unit roundoff ``u``, to first order
+point with unit roundoff ``u``, to first order::
 
     |y_hat - y| <= gamma_n * beta * Cg * max|d| * max|g|,
     gamma_n = n u / (1 - n u),  n = Cg + 4 alpha + 2 r,
@@ -29,8 +29,9 @@ point with unit roundoff ``u``, to first order
 (each transform is a short dot product whose rounding is bounded
 componentwise; ``|A^T| X |A| <= ||A^T||_inf^2 max|X|`` and likewise for the
 other two).  :func:`error_constant` gives ``beta``: 81 for F(2,3) and 36100
-for F(4,3), which is why F(4,3) in float32 is ~10-100x less accurate than a
-direct sum while F(2,3) is close to it.  ``tests/test_winograd.py`` holds the
+for F(4,3). The worst case grows with ``beta``; measured on random data (docs,
+algorithms page) F(4,3) in float32 is 1.4-6x less accurate than a direct
+sum and F(2,3) about as accurate.  ``tests/test_winograd_math.py`` holds the
 bound on random data.
 """
 
