@@ -1,83 +1,178 @@
 """im2col + GEMM: unfold receptive fields into columns, then one matrix product per group.
 
 For a block of output positions the workspace ``cols`` holds, for each
-(c, r, s) of a group, the input value under that tap for every output
+``(c, r, s)`` of a group, the input value under that tap for every output
 position: a ``(Cg*R*S, positions)`` matrix.  The output block of group ``g``
-is then ``w_g (Kg, Cg*R*S) @ cols``, computed by BLAS.
+is then ``w_g (Kg, Cg*R*S) @ cols``, computed by BLAS (``np.matmul``).
 
-Workspace bound: ``cols`` never exceeds ``FASTCONV_WORKSPACE_MB`` (default
-256 MiB; one output row of one image is the minimum block).  Blocks span
-whole images when they fit (small feature maps batch several images into one
-GEMM) and rows of one image otherwise.
+Paths
+-----
+* 1x1 kernels, no padding: no unfolding at all.  With stride 1 the input
+  ``(N, C, H*W)`` already is the column matrix, so the convolution is one
+  (broadcast) ``np.matmul`` straight into ``y``; with a larger stride the
+  input is first subsampled into a contiguous ``(N, C, P*Q)`` copy.
+* Everything else: :func:`_unfold` builds ``cols`` for a block, applying the
+  zero padding on the fly (the input is never padded as a whole), and the
+  product goes straight into ``y`` (one GEMM per image and group) -- or, for
+  maps smaller than ``_SMALL_PQ`` positions, one GEMM over several images
+  whose result is then transposed into ``y``.
+
+Workspace bound
+---------------
+``cols`` never exceeds ``FASTCONV_WORKSPACE_MB`` (default 256 MiB; one
+output row of one image is the minimum block).  Blocks span whole images when
+they fit and rows of one image otherwise.  The strided 1x1 path needs the
+subsampled input (``N * C * P * Q`` elements, no more than the input itself)
+instead; the small-map path needs a ``Kg * positions`` product buffer of at
+most the same size as ``cols``.  For VGG-16 conv1_2 at batch 32 (C = 64,
+224 x 224, 3x3) one image's ``cols`` takes 115 MiB, so two images per block
+use 231 MiB.
+
+Bias is added in a final pass over ``y``.  The unfold writes disjoint slices
+of ``cols`` per parallel job and BLAS does the sums, so results do not depend
+on the number of Numba threads.
 """
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 
-from .._config import PJIT, WORKSPACE_BYTES
-from ._layout import pad_nchw
+from .. import _config
+from .._config import PJIT
+
+#: Below this many output positions per image, several images share one GEMM.
+_SMALL_PQ = 256
 
 
 @numba.njit(**PJIT)
-def _unfold_images(xp, cols, n0, c0, Cg, R, S, P, Q, sh, sw, dh, dw):
-    # cols[(c*R + r)*S + s, i*P*Q + p*Q + q] = xp[n0+i, c0+c, p*sh + r*dh, q*sw + s*dw]
-    nimg = cols.shape[1] // (P * Q)
-    for row in numba.prange(Cg * R * S):
+def _unfold(x, cols, n0, nimg, c0, Cg, R, S, p0, p1, Q, sh, sw, dh, dw, pt, pl):
+    # cols[(c*R + r)*S + s, (i*(p1-p0) + p - p0)*Q + q]
+    #     = x[n0 + i, c0 + c, p*sh + r*dh - pt, q*sw + s*dw - pl]   (0 outside x)
+    # One job per (row of cols, image); loops run over 0-based ranges of views so Numba
+    # needs no negative-index wraparound (which would block vectorisation).
+    H, W = x.shape[2], x.shape[3]
+    nrow = p1 - p0
+    for job in numba.prange(Cg * R * S * nimg):
+        row, i = job // nimg, job % nimg
         c, rs = row // (R * S), row % (R * S)
         r, s = rs // S, rs % S
-        for i in range(nimg):
-            base = i * P * Q
-            for p in range(P):
-                h = p * sh + r * dh
+        off = s * dw - pl  # input column of output column q is q*sw + off
+        qlo = 0 if off >= 0 else min(Q, (-off + sw - 1) // sw)
+        qhi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
+        qhi = max(qhi, qlo)
+        dst_img = cols[row, i * nrow * Q:(i + 1) * nrow * Q]
+        for pp in range(nrow):
+            h = (p0 + pp) * sh + r * dh - pt
+            d = dst_img[pp * Q:(pp + 1) * Q]
+            if h < 0 or h >= H:
                 for q in range(Q):
-                    cols[row, base + p * Q + q] = xp[n0 + i, c0 + c, h, q * sw + s * dw]
-
-
-@numba.njit(**PJIT)
-def _unfold_rows(xp, cols, n, c0, Cg, R, S, p0, p1, Q, sh, sw, dh, dw):
-    for row in numba.prange(Cg * R * S):
-        c, rs = row // (R * S), row % (R * S)
-        r, s = rs // S, rs % S
-        for p in range(p0, p1):
-            h = p * sh + r * dh
-            for q in range(Q):
-                cols[row, (p - p0) * Q + q] = xp[n, c0 + c, h, q * sw + s * dw]
+                    d[q] = 0
+                continue
+            for q in range(qlo):
+                d[q] = 0
+            for q in range(qhi, Q):
+                d[q] = 0
+            if qhi > qlo:
+                src = x[n0 + i, c0 + c, h, qlo * sw + off:(qhi - 1) * sw + off + 1:sw]
+                dv = d[qlo:qhi]
+                for q in range(qhi - qlo):
+                    dv[q] = src[q]
 
 
 def supports(p):
     return None  # every configuration
 
 
-def run(x, w, bias, p, y):
-    xp = pad_nchw(x, *p.padding)
-    G, Cg, Kg, PQ = p.groups, p.Cg, p.Kg, p.P * p.Q
+def _is_pointwise(p):
+    return p.R == 1 and p.S == 1 and p.padding == (0, 0, 0, 0)
+
+
+def _execute(x, w, bias, p, y, t):
+    """The whole convolution; adds seconds per phase into ``t``."""
+    clock = time.perf_counter
+    G, Cg, Kg = p.groups, p.Cg, p.Kg
+    P, Q, PQ = p.P, p.Q, p.P * p.Q
     rows = Cg * p.R * p.S
-    itemsize = p.dtype.itemsize
     w2 = w.reshape(G, Kg, rows)
-    args = (p.R, p.S)
-    strides = (p.stride[0], p.stride[1], p.dilation[0], p.dilation[1])
+    yv = y.reshape(p.N, G, Kg, PQ)
+    sh, sw = p.stride
+    if _is_pointwise(p):
+        t0 = clock()
+        if (sh, sw) == (1, 1):
+            xs = x
+        else:  # a strided 1x1 reads every sh-th row and sw-th column: subsample once
+            xs = np.ascontiguousarray(x[:, :, : (P - 1) * sh + 1: sh, : (Q - 1) * sw + 1: sw])
+        t1 = clock()
+        np.matmul(w2, xs.reshape(p.N, G, Cg, PQ), out=yv)
+        t["unfold"] += t1 - t0
+        t["gemm"] += clock() - t1
+        return
+    itemsize = p.dtype.itemsize
+    args = (Cg, p.R, p.S)
+    geo = (sh, sw, p.dilation[0], p.dilation[1], p.padding[0], p.padding[2])
     per_image = rows * PQ * itemsize
-    if per_image <= WORKSPACE_BYTES:
-        nb = max(1, min(p.N, WORKSPACE_BYTES // per_image))
-        cols = np.empty((rows, nb * PQ), dtype=p.dtype)
+    ws = _config.WORKSPACE_BYTES
+    if per_image <= ws:
+        nb = int(max(1, min(p.N, ws // per_image)))
+        small = PQ < _SMALL_PQ and nb > 1
+        if small:  # cols and the product share the bound
+            nb = int(max(1, min(p.N, ws // ((rows + Kg) * PQ * itemsize))))
+        cols = np.empty(rows * nb * PQ, dtype=p.dtype)
+        res = np.empty(Kg * nb * PQ, dtype=p.dtype) if small else None
         for n0 in range(0, p.N, nb):
             m = min(nb, p.N - n0)
-            c_view = cols[:, : m * PQ]
             for g in range(G):
-                _unfold_images(xp, c_view, n0, g * Cg, Cg, *args, p.P, p.Q, *strides)
-                res = (w2[g] @ c_view).reshape(Kg, m, p.P, p.Q)
-                y[n0:n0 + m, g * Kg:(g + 1) * Kg] = res.transpose(1, 0, 2, 3)
+                t0 = clock()
+                c = cols[: rows * m * PQ].reshape(rows, m * PQ)
+                _unfold(x, c, n0, m, g * Cg, *args, 0, P, Q, *geo)
+                t1 = clock()
+                if small:
+                    r = res[: Kg * m * PQ].reshape(Kg, m * PQ)
+                    np.matmul(w2[g], c, out=r)
+                    yv[n0:n0 + m, g] = r.reshape(Kg, m, PQ).transpose(1, 0, 2)
+                else:
+                    for i in range(m):
+                        np.matmul(w2[g], c[:, i * PQ:(i + 1) * PQ], out=yv[n0 + i, g])
+                t["unfold"] += t1 - t0
+                t["gemm"] += clock() - t1
     else:
-        rb = max(1, WORKSPACE_BYTES // (rows * p.Q * itemsize))
-        cols = np.empty((rows, rb * p.Q), dtype=p.dtype)
+        rb = int(max(1, ws // (rows * Q * itemsize)))
+        cols = np.empty(rows * min(rb, P) * Q, dtype=p.dtype)
+        y5 = y.reshape(p.N, G, Kg, P, Q)
         for n in range(p.N):
-            for p0 in range(0, p.P, rb):
-                p1 = min(p.P, p0 + rb)
-                c_view = cols[:, : (p1 - p0) * p.Q]
+            for p0 in range(0, P, rb):
+                p1 = min(P, p0 + rb)
                 for g in range(G):
-                    _unfold_rows(xp, c_view, n, g * Cg, Cg, *args, p0, p1, p.Q, *strides)
-                    y[n, g * Kg:(g + 1) * Kg, p0:p1] = (w2[g] @ c_view).reshape(Kg, p1 - p0, p.Q)
+                    t0 = clock()
+                    c = cols[: rows * (p1 - p0) * Q].reshape(rows, (p1 - p0) * Q)
+                    _unfold(x, c, n, 1, g * Cg, *args, p0, p1, Q, *geo)
+                    t1 = clock()
+                    y5[n, g, :, p0:p1] = (w2[g] @ c).reshape(Kg, p1 - p0, Q)
+                    t["unfold"] += t1 - t0
+                    t["gemm"] += clock() - t1
+
+
+def _add_bias(y, bias):
     if bias is not None:
         y += bias.reshape(1, -1, 1, 1)
+
+
+def run(x, w, bias, p, y):
+    _execute(x, w, bias, p, y, {"unfold": 0.0, "gemm": 0.0})
+    _add_bias(y, bias)
+
+
+def profile_phases(x, w, bias, p, y):
+    """Run once, write ``y``, and return seconds per phase: ``unfold``, ``gemm``, ``bias``."""
+    t = {"unfold": 0.0, "gemm": 0.0, "bias": 0.0}
+    x = np.ascontiguousarray(x, dtype=p.dtype)
+    w = np.ascontiguousarray(w, dtype=p.dtype)
+    with _config.parallel_section():
+        _execute(x, w, bias, p, y, t)
+        t0 = time.perf_counter()
+        _add_bias(y, bias)
+        t["bias"] = time.perf_counter() - t0
+    return t
