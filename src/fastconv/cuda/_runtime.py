@@ -196,18 +196,56 @@ class Context:
     ``stream`` is the caller's stream (torch's / CuPy's current stream, or
     numba's default), so kernels are ordered after the producer of the inputs
     without a host synchronisation; ``empty`` allocates through the caller's
-    framework (its caching allocator) when there is one.
+    framework (its caching allocator) when there is one.  Without one,
+    :meth:`workspace` reuses a per-thread device buffer, because numba's
+    allocator calls cudaMalloc/cudaFree every time.  Buffers of one thread
+    are reused only by that thread's later calls, which its stream orders
+    after the earlier ones.
+
+    ``events``, when a list, receives ``(label, event)`` pairs recorded by
+    :meth:`mark` after each phase (the benchmark's per-phase timings).
     """
 
-    def __init__(self, stream=0, empty=None):
+    def __init__(self, stream=0, empty=None, events=None):
         self.stream = stream
         self._empty = empty
+        self.events = events
 
     def empty(self, shape, dtype):
         if self._empty is not None:
             return self._empty(tuple(shape), np.dtype(dtype))
         cuda = cuda_module()
         return cuda.device_array(tuple(shape), dtype=np.dtype(dtype), stream=self.stream)
+
+    def workspace(self, key: str, n: int, dtype):
+        """A 1-D device scratch array of ``n`` elements (contents undefined)."""
+        if self._empty is not None or simulator():
+            return self.empty((n,), dtype)
+        cuda = cuda_module()
+        cache = getattr(_workspaces, "buffers", None)
+        if cache is None:
+            cache = _workspaces.buffers = {}
+        ck = (id(cuda.current_context()), key, np.dtype(dtype).str)
+        buf = cache.get(ck)
+        if buf is None or buf.size < n:
+            cache.pop(ck, None)
+            buf = cuda.device_array(max(int(n), 1), dtype=np.dtype(dtype), stream=self.stream)
+            cache[ck] = buf
+        return buf[:n]
+
+    def mark(self, label: str) -> None:
+        if self.events is not None:
+            ev = cuda_module().event()
+            ev.record(self.stream)
+            self.events.append((label, ev))
+
+
+_workspaces = threading.local()
+
+
+def empty_cache() -> None:
+    """Release the device workspaces this thread's calls on numba arrays keep for reuse."""
+    _workspaces.buffers = {}
 
 
 def threads_1d() -> int:

@@ -350,26 +350,33 @@ def run_tiles(x, w, bias, p, y, ctx, m):
     has_bias = 0 if bias is None else 1
     bias_arg = w if bias is None else bias
 
-    flag = ctx.empty((1,), np.int32)
+    ctx.mark("start")
+    flag = ctx.workspace("winograd_flag", 1, np.int32)
     launch(_zero_flag_kernel(), (1,), (1,), ctx)(flag)
     _scan_nonfinite(x, p.N * p.C * p.H * p.W, flag, ctx)
     _scan_nonfinite(w, p.K * Cg * 9, flag, ctx)
 
-    U = ctx.empty((A2 * Cg * p.K,), dtype)
-    V = ctx.empty((A2 * p.C * Tc,), dtype)
-    Mw = ctx.empty((A2 * p.K * Tc,), dtype)
+    U = ctx.workspace("winograd_U", A2 * Cg * p.K, dtype)
+    V = ctx.workspace("winograd_V", A2 * p.C * Tc, dtype)
+    Mw = ctx.workspace("winograd_M", A2 * p.K * Tc, dtype)
+    ctx.mark("non-finite scan")
     threads = threads_1d()
     launch(wk, (cdiv(G * Cg * Kg, threads),), (threads,), ctx)(w, U, Cg, Kg, G)
+    ctx.mark("kernel transform")
     for t0 in range(0, T, Tc):
         n_t = min(Tc, T - t0)
         launch(ik, (cdiv(p.C * n_t, threads),), (threads,), ctx)(
             x, V, p.C, p.H, p.W, Cg, G, pt, pl, tiles_h, tiles_w, t0, n_t)
+        ctx.mark("input transform")
         grid = (cdiv(n_t, TB * RT), cdiv(Kg, TB * RT), A2 * G)
         launch(gk, grid, (TB, TB), ctx)(U, V, Mw, Cg, Kg, n_t)
+        ctx.mark("GEMM")
         launch(ok, (cdiv(p.K * n_t, threads),), (threads,), ctx)(
             Mw, y, bias_arg, has_bias, flag, p.K, Kg, G, p.P, p.Q, tiles_h, tiles_w, t0, n_t)
+        ctx.mark("output transform")
     # Exact recomputation when a non-finite value was seen (no-op blocks otherwise).
     direct.run(x, w, bias, p, y, ctx, flag=flag)
+    ctx.mark("non-finite fallback")
 
 
 def run_f2x2(x, w, bias, p, y, ctx):
