@@ -6,8 +6,9 @@ Phases (timed separately by :func:`profile_phases`, as NNPACK does):
    ``(alpha^2, groups, Kg, Cg)``;
 2. input transform ``V = B^T d B`` of every ``alpha x alpha`` input tile
    (tiles overlap by 2): ``(alpha^2, groups, Cg, tiles)``;
-3. ``alpha^2 * groups`` independent GEMMs ``M = U @ V`` (BLAS, through
-   ``np.matmul``; depthwise groups use an elementwise product);
+3. ``alpha^2 * groups`` independent GEMMs ``M = U @ V``, spread over the
+   Numba threads, each a single-threaded BLAS call (:mod:`fastconv.cpu._gemm`;
+   depthwise groups use an elementwise product);
 4. output transform ``Y = A^T M A`` into ``m x m`` output tiles, plus bias.
 
 Layout and blocking
@@ -55,6 +56,7 @@ from .. import _config
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import direct
+from ._gemm import batched_matmul
 
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
 #: ``FASTCONV_WORKSPACE_MB`` is the hard bound).
@@ -408,7 +410,6 @@ def _execute(x, U, m, bias, p, y, timings=None):
     mbuf = np.empty(alpha2 * G * Kg * rows * tiles_w, dtype=dt)
     bad = np.zeros(rows * p.K, dtype=np.bool_)
     inp, outp = (_input_f2, _output_f2) if m == 2 else (_input_f4, _output_f4)
-    elementwise = Cg == 1 and Kg == 1
     clock = time.perf_counter
     finite = True
     for r0 in range(0, rows_total, rows):
@@ -419,10 +420,8 @@ def _execute(x, U, m, bias, p, y, timings=None):
         t0 = clock()
         inp(x, V, cst, r0, nr, tiles_h, tiles_w, pt, pl)
         t1 = clock()
-        if elementwise:
-            np.multiply(U, V, out=M)
-        else:
-            np.matmul(U, V, out=M)
+        batched_matmul(U.reshape(alpha2 * G, Kg, Cg), V.reshape(alpha2 * G, Cg, nt),
+                       M.reshape(alpha2 * G, Kg, nt))
         t2 = clock()
         bv = bad[: nr * p.K]
         outp(M, y, b, cst, bv, r0, nr, tiles_h, tiles_w)
