@@ -83,7 +83,11 @@ def _batched_apply(fn, args, core_ndims, fold_arg, out_core_shape, out_dtype):
     per-example) ``fn`` runs once per leading index.
     ``fn(arrays, n_fold)`` receives the core arrays and the folded N factor.
     """
-    arrays = [None if a is None else np.asarray(a) for a in args]
+    # np.asarray of a JAX array is a read-only view; Numba would compile (and
+    # cache) a second, read-only specialisation of every kernel for it, so
+    # the callback copies instead (O(size) next to the O(size * R * S * C/g)
+    # convolution).
+    arrays = [None if a is None else np.array(a) for a in args]
     nlead = arrays[0].ndim - core_ndims[0]
     if nlead == 0:
         return fn(arrays)
