@@ -95,12 +95,18 @@ def _conv2d(x, w, bias, *, stride, padding, dilation, groups, algorithm, what):
     """The forward call that does the work, with errors naming the derived convolution."""
     from ._api import conv2d
     try:
-        return conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
-                      groups=groups, algorithm=algorithm)
+        y = conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                   groups=groups, algorithm=algorithm)
     except UnsupportedError as exc:
         raise UnsupportedError(f"{what} runs a derived convolution (kernel "
                                f"{tuple(w.shape[2:])}, stride {stride}, dilation {dilation}); "
                                f"{exc}") from None
+    if not isinstance(x, np.ndarray) and not isinstance(y, type(x)):
+        # torch tensors in, whatever the backend returned (NumPy on CPU, a
+        # CUDA array interface object on a GPU) back to a torch tensor.
+        import torch
+        y = torch.as_tensor(y, device=x.device)
+    return y
 
 
 # --------------------------------------------------------------------------
