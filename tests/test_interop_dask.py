@@ -124,6 +124,16 @@ def test_requested_tile_size_and_chunks_smaller_than_halo():
     _check(y, x, w, None, kw)
 
 
+def test_same_padding_stride_1_keeps_the_input_chunks():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 3, 40, 33))
+    w = rng.standard_normal((4, 3, 5, 3))
+    xd = da.from_array(x, chunks=(1, 3, (10, 10, 20), (11, 22)))
+    y = fd.conv2d(xd, w, padding="same")
+    assert y.chunks[2:] == xd.chunks[2:]
+    _check(y, x, w, None, dict(padding="same"))
+
+
 def test_float32_unbatched_and_unknown_batch_chunks():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 2, 12, 12)).astype(np.float32)

@@ -90,16 +90,17 @@ def _out_chunks(chunks: tuple, out_len: int, stride: int) -> tuple:
     return tuple(sizes)
 
 
-def _tiling_bounds(spatial_tiling, x, axes, padding_before, strides, padded):
+def _tiling_bounds(spatial_tiling, x, axes, strides, padded):
     """Wanted inner tile boundaries along the two spatial axes (padded coordinates).
 
-    ``True``/``None`` follow ``x``'s own chunks; an int or a pair asks for
-    output tiles of that many rows/columns, i.e. input tiles of
-    ``tile * stride`` padded rows/columns (plus the halo).
+    ``True``/``None`` follow ``x``'s own chunks: an input boundary at row
+    ``b`` becomes an output boundary at row ``b // stride`` (so with stride 1
+    and "same" padding the result is chunked exactly like ``x``); an int or
+    a pair asks for output tiles of that many rows/columns.  An output
+    boundary at row ``o`` is the padded input boundary ``o * stride``.
     """
     if spatial_tiling is True or spatial_tiling is None:
-        return [[before + int(e) for e in np.cumsum(x.chunks[a])[:-1]]
-                for a, before in zip(axes, padding_before)]
+        return [[int(e) for e in np.cumsum(x.chunks[a])[:-1]] for a in axes]
     if isinstance(spatial_tiling, numbers.Integral) and not isinstance(spatial_tiling, bool):
         sizes = (int(spatial_tiling),) * 2
     elif (isinstance(spatial_tiling, (tuple, list)) and len(spatial_tiling) == 2
@@ -144,7 +145,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
           H or W, otherwise process whole images.
         * ``False``: whole images per block; H and W are rechunked to one
           chunk each (each block then needs a full image in memory).
-        * ``True``: tile along ``x``'s own H/W chunks.
+        * ``True``: tile along ``x``'s own H/W chunks (output boundaries at
+          the input boundaries divided by the stride: with stride 1 and
+          ``"same"`` padding the result is chunked like ``x``).
         * ``t`` or ``(th, tw)``: output tiles of ``th`` x ``tw`` pixels
           (the result is chunked so along P and Q; input tiles are
           ``th * stride`` rows plus the halo).
@@ -279,7 +282,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
                              chunks=out_chunks(((p.P,), (p.Q,))), dtype=dtype, meta=meta, **common)
 
     pt, pb, pl, pr = p.padding
-    bounds = _tiling_bounds(spatial_tiling, x, (h_axis, w_axis), (pt, pl), p.stride, p.padded_hw)
+    bounds = _tiling_bounds(spatial_tiling, x, (h_axis, w_axis), p.stride, p.padded_hw)
     if any(p.padding):
         pad_width = [(0, 0)] * 4
         pad_width[h_axis], pad_width[w_axis] = (pt, pb), (pl, pr)
