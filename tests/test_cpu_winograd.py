@@ -67,6 +67,25 @@ def test_blocking_paths(rng, monkeypatch, alg):
     assert rel_err(whole, reference.conv2d(x, w, b, padding=1)) < TOLERANCE[(alg, "float64")]
 
 
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_path(rng, alg, dtype):
+    """Maps with enough tiles take the fused per-item path; same results as phase by phase."""
+    x, w, b = random_problem(rng, (2, 6, 37, 34), (4, 3, 3, 3), dtype)
+    m = int(alg[10])
+    p = normalize(x.shape, w.shape, b.shape, dtype, padding=((2, 0), (0, 1)), groups=2)
+    assert winograd._fused_rows(p, m, -(-p.Q // m), p.N * -(-p.P // m)) > 0
+    y, ref = _check(x, w, b, alg, padding=((2, 0), (0, 1)), groups=2)
+    phase = np.empty_like(y)
+    winograd.profile_phases(x, w, b, p, phase, m=m)  # always phase by phase
+    np.testing.assert_allclose(y, phase, rtol=1e-6 if dtype == np.float32 else 1e-14,
+                               atol=1e-6 if dtype == np.float32 else 1e-14)
+    x[1, 3, 30, 2] = np.inf
+    y = fastconv.conv2d(x, w, b, padding=((2, 0), (0, 1)), groups=2, algorithm=alg)
+    ref = fastconv.conv2d(x, w, b, padding=((2, 0), (0, 1)), groups=2, algorithm="direct")
+    np.testing.assert_array_equal(np.isinf(y) | np.isnan(y), np.isinf(ref) | np.isnan(ref))
+
+
 def test_unrolled_transforms_are_the_matrices():
     """The hand-unrolled formulas in the kernels are B^T, G, A^T of winograd_math."""
     for m in (2, 4):
@@ -75,23 +94,21 @@ def test_unrolled_transforms_are_the_matrices():
         # Input transform of unit tiles gives the columns of B^T (x) B^T.
         p = normalize((1, 1, alpha, alpha), (1, 1, 3, 3), None, np.float64)
         V = np.empty((alpha * alpha, 1, 1, 1))
-        inp = winograd._input_f2 if m == 2 else winograd._input_f4
         cst = winograd._constants(np.float64)
         for i in range(alpha):
             for j in range(alpha):
                 d = np.zeros((1, 1, alpha, alpha))
                 d[0, 0, i, j] = 1
-                inp(d, V, cst, 0, 1, 1, 1, 0, 0)
+                winograd._input_transform(d, V, cst, m, 0, 1, 1, 1, 0, 0)
                 np.testing.assert_array_equal(V.reshape(alpha, alpha), np.outer(BT[:, i], BT[:, j]))
         # Output transform of unit M gives the columns of A^T (x) A^T.
-        outp = winograd._output_f2 if m == 2 else winograd._output_f4
         for a in range(alpha):
             for b in range(alpha):
                 M = np.zeros((alpha * alpha, 1, 1, 1))
                 M[a * alpha + b] = 1
                 y = np.full((1, 1, m, m), np.nan)
                 bad = np.zeros(1, np.bool_)
-                outp(M, y, np.zeros(1), cst, bad, 0, 1, 1, 1)
+                winograd._output_transform(M, y, np.zeros(1), cst, bad, m, 0, 1, 1, 1)
                 np.testing.assert_array_equal(y[0, 0], np.outer(AT[:, a], AT[:, b]))
         # Kernel transform.
         w = np.random.default_rng(m).standard_normal((2, 3, 3, 3))
@@ -163,7 +180,7 @@ def test_prepare_run_prepared_snapshot(rng):
 
 def test_thread_independent_and_concurrent(rng):
     import numba
-    x, w, b = random_problem(rng, (2, 8, 12, 12), (8, 8, 3, 3), np.float32)
+    x, w, b = random_problem(rng, (2, 8, 33, 30), (8, 8, 3, 3), np.float32)  # fused path
     ref = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f4x4_3x3")
     old = numba.get_num_threads()
     try:

@@ -56,11 +56,15 @@ from .. import _config
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import direct
-from ._gemm import batched_matmul
+from ._gemm import batched_matmul, single_threaded_blas
 
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
 #: ``FASTCONV_WORKSPACE_MB`` is the hard bound).
 _BLOCK_BYTES = 8 * 2**20
+#: Target size of ``V`` plus ``M`` for one item of the fused path (about a core's L2).
+_ITEM_BYTES = 2 * 2**20
+#: Fewest tiles per item of the fused path (the N of its GEMMs).
+_MIN_ITEM_TILES = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,19 +143,17 @@ def _load_rows(x, n, cc, h0, pl, d):
                 dst[j] = src[j]
 
 
-@numba.njit(**PJIT)
-def _input_f2(x, V, cst, r0, nrows, tiles_h, tiles_w, pt, pl):
-    C = x.shape[1]
+@numba.njit(**JIT)
+def _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
+    # Tile row r0 + i of channel cc into V[:, g, c, i*tiles_w:(i+1)*tiles_w]; d (4, WP) and
+    # t (WP,) are scratch.
     Cg = V.shape[2]
     WP = tiles_w * 2 + 2
-    for job in numba.prange(nrows * C):
-        i, cc = job // C, job % C
+    if True:
         g, c = cc // Cg, cc % Cg
         r = r0 + i
         n, th = r // tiles_h, r % tiles_h
-        d = np.empty((4, WP), dtype=x.dtype)
         _load_rows(x, n, cc, th * 2 - pt, pl, d)
-        t = np.empty(WP, dtype=x.dtype)
         # Column views: e_j[tw] = t[2*tw + j].
         e0, e1, e2, e3 = t[0:WP - 2:2], t[1:WP - 1:2], t[2:WP:2], t[3:WP:2]
         d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
@@ -181,20 +183,17 @@ def _input_f2(x, V, cst, r0, nrows, tiles_h, tiles_w, pt, pl):
                 v3[tw] = e3[tw] - e1[tw]
 
 
-@numba.njit(**PJIT)
-def _input_f4(x, V, cst, r0, nrows, tiles_h, tiles_w, pt, pl):
-    C = x.shape[1]
+@numba.njit(**JIT)
+def _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
+    # As _input_job_f2; d is (6, WP).
     Cg = V.shape[2]
     WP = tiles_w * 4 + 2
     c2, c4, c5 = cst[2], cst[4], cst[5]
-    for job in numba.prange(nrows * C):
-        i, cc = job // C, job % C
+    if True:
         g, c = cc // Cg, cc % Cg
         r = r0 + i
         n, th = r // tiles_h, r % tiles_h
-        d = np.empty((6, WP), dtype=x.dtype)
         _load_rows(x, n, cc, th * 4 - pt, pl, d)
-        t = np.empty(WP, dtype=x.dtype)
         # Column views: e_j[tw] = t[4*tw + j].
         e0, e1, e2 = t[0:WP - 5:4], t[1:WP - 4:4], t[2:WP - 3:4]
         e3, e4, e5 = t[3:WP - 2:4], t[4:WP - 1:4], t[5:WP:4]
@@ -236,6 +235,21 @@ def _input_f4(x, V, cst, r0, nrows, tiles_h, tiles_w, pt, pl):
                 v5[tw] = c4 * e1[tw] - c5 * e3[tw] + e5[tw]
 
 
+@numba.njit(**PJIT)
+def _input_transform(x, V, cst, m, r0, nrows, tiles_h, tiles_w, pt, pl):
+    C = x.shape[1]
+    alpha = m + 2
+    WP = tiles_w * m + 2
+    for job in numba.prange(nrows * C):
+        i, cc = job // C, job % C
+        d = np.empty((alpha, WP), dtype=x.dtype)
+        t = np.empty(WP, dtype=x.dtype)
+        if m == 2:
+            _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+        else:
+            _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+
+
 # ----------------------------------------------------------------------------------------------
 # Output transforms.  M is (alpha^2, G, Kg, nrows * tiles_w); each job (tile row, output
 # channel) first combines the alpha rows of every tile (contiguous over tiles), then the
@@ -265,18 +279,17 @@ def _any_nonfinite(out):
     return flag
 
 
-@numba.njit(**PJIT)
-def _output_f2(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
-    G, Kg = M.shape[1], M.shape[2]
-    K = G * Kg
+@numba.njit(**JIT)
+def _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out):
+    # Tile row r0 + i of output channel kk from M[:, g, k, i*tiles_w:(i+1)*tiles_w]; s (2, 4,
+    # tiles_w) and out (2, 2*tiles_w) are scratch.  Returns True if a result is not finite.
+    Kg = M.shape[2]
     Q = y.shape[3]
-    for job in numba.prange(nrows * K):
-        i, kk = job // K, job % K
+    if True:
         g, k = kk // Kg, kk % Kg
         r = r0 + i
         n, th = r // tiles_h, r % tiles_h
         lo, hi = i * tiles_w, (i + 1) * tiles_w
-        s = np.empty((2, 4, tiles_w), dtype=M.dtype)
         for b in range(4):
             m0, m1 = M[0 * 4 + b, g, k, lo:hi], M[1 * 4 + b, g, k, lo:hi]
             m2, m3 = M[2 * 4 + b, g, k, lo:hi], M[3 * 4 + b, g, k, lo:hi]
@@ -285,30 +298,27 @@ def _output_f2(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
             for tw in range(tiles_w):
                 s0[tw] = m0[tw] + m1[tw] + m2[tw]
                 s1[tw] = m1[tw] - m2[tw] + m3[tw]
-        out = np.empty((2, 2 * tiles_w), dtype=M.dtype)
         for i2 in range(2):
             e0, e1, e2, e3 = s[i2, 0], s[i2, 1], s[i2, 2], s[i2, 3]
             o0, o1 = out[i2, 0::2], out[i2, 1::2]
             for tw in range(tiles_w):
                 o0[tw] = e0[tw] + e1[tw] + e2[tw]
                 o1[tw] = e1[tw] - e2[tw] + e3[tw]
-        bad[job] = _any_nonfinite(out)
         _store_rows(out, y, n, kk, th * 2, bias[kk], Q)
+        return _any_nonfinite(out)
 
 
-@numba.njit(**PJIT)
-def _output_f4(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
-    G, Kg = M.shape[1], M.shape[2]
-    K = G * Kg
+@numba.njit(**JIT)
+def _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out):
+    # As _output_job_f2; s is (4, 6, tiles_w), out (4, 4*tiles_w).
+    Kg = M.shape[2]
     Q = y.shape[3]
     c2, c4, c8 = cst[2], cst[4], cst[8]
-    for job in numba.prange(nrows * K):
-        i, kk = job // K, job % K
+    if True:
         g, k = kk // Kg, kk % Kg
         r = r0 + i
         n, th = r // tiles_h, r % tiles_h
         lo, hi = i * tiles_w, (i + 1) * tiles_w
-        s = np.empty((4, 6, tiles_w), dtype=M.dtype)
         for b in range(6):
             m0, m1 = M[0 * 6 + b, g, k, lo:hi], M[1 * 6 + b, g, k, lo:hi]
             m2, m3 = M[2 * 6 + b, g, k, lo:hi], M[3 * 6 + b, g, k, lo:hi]
@@ -324,7 +334,6 @@ def _output_f4(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
                 s1[tw] = d12 + c2 * d34
                 s2[tw] = a12 + c4 * a34
                 s3[tw] = d12 + c8 * d34 + m5[tw]
-        out = np.empty((4, 4 * tiles_w), dtype=M.dtype)
         for i4 in range(4):
             e0, e1, e2, e3, e4, e5 = s[i4, 0], s[i4, 1], s[i4, 2], s[i4, 3], s[i4, 4], s[i4, 5]
             o0, o1, o2, o3 = out[i4, 0::4], out[i4, 1::4], out[i4, 2::4], out[i4, 3::4]
@@ -337,8 +346,68 @@ def _output_f4(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
                 o1[tw] = d12 + c2 * d34
                 o2[tw] = a12 + c4 * a34
                 o3[tw] = d12 + c8 * d34 + e5[tw]
-        bad[job] = _any_nonfinite(out)
         _store_rows(out, y, n, kk, th * 4, bias[kk], Q)
+        return _any_nonfinite(out)
+
+
+@numba.njit(**PJIT)
+def _output_transform(M, y, bias, cst, bad, m, r0, nrows, tiles_h, tiles_w):
+    K = M.shape[1] * M.shape[2]
+    for job in numba.prange(nrows * K):
+        i, kk = job // K, job % K
+        s = np.empty((m, m + 2, tiles_w), dtype=M.dtype)
+        out = np.empty((m, m * tiles_w), dtype=M.dtype)
+        if m == 2:
+            bad[job] = _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+        else:
+            bad[job] = _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+
+
+@numba.njit(**PJIT)
+def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl):
+    # One parallel loop over items of `rows_per_item` tile rows; each item runs all three
+    # phases on its own V and M (sized to stay in a core's cache) with single-threaded BLAS.
+    A2, G, Kg, Cg = U.shape
+    C, K = G * Cg, G * Kg
+    alpha = m + 2
+    WP = tiles_w * m + 2
+    U3 = U.reshape(A2 * G, Kg, Cg)
+    nitems = (rows_total + rows_per_item - 1) // rows_per_item
+    for item in numba.prange(nitems):
+        r0 = item * rows_per_item
+        nr = min(rows_per_item, rows_total - r0)
+        nt = nr * tiles_w
+        V = np.empty((A2, G, Cg, nt), dtype=x.dtype)
+        M = np.empty((A2, G, Kg, nt), dtype=x.dtype)
+        d = np.empty((alpha, WP), dtype=x.dtype)
+        t = np.empty(WP, dtype=x.dtype)
+        for i in range(nr):
+            for cc in range(C):
+                if m == 2:
+                    _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+                else:
+                    _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+        V3 = V.reshape(A2 * G, Cg, nt)
+        M3 = M.reshape(A2 * G, Kg, nt)
+        for a in range(A2 * G):
+            if Kg == 1 and Cg == 1:
+                u = U3[a, 0, 0]
+                v = V3[a, 0]
+                mm = M3[a, 0]
+                for j in range(nt):
+                    mm[j] = u * v[j]
+            else:
+                np.dot(U3[a], V3[a], M3[a])
+        s = np.empty((m, alpha, tiles_w), dtype=x.dtype)
+        out = np.empty((m, m * tiles_w), dtype=x.dtype)
+        flag = False
+        for i in range(nr):
+            for kk in range(K):
+                if m == 2:
+                    flag |= _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+                else:
+                    flag |= _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+        bad[item] = flag
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,21 +464,44 @@ def _block_rows(p, m, tiles_w):
     return max(1, min(_BLOCK_BYTES, _config.WORKSPACE_BYTES) // per_row)
 
 
+def _fused_rows(p, m, tiles_w, rows_total):
+    """Tile rows per item of the fused path, or 0 when the phase-by-phase path is better.
+
+    Items hold about ``_ITEM_BYTES`` of V + M, and at least ``_MIN_ITEM_TILES`` tiles
+    (narrower GEMMs waste BLAS); at most one item per Numba thread is alive, so the
+    workspace is ``NUMBA_NUM_THREADS`` items.  The choice never depends on the
+    number of threads in use, so neither do the results.
+    """
+    per_row = (m + 2) ** 2 * (p.C + p.K) * tiles_w * p.dtype.itemsize
+    rows = min(_ITEM_BYTES // per_row, -(-rows_total // 4))
+    if (rows < 1 or rows * tiles_w < _MIN_ITEM_TILES or rows_total < 4
+            or rows * per_row * numba.config.NUMBA_NUM_THREADS > _config.WORKSPACE_BYTES):
+        return 0
+    return int(rows)
+
+
 def _execute(x, U, m, bias, p, y, timings=None):
-    """Input transform -> GEMMs -> output transform, block by block; True if all finite."""
+    """Input transform -> GEMMs -> output transform; True if every result was finite."""
     alpha2 = (m + 2) ** 2
     dt = p.dtype
     G, Kg, Cg = p.groups, p.Kg, p.Cg
     tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
     rows_total = p.N * tiles_h
-    rows = int(min(rows_total, _block_rows(p, m, tiles_w)))
     pt, pl = p.padding[0], p.padding[2]
+    item_rows = _fused_rows(p, m, tiles_w, rows_total) if timings is None else 0
+    if item_rows:
+        cst = _constants(dt)
+        b = np.zeros(p.K, dtype=dt) if bias is None else bias
+        bad = np.zeros(-(-rows_total // item_rows), dtype=np.bool_)
+        with single_threaded_blas():
+            _fused(x, U, y, b, cst, bad, m, item_rows, rows_total, tiles_h, tiles_w, pt, pl)
+        return not bad.any()
+    rows = int(min(rows_total, _block_rows(p, m, tiles_w)))
     cst = _constants(dt)
     b = np.zeros(p.K, dtype=dt) if bias is None else bias
     vbuf = np.empty(alpha2 * G * Cg * rows * tiles_w, dtype=dt)
     mbuf = np.empty(alpha2 * G * Kg * rows * tiles_w, dtype=dt)
     bad = np.zeros(rows * p.K, dtype=np.bool_)
-    inp, outp = (_input_f2, _output_f2) if m == 2 else (_input_f4, _output_f4)
     clock = time.perf_counter
     finite = True
     for r0 in range(0, rows_total, rows):
@@ -418,13 +510,13 @@ def _execute(x, U, m, bias, p, y, timings=None):
         V = vbuf[: alpha2 * G * Cg * nt].reshape(alpha2, G, Cg, nt)
         M = mbuf[: alpha2 * G * Kg * nt].reshape(alpha2, G, Kg, nt)
         t0 = clock()
-        inp(x, V, cst, r0, nr, tiles_h, tiles_w, pt, pl)
+        _input_transform(x, V, cst, m, r0, nr, tiles_h, tiles_w, pt, pl)
         t1 = clock()
         batched_matmul(U.reshape(alpha2 * G, Kg, Cg), V.reshape(alpha2 * G, Cg, nt),
                        M.reshape(alpha2 * G, Kg, nt))
         t2 = clock()
         bv = bad[: nr * p.K]
-        outp(M, y, b, cst, bv, r0, nr, tiles_h, tiles_w)
+        _output_transform(M, y, b, cst, bv, m, r0, nr, tiles_h, tiles_w)
         t3 = clock()
         if timings is not None:
             timings["input_transform"] += t1 - t0
