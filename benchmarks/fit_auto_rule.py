@@ -53,14 +53,15 @@ OTHER_SHAPES = [
 NEAR = 1.05
 
 
-def measure(layers, repeat, progress=True) -> list:
+def measure(layers, repeat, min_round_s=0.0, progress=True) -> list:
     rows = []
     for i, layer in enumerate(layers):
-        r = bench_layer(layer, repeat=repeat, peers=("torch",))
+        r = bench_layer(layer, repeat=repeat, peers=("torch",), min_round_s=min_round_s)
         rows.append({"name": layer.name,
                      "shape": {k: getattr(layer, k) for k in ("N", "C", "H", "W", "K", "R", "S",
                                                              "stride", "padding", "dilation", "groups")},
                      "medians": {m.name: m.median for m in r.measurements.values()},
+                     "mins": {m.name: float(min(m.times)) for m in r.measurements.values()},
                      "auto_at_measurement": r.auto})
         if progress:
             best = min((m for m in r.algorithms()), key=lambda m: m.median).name
@@ -68,8 +69,8 @@ def measure(layers, repeat, progress=True) -> list:
     return rows
 
 
-def score(rows, label: str) -> dict:
-    """Score the current auto_rule on measured rows; prints one line per row."""
+def score(rows, label: str, stat: str = "mins") -> dict:
+    """Score the current auto_rule on measured rows (``stat``: "mins" or "medians")."""
     from fastconv import _dispatch
 
     hits = near = 0
@@ -82,15 +83,15 @@ def score(rows, label: str) -> dict:
         p = layer.params()
         auto = _dispatch.auto_choice(p, "cpu")
         assert _dispatch.get("cpu", auto).supports(p) is None, (auto, row["name"])
-        algs = {k: v for k, v in row["medians"].items() if k != "torch"}
+        algs = {k: v for k, v in row[stat].items() if k != "torch"}
         best = min(algs, key=algs.get)
         loss = algs[auto] / algs[best] if auto in algs else float("nan")
         hits += auto == best
         near += loss <= NEAR
         losses.append(loss)
-        if "torch" in row["medians"] and auto in algs:
-            vs_torch.append(row["medians"]["torch"] / algs[auto])
-        times = " ".join(f"{k}={v * 1e3:.2f}" for k, v in sorted(row["medians"].items()))
+        if "torch" in row[stat] and auto in algs:
+            vs_torch.append(row[stat]["torch"] / algs[auto])
+        times = " ".join(f"{k}={v * 1e3:.2f}" for k, v in sorted(row[stat].items()))
         print(f"{row['name']:24s} {p.Cg:4d} {p.Kg:4d} {p.R}x{p.S:<3d} {p.stride[0]:2d} {p.groups:4d} "
               f"{p.N * p.P * p.Q:7d}  {best:18s} {auto:18s} {loss:9.2f}  {times}")
     n = len(rows)
@@ -108,8 +109,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="store the measured medians here")
     ap.add_argument("--from-json", help="score auto_rule on stored medians instead of measuring")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--min-round-s", type=float, default=0.0,
+                    help="seconds per timed round (default 0: every sample is one call, so one "
+                         "stall from another process spoils one sample, not a whole round)")
     ap.add_argument("--only", choices=("suite", "other"), default=None)
+    ap.add_argument("--stat", choices=("mins", "medians"), default="mins",
+                    help="score on the fastest round (default: robust to load from other "
+                         "processes, which only ever adds time) or on the median")
     args = ap.parse_args(argv)
     if args.from_json:
         with open(args.from_json) as f:
@@ -117,9 +124,9 @@ def main(argv=None) -> int:
     else:
         data = {}
         if args.only in (None, "suite"):
-            data["suite"] = measure(load_layers(), args.repeat)
+            data["suite"] = measure(load_layers(), args.repeat, args.min_round_s)
         if args.only in (None, "other"):
-            data["other"] = measure(OTHER_SHAPES, args.repeat)
+            data["other"] = measure(OTHER_SHAPES, args.repeat, args.min_round_s)
         from fastconv.bench.machine import machine_info
         data["machine"] = machine_info()["fastconv"]
         data["repeat"] = args.repeat
@@ -128,7 +135,7 @@ def main(argv=None) -> int:
                 json.dump(data, f, indent=1, default=str)
     for key in ("suite", "other"):
         if key in data:
-            score(data[key], f"{key} ({len(data[key])} shapes)")
+            score(data[key], f"{key} ({len(data[key])} shapes, {args.stat})", args.stat)
     return 0
 
 
