@@ -153,6 +153,8 @@ def test_float32_unbatched_and_unknown_batch_chunks():
     ys = fd.conv2d(xs, w, padding=1).compute()
     np.testing.assert_allclose(ys, fastconv.reference.conv2d(x[[0, 2, 3]], w, padding=1),
                                rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        fd.conv2d(xs, w, padding=1, spatial_tiling=4)
 
 
 def test_numpy_input_and_mixed_dtypes():

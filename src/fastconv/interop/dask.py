@@ -127,7 +127,8 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     x : dask.array.Array, shape (N, C, H, W) or (N, H, W, C)
         3-D ``(C, H, W)`` / ``(H, W, C)`` is one unbatched image.  float32 or
         float64.  A NumPy array is wrapped with ``da.asarray`` (one chunk).
-        Chunks along N are kept (the batch may have unknown chunk sizes);
+        Chunks along N are kept (they may be unknown, ``nan``, unless the
+        image is tiled spatially);
         the channel axis is always rechunked to a single chunk, since every
         output map reads every input map of its group.
     w : array_like, shape (K, C/groups, R, S)
@@ -175,8 +176,8 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     ------
     TypeError, ValueError
         When the graph is built, for every argument :func:`fastconv.conv2d`
-        rejects, and for unknown chunk sizes along H or W (call
-        ``x.compute_chunk_sizes()`` first).
+        rejects, and for unknown chunk sizes along C, H or W, or along N
+        with spatial tiling (call ``x.compute_chunk_sizes()`` first).
 
     Notes
     -----
@@ -283,6 +284,10 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
 
     pt, pb, pl, pr = p.padding
     bounds = _tiling_bounds(spatial_tiling, x, (h_axis, w_axis), p.stride, p.padded_hw)
+    if unknown_n:
+        raise ValueError("spatial tiling needs known batch chunk sizes (dask's pad and overlap "
+                         "slice every block); call x.compute_chunk_sizes() first, or pass "
+                         "spatial_tiling=False to process whole images")
     if any(p.padding):
         pad_width = [(0, 0)] * 4
         pad_width[h_axis], pad_width[w_axis] = (pt, pb), (pl, pr)
