@@ -153,6 +153,14 @@ def test_vmap_over_inputs_weights_and_nested(x64):
     y = jax.vmap(jax.vmap(f, in_axes=(0, None)), in_axes=(0, None))(xss, w)
     y_ref = jax.vmap(jax.vmap(g, in_axes=(0, None)), in_axes=(0, None))(xss, w)
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-12, atol=1e-12)
+    # vmap over the bias alone (callback loops), values and bias gradients
+    bs = _rand(rng, (3, 6))
+    yb = jax.vmap(lambda b: fj.conv2d(xs[0], w, b, **kw))(bs)
+    np.testing.assert_allclose(np.asarray(yb), np.asarray(jax.vmap(
+        lambda b: _lax(xs[0], w, b, layout="NCHW", **kw))(bs)), rtol=1e-12, atol=1e-12)
+    gb = jax.vmap(jax.grad(lambda b: jnp.sum(fj.conv2d(xs[0], w, b, **kw) ** 2)))(bs)
+    gb_ref = jax.vmap(jax.grad(lambda b: jnp.sum(_lax(xs[0], w, b, layout="NCHW", **kw) ** 2)))(bs)
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(gb_ref), rtol=1e-11, atol=1e-11)
     # vmap over the non-leading axis of x
     xt = jnp.moveaxis(xs, 0, 2)  # (2, 4, 3, 7, 8)
     y = jax.vmap(f, in_axes=(2, None))(xt, w)
