@@ -33,6 +33,7 @@ class _Cfg(NamedTuple):
     groups: int
     layout: str
     algorithm: str
+    has_bias: bool
 
     def kwargs(self) -> dict:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
@@ -80,8 +81,8 @@ def _batched_apply(fn, args, core_ndims, fold_arg, out_core_shape, out_dtype):
     common case: a batch of inputs through shared weights) its leading axes
     are folded into the convolution's own batch axis N and ``fn`` runs once.
     Otherwise (per-example weights, or a weight gradient that must stay
-    per-example) ``fn`` runs once per leading index.
-    ``fn(arrays, n_fold)`` receives the core arrays and the folded N factor.
+    per-example) ``fn`` runs once per leading index.  ``fn`` receives the
+    list of core arrays (``None`` stays ``None``) and returns one array.
     """
     # np.asarray of a JAX array is a read-only view; Numba would compile (and
     # cache) a second, read-only specialisation of every kernel for it, so
@@ -98,9 +99,10 @@ def _batched_apply(fn, args, core_ndims, fold_arg, out_core_shape, out_dtype):
     if fold_arg is not None and others_unbatched:
         core = [None if (a is None or i == fold_arg) else a.reshape(a.shape[nlead:])
                 for i, a in enumerate(arrays)]
+        # The other arguments' leading axes are all 1, so the vmap batch shape
+        # is exactly xa's: a plain reshape (of a writeable copy) folds it.
         xa = arrays[fold_arg]
-        core[fold_arg] = np.broadcast_to(xa, batch + xa.shape[nlead:]).reshape(
-            (-1,) + xa.shape[nlead + 1:])
+        core[fold_arg] = xa.reshape((-1,) + xa.shape[nlead + 1:])
         y = fn(core)
         return y.reshape(batch + (xa.shape[nlead],) + y.shape[1:])
     out = np.empty(batch + out_core_shape, dtype=out_dtype)
@@ -167,10 +169,10 @@ def _custom_conv():
         return _call(cfg, x, w, b)
 
     def fwd(cfg, x, w, b):
-        return _call(cfg, x, w, b), (x, w, b is not None)
+        return _call(cfg, x, w, b), (x, w)
 
     def bwd(cfg, res, g):
-        x, w, has_bias = res
+        x, w = res
         dtype = np.dtype(x.dtype)
         gx = jax.pure_callback(
             functools.partial(_grad_input_cb, cfg=cfg, x_shape=x.shape, dtype=dtype),
@@ -179,7 +181,7 @@ def _custom_conv():
             functools.partial(_grad_weight_cb, cfg=cfg, w_shape=w.shape, dtype=dtype),
             jax.ShapeDtypeStruct(w.shape, w.dtype), x, g, vmap_method="expand_dims")
         gb = None
-        if has_bias:
+        if cfg.has_bias:
             gb = jnp.sum(g, axis=(0, 2, 3) if cfg.layout == "NCHW" else (0, 1, 2))
         return gx, gw, gb
 
@@ -289,7 +291,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
 
     pt, pb, pl, pr = p.padding
     cfg = _Cfg(stride=p.stride, dilation=p.dilation, padding=((pt, pb), (pl, pr)),
-               groups=p.groups, layout=p.layout, algorithm=algorithm)
+               groups=p.groups, layout=p.layout, algorithm=algorithm, has_bias=b is not None)
     x = x.astype(dtype)
     w = w.astype(dtype)
     b = None if b is None else b.astype(dtype)
