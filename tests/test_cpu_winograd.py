@@ -99,7 +99,8 @@ def test_unrolled_transforms_are_the_matrices():
             for j in range(alpha):
                 d = np.zeros((1, 1, alpha, alpha))
                 d[0, 0, i, j] = 1
-                winograd._input_transform(d, V, cst, m, 0, 1, 1, 1, 0, 0)
+                winograd._input_transform(d, V, cst, m, 0, 1, 1, 1, 0, 0, np.empty((9, 0)), G,
+                                          np.empty((alpha * alpha, 0)))
                 np.testing.assert_array_equal(V.reshape(alpha, alpha), np.outer(BT[:, i], BT[:, j]))
         # Output transform of unit M gives the columns of A^T (x) A^T.
         for a in range(alpha):

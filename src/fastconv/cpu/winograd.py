@@ -80,34 +80,41 @@ def kernel_transform(w, m, dtype=None):
     return _transform_weights(np.ascontiguousarray(w), m, 1, np.dtype(dtype or w.dtype))
 
 
-@numba.njit(**PJIT)
-def _kernel_transform(wT, Gm, U):
-    # U[a*alpha + b, j] = (G w_j G^T)[a, b] for the 3x3 kernels w_j = wT[:, j] (j = k*Cg + c),
-    # computed in float64 and rounded once, in chunks of 1024 kernels (vectorised over j).
-    # Loops run over 0-based ranges of sliced views: Numba then needs no negative-index
-    # wraparound, which would block vectorisation.
+_KT_CHUNK = 1024  # kernels per job of the kernel transform
+
+
+@numba.njit(**JIT)
+def _kernel_chunk(wT, Gm, U, ch):
+    # U[a*alpha + b, j] = (G w_j G^T)[a, b] for the 3x3 kernels w_j = wT[:, j] (j = k*Cg + c)
+    # of chunk ch, computed in float64 and rounded once (vectorised over j).  Loops run over
+    # 0-based ranges of sliced views: Numba then needs no negative-index wraparound, which
+    # would block vectorisation.
     J = wT.shape[1]
     alpha = Gm.shape[0]
-    chunk = 1024
-    for ch in numba.prange((J + chunk - 1) // chunk):
-        j0 = ch * chunk
-        j1 = min(J, j0 + chunk)
-        L = j1 - j0
-        T = np.empty((alpha * 3, chunk), dtype=np.float64)
-        for a in range(alpha):
-            g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
-            for s in range(3):
-                row = T[a * 3 + s]
-                w0, w1, w2 = wT[s, j0:j1], wT[3 + s, j0:j1], wT[6 + s, j0:j1]
-                for j in range(L):
-                    row[j] = g0 * w0[j] + g1 * w1[j] + g2 * w2[j]
-        for a in range(alpha):
-            t0, t1, t2 = T[a * 3], T[a * 3 + 1], T[a * 3 + 2]
-            for b in range(alpha):
-                h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
-                u = U[a * alpha + b, j0:j1]
-                for j in range(L):
-                    u[j] = t0[j] * h0 + t1[j] * h1 + t2[j] * h2
+    j0 = ch * _KT_CHUNK
+    j1 = min(J, j0 + _KT_CHUNK)
+    L = j1 - j0
+    T = np.empty((alpha * 3, _KT_CHUNK), dtype=np.float64)
+    for a in range(alpha):
+        g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
+        for s in range(3):
+            row = T[a * 3 + s]
+            w0, w1, w2 = wT[s, j0:j1], wT[3 + s, j0:j1], wT[6 + s, j0:j1]
+            for j in range(L):
+                row[j] = g0 * w0[j] + g1 * w1[j] + g2 * w2[j]
+    for a in range(alpha):
+        t0, t1, t2 = T[a * 3], T[a * 3 + 1], T[a * 3 + 2]
+        for b in range(alpha):
+            h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
+            u = U[a * alpha + b, j0:j1]
+            for j in range(L):
+                u[j] = t0[j] * h0 + t1[j] * h1 + t2[j] * h2
+
+
+@numba.njit(**PJIT)
+def _kernel_transform(wT, Gm, U):
+    for ch in numba.prange((wT.shape[1] + _KT_CHUNK - 1) // _KT_CHUNK):
+        _kernel_chunk(wT, Gm, U, ch)
 
 
 def _transform_weights(w, m, groups, dtype):
@@ -236,12 +243,18 @@ def _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
 
 
 @numba.njit(**PJIT)
-def _input_transform(x, V, cst, m, r0, nrows, tiles_h, tiles_w, pt, pl):
+def _input_transform(x, V, cst, m, r0, nrows, tiles_h, tiles_w, pt, pl, wT, Gm, U2):
+    # Also runs the kernel transform of wT into U2 (when wT has columns) in the same
+    # parallel loop: the two are independent, and one loop is one thread synchronisation.
     C = x.shape[1]
     alpha = m + 2
     WP = tiles_w * m + 2
-    for job in numba.prange(nrows * C):
-        i, cc = job // C, job % C
+    nk = (wT.shape[1] + _KT_CHUNK - 1) // _KT_CHUNK
+    for job in numba.prange(nk + nrows * C):
+        if job < nk:
+            _kernel_chunk(wT, Gm, U2, job)
+            continue
+        i, cc = (job - nk) // C, (job - nk) % C
         d = np.empty((alpha, WP), dtype=x.dtype)
         t = np.empty(WP, dtype=x.dtype)
         if m == 2:
@@ -364,6 +377,39 @@ def _output_transform(M, y, bias, cst, bad, m, r0, nrows, tiles_h, tiles_w):
 
 
 @numba.njit(**PJIT)
+def _gemm_output(U, V, M, y, bias, cst, bad, m, kb, r0, nrows, tiles_h, tiles_w):
+    # One job per (group, block of kb output channels): the alpha^2 GEMMs of that K slice
+    # (single-threaded BLAS), then the output transform of its channels.  bad[job] flags
+    # non-finite results.
+    A2, G, Kg, Cg = U.shape
+    nt = V.shape[3]
+    nkb = (Kg + kb - 1) // kb
+    for job in numba.prange(G * nkb):
+        g, k0 = job // nkb, (job % nkb) * kb
+        k1 = min(Kg, k0 + kb)
+        for a in range(A2):
+            if Kg == 1 and Cg == 1:
+                u = U[a, g, 0, 0]
+                v = V[a, g, 0]
+                mm = M[a, g, 0]
+                for j in range(nt):
+                    mm[j] = u * v[j]
+            else:
+                np.dot(U[a, g, k0:k1], V[a, g], M[a, g, k0:k1])
+        s = np.empty((m, m + 2, tiles_w), dtype=M.dtype)
+        out = np.empty((m, m * tiles_w), dtype=M.dtype)
+        flag = False
+        for i in range(nrows):
+            for k in range(k0, k1):
+                kk = g * Kg + k
+                if m == 2:
+                    flag |= _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+                else:
+                    flag |= _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+        bad[job] = flag
+
+
+@numba.njit(**PJIT)
 def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl):
     # One parallel loop over items of `rows_per_item` tile rows; each item runs all three
     # phases on its own V and M (sized to stay in a core's cache) with single-threaded BLAS.
@@ -480,63 +526,82 @@ def _fused_rows(p, m, tiles_w, rows_total):
     return int(rows)
 
 
-def _execute(x, U, m, bias, p, y, timings=None):
-    """Input transform -> GEMMs -> output transform; True if every result was finite."""
+def _execute(x, w, U, m, bias, p, y, timings=None):
+    """Kernel transform (when ``U`` is None) -> input transform -> GEMMs -> output transform.
+
+    Returns True if every result was finite.  With ``timings`` (a dict) the
+    phases run one by one and their seconds are added into it; otherwise
+    independent phases share parallel loops (fewer thread synchronisations).
+    """
     alpha2 = (m + 2) ** 2
     dt = p.dtype
     G, Kg, Cg = p.groups, p.Kg, p.Cg
     tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
     rows_total = p.N * tiles_h
     pt, pl = p.padding[0], p.padding[2]
+    cst = _constants(dt)
+    b = np.zeros(p.K, dtype=dt) if bias is None else bias
+    clock = time.perf_counter
+    Gm = transform_matrices(m)[1]
+    no_kernels = np.empty((9, 0), dtype=dt)
+    if U is None:
+        U = np.empty((alpha2, G, Kg, Cg), dtype=dt)
+        wT = np.ascontiguousarray(w.reshape(p.K * Cg, 9).T)
+    else:
+        wT = no_kernels
+    U2 = U.reshape(alpha2, p.K * Cg)
     item_rows = _fused_rows(p, m, tiles_w, rows_total) if timings is None else 0
+    if wT.shape[1] and (timings is not None or item_rows):
+        t0 = clock()
+        _kernel_transform(wT, Gm, U2)
+        if timings is not None:
+            timings["kernel_transform"] += clock() - t0
+        wT = no_kernels
     if item_rows:
-        cst = _constants(dt)
-        b = np.zeros(p.K, dtype=dt) if bias is None else bias
         bad = np.zeros(-(-rows_total // item_rows), dtype=np.bool_)
         with single_threaded_blas():
             _fused(x, U, y, b, cst, bad, m, item_rows, rows_total, tiles_h, tiles_w, pt, pl)
         return not bad.any()
     rows = int(min(rows_total, _block_rows(p, m, tiles_w)))
-    cst = _constants(dt)
-    b = np.zeros(p.K, dtype=dt) if bias is None else bias
+    kb = max(16, -(-Kg // 4))  # output channels per GEMM + output job (4 jobs per group)
     vbuf = np.empty(alpha2 * G * Cg * rows * tiles_w, dtype=dt)
     mbuf = np.empty(alpha2 * G * Kg * rows * tiles_w, dtype=dt)
-    bad = np.zeros(rows * p.K, dtype=np.bool_)
-    clock = time.perf_counter
-    finite = True
+    bad = np.zeros(max(rows * p.K, G * -(-Kg // kb)), dtype=np.bool_)
     for r0 in range(0, rows_total, rows):
         nr = min(rows, rows_total - r0)
         nt = nr * tiles_w
         V = vbuf[: alpha2 * G * Cg * nt].reshape(alpha2, G, Cg, nt)
         M = mbuf[: alpha2 * G * Kg * nt].reshape(alpha2, G, Kg, nt)
+        bad[:] = False
         t0 = clock()
-        _input_transform(x, V, cst, m, r0, nr, tiles_h, tiles_w, pt, pl)
+        # The first block also carries the kernel transform, when still pending.
+        _input_transform(x, V, cst, m, r0, nr, tiles_h, tiles_w, pt, pl, wT, Gm, U2)
+        wT = no_kernels
         t1 = clock()
-        batched_matmul(U.reshape(alpha2 * G, Kg, Cg), V.reshape(alpha2 * G, Cg, nt),
-                       M.reshape(alpha2 * G, Kg, nt))
-        t2 = clock()
-        bv = bad[: nr * p.K]
-        _output_transform(M, y, b, cst, bv, m, r0, nr, tiles_h, tiles_w)
-        t3 = clock()
-        if timings is not None:
+        if timings is None:
+            with single_threaded_blas():
+                _gemm_output(U, V, M, y, b, cst, bad, m, kb, r0, nr, tiles_h, tiles_w)
+        else:
+            batched_matmul(U.reshape(alpha2 * G, Kg, Cg), V.reshape(alpha2 * G, Cg, nt),
+                           M.reshape(alpha2 * G, Kg, nt))
+            t2 = clock()
+            _output_transform(M, y, b, cst, bad, m, r0, nr, tiles_h, tiles_w)
             timings["input_transform"] += t1 - t0
             timings["gemm"] += t2 - t1
-            timings["output_transform"] += t3 - t2
-        if bv.any():
-            finite = False
-            break
-    return finite
+            timings["output_transform"] += clock() - t2
+        if bad.any():
+            return False
+    return True
 
 
 def run_prepared(x, packed, bias, p, y):
     """Run with weights from :func:`prepare`; falls back to ``direct`` on non-finite values."""
-    if not (packed.finite and _execute(x, packed.U, packed.m, bias, p, y)):
+    if not (packed.finite and _execute(x, None, packed.U, packed.m, bias, p, y)):
         direct.run(x, packed.w, bias, p, y)
 
 
 def _run(x, w, bias, p, y, m):
-    U = _transform_weights(w, m, p.groups, p.dtype)
-    if not _execute(x, U, m, bias, p, y):
+    if not _execute(x, w, None, m, bias, p, y):
         direct.run(x, w, bias, p, y)
 
 
@@ -558,10 +623,9 @@ def profile_phases(x, w, bias, p, y, m=None):
         from . import winograd_rule
         m = 2 if winograd_rule(p).endswith("f2x2_3x3") else 4
     times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
+    x = np.ascontiguousarray(x, dtype=p.dtype)
+    w = np.ascontiguousarray(w, dtype=p.dtype)
     with _config.parallel_section():
-        t0 = time.perf_counter()
-        U = _transform_weights(np.ascontiguousarray(w, dtype=p.dtype), m, p.groups, p.dtype)
-        times["kernel_transform"] = time.perf_counter() - t0
-        if not _execute(x, U, m, bias, p, y, times):
+        if not _execute(x, w, None, m, bias, p, y, times):
             direct.run(x, w, bias, p, y)
     return times
