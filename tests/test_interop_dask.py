@@ -213,10 +213,7 @@ def test_distributed_local_cluster():
     x = rng.standard_normal((4, 3, 20, 16))
     w = rng.standard_normal((5, 3, 3, 3))
     b = rng.standard_normal(5)
-    # im2col: a kernel compiled once per signature, so the workers load it
-    # from the on-disk cache in well under a second; the test is about the
-    # distributed plumbing, the kernels are tested elsewhere.
-    kw = dict(padding=1, stride=(2, 1), algorithm="im2col")
+    kw = dict(padding=1, stride=(2, 1))
     xd = da.from_array(x, chunks=(2, 3, 10, 8))
     # Compile (or load) the kernels here first, so that the workers find the
     # on-disk Numba cache warm and only load it.
