@@ -53,10 +53,16 @@ OTHER_SHAPES = [
 NEAR = 1.05
 
 
-def measure(layers, repeat, min_round_s=0.0, progress=True) -> list:
+def measure(layers, repeat, min_round_s=0.0, cpu_time=False, progress=True) -> list:
+    import time
+
+    import numba
+
     rows = []
+    timer = time.process_time if cpu_time else time.perf_counter
     for i, layer in enumerate(layers):
-        r = bench_layer(layer, repeat=repeat, peers=("torch",), min_round_s=min_round_s)
+        r = bench_layer(layer, repeat=repeat, peers=("torch",), min_round_s=min_round_s,
+                        timer=timer, threads=numba.get_num_threads())
         rows.append({"name": layer.name,
                      "shape": {k: getattr(layer, k) for k in ("N", "C", "H", "W", "K", "R", "S",
                                                              "stride", "padding", "dilation", "groups")},
@@ -117,19 +123,32 @@ def main(argv=None) -> int:
     ap.add_argument("--stat", choices=("mins", "medians"), default="mins",
                     help="score on the fastest round (default: robust to load from other "
                          "processes, which only ever adds time) or on the median")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="Numba/BLAS/torch threads (default: Numba's default)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process CPU clock (needs --threads 1; immune to load)")
     args = ap.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time needs --threads 1")
+    if args.threads is not None:
+        import numba
+        from threadpoolctl import threadpool_limits
+        numba.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     if args.from_json:
         with open(args.from_json) as f:
             data = json.load(f)
     else:
         data = {}
         if args.only in (None, "suite"):
-            data["suite"] = measure(load_layers(), args.repeat, args.min_round_s)
+            data["suite"] = measure(load_layers(), args.repeat, args.min_round_s, args.cpu_time)
         if args.only in (None, "other"):
-            data["other"] = measure(OTHER_SHAPES, args.repeat, args.min_round_s)
+            data["other"] = measure(OTHER_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
         from fastconv.bench.machine import machine_info
         data["machine"] = machine_info()["fastconv"]
         data["repeat"] = args.repeat
+        data["threads"] = args.threads
+        data["clock"] = "process_time" if args.cpu_time else "perf_counter"
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(data, f, indent=1, default=str)

@@ -166,7 +166,8 @@ def test_cli_list(capsys):
 @pytest.mark.parametrize("argv, msg", [(["--layers", "nope"], "unknown layer"),
                                        (["--algorithms", "fft"], "unknown algorithm"),
                                        (["--repeat", "0"], "--repeat must be >= 1"),
-                                       (["--threads", "0"], "--threads must be >= 1")])
+                                       (["--threads", "0"], "--threads must be >= 1"),
+                                       (["--cpu-time"], "--cpu-time needs --threads 1")])
 def test_cli_bad_arguments(argv, msg, capsys):
     assert cli.main(argv) == 2
     assert msg in capsys.readouterr().err
@@ -183,3 +184,12 @@ def test_markdown_table(result):
     assert md[0].startswith("| layer | GFLOP |") and md[1].startswith("|---|---:|")
     assert sum(line.startswith("| `tiny") for line in md) == 2
     assert all(line.count("|") == md[0].count("|") for line in md[:4])
+
+
+def test_cpu_clock_single_threaded():
+    res = run_suite(TINY[:1], repeat=1, peers=(), threads=1, cpu_time=True, min_round_s=0.0005,
+                    algorithms=["direct"])
+    assert res.options["clock"] == "process_time" and res.options["threads"] == 1
+    assert all(m.median > 0 for m in res.layers[0].measurements.values())
+    with pytest.raises(ValueError, match="threads=1"):
+        run_suite(TINY[:1], repeat=1, peers=(), cpu_time=True)

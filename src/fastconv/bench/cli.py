@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="timed rounds per layer (default 7, 3 with --quick)")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for Numba, BLAS and torch (default: Numba's default)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process CPU clock (needs --threads 1): on a machine busy "
+                         "with other work, measures the cost of each call, not the wait for a core")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--batch", type=int, default=None, help="override every layer's batch size N")
     ap.add_argument("--json", metavar="PATH", help="write pytest-benchmark-compatible JSON here")
@@ -99,6 +102,9 @@ def main(argv=None) -> int:
             raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.cpu_time and args.threads != 1:
+            raise ValueError("--cpu-time needs --threads 1 (worker threads busy-wait, which a "
+                             "CPU clock would count)")
         if args.batch is not None:
             if args.batch < 1:
                 raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -122,6 +128,8 @@ def main(argv=None) -> int:
         progress = report.ProgressBar(len(layers) * steps_per_layer(repeat, args.phases))
     kwargs = dict(algorithms=algorithms, repeat=repeat, dtype=np.dtype(args.dtype), peers=peers,
                   threads=args.threads, phases=args.phases, seed=args.seed, progress=progress)
+    if args.cpu_time:
+        kwargs["cpu_time"] = True
     try:
         result = runner(layers, **kwargs)
     except (RuntimeError, ValueError) as exc:

@@ -203,12 +203,15 @@ def _rel_error(y, ref) -> float:
 def bench_layer(layer: Layer, *, algorithms=None, repeat: int = 5, dtype=np.float32,
                 peers=("torch", "numpy_im2col", "scipy_reference"), threads=None,
                 phases: bool = False, min_round_s: float = 0.02, seed: int = 0,
-                progress=None) -> LayerResult:
+                progress=None, timer=time.perf_counter) -> LayerResult:
     """Time the fastconv algorithms and the peers on one layer (see the module docstring).
 
     ``algorithms``: names (aliases allowed) or None for every registered one;
     ones that do not support the layer are skipped with their reason.
     ``threads``: torch's thread count (None leaves torch's own default).
+    ``timer``: the clock of the timed rounds; ``time.process_time`` (CPU
+    seconds of the whole process) is immune to other processes' load but only
+    meaningful single-threaded, where no worker thread busy-waits.
     ``progress(step)`` is called after each round.
     """
     import fastconv
@@ -250,10 +253,10 @@ def bench_layer(layer: Layer, *, algorithms=None, repeat: int = 5, dtype=np.floa
         for name, fn in calls.items():
             number = numbers[name]
             fn()  # settle: the previous candidate's thread pool may still be spinning
-            t0 = time.perf_counter()
+            t0 = timer()
             for _ in range(number):
                 fn()
-            results[name].times.append((time.perf_counter() - t0) / number)
+            results[name].times.append((timer() - t0) / number)
         if progress:
             progress(1)
     if phases:
@@ -275,12 +278,15 @@ def steps_per_layer(repeat: int, phases: bool) -> int:
 
 def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, peers=PEERS,
               threads=None, phases: bool = False, min_round_s: float = 0.02, seed: int = 0,
-              progress=None) -> SuiteResult:
+              progress=None, cpu_time: bool = False) -> SuiteResult:
     """Benchmark ``layers`` on the CPU; see :func:`bench_layer` for the options.
 
     ``threads`` sets Numba's, BLAS's (threadpoolctl, when installed) and
     torch's thread counts for the run; None keeps the current ones.
     ``progress(step, label)`` is called after each round with the layer's name.
+    ``cpu_time=True`` times with the process's CPU clock instead of the wall
+    clock (requires ``threads=1``): on a machine shared with other work it
+    measures what each call costs, not how long it waited for a core.
     """
     import contextlib
 
@@ -290,6 +296,10 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
 
     if algorithms is not None:
         check_algorithms(algorithms)
+    if cpu_time and threads != 1:
+        raise ValueError("cpu_time=True needs threads=1: with several threads the process's CPU "
+                         "time includes worker threads busy-waiting")
+    timer = time.process_time if cpu_time else time.perf_counter
     load_before = load_average()
     old_threads = numba.get_num_threads()
     limit = contextlib.nullcontext()
@@ -309,7 +319,8 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
                 step = (lambda lname: (lambda k: progress(k, lname)))(layer.name) if progress else None
                 out.append(bench_layer(layer, algorithms=algorithms, repeat=repeat, dtype=dtype,
                                        peers=peers, threads=torch_threads, phases=phases,
-                                       min_round_s=min_round_s, seed=seed, progress=step))
+                                       min_round_s=min_round_s, seed=seed, progress=step,
+                                       timer=timer))
             if not ("torch" in peers and torch_available()):
                 torch_threads = None
             machine = machine_info(threads, torch_threads)
@@ -317,5 +328,6 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
     finally:
         numba.set_num_threads(old_threads)
     options = dict(repeat=repeat, dtype=np.dtype(dtype).name, threads=threads, peers=list(peers),
+                   clock="process_time" if cpu_time else "perf_counter",
                    algorithms=algorithms, phases=phases, min_round_s=min_round_s, seed=seed)
     return SuiteResult(out, machine, commit_info(), options, "cpu")
