@@ -313,3 +313,14 @@ def test_property_random_configs(cfg):
             y = y.transpose(0, 3, 1, 2)
         name = alg if alg != "auto" else "winograd_f4x4_3x3"  # loosest bound auto may use
         assert rel_err(y, ref) <= TOLERANCE[(name, np.dtype(cfg["dtype"]).name)]
+
+
+def test_tuned_algorithm(rng, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    x, w, b = random_problem(rng, (1, 8, 10, 10), (8, 8, 3, 3))
+    y = fastconv.conv2d(x, w, b, padding=1, algorithm="tuned")
+    ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), padding=1)
+    assert rel_err(y, ref) <= TOLERANCE[("winograd_f4x4_3x3", "float32")]
+    assert (tmp_path / "tuning.json").exists()
+    # unsupported-by-some configurations never raise under "tuned"
+    fastconv.conv2d(x, w[:, :, :2], padding=1, stride=2, algorithm="tuned")

@@ -52,9 +52,12 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     layout : {"NCHW", "NHWC"}
         Layout of ``x`` and of the result; ``w`` is always (K, C/groups, R, S).
     algorithm : str
-        ``"auto"``, or one of :func:`fastconv.algorithms`.  Naming an
-        algorithm that cannot run this configuration raises
-        :class:`fastconv.UnsupportedError`; ``"auto"`` never does.
+        ``"auto"`` (a documented rule, see :mod:`fastconv.cpu`), ``"tuned"``
+        (time every candidate once per configuration and cache the winner on
+        disk, see :func:`fastconv.tuning.choose`), or one of
+        :func:`fastconv.algorithms`.  Naming an algorithm that cannot run
+        this configuration raises :class:`fastconv.UnsupportedError`;
+        ``"auto"`` and ``"tuned"`` never do.
     out : numpy.ndarray, optional
         Writeable array of exactly the result's shape and dtype; returned.
     connections : array_like of bool, shape (K, C), optional

@@ -19,6 +19,7 @@ from ._params import ConvParams
 from .errors import UnsupportedError
 
 AUTO = "auto"
+TUNED = "tuned"  # CPU: measure the candidates once per configuration, cache the winner on disk
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,13 @@ def algorithms(device: str = "cpu") -> tuple:
     _ensure_loaded(device)
     names = [n for (d, n) in _REGISTRY if d == device]
     names += [n for (d, n) in _ALIASES if d == device]
+    if device == "cpu":
+        names.append(TUNED)
     return (AUTO,) + tuple(sorted(names))
 
 
 def get(device: str, name: str) -> Algorithm:
+    """The registered kernel ``name`` (a concrete name, not an alias)."""
     _ensure_loaded(device)
     try:
         return _REGISTRY[(device, name)]
@@ -100,6 +104,9 @@ def resolve(name, params: ConvParams, device: str = "cpu") -> Algorithm:
     _ensure_loaded(device)
     if name == AUTO:
         return get(device, auto_choice(params, device))
+    if name == TUNED and device == "cpu":
+        from .tuning import tuned_algorithm
+        return get(device, tuned_algorithm(params))
     if (device, name) in _ALIASES:
         name = _ALIASES[(device, name)](params)
     alg = get(device, name)
