@@ -47,51 +47,82 @@ def _bound(x, w, b, dtype, **kw):
     return factor * gamma * absconv * (1 + 1e-12) + np.finfo(np.float64).tiny
 
 
-def _check(x, w, b, **kw):
-    y = fastconv.conv2d(x, w, b, algorithm="direct", **kw)
+def _check(x, w, b, path=None, **kw):
     ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64),
                            None if b is None else b.astype(np.float64), **kw)
+    if path is None:
+        y = fastconv.conv2d(x, w, b, algorithm="direct", **kw)
+    else:
+        p = _params(x, w, b, **kw)
+        y = np.full(p.output_shape, np.nan, x.dtype)  # unwritten outputs fail loudly
+        direct.run(x, w, b, p, y, path=path)
     assert y.dtype == x.dtype and y.shape == ref.shape
     err = np.abs(y.astype(np.float64) - ref)
     bound = _bound(x, w, b, x.dtype, **kw)
-    bad = err > bound
+    bad = ~(err <= bound)
     assert not bad.any(), f"{bad.sum()} outputs exceed the error bound; worst {err[bad].max()}"
     return y
 
 
-# (path, N, C, H, W, K, R, S, kwargs).  Sizes are odd and small; each case names the path the
-# dispatcher must take so that a change of heuristics cannot silently drop coverage.
+# (label, N, C, H, W, K, R, S, kwargs): odd, small sizes; each runs through every SIMD path
+# (and the simple loop nest where tiny), whatever the heuristic would pick.
 GRID = [
-    # blocked: channel-blocked micro-kernel; tails in pixels, channels and output blocks
-    ("blocked", 2, 5, 9, 11, 20, 3, 3, dict(padding=1)),
-    ("blocked", 1, 19, 8, 7, 40, 3, 2, dict(stride=2, padding=((1, 0), (2, 1)), dilation=2)),
-    ("blocked", 2, 3, 23, 22, 17, 1, 1, dict(stride=3)),
-    ("blocked", 1, 36, 7, 9, 33, 3, 3, dict(padding="same", stride=(1, 2))),
-    ("blocked", 1, 8, 6, 6, 64, 5, 3, dict(padding="full", dilation=(2, 1))),
-    ("blocked", 2, 12, 9, 9, 36, 3, 3, dict(groups=2, padding=1)),
-    ("blocked", 1, 70, 5, 5, 16, 3, 3, dict(padding=1)),  # several channel blocks and chunks
-    ("blocked", 2, 8, 41, 1, 18, 3, 1, dict(padding=(1, 0))),  # Q = 1
-    ("blocked", 2, 8, 1, 45, 18, 1, 3, dict()),  # P = 1
-    # width: vectorised along the output row (depthwise, multipliers, few output channels)
-    ("width", 2, 6, 12, 21, 6, 3, 3, dict(groups=6, padding=1)),
-    ("width", 1, 5, 11, 37, 10, 3, 3, dict(groups=5, stride=2, padding=1)),  # multiplier 2
-    ("width", 1, 4, 15, 29, 8, 3, 5, dict(groups=4, stride=3, dilation=2, padding=((2, 1), (0, 3)))),
-    ("width", 2, 1, 16, 40, 6, 5, 5, dict()),  # LeNet C1
-    ("width", 1, 6, 9, 23, 12, 2, 3, dict(groups=3, padding="same")),
-    # simple: tiny problems run the reference-order loop nest
-    ("simple", 1, 2, 3, 4, 3, 2, 2, dict(padding=1)),
-    ("simple", 1, 4, 5, 5, 4, 3, 3, dict(groups=4, stride=2)),
+    ("tails", 2, 5, 9, 11, 20, 3, 3, dict(padding=1)),
+    ("s2-d2-asym", 1, 19, 8, 7, 40, 3, 2, dict(stride=2, padding=((1, 0), (2, 1)), dilation=2)),
+    ("1x1-s3", 2, 3, 23, 22, 17, 1, 1, dict(stride=3)),
+    ("same", 1, 36, 7, 9, 33, 3, 3, dict(padding="same", stride=(1, 2))),
+    ("full-dil", 1, 8, 6, 6, 64, 5, 3, dict(padding="full", dilation=(2, 1))),
+    ("groups", 2, 12, 9, 9, 36, 3, 3, dict(groups=2, padding=1)),
+    ("chunks", 1, 70, 5, 5, 16, 3, 3, dict(padding=1)),  # several channel blocks and chunks
+    ("Q1", 2, 8, 41, 1, 18, 3, 1, dict(padding=(1, 0))),
+    ("P1", 2, 8, 1, 45, 18, 1, 3, dict()),
+    ("dw", 2, 6, 12, 21, 6, 3, 3, dict(groups=6, padding=1)),
+    ("dw-mult2-s2", 1, 5, 11, 37, 10, 3, 3, dict(groups=5, stride=2, padding=1)),
+    ("dw-s3-d2", 1, 4, 15, 29, 8, 3, 5, dict(groups=4, stride=3, dilation=2,
+                                              padding=((2, 1), (0, 3)))),
+    ("lenet-c1", 2, 1, 16, 40, 6, 5, 5, dict()),
+    ("grouped-same", 1, 6, 9, 23, 12, 2, 3, dict(groups=3, padding="same")),
+    ("tiny", 1, 2, 3, 4, 3, 2, 2, dict(padding=1)),
+    ("tiny-dw", 1, 4, 5, 5, 4, 3, 3, dict(groups=4, stride=2)),
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("case", GRID, ids=[f"{g[0]}-{i}" for i, g in enumerate(GRID)])
-def test_grid_against_reference(case, dtype, rng):
-    path, N, C, H, W, K, R, S, kw = case
-    groups = kw.get("groups", 1)
-    x, w, b = _inputs(rng, N, C, H, W, K, R, S, groups, dtype, bias=(N % 2 == 0))
-    assert direct.choose_path(_params(x, w, b, **kw)) == path
-    _check(x, w, b, **kw)
+# float64 on a subset: every register blocking is a separate compilation, and the test file must
+# stay around a minute cold.
+F64_CASES = ("tails", "s2-d2-asym", "dw-mult2-s2", "chunks")
+GRID_DTYPES = [(g, np.float32) for g in GRID] + [(g, np.float64) for g in GRID if g[0] in F64_CASES]
+
+
+@pytest.mark.parametrize("path", ["blocked", "width"])
+@pytest.mark.parametrize("case, dtype", GRID_DTYPES,
+                         ids=[f"{g[0]}-{np.dtype(d).name}" for g, d in GRID_DTYPES])
+def test_grid_against_reference(case, dtype, path, rng):
+    _, N, C, H, W, K, R, S, kw = case
+    x, w, b = _inputs(rng, N, C, H, W, K, R, S, kw.get("groups", 1), dtype, bias=(N % 2 == 0))
+    _check(x, w, b, path=path, **kw)
+
+
+@pytest.mark.parametrize("case", [g for g in GRID if g[0] in ("tails", "s2-d2-asym", "dw-s3-d2",
+                                                             "tiny", "tiny-dw")],
+                         ids=lambda g: g[0])
+def test_simple_path(case, rng):
+    _, N, C, H, W, K, R, S, kw = case
+    x, w, b = _inputs(rng, N, C, H, W, K, R, S, kw.get("groups", 1), np.float64)
+    _check(x, w, b, path="simple", **kw)
+
+
+@pytest.mark.parametrize("shape, kw, path", [
+    ((1, 64, 14, 14, 64, 3, 3), dict(padding=1), "blocked"),  # many channels: channel-blocked
+    ((4, 1, 32, 32, 6, 5, 5), dict(), "width"),  # LeNet C1: 6 maps fill 6 of 16 lanes
+    ((1, 32, 28, 28, 32, 3, 3), dict(groups=32, padding=1), "width"),  # depthwise
+    ((1, 3, 32, 32, 16, 3, 3), dict(padding=1), "width"),  # 3 input channels, short reduction
+    ((1, 2, 3, 4, 3, 2, 2), dict(), "simple"),  # tiny
+])
+def test_choose_path(shape, kw, path):
+    N, C, H, W, K, R, S = shape
+    p = normalize((N, C, H, W), (K, C // kw.get("groups", 1), R, S), None, np.dtype(np.float32),
+                  **kw)
+    assert direct.choose_path(p) == path
 
 
 @pytest.mark.parametrize("N", [0, 1, 3])
@@ -111,19 +142,21 @@ def test_unbatched_and_nhwc(rng):
     np.testing.assert_array_equal(yh.transpose(0, 3, 1, 2), y)
 
 
-@pytest.mark.parametrize("case", [g for g in GRID if g[0] != "simple"][:2] + [GRID[9], GRID[12]],
-                         ids=["blocked-a", "blocked-b", "width-dw", "width-lenet"])
-def test_thread_count_independence(case, rng):
+@pytest.mark.parametrize("path", ["blocked", "width"])
+@pytest.mark.parametrize("case", [GRID[0], GRID[1], GRID[9], GRID[12]], ids=lambda g: g[0])
+def test_thread_count_independence(case, path, rng):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 Numba threads")
-    path, N, C, H, W, K, R, S, kw = case
+    _, N, C, H, W, K, R, S, kw = case
     x, w, b = _inputs(rng, N, C, H, W, K, R, S, kw.get("groups", 1), np.float32)
     old = numba.get_num_threads()
     try:
+        p = _params(x, w, b, **kw)
+        y1, y2 = np.empty(p.output_shape, x.dtype), np.empty(p.output_shape, x.dtype)
         numba.set_num_threads(1)
-        y1 = fastconv.conv2d(x, w, b, algorithm="direct", **kw)
+        direct.run(x, w, b, p, y1, path=path)
         numba.set_num_threads(2)
-        y2 = fastconv.conv2d(x, w, b, algorithm="direct", **kw)
+        direct.run(x, w, b, p, y2, path=path)
     finally:
         numba.set_num_threads(old)
     np.testing.assert_array_equal(y1, y2)
@@ -131,16 +164,18 @@ def test_thread_count_independence(case, rng):
 
 # No dilation here: the reference dilates w with zeros, so it would multiply an inf by the
 # holes of a dilated kernel, which are not taps of the convolution.
-@pytest.mark.parametrize("case", [GRID[0], GRID[3], GRID[9], GRID[10], GRID[14]],
-                         ids=["blocked-a", "blocked-b", "width-dw", "width-mult", "simple"])
-def test_nonfinite_propagation(case, rng):
-    path, N, C, H, W, K, R, S, kw = case
+@pytest.mark.parametrize("path", ["blocked", "width", "simple"])
+@pytest.mark.parametrize("case", [GRID[0], GRID[3], GRID[10]], ids=lambda g: g[0])
+def test_nonfinite_propagation(case, path, rng):
+    _, N, C, H, W, K, R, S, kw = case
     groups = kw.get("groups", 1)
     x, w, b = _inputs(rng, N, C, H, W, K, R, S, groups, np.float32)
     x[0, 0, H // 2, W // 2] = np.nan
     x[-1, -1, 0, W - 1] = np.inf
     w[-1, 0, 0, 0] = np.inf  # meets padding zeros at the border: inf * 0 = NaN
-    y = fastconv.conv2d(x, w, b, algorithm="direct", **kw)
+    p = _params(x, w, b, **kw)
+    y = np.empty(p.output_shape, x.dtype)
+    direct.run(x, w, b, p, y, path=path)
     ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), **kw)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     np.testing.assert_array_equal(np.isposinf(y), np.isposinf(ref))

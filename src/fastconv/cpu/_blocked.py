@@ -271,22 +271,20 @@ def _pack_input_blocked(x, xb, G, CB, Vc, pt, pl, Hp, Wp):
         n = ng // G
         base = task * Wp * Vc
         hi = h - pt
+        # Slices, not element loops: Numba's indexing of a signed index
+        # checks for wraparound, which turns copies into gathers/scatters.
         if hi < 0 or hi >= H:
-            for i in range(Wp * Vc):
-                xb[base + i] = zero
+            xb[base:base + Wp * Vc] = zero
             continue
-        for i in range(pl * Vc):
-            xb[base + i] = zero
-        for i in range((pl + W) * Vc, Wp * Vc):
-            xb[base + i] = zero
+        xb[base:base + pl * Vc] = zero
+        xb[base + (pl + W) * Vc:base + Wp * Vc] = zero
         vmax = min(Vc, Cg - cb * Vc)
         c0 = g * Cg + cb * Vc
-        for wi in range(W):
-            o = base + (wi + pl) * Vc
-            for v in range(vmax):
-                xb[o + v] = x[n, c0 + v, hi, wi]
-            for v in range(vmax, Vc):
-                xb[o + v] = zero
+        o = base + pl * Vc
+        for v in range(vmax):
+            xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = x[n, c0 + v, hi, :]
+        for v in range(vmax, Vc):
+            xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = zero
 
 
 def pack_input_blocked(x, G, Vc, padding, extra_cols=0):
@@ -307,29 +305,30 @@ def pack_input_blocked(x, G, Vc, padding, extra_cols=0):
 
 
 @numba.njit(**PJIT)
-def _pack_weights_blocked(w, wb, G, KBp, CB, Vc, NKB, V):
-    K, Cg, R, S = w.shape
-    Kg = K // G
-    zero = w.dtype.type(0)
+def _pack_weights_blocked(wf, wb, G, Kg, Cg, RS, KBp, CB, Vc, NKB, V):
+    # One task fills one contiguous [RS, Vc, NKB * V] tile (L1-sized) while
+    # reading the weights in their stored order.
     nkg = KBp // NKB
+    KV = NKB * V
+    zero = wf.dtype.type(0)
     for task in numba.prange(G * nkg * CB):
         cb = task % CB
         gkg = task // CB
         kg = gkg % nkg
         g = gkg // nkg
-        base = task * R * S * Vc * NKB * V
-        for r in range(R):
-            for s in range(S):
-                for v in range(Vc):
-                    c = cb * Vc + v
-                    for i in range(NKB):
-                        o = base + (((r * S + s) * Vc + v) * NKB + i) * V
-                        for l in range(V):
-                            k = (kg * NKB + i) * V + l
-                            if c < Cg and k < Kg:
-                                wb[o + l] = w[g * Kg + k, c, r, s]
-                            else:
-                                wb[o + l] = zero
+        base = task * RS * Vc * KV
+        nk = min(KV, Kg - kg * KV)
+        nc = min(Vc, Cg - cb * Vc)
+        k0 = g * Kg + kg * KV
+        for rs in range(RS):
+            for vc in range(Vc):
+                dst = base + (rs * Vc + vc) * KV
+                if vc >= nc:
+                    wb[dst:dst + KV] = zero
+                    continue
+                src = (k0 * Cg + cb * Vc + vc) * RS + rs
+                wb[dst:dst + nk] = wf[src:src + (nk - 1) * Cg * RS + 1:Cg * RS]
+                wb[dst + nk:dst + KV] = zero
 
 
 def pack_weights_blocked(w, G, Vc, NKB, V):
@@ -345,7 +344,7 @@ def pack_weights_blocked(w, G, Vc, NKB, V):
     KBp = -(-KB // NKB) * NKB
     wb = np.empty(G * KBp * CB * R * S * Vc * V, dtype=w.dtype)
     if wb.size:
-        _pack_weights_blocked(w, wb, G, KBp, CB, Vc, NKB, V)
+        _pack_weights_blocked(w.reshape(-1), wb, G, Kg, Cg, R * S, KBp, CB, Vc, NKB, V)
     return wb, KBp
 
 
@@ -360,8 +359,7 @@ def _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq):
         base = task * sw * Wq
         hi = h - pt
         if hi < 0 or hi >= H:
-            for i in range(sw * Wq):
-                xq[base + i] = zero
+            xq[base:base + sw * Wq] = zero
             continue
         for f in range(sw):
             # phase f, element i holds padded column i * sw + f = input column i * sw + f - pl
@@ -370,12 +368,10 @@ def _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq):
             i0 = min(i0, Wq)
             i1 = max(i0, min(i1, Wq))
             o = base + f * Wq
-            for i in range(i0):
-                xq[o + i] = zero
-            for i in range(i0, i1):
-                xq[o + i] = x[n, c, hi, i * sw + f - pl]
-            for i in range(i1, Wq):
-                xq[o + i] = zero
+            xq[o:o + i0] = zero
+            if i1 > i0:
+                xq[o + i0:o + i1] = x[n, c, hi, i0 * sw + f - pl:(i1 - 1) * sw + f - pl + 1:sw]
+            xq[o + i1:o + Wq] = zero
 
 
 def pack_input_phases(x, padding, sw, min_cols):

@@ -30,11 +30,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._config import JIT, PJIT
-from ._blocked import (lanes, pack_input_phases, sget, sset, stack_ints, stack_vectors,
+from .._config import PJIT
+from ._blocked import (lanes, sget, sset, stack_ints, stack_vectors,
                        vbcast, vfma, vstore, vstore_masked, vload)
 
-MAX_ACCUMULATORS = 24
+MAX_ACCUMULATORS = 8
 
 _DRIVERS: dict = {}
 
@@ -49,66 +49,102 @@ def _make_width_driver(NKO: int, NQV: int):
     """
     NACC = NKO * NQV
 
-    @numba.njit(**JIT)
-    def micro(xq, wf, bias, y, taps, xbase, kbase, nko, q0, nqv, C, Cg, Hp, sw, Wq,
-              R, S, p, sh, dh, yrow, PQ, Q, V):
-        acc = stack_vectors(y, NACC)
-        wv = stack_vectors(y, NKO)
-        qo = stack_ints(NQV)
-        ko = stack_ints(NKO)
-        for j in range(NQV):
-            sset(qo, j, q0 + (j if j < nqv else 0) * V)
-        for i in range(NKO):
-            sset(ko, i, kbase + (i if i < nko else 0))
-        for i in range(NKO):
-            b = vbcast(bias, sget(ko, i))
-            for j in range(NQV):
-                sset(acc, i * NQV + j, b)
-        row = sw * Wq
-        for c in range(Cg):
-            xc = xbase + c * Hp * row
-            for r in range(R):
-                xr = xc + (p * sh + r * dh) * row
-                for s in range(S):
-                    xo = xr + taps[s]
-                    for i in range(NKO):
-                        sset(wv, i, vbcast(wf, ((sget(ko, i) * Cg + c) * R + r) * S + s))
-                    for j in range(NQV):
-                        xv = vload(xq, xo + sget(qo, j))
-                        for i in range(NKO):
-                            sset(acc, i * NQV + j, vfma(sget(wv, i), xv, sget(acc, i * NQV + j)))
-        for i in range(NKO):
-            if i < nko:
-                yo = yrow + sget(ko, i) * PQ
-                for j in range(NQV):
-                    if j < nqv:
-                        q = sget(qo, j)
-                        if q + V <= Q:
-                            vstore(y, yo + q, sget(acc, i * NQV + j))
-                        else:
-                            vstore_masked(y, yo + q, sget(acc, i * NQV + j), Q - q)
-
+    # The micro-kernel is written inline in the driver: a driver closing over
+    # a separate micro-kernel dispatcher would get a new on-disk cache key in
+    # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
-    def driver(xq, wf, bias, y, taps, N, C, K, G, Hp, sw, Wq, R, S, P, Q, sh, dh, V):
+    def driver(x, wf, bias, y, taps, G, pt, pl, sw, Wq, R, S, P, Q, sh, dh, V, PB):
+        N, C, H, W = x.shape
+        K = y.size // max(1, N * P * Q)
         Cg = C // G
         Kg = K // G
         nkb = (Kg + NKO - 1) // NKO
         nqt = (Q + V - 1) // V
         PQ = P * Q
-        for task in numba.prange(N * G * nkb * P):
-            p = task % P
-            rest = task // P
-            kb = rest % nkb
-            ng = rest // nkb
+        npb = (P + PB - 1) // PB
+        yf = y.reshape(-1)
+        xf = x.reshape(-1)
+        zero = x.dtype.type(0)
+        for task in numba.prange(N * G * npb):
+            pb = task % npb
+            ng = task // npb
             g = ng % G
             n = ng // G
-            kbase = g * Kg + kb * NKO
-            nko = min(NKO, Kg - kb * NKO)
-            xbase = (n * C + g * Cg) * Hp * sw * Wq
-            yrow = n * K * PQ + p * Q
-            for qv0 in range(0, nqt, NQV):
-                micro(xq, wf, bias, y, taps, xbase, kbase, nko, qv0 * V, min(NQV, nqt - qv0),
-                      C, Cg, Hp, sw, Wq, R, S, p, sh, dh, yrow, PQ, Q, V)
+            p0 = pb * PB
+            p1 = min(P, p0 + PB)
+            h0 = p0 * sh  # first padded input row of the block
+            HL = (p1 - 1 - p0) * sh + (R - 1) * dh + 1
+            # The block's input rows, zero-padded and split into stride phases.
+            xl = np.empty(Cg * HL * sw * Wq, dtype=x.dtype)
+            for c in range(Cg):
+                for hl in range(HL):
+                    base = (c * HL + hl) * sw * Wq
+                    hi = h0 + hl - pt
+                    if hi < 0 or hi >= H:
+                        xl[base:base + sw * Wq] = zero
+                        continue
+                    # Slices, not element loops: Numba's indexing of a signed
+                    # index checks for wraparound, which turns a copy into
+                    # gathers and scatters.
+                    for f in range(sw):
+                        i0 = (pl - f + sw - 1) // sw if pl > f else 0
+                        i1 = (pl + W - f + sw - 1) // sw if pl + W > f else 0
+                        i0 = min(i0, Wq)
+                        i1 = max(i0, min(i1, Wq))
+                        o = base + f * Wq
+                        src = ((n * C + g * Cg + c) * H + hi) * W + f - pl
+                        xl[o:o + i0] = zero
+                        if sw == 1:
+                            xl[o + i0:o + i1] = xf[src + i0:src + i1]
+                        else:
+                            xl[o + i0:o + i1] = xf[src + i0 * sw:src + (i1 - 1) * sw + 1:sw]
+                        xl[o + i1:o + Wq] = zero
+            acc = stack_vectors(y, NACC)
+            wv = stack_vectors(y, NKO)
+            qo = stack_ints(NQV)
+            ko = stack_ints(NKO)
+            row = sw * Wq
+            for kb in range(nkb):
+                kbase = g * Kg + kb * NKO
+                nko = min(NKO, Kg - kb * NKO)
+                for p in range(p0, p1):
+                    yrow = n * K * PQ + p * Q
+                    rl = (p - p0) * sh
+                    for qv0 in range(0, nqt, NQV):
+                        # --- micro-kernel: NKO channels x NQV vectors of row p
+                        q0 = qv0 * V
+                        nqv = min(NQV, nqt - qv0)
+                        for j in range(NQV):
+                            sset(qo, j, q0 + (j if j < nqv else 0) * V)
+                        for i in range(NKO):
+                            sset(ko, i, kbase + (i if i < nko else 0))
+                        for i in range(NKO):
+                            b = vbcast(bias, sget(ko, i))
+                            for j in range(NQV):
+                                sset(acc, i * NQV + j, b)
+                        for c in range(Cg):
+                            xc = c * HL * row
+                            for r in range(R):
+                                xr = xc + (rl + r * dh) * row
+                                for s in range(S):
+                                    xo = xr + taps[s]
+                                    for i in range(NKO):
+                                        sset(wv, i, vbcast(wf, ((sget(ko, i) * Cg + c) * R + r) * S + s))
+                                    for j in range(NQV):
+                                        xv = vload(xl, xo + sget(qo, j))
+                                        for i in range(NKO):
+                                            sset(acc, i * NQV + j,
+                                                 vfma(sget(wv, i), xv, sget(acc, i * NQV + j)))
+                        for i in range(NKO):
+                            if i < nko:
+                                yo = yrow + sget(ko, i) * PQ
+                                for j in range(NQV):
+                                    if j < nqv:
+                                        q = sget(qo, j)
+                                        if q + V <= Q:
+                                            vstore(yf, yo + q, sget(acc, i * NQV + j))
+                                        else:
+                                            vstore_masked(yf, yo + q, sget(acc, i * NQV + j), Q - q)
 
     return driver
 
@@ -123,18 +159,24 @@ def width_driver(NKO: int, NQV: int):
 
 
 def width_plan(p):
-    """Register blocking ``(NKO, NQV)`` for ``p``."""
+    """Register blocking ``(NKO, NQV)`` for ``p``.
+
+    A few blockings only (each is a separate compilation): ``NKO`` in 1, 2,
+    4 output channels, ``NQV`` a power of two covering the row if it can,
+    at most 8 accumulators - the loads of the width path (one input vector
+    per ``NKO`` FMAs), not the register count, bound its speed.
+    """
     V = lanes(p.dtype)
     Kg = p.Kg
     best = None
-    for nko in (4, 3, 2, 1):
+    for nko in (4, 2, 1):
         fill = Kg / (-(-Kg // nko) * nko)
         if best is None or fill > best[0] + 1e-9:
             best = (fill, nko)
     NKO = best[1]
     nqt = -(-p.Q // V)
     NQV = 1
-    while NQV < nqt and 2 * NQV * NKO <= MAX_ACCUMULATORS and NQV < 8:
+    while NQV < nqt and 2 * NQV * NKO <= MAX_ACCUMULATORS:
         NQV *= 2
     return NKO, NQV
 
@@ -144,10 +186,27 @@ def run(x, w, bias, p, y):
     V = lanes(p.dtype)
     NKO, NQV = width_plan(p)
     sw, dw = p.stride[1], p.dilation[1]
+    Wp = p.W + p.padding[2] + p.padding[3]
     nqt = -(-p.Q // V)
-    min_cols = nqt * V + ((p.S - 1) * dw) // sw
-    xq, Hp, Wq = pack_input_phases(x, p.padding, sw, min_cols)
+    # Vector loads may run up to a vector past the last output: zero columns.
+    Wq = max(-(-Wp // sw), nqt * V + ((p.S - 1) * dw) // sw)
     taps = np.array([((s * dw) % sw) * Wq + (s * dw) // sw for s in range(p.S)], dtype=np.int64)
     b = np.zeros(p.K, dtype=p.dtype) if bias is None else bias
-    width_driver(NKO, NQV)(xq, w.ravel(), b, y.reshape(-1), taps, p.N, p.C, p.K, p.groups,
-                           Hp, sw, Wq, p.R, p.S, p.P, p.Q, p.stride[0], p.dilation[0], V)
+    PB = row_block(p, Wq)
+    width_driver(NKO, NQV)(x, w.reshape(-1), b, y, taps, p.groups, p.padding[0], p.padding[2],
+                           sw, Wq, p.R, p.S, p.P, p.Q, p.stride[0], p.dilation[0], V, PB)
+
+
+# Bytes of one work item's packed input rows (kept in L2).
+ROW_BLOCK_BYTES = 256 * 1024
+
+
+def row_block(p, Wq):
+    """Output rows per work item: enough items for the threads, input rows within L2."""
+    want = 4 * max(1, numba.get_num_threads())
+    PB = max(1, min(p.P, -(-p.N * p.groups * p.P // want)))
+    item = np.dtype(p.dtype).itemsize
+    while PB > 1 and p.Cg * ((PB - 1) * p.stride[0] + (p.R - 1) * p.dilation[0] + 1) \
+            * p.stride[1] * Wq * item > ROW_BLOCK_BYTES:
+        PB = (PB + 1) // 2
+    return PB

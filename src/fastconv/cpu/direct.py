@@ -50,7 +50,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._config import JIT, PJIT, parallel_section
+from .._config import PJIT, parallel_section
 from . import depthwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sset,
                        stack_ints, stack_vectors, vbcast, vfma, vload, vstore)
@@ -63,7 +63,11 @@ SIMPLE_MAX_MACS = 4096
 # Register blocking of the blocked path: output-channel blocks -> pixels.
 # NKB * NPX accumulators + NKB weight vectors + 1 broadcast fit the 32 zmm
 # registers of AVX-512.
-BLOCKED_NPX = {1: 24, 2: 12, 3: 8, 4: 6}
+BLOCKED_NPX = {1: 24, 2: 12, 4: 6}
+
+# Per-output overheads of the two SIMD paths, in multiply-adds (choose_path).
+BLOCKED_OVERHEAD = 24
+WIDTH_OVERHEAD = 4
 
 # Bytes of packed weights one channel chunk may hold (kept in the 48 KiB L1).
 CHUNK_WEIGHT_BYTES = 40 * 1024
@@ -111,54 +115,9 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
     NACC = NKB * NPX
     WV = NKB * V  # weights per input element
 
-    @numba.njit(**JIT)
-    def micro(xb, wb, bb, yb, xbase, wbase, ybase, bbase, t0, npx, cb0, cb1,
-              first, Q, Wp, Vc, sh, sw, dh, dw, R, S, xcb, ykb):
-        acc = stack_vectors(yb, NACC)
-        wv = stack_vectors(yb, NKB)
-        offs = stack_ints(NPX)
-        p = t0 // Q
-        q = t0 - p * Q
-        for j in range(NPX):
-            if j < npx:
-                sset(offs, j, (p * sh * Wp + q * sw) * Vc)
-            else:
-                sset(offs, j, sget(offs, 0))
-            q += 1
-            if q == Q:
-                q = 0
-                p += 1
-        for i in range(NKB):
-            for j in range(NPX):
-                if first or j >= npx:
-                    sset(acc, i * NPX + j, vload(bb, bbase + i * V))
-                else:
-                    sset(acc, i * NPX + j, vload(yb, ybase + i * ykb + (t0 + j) * V))
-        if dw == 1:
-            SL, L = 1, S * Vc
-        else:
-            SL, L = S, Vc
-        RSW = R * S * Vc * WV
-        for cb in range(cb0, cb1):
-            xc = xbase + cb * xcb
-            wc = wbase + cb * RSW
-            for r in range(R):
-                for s in range(SL):
-                    xo = xc + (r * dh * Wp + s * dw) * Vc
-                    wo = wc + (r * S + s) * Vc * WV
-                    for u in range(L):
-                        for i in range(NKB):
-                            sset(wv, i, vload(wb, wo + u * WV + i * V))
-                        for j in range(NPX):
-                            xv = vbcast(xb, xo + sget(offs, j) + u)
-                            for i in range(NKB):
-                                sset(acc, i * NPX + j,
-                                     vfma(xv, sget(wv, i), sget(acc, i * NPX + j)))
-        for i in range(NKB):
-            for j in range(NPX):
-                if j < npx:
-                    vstore(yb, ybase + i * ykb + (t0 + j) * V, sget(acc, i * NPX + j))
-
+    # The micro-kernel is written inline in the driver: a driver closing over
+    # a separate micro-kernel dispatcher would get a new on-disk cache key in
+    # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
     def driver(xb, wb, bb, yb, N, G, KBp, CB, Hp, Wp, Vc, R, S, P, Q,
                sh, sw, dh, dw, ntiles, tile_px, ccb):
@@ -166,6 +125,11 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
         nkg = KBp // NKB
         xcb = Hp * Wp * Vc
         ykb = PQ * V
+        RSW = R * S * Vc * WV
+        if dw == 1:
+            SL, L = 1, S * Vc
+        else:
+            SL, L = S, Vc
         for task in numba.prange(N * G * nkg * ntiles):
             tile = task % ntiles
             rest = task // ntiles
@@ -174,17 +138,55 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
             g = ng % G
             kb0 = kg * NKB
             xbase = ng * CB * xcb
-            wbase = (g * nkg + kg) * CB * R * S * Vc * WV
+            wbase = (g * nkg + kg) * CB * RSW
             ybase = (ng * KBp + kb0) * ykb
             bbase = (g * KBp + kb0) * V
             t_begin = tile * tile_px
             t_end = min(PQ, t_begin + tile_px)
+            acc = stack_vectors(yb, NACC)
+            wv = stack_vectors(yb, NKB)
+            offs = stack_ints(NPX)
             for cb0 in range(0, CB, ccb):
                 cb1 = min(CB, cb0 + ccb)
                 for t0 in range(t_begin, t_end, NPX):
-                    micro(xb, wb, bb, yb, xbase, wbase, ybase, bbase, t0,
-                          min(NPX, t_end - t0), cb0, cb1, cb0 == 0, Q, Wp, Vc,
-                          sh, sw, dh, dw, R, S, xcb, ykb)
+                    # --- micro-kernel: NKB x NPX accumulators over channels cb0:cb1
+                    npx = min(NPX, t_end - t0)
+                    p = t0 // Q
+                    q = t0 - p * Q
+                    for j in range(NPX):
+                        if j < npx:
+                            sset(offs, j, (p * sh * Wp + q * sw) * Vc)
+                        else:
+                            sset(offs, j, sget(offs, 0))
+                        q += 1
+                        if q == Q:
+                            q = 0
+                            p += 1
+                    for i in range(NKB):
+                        for j in range(NPX):
+                            if cb0 == 0 or j >= npx:
+                                sset(acc, i * NPX + j, vload(bb, bbase + i * V))
+                            else:
+                                sset(acc, i * NPX + j, vload(yb, ybase + i * ykb + (t0 + j) * V))
+                    for cb in range(cb0, cb1):
+                        xc = xbase + cb * xcb
+                        wc = wbase + cb * RSW
+                        for r in range(R):
+                            for s in range(SL):
+                                xo = xc + (r * dh * Wp + s * dw) * Vc
+                                wo = wc + (r * S + s) * Vc * WV
+                                for u in range(L):
+                                    for i in range(NKB):
+                                        sset(wv, i, vload(wb, wo + u * WV + i * V))
+                                    for j in range(NPX):
+                                        xv = vbcast(xb, xo + sget(offs, j) + u)
+                                        for i in range(NKB):
+                                            sset(acc, i * NPX + j,
+                                                 vfma(xv, sget(wv, i), sget(acc, i * NPX + j)))
+                    for i in range(NKB):
+                        for j in range(NPX):
+                            if j < npx:
+                                vstore(yb, ybase + i * ykb + (t0 + j) * V, sget(acc, i * NPX + j))
 
     return driver
 
@@ -198,18 +200,28 @@ def blocked_driver(NKB: int, NPX: int, V: int):
     return drv
 
 
+UNPACK_TILE = 64  # pixels per transposed tile: V x 64 elements stay in L1
+
+
 @numba.njit(**PJIT)
 def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V):
+    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time."""
     Kg = K // G
     PQ = P * Q
-    for nk in numba.prange(N * K):
-        n, k = nk // K, nk % K
-        g, kk = k // Kg, k % Kg
-        kb, lane = kk // V, kk % V
-        src = ((n * G + g) * KBp + kb) * PQ * V + lane
-        dst = nk * PQ
-        for t in range(PQ):
-            yf[dst + t] = yb[src + t * V]
+    KB = (Kg + V - 1) // V
+    ntile = (PQ + UNPACK_TILE - 1) // UNPACK_TILE
+    for task in numba.prange(N * G * KB * ntile):
+        tile = task % ntile
+        rest = task // ntile
+        kb = rest % KB
+        ng = rest // KB
+        n, g = ng // G, ng % G
+        t0 = tile * UNPACK_TILE
+        t1 = min(PQ, t0 + UNPACK_TILE)
+        src = (ng * KBp + kb) * PQ * V
+        for lane in range(min(V, Kg - kb * V)):
+            dst = (n * K + g * Kg + kb * V + lane) * PQ
+            yf[dst + t0:dst + t1] = yb[src + t0 * V + lane:src + (t1 - 1) * V + lane + 1:V]
 
 
 def blocked_plan(p):
@@ -224,7 +236,7 @@ def blocked_plan(p):
     KB = -(-Kg // V)
     # The largest register block whose padding of KB wastes little.
     NKB = 1
-    for cand in (4, 3, 2):
+    for cand in (4, 2):
         if KB >= cand and (-(-KB // cand) * cand - KB) * 4 <= KB:
             NKB = cand
             break
@@ -273,27 +285,30 @@ def choose_path(p) -> str:
     if macs <= SIMPLE_MAX_MACS:
         return "simple"
     V = lanes(p.dtype)
-    # Fraction of vector lanes doing useful work along output channels
-    # (blocked) versus along output width (width-vectorised).
+    # Useful fraction of the vector lanes: output channels (blocked) or
+    # output columns (width-vectorised), discounted by the per-output
+    # overhead in multiply-add units (the blocked path packs and unpacks its
+    # output; the width path stores vectors straight into NCHW).
+    n = p.Cg * p.R * p.S
     fill_k = p.Kg / (-(-p.Kg // V) * V)
     fill_q = p.Q / (-(-p.Q // V) * V)
-    if p.Kg < V and fill_q > fill_k:
-        return "width"
-    return "blocked"
+    blocked = fill_k * n / (n + BLOCKED_OVERHEAD)
+    width = fill_q * n / (n + WIDTH_OVERHEAD)
+    return "width" if width > blocked else "blocked"
 
 
 def supports(p):
     return None  # every configuration
 
 
-def run(x, w, bias, p, y):
+PATHS = {"simple": _run_simple, "blocked": _run_blocked, "width": depthwise.run}
+
+
+def run(x, w, bias, p, y, path=None):
+    """Direct convolution of NCHW ``x`` into NCHW ``y``; ``path`` forces a kernel (tests)."""
     if y.size == 0:
         return
-    path = choose_path(p)
+    if path is None:
+        path = choose_path(p)
     with parallel_section():
-        if path == "simple":
-            _run_simple(x, w, bias, p, y)
-        elif path == "width":
-            depthwise.run(x, w, bias, p, y)
-        else:
-            _run_blocked(x, w, bias, p, y)
+        PATHS[path](x, w, bias, p, y)
