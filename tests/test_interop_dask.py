@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 da = pytest.importorskip("dask.array")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -253,3 +255,35 @@ def test_numba_threads_set_inside_each_task_and_restored(monkeypatch):
         fd.conv2d(da.from_array(x), w, numba_threads=0)
     with pytest.raises(TypeError, match="numba_threads"):
         fd.conv2d(da.from_array(x), w, numba_threads=1.5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(1, 60), stride=st.integers(1, 4), R=st.integers(1, 5),
+                  dilation=st.integers(1, 3), data=st.data())
+def test_tile_arithmetic_one_axis(length, stride, R, dilation, data):
+    """The tiling rule, checked along one axis with a dilated, strided 1-D correlation in NumPy."""
+    from fastconv.interop.dask import _out_chunks, _tile_chunks
+
+    reach = (R - 1) * dilation + 1
+    assume(reach <= length)
+    bounds = data.draw(st.lists(st.integers(1, length - 1), max_size=8)) if length > 1 else []
+    chunks = _tile_chunks(bounds, length, stride, reach)
+    P = (length - reach) // stride + 1
+    out = _out_chunks(chunks, P, stride)
+    halo = max(reach - stride, 0)
+    assert sum(chunks) == length and sum(out) == P
+    assert all(c % stride == 0 and c >= max(halo, 1) for c in chunks[:-1])
+    assert chunks[-1] >= reach and all(o >= 1 for o in out)
+
+    rng = np.random.default_rng(length * 1000 + stride * 100 + R * 10 + dilation)
+    x = rng.standard_normal(length)
+    k = rng.standard_normal(R)
+
+    def corr(v):  # valid, strided, dilated correlation
+        n = (len(v) - reach) // stride + 1
+        return np.array([sum(v[p * stride + r * dilation] * k[r] for r in range(R)) for p in range(n)])
+
+    starts = np.concatenate([[0], np.cumsum(chunks)[:-1]])
+    tiles = [corr(x[a:min(a + c + halo, length)]) for a, c in zip(starts, chunks)]
+    assert [len(t) for t in tiles] == list(out)
+    np.testing.assert_allclose(np.concatenate(tiles), corr(x), rtol=1e-13, atol=1e-13)
