@@ -116,3 +116,22 @@ def test_kernels_under_the_simulator():
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, f"simulator run failed:\n{tail}"
     assert " passed" in proc.stdout and " failed" not in proc.stdout, tail
+
+
+def test_implicit_gemm_plan(monkeypatch):
+    """Row tiles follow Kg; split-K only when the grid would leave SMs idle."""
+    from fastconv._params import normalize
+    from fastconv.cuda import implicit_gemm
+    from fastconv.cuda._runtime import SETTINGS
+
+    monkeypatch.setattr(implicit_gemm, "_sm_count", lambda: 132)
+    monkeypatch.setattr(SETTINGS, "block", 16)
+    monkeypatch.setattr(SETTINGS, "regtile", 8)
+    monkeypatch.setattr(SETTINGS, "bk", 8)
+    monkeypatch.setattr(SETTINGS, "splitk", 0)
+    small = normalize((1, 512, 7, 7), (512, 512, 3, 3), None, np.float32, padding=1)
+    RTM, splits, kchunk = implicit_gemm.plan(small)
+    assert RTM == 8 and 1 < splits <= 32 and kchunk % 8 == 0 and splits * kchunk >= 512 * 9
+    big = normalize((32, 64, 56, 56), (64, 64, 3, 3), None, np.float32, padding=1)
+    assert implicit_gemm.plan(big)[:2] == (4, 1)  # 64 channels: 64-row tiles, no split
+    assert implicit_gemm.plan(normalize((32, 3, 9, 9), (6, 3, 3, 3), None, np.float32))[0] == 2

@@ -252,3 +252,15 @@ def test_errors():
         fastconv.cuda.conv2d(x, w, algorithm="fft")
     with pytest.raises(TypeError, match="x must be a CUDA array"):
         fastconv.cuda.conv2d(np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_im2col_split_k(rng, monkeypatch, bias):
+    from fastconv.cuda import implicit_gemm
+    from fastconv.cuda._runtime import SETTINGS
+
+    monkeypatch.setattr(SETTINGS, "splitk", 3)
+    x, w, b = random_problem(rng, (1, 5, 4, 5), (6, 5, 3, 3), bias=bias)
+    p = fastconv._params.normalize(x.shape, w.shape, None, np.float32, padding=1)
+    assert implicit_gemm.plan(p)[1] == 3
+    check(run("im2col", x, w, b, padding=1), ref_conv2d(x, w, b, padding=1), "im2col", np.float32)

@@ -22,6 +22,10 @@ FASTCONV_CUDA_BK
 FASTCONV_CUDA_DIRECT_K, FASTCONV_CUDA_DIRECT_Q
     Output channels (default 8) and output columns (default 2) each thread
     of the direct kernel accumulates in registers.
+FASTCONV_CUDA_SPLITK
+    Split-K factor of the implicit GEMM (default 0: chosen per call so that
+    the grid has at least two blocks per SM; see
+    :func:`fastconv.cuda.implicit_gemm.plan`).
 FASTCONV_CUDA_WORKSPACE_MB
     Upper bound, in MiB, on the device workspace of one Winograd call
     (default 1024); tiles are processed in chunks to respect it.
@@ -63,6 +67,7 @@ class Settings:
         self.direct_k = _int("FASTCONV_CUDA_DIRECT_K", 8)
         self.direct_q = _int("FASTCONV_CUDA_DIRECT_Q", 2)
         self.workspace_bytes = _int("FASTCONV_CUDA_WORKSPACE_MB", 1024) * 2**20
+        self.splitk = _int("FASTCONV_CUDA_SPLITK", 0, minimum=0)
         TB, RT, BK = self.block, min(self.regtile, self.block), self.bk
         # The GEMM kernels' cooperative loads assume these divisibilities
         # (every thread loads the same number of elements of each tile).
