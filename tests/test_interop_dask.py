@@ -159,6 +159,17 @@ def test_float32_unbatched_and_unknown_batch_chunks():
         fd.conv2d(xs, w, padding=1, spatial_tiling=4)
 
 
+def test_lazy_batch_larger_than_memory():
+    """Validation looks at one image: a 200 GB lazy batch builds, and a slice of it computes."""
+    x = da.ones((100_000, 64, 64, 64), chunks=(16, 64, 64, 64))
+    w = np.full((8, 64, 3, 3), 0.5)
+    y = fd.conv2d(x, w, padding=1)
+    assert x.nbytes > 2**37 and y.numblocks == (6250, 1, 1, 1)   # 214 GB of input
+    part = y[:2].compute()
+    np.testing.assert_allclose(part, fastconv.reference.conv2d(np.ones((2, 64, 64, 64)), w, padding=1),
+                               **TOL64)
+
+
 def test_numpy_input_and_mixed_dtypes():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)

@@ -240,8 +240,11 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
         raise ValueError(f"x has unknown chunk sizes along its channel or spatial axes (shape "
                          f"{tuple(shape)}); call x.compute_chunk_sizes() first")
     unknown_n = isinstance(shape[0], float) and math.isnan(shape[0])
-    if unknown_n:
-        shape[0] = 1  # the batch size does not enter any rule; its chunks pass through
+    # Validate one image: the batch size enters no rule (its chunks pass
+    # through), and normalize's memory check must not refuse a lazy batch
+    # larger than this machine's RAM.  Each block is checked again, against
+    # the worker's memory, by the in-memory conv2d that computes it.
+    shape[0] = 1
     p = normalize(shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
                   padding=padding, dilation=dilation, groups=groups, layout=layout)
     from .._dispatch import resolve
