@@ -306,10 +306,13 @@ def pack_input_blocked(x, G, Vc, padding, extra_cols=0):
 
 @numba.njit(**PJIT)
 def _pack_weights_blocked(wf, wb, G, Kg, Cg, RS, KBp, CB, Vc, NKB, V):
-    # One task fills one contiguous [RS, Vc, NKB * V] tile (L1-sized) while
-    # reading the weights in their stored order.
+    # One task fills one contiguous [RS, Vc, NKB * V] tile: the weights it
+    # needs are first copied row by row (contiguous reads) into an L1-sized
+    # buffer, then written out in order.  Element loops over strided
+    # weights directly thrash the cache: rows lie Cg*R*S elements apart.
     nkg = KBp // NKB
     KV = NKB * V
+    L = Vc * RS
     zero = wf.dtype.type(0)
     for task in numba.prange(G * nkg * CB):
         cb = task % CB
@@ -319,16 +322,23 @@ def _pack_weights_blocked(wf, wb, G, Kg, Cg, RS, KBp, CB, Vc, NKB, V):
         base = task * RS * Vc * KV
         nk = min(KV, Kg - kg * KV)
         nc = min(Vc, Cg - cb * Vc)
-        k0 = g * Kg + kg * KV
+        tmp = np.empty(KV * L, dtype=wf.dtype)
+        for kk in range(KV):
+            if kk < nk:
+                src = ((g * Kg + kg * KV + kk) * Cg + cb * Vc) * RS
+                for u in range(nc * RS):
+                    sstore(tmp, kk * L + u, sload(wf, src + u))
+                for u in range(nc * RS, L):
+                    sstore(tmp, kk * L + u, zero)
+            else:
+                for u in range(L):
+                    sstore(tmp, kk * L + u, zero)
         for rs in range(RS):
             for vc in range(Vc):
                 dst = base + (rs * Vc + vc) * KV
-                if vc >= nc:
-                    wb[dst:dst + KV] = zero
-                    continue
-                src = (k0 * Cg + cb * Vc + vc) * RS + rs
-                wb[dst:dst + nk] = wf[src:src + (nk - 1) * Cg * RS + 1:Cg * RS]
-                wb[dst + nk:dst + KV] = zero
+                src = vc * RS + rs
+                for kk in range(KV):
+                    sstore(wb, dst + kk, sload(tmp, kk * L + src))
 
 
 def pack_weights_blocked(w, G, Vc, NKB, V):
@@ -415,3 +425,29 @@ def vstore_masked(typingctx, arr, idx, v, n):
         return context.get_dummy_value()
 
     return types.void(arr, idx, v, n), codegen
+
+
+@intrinsic
+def sload(typingctx, arr, idx):
+    """``arr[idx]`` (flat index) without wraparound or bounds checks."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_ptr(context, builder, sig.args[0], args[0], args[1]))
+
+    return arr.dtype(arr, idx), codegen
+
+
+@intrinsic
+def sstore(typingctx, arr, idx, v):
+    """``arr[idx] = v`` (flat index) without wraparound or bounds checks."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[2], sig.args[2], arr.dtype)
+        builder.store(v, _element_ptr(context, builder, sig.args[0], args[0], args[1]))
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, v), codegen
