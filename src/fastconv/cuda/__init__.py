@@ -178,6 +178,14 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
         raise TypeError(f"out must be a CUDA array like x (the inputs are on the GPU), got "
                         f"{type(out).__module__.split('.')[0]}.{type(out).__name__}")
     _runtime.require()
+    with _arrays.device_of(x):
+        return _run(x, w, bias, out, dict(stride=stride, padding=padding, dilation=dilation,
+                                          groups=groups, layout=layout), algorithm)
+
+
+def _run(x, w, bias, out, kw, algorithm):
+    from . import _arrays
+
     args = {"x": _arrays.DeviceArg(x, "x"), "w": _arrays.DeviceArg(w, "w")}
     if bias is not None:
         args["bias"] = _arrays.DeviceArg(bias, "bias")
@@ -187,8 +195,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
                             f"cast explicitly, e.g. {name}.astype(np.float32)")
     dtype = np.result_type(*(a.dtype for a in args.values()))
     xa, wa, ba = args["x"], args["w"], args.get("bias")
-    p = normalize(xa.shape, wa.shape, None if ba is None else ba.shape, dtype, stride=stride,
-                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+    p = normalize(xa.shape, wa.shape, None if ba is None else ba.shape, dtype, **kw)
     alg = resolve(algorithm, p, "cuda")
     oa = None
     if out is not None:
@@ -199,10 +206,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
             raise ValueError(f"out must have dtype {p.dtype}, got {oa.dtype}")
         if _arrays.read_only(out):
             raise ValueError("out must be writeable, got a read-only CUDA array")
-    ctx, device = _arrays.context_for(xa)
-    with device:
-        result = _execute(alg, xa, wa, ba, oa, p, ctx)
-    return result
+    return _execute(alg, xa, wa, ba, oa, p, _arrays.context_for(x))
 
 
 def _execute(alg, xa, wa, ba, oa, p, ctx):

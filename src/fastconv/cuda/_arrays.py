@@ -131,17 +131,33 @@ def check_placement(args: dict) -> None:
                         f"numba.cuda.to_device for the GPU, or .get() / .cpu() for the host)")
 
 
-def context_for(x: DeviceArg):
-    """The launch context (stream, allocator) and a device-selection context manager."""
+def device_of(obj):
+    """A context manager selecting the GPU that ``obj`` lives on (torch/CuPy), else a no-op."""
     import contextlib
 
     _bind()
-    if simulator():
-        return Context(stream=cuda.default_stream()), contextlib.nullcontext()
-    if x.kind == "torch":
+    kind = _kind(obj)
+    if simulator() or kind not in ("torch", "cupy"):
+        return contextlib.nullcontext()
+    if kind == "torch":
+        index = obj.device.index
+        return cuda.gpus[index if index is not None else 0]
+    return cuda.gpus[obj.device.id]
+
+
+def context_for(obj) -> Context:
+    """The launch context of a call whose ``x`` is ``obj``: the caller's stream and allocator.
+
+    Call it inside :func:`device_of`'s context (streams belong to a device).
+    """
+    _bind()
+    kind = _kind(obj)
+    if simulator() or kind not in ("torch", "cupy"):
+        return Context(stream=cuda.default_stream())
+    if kind == "torch":
         import torch
 
-        dev = x.obj.device
+        dev = obj.device
         ptr = torch.cuda.current_stream(dev).cuda_stream
         tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
                   np.dtype(np.int32): torch.int32}
@@ -149,20 +165,18 @@ def context_for(x: DeviceArg):
         def empty(shape, dtype):
             return _keep(torch.empty(shape, dtype=tdtype[np.dtype(dtype)], device=dev))
 
-        return _ctx(cuda, ptr, empty), cuda.gpus[dev.index if dev.index is not None else 0]
-    if x.kind == "cupy":
-        import cupy
+        return _ctx(ptr, empty)
+    import cupy
 
-        dev_id = x.obj.device.id
+    dev_id = obj.device.id
+    with cupy.cuda.Device(dev_id):
+        ptr = cupy.cuda.get_current_stream().ptr
+
+    def empty(shape, dtype):
         with cupy.cuda.Device(dev_id):
-            ptr = cupy.cuda.get_current_stream().ptr
+            return _keep(cupy.empty(shape, dtype=dtype))
 
-        def empty(shape, dtype):
-            with cupy.cuda.Device(dev_id):
-                return _keep(cupy.empty(shape, dtype=dtype))
-
-        return _ctx(cuda, ptr, empty), cuda.gpus[dev_id]
-    return Context(stream=cuda.default_stream()), contextlib.nullcontext()
+    return _ctx(ptr, empty)
 
 
 def _keep(framework_array):
@@ -171,7 +185,7 @@ def _keep(framework_array):
     return view
 
 
-def _ctx(cuda, ptr, empty):
+def _ctx(ptr, empty):
     stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()
     return Context(stream=stream, empty=empty)
 
@@ -211,8 +225,6 @@ def _c_strides(shape, itemsize):
 
 
 def is_c_contiguous(arr) -> bool:
-    if simulator():
-        return bool(arr.is_c_contiguous())
     return bool(arr.is_c_contiguous())
 
 
