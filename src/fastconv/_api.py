@@ -124,19 +124,30 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     return execute(alg, x, w, b, p, out)
 
 
+def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:
+    """C-contiguous, writeable-typed array for a kernel.
+
+    Numba compiles a separate specialisation for read-only buffers (JAX
+    callback and Dask worker inputs are read-only), so those are copied:
+    a copy is cheaper than a second compilation.  Kernels never write to it.
+    """
+    out = np.ascontiguousarray(a, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
+
+
 def to_nchw(x: np.ndarray, p: ConvParams) -> np.ndarray:
     """The input as a C-contiguous (N, C, H, W) array of the call's dtype."""
     xx = x if p.batched else x[None]
     if p.layout == "NHWC":
         xx = xx.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(xx, dtype=p.dtype)
+    return _kernel_array(xx, p.dtype)
 
 
 def execute(alg, x, w, b, p: ConvParams, out=None):
     """Run a resolved CPU algorithm on validated arrays and lay out its result."""
     xx = to_nchw(x, p)
-    ww = np.ascontiguousarray(w, dtype=p.dtype)
-    bb = None if b is None else np.ascontiguousarray(b, dtype=p.dtype)
+    ww = _kernel_array(w, p.dtype)
+    bb = None if b is None else _kernel_array(b, p.dtype)
     direct_out = (out is not None and p.layout == "NCHW" and p.batched
                   and out.flags.c_contiguous
                   and not any(np.may_share_memory(out, a) for a in (x, w, b) if a is not None))

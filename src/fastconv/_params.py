@@ -164,11 +164,13 @@ def _memory_limit() -> int:
 
 
 def normalize(x_shape, w_shape, bias_shape, dtype, *, stride=1, padding=0, dilation=1,
-              groups=1, layout="NCHW") -> ConvParams:
+              groups=1, layout="NCHW", check_memory=True) -> ConvParams:
     """Validate every argument and compute the output shape.
 
     Takes shapes (not arrays) so the same rules serve the CPU, CUDA and
     framework adapters.  Raises ValueError / TypeError naming the argument.
+    ``check_memory=False`` skips the "fits in this machine's memory" check,
+    for lazy arrays (Dask) that are computed a block at a time.
     """
     if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(repr(l) for l in LAYOUTS)}, got {layout!r}")
@@ -223,7 +225,7 @@ def normalize(x_shape, w_shape, bias_shape, dtype, *, stride=1, padding=0, dilat
     out_bytes = N * K * P * Q * dtype.itemsize
     pad_bytes = N * C * Hp * Wp * dtype.itemsize
     limit = _memory_limit()
-    if out_bytes > limit or pad_bytes > limit:
+    if check_memory and (out_bytes > limit or pad_bytes > limit):
         raise ValueError(f"sizes too large: the result ({N}, {K}, {P}, {Q}) needs {out_bytes:,} bytes "
                          f"and the padded input {pad_bytes:,} bytes, more than this machine's "
                          f"{limit:,} bytes of memory")
