@@ -14,25 +14,42 @@ Phases (timed separately by :func:`profile_phases`, as NNPACK does):
 Layout and blocking
 -------------------
 Tiles are numbered row-major over ``(n, tile_row, tile_col)`` and processed
-in blocks of whole tile rows.  The transforms are specialised, unrolled
+in groups of whole tile rows.  The transforms are specialised, unrolled
 F(2,3) / F(4,3) formulas (no multiplications by 0 or 1) applied first along
 the contiguous image rows (vectorised over the row) and then across tiles
 (vectorised over the tile index, which is the contiguous axis of ``V`` and
 ``M``).  Padding is applied on the fly while a tile row is copied into a
-small per-job buffer: the input is never padded as a whole.  Each parallel
-job (one tile row of one channel) writes a disjoint slice; no sum is split
-across threads, so results do not depend on the number of threads.
+small per-job buffer: the input is never padded as a whole.
+
+Two schedules, chosen from the shapes only (never from the thread count):
+
+* fused (maps with many tiles): one parallel loop over *items* of a few tile
+  rows (``V + M`` about ``_ITEM_BYTES`` = 2 MiB, a core's cache, and at
+  least ``_MIN_ITEM_TILES`` tiles); each item runs the input transform, its
+  ``alpha^2 * groups`` GEMMs (single-threaded BLAS) and the output transform
+  on private buffers.  The kernel transform is one parallel loop before it.
+* phase by phase (small maps, and :func:`profile_phases`): blocks of tile
+  rows (``V + M`` at most ``_BLOCK_BYTES`` = 8 MiB, last-level cache); per
+  block one parallel loop runs the input transform (and, for the first
+  block, the kernel transform beside it), and a second one runs, per group
+  and block of output channels, the GEMMs of that slice and its output
+  transform.
+
+Either way a call synchronises the threads twice per block, the GEMMs never
+nest a multi-threaded BLAS inside Numba's threads (:mod:`fastconv.cpu._gemm`),
+and every parallel job writes disjoint outputs with no sum split across
+threads, so results do not depend on the number of threads.
 
 Workspace bound
 ---------------
-``V`` and ``M`` of one block take ``alpha^2 * (Cg + Kg) * groups`` elements
-per tile, and the block size is chosen so that they fit in
-``FASTCONV_WORKSPACE_MB`` (one tile row is the minimum block); the
+``V`` and ``M`` take ``alpha^2 * (C + K)`` elements per tile.  Phase by
+phase, one block of them is allocated, sized to fit ``FASTCONV_WORKSPACE_MB``
+(one tile row is the minimum block).  Fused, one item per Numba thread is
+alive at a time, and the fused schedule is only used when
+``NUMBA_NUM_THREADS`` items fit ``FASTCONV_WORKSPACE_MB``.  On top come the
 transformed kernel ``U`` (``alpha^2 * K * Cg`` elements) and per-job row
-buffers (``O(alpha * W)``) come on top.  For VGG-16 conv1_2 at batch 32
-(C = K = 64, 224 x 224) this is at most 256 MiB + 0.6 MiB with the default.
-Blocks are further limited to about ``_BLOCK_BYTES`` (8 MiB) so that ``V``
-and ``M`` stay in the last-level cache between the phases.
+buffers (``O(alpha * W)`` elements).  For VGG-16 conv1_2 at batch 32
+(C = K = 64, 224 x 224) that is about 2 MiB per thread plus 0.6 MiB.
 
 Constraints: 3x3 kernels, stride 1, dilation 1; any padding (asymmetric
 too), groups, float32/float64.
@@ -161,8 +178,6 @@ def _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
         r = r0 + i
         n, th = r // tiles_h, r % tiles_h
         _load_rows(x, n, cc, th * 2 - pt, pl, d)
-        # Column views: e_j[tw] = t[2*tw + j].
-        e0, e1, e2, e3 = t[0:WP - 2:2], t[1:WP - 1:2], t[2:WP:2], t[3:WP:2]
         d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
         lo, hi = i * tiles_w, (i + 1) * tiles_w
         for a in range(4):
@@ -184,10 +199,11 @@ def _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
             v2 = V[a * 4 + 2, g, c, lo:hi]
             v3 = V[a * 4 + 3, g, c, lo:hi]
             for tw in range(tiles_w):
-                v0[tw] = e2[tw] - e0[tw]
-                v1[tw] = e1[tw] + e2[tw]
-                v2[tw] = e2[tw] - e1[tw]
-                v3[tw] = e3[tw] - e1[tw]
+                f0, f1, f2, f3 = t[2 * tw], t[2 * tw + 1], t[2 * tw + 2], t[2 * tw + 3]
+                v0[tw] = f2 - f0
+                v1[tw] = f1 + f2
+                v2[tw] = f2 - f1
+                v3[tw] = f3 - f1
 
 
 @numba.njit(**JIT)
@@ -201,9 +217,6 @@ def _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
         r = r0 + i
         n, th = r // tiles_h, r % tiles_h
         _load_rows(x, n, cc, th * 4 - pt, pl, d)
-        # Column views: e_j[tw] = t[4*tw + j].
-        e0, e1, e2 = t[0:WP - 5:4], t[1:WP - 4:4], t[2:WP - 3:4]
-        e3, e4, e5 = t[3:WP - 2:4], t[4:WP - 1:4], t[5:WP:4]
         d0, d1, d2, d3, d4, d5 = d[0], d[1], d[2], d[3], d[4], d[5]
         lo, hi = i * tiles_w, (i + 1) * tiles_w
         for a in range(6):
@@ -234,12 +247,14 @@ def _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
             v4 = V[a * 6 + 4, g, c, lo:hi]
             v5 = V[a * 6 + 5, g, c, lo:hi]
             for tw in range(tiles_w):
-                v0[tw] = c4 * e0[tw] - c5 * e2[tw] + e4[tw]
-                v1[tw] = (e3[tw] + e4[tw]) - c4 * (e1[tw] + e2[tw])
-                v2[tw] = (e4[tw] - e3[tw]) + c4 * (e1[tw] - e2[tw])
-                v3[tw] = (e4[tw] - e2[tw]) + c2 * (e3[tw] - e1[tw])
-                v4[tw] = (e4[tw] - e2[tw]) - c2 * (e3[tw] - e1[tw])
-                v5[tw] = c4 * e1[tw] - c5 * e3[tw] + e5[tw]
+                f0, f1, f2 = t[4 * tw], t[4 * tw + 1], t[4 * tw + 2]
+                f3, f4, f5 = t[4 * tw + 3], t[4 * tw + 4], t[4 * tw + 5]
+                v0[tw] = c4 * f0 - c5 * f2 + f4
+                v1[tw] = (f3 + f4) - c4 * (f1 + f2)
+                v2[tw] = (f4 - f3) + c4 * (f1 - f2)
+                v3[tw] = (f4 - f2) + c2 * (f3 - f1)
+                v4[tw] = (f4 - f2) - c2 * (f3 - f1)
+                v5[tw] = c4 * f1 - c5 * f3 + f5
 
 
 @numba.njit(**PJIT)
@@ -313,10 +328,10 @@ def _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out):
                 s1[tw] = m1[tw] - m2[tw] + m3[tw]
         for i2 in range(2):
             e0, e1, e2, e3 = s[i2, 0], s[i2, 1], s[i2, 2], s[i2, 3]
-            o0, o1 = out[i2, 0::2], out[i2, 1::2]
+            o = out[i2]
             for tw in range(tiles_w):
-                o0[tw] = e0[tw] + e1[tw] + e2[tw]
-                o1[tw] = e1[tw] - e2[tw] + e3[tw]
+                o[2 * tw] = e0[tw] + e1[tw] + e2[tw]
+                o[2 * tw + 1] = e1[tw] - e2[tw] + e3[tw]
         _store_rows(out, y, n, kk, th * 2, bias[kk], Q)
         return _any_nonfinite(out)
 
@@ -349,16 +364,16 @@ def _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out):
                 s3[tw] = d12 + c8 * d34 + m5[tw]
         for i4 in range(4):
             e0, e1, e2, e3, e4, e5 = s[i4, 0], s[i4, 1], s[i4, 2], s[i4, 3], s[i4, 4], s[i4, 5]
-            o0, o1, o2, o3 = out[i4, 0::4], out[i4, 1::4], out[i4, 2::4], out[i4, 3::4]
+            o = out[i4]
             for tw in range(tiles_w):
                 a12 = e1[tw] + e2[tw]
                 d12 = e1[tw] - e2[tw]
                 a34 = e3[tw] + e4[tw]
                 d34 = e3[tw] - e4[tw]
-                o0[tw] = e0[tw] + a12 + a34
-                o1[tw] = d12 + c2 * d34
-                o2[tw] = a12 + c4 * a34
-                o3[tw] = d12 + c8 * d34 + e5[tw]
+                o[4 * tw] = e0[tw] + a12 + a34
+                o[4 * tw + 1] = d12 + c2 * d34
+                o[4 * tw + 2] = a12 + c4 * a34
+                o[4 * tw + 3] = d12 + c8 * d34 + e5[tw]
         _store_rows(out, y, n, kk, th * 4, bias[kk], Q)
         return _any_nonfinite(out)
 
