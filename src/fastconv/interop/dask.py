@@ -242,11 +242,13 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     unknown_n = isinstance(shape[0], float) and math.isnan(shape[0])
     # Validate one image: the batch size enters no rule (its chunks pass
     # through), and normalize's memory check must not refuse a lazy batch
-    # larger than this machine's RAM.  Each block is checked again, against
+    # larger than this machine's RAM (with spatial tiling, not even one image
+    # need fit).  Each block is checked again, against
     # the worker's memory, by the in-memory conv2d that computes it.
     shape[0] = 1
     p = normalize(shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
-                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+                  padding=padding, dilation=dilation, groups=groups, layout=layout,
+                  check_memory=not spatial_tiling)
     from .._dispatch import resolve
     resolve(algorithm, p, "cpu")  # a named algorithm that cannot run fails now, not in a worker
 
