@@ -266,3 +266,14 @@ def test_im2col_split_k(rng, monkeypatch, bias):
     p = fastconv._params.normalize(x.shape, w.shape, None, np.float32, padding=1)
     assert implicit_gemm.plan(p)[1] == 3
     check(run("im2col", x, w, b, padding=1), ref_conv2d(x, w, b, padding=1), "im2col", np.float32)
+
+
+@pytest.mark.parametrize("algorithm,m", [("winograd_f2x2_3x3", 2), ("winograd_f4x4_3x3", 4)])
+def test_winograd_workspace_chunks(rng, monkeypatch, algorithm, m):
+    # A workspace for 3 tiles at a time: several chunks, the last one partial.
+    from fastconv.cuda._runtime import SETTINGS
+
+    x, w, b = random_problem(rng, (2, 3, 6, 5), (4, 3, 3, 3))
+    A2 = (m + 2) ** 2
+    monkeypatch.setattr(SETTINGS, "workspace_bytes", 4 * A2 * (3 * 4 + 3 * (3 + 4)))
+    check(run(algorithm, x, w, b, padding=1), ref_conv2d(x, w, b, padding=1), algorithm, np.float32)

@@ -42,6 +42,7 @@ import numpy as np
 
 from ..winograd_math import transform_matrices
 from . import direct
+from .implicit_gemm import _row_tile
 from ._runtime import threads_1d, CUDA_JIT, SETTINGS, cdiv, cuda_module, launch, nbtype
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
@@ -231,16 +232,17 @@ def _transform_kernels(dtype_str: str, m: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_kernel(dtype_str: str, TB: int, RT: int, BK: int):
+def _gemm_kernel(dtype_str: str, TB: int, RTM: int, RT: int, BK: int):
     _bind()
     nb = nbtype(dtype_str)
-    BM = BN = TB * RT
+    BM = TB * RTM
+    BN = TB * RT
     NT = TB * TB
     ROWS_A = NT // BM   # rows (input channels) of the U slice loaded per pass
     A_PER = BK // ROWS_A
     ROWS_B = NT // BN
     B_PER = BK // ROWS_B
-    NACC = RT * RT
+    NACC = RTM * RT
 
     def winograd_gemm_kernel(U, V, Mw, Cg, Kg, Tc):
         """Mw[z, k, t] = sum_c U[z, c, k] V[z, c, t] for z = xi*groups + g (grid z).
@@ -253,7 +255,7 @@ def _gemm_kernel(dtype_str: str, TB: int, RT: int, BK: int):
         a_pf = cuda.local.array(A_PER, nb)
         b_pf = cuda.local.array(B_PER, nb)
         acc = cuda.local.array(NACC, nb)
-        a_reg = cuda.local.array(RT, nb)
+        a_reg = cuda.local.array(RTM, nb)
         b_reg = cuda.local.array(RT, nb)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
@@ -305,16 +307,16 @@ def _gemm_kernel(dtype_str: str, TB: int, RT: int, BK: int):
                         v = V[vbase + c * Tc + j]
                     b_pf[l] = v
             for kk in range(BK):
-                for i in range(RT):
+                for i in range(RTM):
                     a_reg[i] = As[kk, ty + i * TB]
                 for jj in range(RT):
                     b_reg[jj] = Bs[kk, tx + jj * TB]
-                for i in range(RT):
+                for i in range(RTM):
                     for jj in range(RT):
                         acc[i * RT + jj] += a_reg[i] * b_reg[jj]
             cuda.syncthreads()
         mbase = z * Kg * Tc
-        for i in range(RT):
+        for i in range(RTM):
             mo = m0 + ty + i * TB
             if mo < Kg:
                 for jj in range(RT):
@@ -345,7 +347,8 @@ def run_tiles(x, w, bias, p, y, ctx, m):
     Tc = max(1, min(T, budget // per_tile))
     wk, ik, ok = _transform_kernels(dtype.str, m)
     TB, RT, BK = SETTINGS.block, SETTINGS.regtile, SETTINGS.bk
-    gk = _gemm_kernel(dtype.str, TB, RT, BK)
+    RTM = _row_tile(Kg, TB, RT, BK)
+    gk = _gemm_kernel(dtype.str, TB, RTM, RT, BK)
     pt, _, pl, _ = p.padding
     has_bias = 0 if bias is None else 1
     bias_arg = w if bias is None else bias
@@ -368,7 +371,7 @@ def run_tiles(x, w, bias, p, y, ctx, m):
         launch(ik, (cdiv(p.C * n_t, threads),), (threads,), ctx)(
             x, V, p.C, p.H, p.W, Cg, G, pt, pl, tiles_h, tiles_w, t0, n_t)
         ctx.mark("input transform")
-        grid = (cdiv(n_t, TB * RT), cdiv(Kg, TB * RT), A2 * G)
+        grid = (cdiv(n_t, TB * RT), cdiv(Kg, TB * RTM), A2 * G)
         launch(gk, grid, (TB, TB), ctx)(U, V, Mw, Cg, Kg, n_t)
         ctx.mark("GEMM")
         launch(ok, (cdiv(p.K * n_t, threads),), (threads,), ctx)(
