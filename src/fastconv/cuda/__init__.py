@@ -46,21 +46,27 @@ that will fit them).
 What has been verified, and what has not
 ----------------------------------------
 Verified under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``,
-``tests/test_cuda.py``, with block sizes shrunk to 4 threads per edge so the
-multi-block, partial-tile and multi-slice paths run): every kernel against
-``fastconv.reference.conv2d`` for stride, asymmetric/"same"/"full" padding,
-dilation, groups, depthwise, bias, NHWC, unbatched input, float32/float64,
-mixed dtypes, non-contiguous input, ``out=``, NaN/inf propagation, the
-Winograd error bound, and the argument errors.  The simulator runs kernels
-as Python threads, so it checks indexing, barriers and shared-memory logic,
-not speed, occupancy, register spilling, or races that Python's scheduling
-happens to hide.
+``tests/test_cuda_kernels.py``, run by ``tests/test_cuda.py`` in a subprocess
+with 4 x 4 thread blocks, 2 x 2 register tiles and 4-deep K-slices so that
+multi-block grids, partial tiles and many slices per output run): every
+kernel against ``fastconv.reference.conv2d`` for stride, asymmetric/"same"/
+"full" padding, dilation, groups, depthwise (with channel multipliers), bias,
+NHWC, unbatched input, float32/float64, mixed dtypes, non-contiguous input,
+``out=`` (NCHW and NHWC), an empty batch, NaN/inf propagation (including the
+Winograd fallback on an overflowing transform), the Winograd error bound of
+:func:`fastconv.accuracy.error_bound`, split-K, Winograd workspace chunking,
+the shared-memory-overflow fallback of ``direct``, and the argument errors
+(mixed host/device, bad ``out``, dtypes).  The simulator runs kernels as
+Python threads, so it checks indexing, barriers and shared-memory logic; it
+does not check speed, occupancy, register spilling, the torch/CuPy interop
+(no CUDA torch here), or races that Python's scheduling happens to hide.
 
 Not yet measured on a GPU (this code was written in a session without one):
 the throughput of every kernel against cuDNN, whether the register tiles stay
-in registers (no local-memory spills), the torch/CuPy stream and allocator
-paths, and the thresholds of the ``auto`` rule.  ``benchmarks/gpu_check.py``
-is the one-shot script that checks all of this on a GPU.
+in registers (no local-memory spills), compile times, the torch/CuPy stream
+and allocator paths, and the thresholds of the ``auto`` rule.
+``benchmarks/gpu_check.py`` is the one-shot script that checks all of this
+on a GPU and writes the numbers to fit the rule with.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._runtime import threads_1d, Context, cdiv, launch, simulator, CUDA_JIT, cuda_module
+from ._runtime import CUDA_JIT, Context, cdiv, cuda_module, launch, simulator, threads_1d
 
 _DLPACK_CUDA = (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
 

@@ -29,7 +29,7 @@ import functools
 
 import numpy as np
 
-from ._runtime import threads_1d, CUDA_JIT, SETTINGS, SHARED_BYTES, cdiv, cuda_module, dummy, launch, nbtype
+from ._runtime import CUDA_JIT, SETTINGS, SHARED_BYTES, cdiv, dummy, launch, nbtype, threads_1d
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.

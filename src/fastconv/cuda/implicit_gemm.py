@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-
 from ._runtime import CUDA_JIT, SETTINGS, cdiv, launch, nbtype, threads_1d
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:

@@ -43,7 +43,7 @@ import numpy as np
 from ..winograd_math import transform_matrices
 from . import direct
 from .implicit_gemm import _row_tile
-from ._runtime import threads_1d, CUDA_JIT, SETTINGS, cdiv, cuda_module, launch, nbtype
+from ._runtime import CUDA_JIT, SETTINGS, cdiv, launch, nbtype, threads_1d
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
