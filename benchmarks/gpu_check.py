@@ -102,7 +102,7 @@ def versions() -> dict:
 
 # --- correctness --------------------------------------------------------------------------------
 
-def random_configs(rng, count: int) -> list:
+def random_configs(rng, count: int, dim: int = 40) -> list:
     """Seeded random configurations that normalize() accepts."""
     from fastconv._params import normalize
 
@@ -113,13 +113,13 @@ def random_configs(rng, count: int) -> list:
         groups = int(rng.choice([1, 1, 1, 2, 4]))
         depthwise = rng.random() < 0.15
         if depthwise:
-            C = int(rng.integers(2, 33))
+            C = int(rng.integers(2, max(3, dim - 7)))
             groups, K = C, C * int(rng.choice([1, 1, 2]))
         else:
-            C = groups * int(rng.integers(1, 40))
-            K = groups * int(rng.integers(1, 40))
+            C = groups * int(rng.integers(1, dim))
+            K = groups * int(rng.integers(1, dim))
         N = int(rng.integers(1, 5))
-        H, W = int(rng.integers(max(R, 3), 40)), int(rng.integers(max(S, 3), 40))
+        H, W = int(rng.integers(max(R, 3), max(R, 3) + dim)), int(rng.integers(max(S, 3), max(S, 3) + dim))
         unit = rng.random() < 0.5  # half the configurations are Winograd-eligible
         stride = 1 if unit else int(rng.choice([1, 2, 3]))
         dilation = 1 if unit else int(rng.choice([1, 1, 2]))
@@ -283,7 +283,7 @@ def _sync(kind):
         cuda.synchronize()
 
 
-def check_special() -> list:
+def check_special(smoke: bool = False) -> list:
     """NaN/inf propagation, out= (NCHW and NHWC), non-contiguous numba input, vs the reference."""
     from numba import cuda
 
@@ -291,13 +291,14 @@ def check_special() -> list:
 
     out = []
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 8, 20, 17)).astype(np.float32)
-    w = (rng.standard_normal((16, 8, 3, 3)) / 8).astype(np.float32)
-    b = rng.standard_normal(16).astype(np.float32)
+    N, C, H, W, K = (2, 3, 6, 5, 4) if smoke else (2, 8, 20, 17, 16)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
     xn = x.copy()
-    xn[0, 1, 5, 6] = np.nan
-    xn[1, 7, 19, 0] = np.inf
-    xn[1, 2, 10, 10] = -np.inf
+    xn[0, 1, 2, 3] = np.nan
+    xn[1, C - 1, H - 1, 0] = np.inf
+    xn[1, 2, 3, 3] = -np.inf
     with np.errstate(invalid="ignore"):
         yr = ref(xn, w, b, padding=1)
     for alg in ALGORITHMS:
@@ -379,11 +380,12 @@ def _all_dispatchers():
 
 # --- timing ---------------------------------------------------------------------------------------
 
-def time_suite(layer_names, batch, repeat, budget_s) -> dict:
+def time_suite(layer_names, batch, repeat, budget_s, layers=None) -> dict:
     from fastconv.bench.layers import select_layers
     from fastconv.cuda import bench
 
-    layers = select_layers(layer_names) if layer_names else select_layers()
+    if layers is None:
+        layers = select_layers(layer_names) if layer_names else select_layers()
     done, skipped = [], []
     for layer in layers:
         if elapsed() > budget_s:
@@ -437,6 +439,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=300.0,
                     help="stop starting new timing layers after this many seconds (default 300)")
     ap.add_argument("--configs", type=int, default=None, help="random configurations (default 48)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny shapes and a tiny timing layer: a test of this script itself, e.g. "
+                         "under NUMBA_ENABLE_CUDASIM=1 (timings are meaningless there)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu_check.json")
@@ -473,10 +478,10 @@ def main(argv=None) -> int:
     report["input_kinds"] = kinds
 
     n_cfg = args.configs or (24 if args.quick else 48)
-    configs = random_configs(np.random.default_rng(2026), n_cfg)
+    configs = random_configs(np.random.default_rng(2026), n_cfg, dim=5 if args.smoke else 40)
     log(f"correctness: {n_cfg} random configurations x supported algorithms, kinds {kinds}")
     results = check_random(configs, kinds, have_torch)
-    special = check_special()
+    special = check_special(args.smoke)
     bad = [r for r in results + special if not r.get("ok")]
     report["correctness"] = {"random": results, "special": special, "failures": len(bad),
                              "checks": len(results) + len(special)}
@@ -494,10 +499,17 @@ def main(argv=None) -> int:
     layer_names = quick_layers if args.quick else None
     report["timing"] = {}
     log("timing: batch 32 (TF32 off) ...")
-    report["timing"]["batch32"] = time_suite(layer_names, 32, 5, args.budget_s)
+    tiny = None
+    if args.smoke:
+        from fastconv.bench.layers import Layer
+        tiny = [Layer("smoke_3x3", 1, 4, 5, 5, 4, 3, 3, padding=1),
+                Layer("smoke_s2", 1, 3, 6, 6, 2, 3, 3, stride=2)]
+        args.budget_s = max(args.budget_s, elapsed() + 600)
+    report["timing"]["batch32"] = time_suite(layer_names, 1 if args.smoke else 32, 1 if args.smoke else 5,
+                                             args.budget_s, layers=tiny)
     report["timing"]["batch32_summary"] = summarise(report["timing"]["batch32"])
     save()
-    if elapsed() < args.budget_s:
+    if elapsed() < args.budget_s and not args.smoke:
         log("timing: batch 1 ...")
         report["timing"]["batch1"] = time_suite(layer_names or quick_layers, 1, 5, args.budget_s + 30)
         report["timing"]["batch1_summary"] = summarise(report["timing"]["batch1"])
