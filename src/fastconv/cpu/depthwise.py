@@ -31,10 +31,10 @@ import numba
 import numpy as np
 
 from .._config import PJIT
-from ._blocked import (lanes, sget, sset, stack_ints, stack_vectors,
+from ._blocked import (lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
                        vbcast, vfma, vstore, vstore_masked, vload)
 
-MAX_ACCUMULATORS = 8
+MAX_ACCUMULATORS = 16
 
 _DRIVERS: dict = {}
 
@@ -81,11 +81,12 @@ def _make_width_driver(NKO: int, NQV: int):
                     base = (c * HL + hl) * sw * Wq
                     hi = h0 + hl - pt
                     if hi < 0 or hi >= H:
-                        xl[base:base + sw * Wq] = zero
+                        for i in range(sw * Wq):
+                            sstore(xl, base + i, zero)
                         continue
-                    # Slices, not element loops: Numba's indexing of a signed
-                    # index checks for wraparound, which turns a copy into
-                    # gathers and scatters.
+                    # Raw loads and stores: Numba's indexing of a signed index
+                    # checks for wraparound, which turns a copy into gathers
+                    # and scatters.
                     for f in range(sw):
                         i0 = (pl - f + sw - 1) // sw if pl > f else 0
                         i1 = (pl + W - f + sw - 1) // sw if pl + W > f else 0
@@ -93,12 +94,12 @@ def _make_width_driver(NKO: int, NQV: int):
                         i1 = max(i0, min(i1, Wq))
                         o = base + f * Wq
                         src = ((n * C + g * Cg + c) * H + hi) * W + f - pl
-                        xl[o:o + i0] = zero
-                        if sw == 1:
-                            xl[o + i0:o + i1] = xf[src + i0:src + i1]
-                        else:
-                            xl[o + i0:o + i1] = xf[src + i0 * sw:src + (i1 - 1) * sw + 1:sw]
-                        xl[o + i1:o + Wq] = zero
+                        for i in range(i0):
+                            sstore(xl, o + i, zero)
+                        for i in range(i0, i1):
+                            sstore(xl, o + i, sload(xf, src + i * sw))
+                        for i in range(i1, Wq):
+                            sstore(xl, o + i, zero)
             acc = stack_vectors(y, NACC)
             wv = stack_vectors(y, NKO)
             qo = stack_ints(NQV)
@@ -163,7 +164,7 @@ def width_plan(p):
 
     A few blockings only (each is a separate compilation): ``NKO`` in 1, 2,
     4 output channels, ``NQV`` a power of two covering the row if it can,
-    at most 8 accumulators - the loads of the width path (one input vector
+    at most 16 accumulators - the loads of the width path (one input vector
     per ``NKO`` FMAs), not the register count, bound its speed.
     """
     V = lanes(p.dtype)

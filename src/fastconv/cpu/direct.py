@@ -68,6 +68,9 @@ BLOCKED_NPX = {1: 24, 2: 12, 4: 6}
 # Per-output overheads of the two SIMD paths, in multiply-adds (choose_path).
 BLOCKED_OVERHEAD = 24
 WIDTH_OVERHEAD = 4
+# The width path's micro-kernel loads one input vector per NKO <= 4 FMAs;
+# measured at about 3/4 of the blocked micro-kernel's rate on full lanes.
+WIDTH_SPEED = 0.75
 
 # Bytes of packed weights one channel chunk may hold (kept in the 48 KiB L1).
 CHUNK_WEIGHT_BYTES = 40 * 1024
@@ -231,8 +234,6 @@ def blocked_plan(p):
     """
     V = lanes(p.dtype)
     Cg, Kg = p.Cg, p.Kg
-    CB = -(-Cg // 16)
-    Vc = -(-Cg // CB)  # channel blocks of at most 16, padding below CB channels
     KB = -(-Kg // V)
     # The largest register block whose padding of KB wastes little.
     NKB = 1
@@ -243,6 +244,13 @@ def blocked_plan(p):
     NPX = BLOCKED_NPX[NKB]
     KBp = -(-KB // NKB) * NKB
     item = np.dtype(p.dtype).itemsize
+    # Channel blocks: as long as the weights of one block fit the chunk
+    # budget (a long innermost loop for 1x1 kernels), at least 16, with
+    # less than one channel of zero padding per block.
+    per_channel = NKB * p.R * p.S * V * item
+    target = min(128, max(16, CHUNK_WEIGHT_BYTES // per_channel))
+    CB = -(-Cg // target)
+    Vc = -(-Cg // CB)
     chunk = NKB * p.R * p.S * Vc * V * item
     ccb = max(1, min(CB, CHUNK_WEIGHT_BYTES // max(chunk, 1)))
     ccb = -(-CB // -(-CB // ccb))  # equal chunks
@@ -293,7 +301,7 @@ def choose_path(p) -> str:
     fill_k = p.Kg / (-(-p.Kg // V) * V)
     fill_q = p.Q / (-(-p.Q // V) * V)
     blocked = fill_k * n / (n + BLOCKED_OVERHEAD)
-    width = fill_q * n / (n + WIDTH_OVERHEAD)
+    width = WIDTH_SPEED * fill_q * n / (n + WIDTH_OVERHEAD)
     return "width" if width > blocked else "blocked"
 
 
