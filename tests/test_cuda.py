@@ -135,3 +135,16 @@ def test_implicit_gemm_plan(monkeypatch):
     big = normalize((32, 64, 56, 56), (64, 64, 3, 3), None, np.float32, padding=1)
     assert implicit_gemm.plan(big)[:2] == (4, 1)  # 64 channels: 64-row tiles, no split
     assert implicit_gemm.plan(normalize((32, 3, 9, 9), (6, 3, 3, 3), None, np.float32))[0] == 2
+
+
+def test_arguments_on_different_gpus_are_an_error():
+    from types import SimpleNamespace
+
+    from fastconv.cuda._arrays import check_same_gpu
+
+    Tensor = type("Tensor", (), {"__module__": "torch"})  # stands in for torch tensors
+    a, b = Tensor(), Tensor()
+    a.device, b.device = SimpleNamespace(index=0), SimpleNamespace(index=1)
+    with pytest.raises(ValueError, match=r"x on cuda:0, w on cuda:1"):
+        check_same_gpu({"x": a, "w": b, "bias": None})
+    check_same_gpu({"x": a, "w": a, "bias": None})

@@ -184,6 +184,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
         raise TypeError(f"out must be a CUDA array like x (the inputs are on the GPU), got "
                         f"{type(out).__module__.split('.')[0]}.{type(out).__name__}")
     _runtime.require()
+    _arrays.check_same_gpu({"x": x, "w": w, "bias": bias, "out": out})
     with _arrays.device_of(x):
         return _run(x, w, bias, out, dict(stride=stride, padding=padding, dilation=dilation,
                                           groups=groups, layout=layout), algorithm)

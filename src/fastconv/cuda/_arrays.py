@@ -131,6 +131,27 @@ def check_placement(args: dict) -> None:
                         f"numba.cuda.to_device for the GPU, or .get() / .cpu() for the host)")
 
 
+def _device_index(obj):
+    kind = _kind(obj)
+    try:
+        if kind == "torch":
+            return obj.device.index if obj.device.index is not None else 0
+        if kind == "cupy":
+            return int(obj.device.id)
+    except Exception:
+        return None
+    return None
+
+
+def check_same_gpu(args: dict) -> None:
+    """ValueError when torch/CuPy arguments live on different GPUs."""
+    where = {k: _device_index(v) for k, v in args.items() if v is not None}
+    where = {k: v for k, v in where.items() if v is not None}
+    if len(set(where.values())) > 1:
+        text = ", ".join(f"{k} on cuda:{v}" for k, v in where.items())
+        raise ValueError(f"arguments are on different GPUs ({text}); move them to one device")
+
+
 def device_of(obj):
     """A context manager selecting the GPU that ``obj`` lives on (torch/CuPy), else a no-op."""
     import contextlib
