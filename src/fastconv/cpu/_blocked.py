@@ -34,7 +34,9 @@ so outputs can be ``np.empty``):
 * :func:`pack_input_phases` - NCHW -> ``[N, C, Hp, sw, Wq]`` with
   ``out[..., h, f, i] = xpad[..., h, i * sw + f]``: splitting the padded rows
   into stride phases makes the input of ``V`` consecutive outputs contiguous
-  for any horizontal stride and dilation (the width-vectorised kernel).
+  for any horizontal stride and dilation.  The width-vectorised kernel
+  builds this layout per work item, for the rows it needs; this
+  whole-tensor version documents and tests the layout.
 """
 
 from __future__ import annotations

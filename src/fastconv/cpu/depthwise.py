@@ -9,16 +9,18 @@ a contiguous input vector.
 
 Layout and blocking
 -------------------
-The zero-padded input is split into horizontal stride phases,
-``[N, C, Hp, sw, Wq]`` with ``phase[f][i] = xpad[i * sw + f]``
-(:func:`fastconv.cpu._blocked.pack_input_phases`), so the input under ``V``
-consecutive outputs of tap ``s`` is contiguous for any stride and dilation:
+Each work item (image, group, block of output rows) copies the input rows
+it needs, zero-padded and split into horizontal stride phases, into an
+L2-sized buffer ``[Cg, rows, sw, Wq]`` with ``phase[f][i] = xpad[i * sw + f]``
+(the layout of :func:`fastconv.cpu._blocked.pack_input_phases`), so the
+input under ``V`` consecutive outputs of tap ``s`` is contiguous for any
+stride and dilation:
 phase ``(s * dw) % sw`` starting at ``q + (s * dw) // sw``.  The
 micro-kernel holds ``NKO x NQV`` accumulators: ``NKO`` output channels of
 one group (sharing every input load) times ``NQV`` vectors of one output
 row.  Output is stored straight into NCHW, the row's last vector with a
-masked store.  Work items are (image, channel block, output row), run in
-parallel.
+masked store.  Work items run in parallel; all output channels of the
+item's group are computed from its buffer.
 
 Summation order and error bound are those of :mod:`fastconv.cpu.direct`:
 bias first, then input channel, kernel row, kernel column, each output

@@ -6,24 +6,34 @@ and float64, any N including 0).  A call takes one of three paths:
 
 ``blocked`` (:func:`_make_blocked_driver`)
     The oneDNN/NNPACK layout: input packed to ``[N, G, CB, Hp, Wp, Vc]``
-    (channel blocks of ``Vc <= 16``, zero-padded spatially), weights to
-    ``[G, KB, CB, R, S, Vc, V]`` (``V`` = 16 float32 / 8 float64 output
-    channels contiguous), output accumulated in ``[N, G, KB, P*Q, V]`` and
-    unpacked to NCHW.  The micro-kernel holds ``NKB x NPX`` vector
-    accumulators (``NKB`` blocks of ``V`` output channels times ``NPX``
-    output pixels, up to 28 zmm registers); for each input element it
-    broadcasts one value and issues ``NKB`` FMAs against contiguous weight
-    vectors.  Pixels run through ``P*Q`` in row-major order, so a block may
-    span output rows and any stride or dilation costs nothing extra.  The
-    reduction over input channels is cut into chunks whose weights stay in
-    L2, the partial sums parked in the blocked output between chunks.
-    Used when the output channels per group fill the vector lanes well.
+    (zero-padded spatially; channel blocks of ``Vc`` between 16 and 128,
+    long for 1x1 kernels), weights to ``[G, KB/NKB, CB, R, S, Vc, NKB, V]``
+    (``V`` = 16 float32 / 8 float64 output channels contiguous, the
+    ``NKB`` blocks one broadcast meets adjacent), output accumulated in
+    ``[N, G, KB, P*Q, V]`` and unpacked to NCHW.  The micro-kernel holds
+    ``NKB x NPX`` vector accumulators (4 x 6, 2 x 12 or 1 x 24: up to 24 of
+    the 32 zmm registers); for each input element it broadcasts one value
+    and issues ``NKB`` FMAs against contiguous weight vectors.  Pixels run
+    through ``P*Q`` in row-major order, so a block may span output rows and
+    any stride or dilation costs nothing extra; with unit horizontal
+    dilation the innermost loop runs over a kernel row's ``S * Vc``
+    adjacent elements.  The reduction over input channels is cut into
+    chunks whose packed weights stay in L1, the partial sums parked in the
+    blocked output between chunks.  Work items are (image, group, block of
+    ``NKB * V`` output channels, pixel tile), so both cores work at N = 1.
+    Preferred when the output channels fill the vector lanes and the
+    reduction is long.
 ``width`` (:mod:`fastconv.cpu.depthwise`)
-    Vectorised along the output row (depthwise, channel multipliers, few
-    output channels per group).
+    Vectorised along the output row: depthwise, channel multipliers, few
+    output channels per group or short reductions (3-channel inputs).
+    Each work item packs its own input rows (L2-resident), so no pass over
+    the whole input is added.
 ``simple`` (:func:`_direct_nchw`)
     The textbook loop nest, for tiny problems where packing would cost more
     than it saves.
+
+:func:`choose_path` picks between them with a two-line cost model (lane
+fill times the fraction of work that is multiply-adds).
 
 Summation order and error bound
 -------------------------------
