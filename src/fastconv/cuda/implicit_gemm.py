@@ -21,7 +21,8 @@ Blocking (``TB = FASTCONV_CUDA_BLOCK``, ``RT = FASTCONV_CUDA_REGTILE``,
   stores over the banks); the next slice is prefetched into registers while
   the current one is multiplied (one shared buffer, two barriers per slice);
 * each thread keeps an ``RTM x RT`` accumulator tile in registers (8 x 8 = 64
-  FMAs per 16 shared loads); its rows and columns are ``TB`` apart, so a
+  FMAs per 16 shared loads; float64 halves ``RT`` to stay within 255
+  registers); its rows and columns are ``TB`` apart, so a
   warp reads consecutive shared words (no bank conflicts; ``As`` reads are
   broadcasts) and writes consecutive output pixels (coalesced stores);
 * each thread gathers ``B`` for one fixed output pixel, so the pixel's
@@ -45,6 +46,8 @@ grid: ``(ceil(N*P*Q / BN), ceil(Kg / BM), groups * splits)``.
 from __future__ import annotations
 
 import functools
+
+import numpy as np
 
 from ._runtime import CUDA_JIT, SETTINGS, cdiv, launch, nbtype, threads_1d
 
@@ -281,9 +284,21 @@ def _row_tile(Kg: int, TB: int, RT: int, BK: int) -> int:
     return best
 
 
+def col_tile(dtype) -> int:
+    """Register-tile width: REGTILE, halved for float64 (an 8 x 8 tile of doubles alone needs
+    128 of a thread's 255 registers, and would spill to local memory)."""
+    TB, RT, BK = SETTINGS.block, SETTINGS.regtile, SETTINGS.bk
+    if np.dtype(dtype).itemsize == 8 and RT > 1:
+        half = RT // 2
+        if TB % half == 0 and (BK * half) % TB == 0:
+            return half
+    return RT
+
+
 def plan(p):
     """(RTM, splits, kchunk) for ``p``: row tile and split-K factor (see the module docstring)."""
-    TB, RT, BK = SETTINGS.block, SETTINGS.regtile, SETTINGS.bk
+    TB, BK = SETTINGS.block, SETTINGS.bk
+    RT = col_tile(p.dtype)
     RTM = _row_tile(p.Kg, TB, RT, BK)
     CRS = p.Cg * p.R * p.S
     blocks = cdiv(p.N * p.P * p.Q, TB * RT) * cdiv(p.Kg, TB * RTM) * p.groups
@@ -300,7 +315,8 @@ def plan(p):
 
 
 def run(x, w, bias, p, y, ctx):
-    TB, RT, BK = SETTINGS.block, SETTINGS.regtile, SETTINGS.bk
+    TB, BK = SETTINGS.block, SETTINGS.bk
+    RT = col_tile(p.dtype)
     RTM, splits, kchunk = plan(p)
     sh, sw = p.stride
     dh, dw = p.dilation

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..winograd_math import transform_matrices
 from . import direct
-from .implicit_gemm import _row_tile
+from .implicit_gemm import _row_tile, col_tile
 from ._runtime import CUDA_JIT, SETTINGS, cdiv, launch, nbtype, threads_1d
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
@@ -346,7 +346,8 @@ def run_tiles(x, w, bias, p, y, ctx, m):
     budget = max(SETTINGS.workspace_bytes - A2 * Cg * p.K * itemsize, per_tile)
     Tc = max(1, min(T, budget // per_tile))
     wk, ik, ok = _transform_kernels(dtype.str, m)
-    TB, RT, BK = SETTINGS.block, SETTINGS.regtile, SETTINGS.bk
+    TB, BK = SETTINGS.block, SETTINGS.bk
+    RT = col_tile(dtype)
     RTM = _row_tile(Kg, TB, RT, BK)
     gk = _gemm_kernel(dtype.str, TB, RTM, RT, BK)
     pt, _, pl, _ = p.padding
