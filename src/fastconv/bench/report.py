@@ -116,13 +116,16 @@ def summary_lines(result: SuiteResult) -> list:
     if f:
         blas = f.get("blas") or [{}]
         blas_txt = ", ".join(f"{b.get('internal_api')} {b.get('version')} "
-                             f"({b.get('architecture')} kernel, {b.get('num_threads')} threads)"
+                             f"({b.get('architecture')} kernel, {_n(b.get('num_threads'), 'thread')})"
                              for b in blas)
         v = f.get("versions", {})
+        clock = result.options.get("clock", "perf_counter")
         out.append(f"machine: {f.get('cpu_model')}, {f.get('logical_cpus')} logical CPUs; Numba "
                    f"{v.get('numba')} {f.get('numba_threading_layer')} layer, "
-                   f"{f.get('numba_threads')} threads; torch {v.get('torch')} "
-                   f"({f.get('torch_threads')} threads); numpy {v.get('numpy')}; BLAS {blas_txt}.")
+                   f"{_n(f.get('numba_threads'), 'thread')}; torch {v.get('torch')} "
+                   f"({_n(f.get('torch_threads'), 'thread')}); numpy {v.get('numpy')}; "
+                   f"BLAS {blas_txt}; clock {clock}; load average {f.get('load_average_1min_before')} "
+                   f"before, {f.get('load_average_1min')} after.")
         for w in f.get("warnings", []):
             out.append(f"WARNING: {w}")
     errors = [(r.layer.name, m.name, m.error) for r in result.layers for m in r.measurements.values()
@@ -131,6 +134,10 @@ def summary_lines(result: SuiteResult) -> list:
         out.append(f"WARNING: {name} on {lname} differs from the float64 oracle by {err:.2e} "
                    f"(relative to max |y|)")
     return out
+
+
+def _n(count, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _tolerance(dtype: str) -> float:
@@ -268,8 +275,9 @@ def write_plot(result: SuiteResult, path) -> bool:
     ax1.set_yscale("log")
     cpu = result.machine.get("fastconv", {}).get("cpu_model", "")
     thr = result.machine.get("fastconv", {}).get("numba_threads", "")
+    clock = "CPU time" if result.options.get("clock") == "process_time" else "wall clock"
     ax1.set_title(f"fastconv conv2d ({result.options.get('dtype')}, {result.device}) - {cpu}, "
-                  f"{thr} threads", fontsize=10)
+                  f"{_n(thr, 'thread')}, {clock}", fontsize=10)
     ax1.legend(ncol=min(len(names), 4), fontsize=8)
     ax1.grid(axis="y", alpha=0.3, which="both")
     ratios = [r.ratio_vs_torch(r.auto) or np.nan for r in result.layers]
