@@ -98,8 +98,15 @@ def _make_width_driver(NKO: int, NQV: int):
                         src = ((n * C + g * Cg + c) * H + hi) * W + f - pl
                         for i in range(i0):
                             sstore(xl, o + i, zero)
-                        for i in range(i0, i1):
-                            sstore(xl, o + i, sload(xf, src + i * sw))
+                        if sw == 1:
+                            for i in range(i0, i1):
+                                sstore(xl, o + i, sload(xf, src + i))
+                        elif sw == 2:  # a constant stride LLVM vectorises with shuffles
+                            for i in range(i0, i1):
+                                sstore(xl, o + i, sload(xf, src + 2 * i))
+                        else:
+                            for i in range(i0, i1):
+                                sstore(xl, o + i, sload(xf, src + i * sw))
                         for i in range(i1, Wq):
                             sstore(xl, o + i, zero)
             acc = stack_vectors(y, NACC)

@@ -62,7 +62,7 @@ import numpy as np
 
 from .._config import PJIT, parallel_section
 from . import depthwise
-from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sset,
+from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
                        stack_ints, stack_vectors, vbcast, vfma, vload, vstore)
 from ._layout import pad_nchw
 
@@ -232,9 +232,12 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V):
         t0 = tile * UNPACK_TILE
         t1 = min(PQ, t0 + UNPACK_TILE)
         src = (ng * KBp + kb) * PQ * V
+        # Raw loads and stores: Numba's signed indexing would add wraparound
+        # checks that defeat vectorisation.
         for lane in range(min(V, Kg - kb * V)):
             dst = (n * K + g * Kg + kb * V + lane) * PQ
-            yf[dst + t0:dst + t1] = yb[src + t0 * V + lane:src + (t1 - 1) * V + lane + 1:V]
+            for t in range(t0, t1):
+                sstore(yf, dst + t, sload(yb, src + t * V + lane))
 
 
 def blocked_plan(p):
