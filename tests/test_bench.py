@@ -26,7 +26,7 @@ PEERS = ("numpy_im2col", "scipy_reference")
 
 @pytest.fixture(scope="module")
 def result():
-    return run_suite(TINY, repeat=2, peers=PEERS, min_round_s=0.0005)
+    return run_suite(TINY, repeat=2, peers=PEERS, min_round_s=0.0005, phases=True)
 
 
 def test_standard_layers_ship_with_the_package():
@@ -99,7 +99,11 @@ def test_json_is_pytest_benchmark_compatible(result, tmp_path):
         assert {"min", "max", "mean", "median", "stddev", "rounds"} <= set(b["stats"])
         assert b["stats"]["rounds"] == 2 and b["stats"]["min"] <= b["stats"]["median"]
         assert b["extra_info"]["gflops"] > 0
-        assert b["extra_info"]["auto_choice"] in names[0] or b["extra_info"]["auto_choice"]
+    for layer in TINY:
+        entries = [b for b in doc["benchmarks"] if b["group"] == layer.name]
+        chosen = [b["params"]["alg"] for b in entries if b["extra_info"]["chosen_by_auto"]]
+        assert chosen == [fastconv._dispatch.auto_choice(layer.params())]
+        assert sum(bool(b["extra_info"]["fastest"]) for b in entries) == 1
     summary = doc["fastconv"]["summary"]
     assert summary["layers"] == 2 and 0 <= summary["auto_hits"] <= 2
 
@@ -122,8 +126,19 @@ def test_plot_is_a_png(result, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_phases_table_without_profilers(result):
-    assert "phases" in report.format_phases(result) or "profile_phases" in report.format_phases(result)
+def test_phases_are_recorded_and_tabulated(result):
+    import importlib
+
+    r = result.layers[0]  # tiny_3x3: im2col and both Winograd variants
+    for name in ("im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3"):
+        module = importlib.import_module("fastconv.cpu." + name.split("_")[0])
+        if not hasattr(module, "profile_phases"):
+            continue
+        phases = r.measurements[name].phases
+        assert phases and "gemm" in phases and all(t >= 0 for t in phases.values())
+    assert not r.measurements["direct"].phases  # direct has no phases
+    text = report.format_phases(result)
+    assert "gemm=" in text and "tiny_3x3" in text
 
 
 def test_progress_bar_counts_to_total():
