@@ -10,6 +10,8 @@ from ._params import ConvParams, as_float_array, connection_mask, normalize
 
 
 def _is_device_array(a) -> bool:
+    if getattr(a, "__cuda_ndarray__", False):  # numba's CUDA simulator arrays
+        return True
     if hasattr(a, "__cuda_array_interface__"):
         return True
     # torch CUDA tensors and other DLPack producers that say they live on a GPU

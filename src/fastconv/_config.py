@@ -18,6 +18,19 @@ FASTCONV_WORKSPACE_MB
 FASTCONV_CUDA_BLOCK
     Threads per block edge of the CUDA kernels (default 16); the simulator
     tests shrink it so that multi-block paths run.
+FASTCONV_CUDA_REGTILE, FASTCONV_CUDA_BK
+    Register tile edge (default 8) and K-slice depth (default 8) of the CUDA
+    GEMM kernels (implicit GEMM, Winograd).
+FASTCONV_CUDA_DIRECT_K, FASTCONV_CUDA_DIRECT_Q
+    Output channels (default 8) and columns (default 2) per thread of the
+    CUDA direct kernel.
+FASTCONV_CUDA_SPLITK
+    Split-K factor of the implicit GEMM (default 0: chosen per call).
+FASTCONV_CUDA_WORKSPACE_MB
+    Device workspace bound of one CUDA Winograd call (default 1024).
+FASTCONV_CACHE_DIR
+    Where ``algorithm="tuned"`` keeps its measurements (read by
+    :mod:`fastconv.tuning` at call time; default ~/.cache/fastconv).
 """
 
 from __future__ import annotations
@@ -33,25 +46,36 @@ def _flag(name: str, default: bool) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
-def _int(name: str, default: int) -> int:
+def _int(name: str, default: int, minimum: int = 1) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        v = int(value)
     except ValueError:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"environment variable {name} must be >= {minimum}, got {v}")
+    return v
 
 
 FASTMATH = _flag("FASTCONV_FASTMATH", False)
 CACHE = _flag("FASTCONV_CACHE", True)
 WORKSPACE_BYTES = max(1, _int("FASTCONV_WORKSPACE_MB", 256)) * 2**20
-CUDA_BLOCK = max(1, _int("FASTCONV_CUDA_BLOCK", 16))
+CUDA_BLOCK = _int("FASTCONV_CUDA_BLOCK", 16)
+CUDA_REGTILE = _int("FASTCONV_CUDA_REGTILE", 8)
+CUDA_BK = _int("FASTCONV_CUDA_BK", 8)
+CUDA_DIRECT_K = _int("FASTCONV_CUDA_DIRECT_K", 8)
+CUDA_DIRECT_Q = _int("FASTCONV_CUDA_DIRECT_Q", 2)
+CUDA_SPLITK = _int("FASTCONV_CUDA_SPLITK", 0, minimum=0)
+CUDA_WORKSPACE_BYTES = _int("FASTCONV_CUDA_WORKSPACE_MB", 1024) * 2**20
 
 # Options for serial and parallel Numba kernels.  nogil lets Python threads
 # run kernels concurrently; error_model="numpy" keeps divisions branch-free.
 JIT = dict(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model="numpy")
 PJIT = dict(JIT, parallel=True)
+# Options of every @cuda.jit kernel.
+CUDA_JIT = dict(fastmath=FASTMATH)
 
 
 def _pick_threading_layer() -> str:

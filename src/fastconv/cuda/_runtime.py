@@ -44,30 +44,17 @@ from ..errors import CudaUnavailableError
 INSTALL_HINT = "pip install 'fastconv[cuda]' (numba-cuda with numpy < 2.5, and an NVIDIA driver)"
 
 
-def _int(name: str, default: int, minimum: int = 1) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        v = int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"environment variable {name} must be >= {minimum}, got {v}")
-    return v
-
-
 class Settings:
     """Block and tile sizes of the CUDA kernels (compile-time constants of each kernel)."""
 
     def __init__(self):
-        self.block = int(_config.CUDA_BLOCK)
-        self.regtile = _int("FASTCONV_CUDA_REGTILE", 8)
-        self.bk = _int("FASTCONV_CUDA_BK", 8)
-        self.direct_k = _int("FASTCONV_CUDA_DIRECT_K", 8)
-        self.direct_q = _int("FASTCONV_CUDA_DIRECT_Q", 2)
-        self.workspace_bytes = _int("FASTCONV_CUDA_WORKSPACE_MB", 1024) * 2**20
-        self.splitk = _int("FASTCONV_CUDA_SPLITK", 0, minimum=0)
+        self.block = _config.CUDA_BLOCK
+        self.regtile = _config.CUDA_REGTILE
+        self.bk = _config.CUDA_BK
+        self.direct_k = _config.CUDA_DIRECT_K
+        self.direct_q = _config.CUDA_DIRECT_Q
+        self.workspace_bytes = _config.CUDA_WORKSPACE_BYTES
+        self.splitk = _config.CUDA_SPLITK
         TB, RT, BK = self.block, min(self.regtile, self.block), self.bk
         # The GEMM kernels' cooperative loads assume these divisibilities
         # (every thread loads the same number of elements of each tile).
@@ -86,7 +73,7 @@ class Settings:
 SETTINGS = Settings()
 
 # Options of every @cuda.jit kernel, from the package's one config module.
-CUDA_JIT = dict(fastmath=_config.FASTMATH)
+CUDA_JIT = _config.CUDA_JIT
 
 # Dynamic shared memory a block may use without an opt-in (every GPU since sm_20).
 SHARED_BYTES = 48 * 1024
