@@ -180,6 +180,13 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
     xt = ops.permute(x[:, :, :rows, :cols].reshape(N, G, Cg, rows, cols), (2, 1, 0, 3, 4))
     xt = ops.contiguous(xt).reshape(Cg, G * N, rows, cols)
     gt = ops.contiguous(ops.permute(gy, (1, 0, 2, 3)))
+    if algorithm == "auto" and ops is _NumpyOps and P * Q >= R * S:
+        # The derived convolution has a large (P x Q) kernel and a tiny
+        # (R x S) output, a shape the forward "auto" rule is not made for: it
+        # would pick im2col, whose unfold then copies (N*P*Q, R*S) in R*S-long
+        # pieces.  The direct loop nest measured 2-4x faster here (LeNet-5
+        # C1/C3 and a 64-channel 28x28 3x3 layer, batch 32-64, float32).
+        algorithm = "direct"
     out = _conv2d(xt, gt, None, stride=(dh, dw), padding=((top, bottom), (left, right)),
                   dilation=(sh, sw), groups=G, algorithm=algorithm, what=what)
     # out is (Cg, K, R, S); grad_w[k, c] = out[c, k].
