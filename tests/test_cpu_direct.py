@@ -132,6 +132,18 @@ def test_batch_sizes(N, rng):
     assert y.shape == (N, 24, 7, 9)
 
 
+def test_blocked_batch_slices_within_workspace(rng, monkeypatch):
+    """A workspace budget below one image's scratch runs the blocked path image by image."""
+    monkeypatch.setattr(direct, "WORKSPACE_BYTES", 1)
+    x, w, b = _inputs(rng, 3, 9, 8, 7, 20, 3, 3, 1, np.float32)
+    y = _check(x, w, b, path="blocked", padding=1)
+    monkeypatch.undo()
+    p = _params(x, w, b, padding=1)
+    y_whole = np.empty(p.output_shape, np.float32)
+    direct.run(x, w, b, p, y_whole, path="blocked")
+    np.testing.assert_array_equal(y, y_whole)
+
+
 def test_unbatched_and_nhwc(rng):
     x, w, b = _inputs(rng, 1, 6, 10, 12, 20, 3, 3, 1, np.float32)
     y = fastconv.conv2d(x, w, b, padding=1, algorithm="direct")

@@ -60,7 +60,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._config import PJIT, parallel_section
+from .._config import PJIT, WORKSPACE_BYTES, parallel_section
 from . import depthwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
                        stack_ints, stack_vectors, vbcast, vfma, vload, vstore)
@@ -240,11 +240,12 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V):
                 sstore(yf, dst + t, sload(yb, src + t * V + lane))
 
 
-def blocked_plan(p):
-    """Register and cache blocking of the blocked path for ``p``.
+def blocked_plan(p, N=None):
+    """Register and cache blocking of the blocked path for ``p`` (batch ``N`` if given).
 
     Returns ``(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)``.
     """
+    N = p.N if N is None else N
     V = lanes(p.dtype)
     Cg, Kg = p.Cg, p.Kg
     KB = -(-Kg // V)
@@ -268,7 +269,7 @@ def blocked_plan(p):
     ccb = max(1, min(CB, CHUNK_WEIGHT_BYTES // max(chunk, 1)))
     ccb = -(-CB // -(-CB // ccb))  # equal chunks
     PQ = p.P * p.Q
-    outer = p.N * p.groups * (KBp // NKB)
+    outer = N * p.groups * (KBp // NKB)
     want = 4 * max(1, numba.get_num_threads())
     blocks = -(-PQ // NPX)
     ntiles = max(1, min(blocks, -(-want // outer)))
@@ -279,19 +280,29 @@ def blocked_plan(p):
 
 def _run_blocked(x, w, bias, p, y):
     V = lanes(p.dtype)
-    NKB, NPX, Vc, KBp, ntiles, tile_px, ccb = blocked_plan(p)
     G = p.groups
-    xb, CB, Hp, Wp = pack_input_blocked(x, G, Vc, p.padding)
+    NKB, NPX, Vc, KBp, ntiles, tile_px, ccb = blocked_plan(p)
     wb, _ = pack_weights_blocked(w, G, Vc, NKB, V)
     bb = np.zeros((G, KBp * V), dtype=p.dtype)
     if bias is not None:
         bb[:, :p.Kg] = bias.reshape(G, p.Kg)
     bb = bb.ravel()
-    yb = np.empty(p.N * G * KBp * p.P * p.Q * V, dtype=p.dtype)
-    blocked_driver(NKB, NPX, V)(xb, wb, bb, yb, p.N, G, KBp, CB, Hp, Wp, Vc, p.R, p.S, p.P, p.Q,
-                                p.stride[0], p.stride[1], p.dilation[0], p.dilation[1],
-                                ntiles, tile_px, ccb)
-    _unpack_blocked_output(yb, y.reshape(-1), p.N, p.K, p.P, p.Q, G, KBp, V)
+    # Packed input and blocked output of a batch slice stay within the
+    # workspace budget (FASTCONV_WORKSPACE_MB); images are independent.
+    Hp, Wp = p.padded_hw
+    CB = -(-p.Cg // Vc)
+    per_image = (G * CB * Hp * Wp * Vc + G * KBp * p.P * p.Q * V) * np.dtype(p.dtype).itemsize
+    nb = max(1, min(p.N, WORKSPACE_BYTES // max(per_image, 1)))
+    if nb < p.N:
+        ntiles, tile_px = blocked_plan(p, N=nb)[4:6]
+    drv = blocked_driver(NKB, NPX, V)
+    for n0 in range(0, p.N, nb):
+        n1 = min(p.N, n0 + nb)
+        xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding)
+        yb = np.empty((n1 - n0) * G * KBp * p.P * p.Q * V, dtype=p.dtype)
+        drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, Hp, Wp, Vc, p.R, p.S, p.P, p.Q,
+            p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, ccb)
+        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, G, KBp, V)
 
 
 def _run_simple(x, w, bias, p, y):
