@@ -71,7 +71,7 @@ GRID = [
     ((2, 3, 9, 8), (4, 3, 3, 3), dict(padding=1, stride=2)),
     ((1, 4, 10, 7), (6, 2, 2, 3), dict(padding=(1, 2), stride=(3, 2), dilation=(2, 1), groups=2)),
     ((2, 4, 8, 8), (4, 1, 3, 3), dict(padding="same", groups=4)),  # depthwise
-    ((2, 4, 8, 8), (8, 4, 5, 3), dict(padding="valid", dilation=2)),
+    ((2, 4, 10, 8), (8, 4, 5, 3), dict(padding="valid", dilation=2)),
     ((3, 11, 9), (5, 3, 1, 1), dict(stride=2)),  # unbatched, 1x1
     ((2, 16, 8, 8), (16, 16, 3, 3), dict(padding=1)),  # Winograd under "auto"
 ]
@@ -97,8 +97,8 @@ def test_asymmetric_and_strided_same_padding_match_padded_torch():
     x, w = _rand(2, 3, 9, 10, grad=True), _rand(4, 3, 3, 2, grad=True)
     for padding, pads in [(((2, 0), (1, 3)), (1, 3, 2, 0)), ("same", None), ("full", (1, 1, 2, 2))]:
         y = ft.conv2d(x, w, padding=padding, stride=2)
-        if pads is None:  # TF/JAX 'same' for stride 2: P = ceil(9/2), total 1 row: (0, 1)
-            pads = (0, 0, 0, 1)
+        if pads is None:  # TF/JAX 'same', stride 2: P = ceil(9/2) = 5 needs 2 rows, Q 0 columns
+            pads = (0, 0, 1, 1)
             assert y.shape[2:] == (5, 5)
         yr = F.conv2d(F.pad(x, pads), w, stride=2)
         torch.testing.assert_close(y, yr, atol=1e-12, rtol=0)
