@@ -9,15 +9,17 @@ With ``Cg = C / groups`` and ``Kg = K / groups``, in this order:
 
 1. 1x1 kernels without groups: ``im2col`` (the convolution is one GEMM; the
    im2col kernel skips the unfold);
-2. 3x3, stride 1, dilation 1 with ``Cg >= 16``, ``Kg >= 16`` and an output of
-   at least 16x16: Winograd, F(4x4, 3x3) (:func:`winograd_rule`);
-3. a deep reduction over a small map (``Cg*R*S >= 1024`` and ``P*Q < 256``):
-   ``im2col`` (BLAS is at its best on the long, narrow GEMM; the direct
-   kernel has too few output pixels to vectorise over);
-4. a dense layer with a tiny reduction and many outputs (``groups == 1``,
-   ``Cg*R*S < 32``, ``K >= 32``: an RGB or grey-scale input layer): ``im2col``;
-5. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7,
-   few channels): ``direct``, the register-blocked loop nest.
+2. 3x3, stride 1, dilation 1, ``groups == 1``, ``Kg >= 16``, an output of at
+   least 16x16, and either ``Cg >= 64`` or (``Cg >= 16`` and at least 64x64
+   output pixels): Winograd F(4x4, 3x3) (:func:`winograd_rule`).  The
+   transforms cost about as much as a direct pass over few channels; they pay
+   off once the GEMM over ``Cg`` dominates, or the map is large;
+3. a deep reduction over a tiny output (``Cg*R*S >= 1024`` and fewer than 100
+   output pixels over the whole batch, ``N*P*Q < 100``): ``im2col`` (one
+   long, narrow GEMM is what BLAS does best; the direct kernel vectorises over
+   output pixels and has too few);
+4. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7,
+   few channels, small maps): ``direct``, the register-blocked loop nest.
 
 ``auto`` never picks an algorithm that does not support the call: Winograd is
 chosen only where its ``supports`` accepts the call, and ``direct`` and
@@ -29,19 +31,19 @@ How it was fitted, and how often it is right
 ``fastconv/bench/conv_layers.json`` and on 19 other shapes (C and K from 1 to
 1024, maps from 4x4 to 224x224, batch 1-32, kernels 1/3/5/7, stride 2,
 dilation 2, groups 4 and 32, depthwise 3x3 and 5x5), float32, on a 2-core AMD
-EPYC (Zen 5, AVX-512) with OpenBLAS 0.3.31 (SkylakeX kernel) and Numba 0.68,
-fastconv 0.1.0 as of 2026-11-26.  The machine was shared with other heavy
+EPYC (Zen 5, AVX-512) with OpenBLAS 0.3.31 (SkylakeX kernel), Numba 0.68 and
+the kernels of 2026-11-26 07:16 UTC.  The machine was shared with other heavy
 jobs (load average 10-20), so wall-clock times were dominated by waiting for
 a core; the rule was therefore fitted on single-threaded process CPU time
 (``--threads 1 --cpu-time``, fastest of 7 interleaved rounds), which measures
-what each algorithm costs.  On that data the rule picks the fastest
-algorithm on 18 of the 18 suite layers and on 16 of the 19 other shapes
-(where it misses, auto's choice takes at most 1.26x the fastest time:
-F(4x4) Winograd on a 32x32 map with 16 channels, and on a 4-group layer,
-where the direct kernel is ahead, and im2col on a 3-channel 128x128 input
-where Winograd is 9% faster).  Like :func:`scipy.signal.choose_conv_method`
-this is a cost model for one machine: on another one, or to settle a close
-call, measure with ``fastconv.tuning.choose(..., measure=True)``.
+what each algorithm costs.  On those 37 shapes (the fitting set) it picks the
+fastest algorithm on 18 of 18 suite layers and 19 of 19 other shapes.  On 10
+held-out shapes measured afterwards (``--only heldout``) it picks the fastest
+on HELDOUT_HITS, within 5% on HELDOUT_NEAR, and its choice takes at most
+HELDOUT_WORST times the fastest algorithm's time.  Like
+:func:`scipy.signal.choose_conv_method` this is a cost model for one machine:
+on another one, with several threads, or to settle a close call, measure with
+``fastconv.tuning.choose(..., measure=True)``.
 """
 
 from __future__ import annotations
@@ -65,12 +67,10 @@ def auto_rule(p) -> str:
     crs = p.Cg * p.R * p.S
     if p.R == 1 and p.S == 1 and p.groups == 1:
         return "im2col"
-    if (winograd.supports(p) is None and p.Cg >= 16 and p.Kg >= 16
-            and min(p.P, p.Q) >= 16):
+    if (winograd.supports(p) is None and p.groups == 1 and p.Kg >= 16 and min(p.P, p.Q) >= 16
+            and (p.Cg >= 64 or (p.Cg >= 16 and p.P * p.Q >= 4096))):
         return winograd_rule(p)
-    if crs >= 1024 and p.P * p.Q < 256:
-        return "im2col"
-    if p.groups == 1 and crs < 32 and p.K >= 32:
+    if crs >= 1024 and p.N * p.P * p.Q < 100:
         return "im2col"
     return "direct"
 
