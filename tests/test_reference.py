@@ -90,3 +90,15 @@ def test_connections_skip_pairs(rng):
     w2 = w.copy()
     w2[0, 1] = 0
     np.testing.assert_allclose(y, reference.conv2d(x, w2), rtol=1e-13)
+
+
+def test_dilation_holes_do_not_touch_inf():
+    # an inf that falls only between dilated taps must not reach the output
+    x = np.zeros((1, 1, 5, 5))
+    x[0, 0, 1, 1] = np.inf
+    w = np.ones((1, 1, 2, 2))
+    y = reference.conv2d(x, w, dilation=2)
+    # output (p, q) reads rows p, p+2 and columns q, q+2: (1, 1) is read by p=1, q=1 only
+    expect = np.zeros((3, 3))
+    expect[1, 1] = np.inf
+    np.testing.assert_array_equal(y[0, 0], expect)

@@ -7,9 +7,13 @@ kernel slice ``w[k, c]``, plus ``bias[k]``::
 
     y[n, k] = bias[k] + sum_c scipy.signal.correlate(x_padded[n, c], w_dilated[k, c], mode="valid")[::sh, ::sw]
 
-Padding is explicit zero-padding of ``x``; dilation inserts ``dilation - 1``
-zeros between kernel taps; stride keeps every ``stride``-th output of the
-stride-1 correlation.  Everything is computed in float64 with scipy's direct
+Padding is explicit zero-padding of ``x``.  Dilation spreads the taps
+``dilation`` apart; rather than correlating with a kernel whose holes are
+zeros (``0 * inf`` would turn an inf that only sits in a hole into a NaN),
+the input is split into its ``dh x dw`` phases ``x_padded[a::dh, b::dw]``,
+each correlated with the compact kernel, which fills the stride-1 map at
+rows ``a::dh`` and columns ``b::dw``.  Stride keeps every ``stride``-th output
+of the stride-1 correlation.  Everything is computed in float64 with scipy's direct
 method (never FFT: an FFT would smear one NaN over the whole map), so the
 result is exact to float64 rounding.  It is slow by design: one scipy call
 per (image, output map, input map).
@@ -51,9 +55,19 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     pt, pb, pl, pr = p.padding
     xpad = np.pad(xx, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     dh, dw = p.dilation
-    wdil = np.zeros((p.K, p.Cg, (p.R - 1) * dh + 1, (p.S - 1) * dw + 1))
-    wdil[:, :, ::dh, ::dw] = ww
     sh, sw = p.stride
+    Hp, Wp = p.padded_hw
+    H1, W1 = Hp - (p.R - 1) * dh, Wp - (p.S - 1) * dw  # stride-1 output size
+
+    def correlate_dilated(plane, kernel):
+        if dh == dw == 1:
+            return signal.correlate(plane, kernel, mode="valid", method="direct")
+        full = np.empty((H1, W1))
+        for a in range(min(dh, H1)):
+            for b_ in range(min(dw, W1)):
+                full[a::dh, b_::dw] = signal.correlate(plane[a::dh, b_::dw], kernel, mode="valid",
+                                                       method="direct")
+        return full
 
     y = np.zeros((p.N, p.K, p.P, p.Q))
     for n in range(p.N):
@@ -63,8 +77,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
             for c in range(p.Cg):
                 if mask is not None and not mask[k, c]:
                     continue
-                full = signal.correlate(xpad[n, g * p.Cg + c], wdil[k, c], mode="valid",
-                                        method="direct")
+                full = correlate_dilated(xpad[n, g * p.Cg + c], ww[k, c])
                 acc = acc + full[::sh, ::sw][:p.P, :p.Q]
             y[n, k] = acc
     if p.layout == "NHWC":
