@@ -106,7 +106,13 @@ def test_padding_only_windows():
 def test_grad_weight_connections_masks_unconnected_pairs():
     x, w = _rand((2, 4, 6, 6)), _rand((6, 2, 3, 3))
     gy = _rand(fastconv.conv2d(x, w, groups=2).shape)
-    conn = RNG.random((6, 4)) < 0.5
+    # Random connections inside each output map's group (Cg = 2), at least one per map.
+    conn = np.zeros((6, 4), bool)
+    for k in range(6):
+        g = k // 3
+        conn[k, g * 2: g * 2 + 2] = RNG.random(2) < 0.5
+        conn[k, g * 2 + RNG.integers(2)] = True
+    assert not conn.all()
     full = conv2d_grad_weight(x, gy, w.shape, groups=2)
     masked = conv2d_grad_weight(x, gy, w.shape, groups=2, connections=conn)
     for k, c in itertools.product(range(6), range(2)):
@@ -117,6 +123,16 @@ def test_grad_weight_connections_masks_unconnected_pairs():
         conv2d_grad_weight(x, gy, w.shape, groups=2, connections=conn[:, :3])
     with pytest.raises(TypeError, match="connections"):
         conv2d_grad_weight(x, gy, w.shape, groups=2, connections=conn * 0.5)
+    outside = conn.copy()
+    outside[0, 3] = True  # output map 0 is in group 0: it cannot read input 3
+    with pytest.raises(ValueError, match="connections"):
+        conv2d_grad_weight(x, gy, w.shape, groups=2, connections=outside)
+    # The forward call with the same table has exactly these gradients
+    # (masked weights contribute nothing).
+    mask = np.take_along_axis(conn, (np.arange(6) // 3)[:, None] * 2 + np.arange(2), axis=1)
+    y_conn = fastconv.conv2d(x, w, groups=2, connections=conn)
+    np.testing.assert_allclose(y_conn, fastconv.conv2d(x, w * mask[:, :, None, None], groups=2),
+                               atol=1e-12)
 
 
 def test_algorithm_names_and_unsupported():

@@ -35,11 +35,10 @@ as a direct convolution of the zero-inserted, re-padded input).
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
-from ._params import FLOAT_DTYPES, LAYOUTS, _is_int, _padding, _pair, as_float_array, normalize
+from ._params import LAYOUTS, _is_int, _padding, _pair, as_float_array, connection_mask, normalize
 from .errors import UnsupportedError
 
 __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "conv_transpose2d"]
@@ -296,21 +295,6 @@ def conv2d_grad_input(grad_y, w, x_shape, *, stride=1, padding=0, dilation=1, gr
     return _from_nchw(gx, p.layout, p.batched)
 
 
-def _connection_mask(connections, K, C, groups, dtype):
-    """The (K, C/groups) 0/1 mask of w's entries from a (K, C) connection table."""
-    conn = np.asarray(connections)
-    if conn.dtype != np.bool_:
-        if not np.issubdtype(conn.dtype, np.integer) or not np.isin(conn, (0, 1)).all():
-            raise TypeError(f"connections must be a boolean (K, C) table, got dtype {conn.dtype}")
-        conn = conn.astype(bool)
-    if conn.shape != (K, C):
-        raise ValueError(f"connections must have shape (K, C) = ({K}, {C}), got {conn.shape}")
-    Cg, Kg = C // groups, K // groups
-    # Entry (k, g*Cg + c) masks w[k, c], where g = k // Kg.
-    cols = (np.arange(K) // Kg)[:, None] * Cg + np.arange(Cg)[None, :]
-    return np.take_along_axis(conn, cols, axis=1).astype(dtype)
-
-
 def conv2d_grad_weight(x, grad_y, w_shape, *, stride=1, padding=0, dilation=1, groups=1,
                        layout="NCHW", algorithm="auto", connections=None):
     """Gradient of :func:`fastconv.conv2d` with respect to its kernels ``w``.
@@ -359,13 +343,14 @@ def conv2d_grad_weight(x, grad_y, w_shape, *, stride=1, padding=0, dilation=1, g
     p = normalize(x.shape, w_shape, None, dtype, stride=stride, padding=padding,
                   dilation=dilation, groups=groups, layout=layout)
     _check_grad_y(gy, p)
-    mask = None if connections is None else _connection_mask(connections, p.K, p.C, p.groups, dtype)
+    # Same validation and (K, C/groups) mask as conv2d(connections=...).
+    mask = connection_mask(connections, p)
     xx = _to_nchw(x, p.layout, p.batched).astype(dtype, copy=False)
     g = _to_nchw(gy, p.layout, p.batched).astype(dtype, copy=False)
     gw = _weight_grad_nchw(xx, g, (p.R, p.S), p.padding, p.stride, p.dilation, p.groups,
                            algorithm, "conv2d_grad_weight")
     if mask is not None:
-        gw *= mask[:, :, None, None]
+        gw *= mask[:, :, None, None].astype(dtype)
     return gw
 
 
