@@ -24,8 +24,8 @@ small per-job buffer: the input is never padded as a whole.
 Two schedules, chosen from the shapes only (never from the thread count):
 
 * fused (maps with many tiles): one parallel loop over *items* of a few tile
-  rows (``V + M`` about ``_ITEM_BYTES`` = 2 MiB, a core's cache, and at
-  least ``_MIN_ITEM_TILES`` tiles); each item runs the input transform, its
+  rows (``V + M`` at most ``_ITEM_BYTES`` = 4 MiB, within a core's share of the
+  cache, and at least ``_MIN_ITEM_TILES`` tiles, sized to balance two threads); each item runs the input transform, its
   ``alpha^2 * groups`` GEMMs (single-threaded BLAS) and the output transform
   on private buffers.  The kernel transform is one parallel loop before it.
 * phase by phase (small maps, and :func:`profile_phases`): blocks of tile
@@ -49,7 +49,7 @@ alive at a time, and the fused schedule is only used when
 ``NUMBA_NUM_THREADS`` items fit ``FASTCONV_WORKSPACE_MB``.  On top come the
 transformed kernel ``U`` (``alpha^2 * K * Cg`` elements) and per-job row
 buffers (``O(alpha * W)`` elements).  For VGG-16 conv1_2 at batch 32
-(C = K = 64, 224 x 224) that is about 2 MiB per thread plus 0.6 MiB.
+(C = K = 64, 224 x 224) that is at most 4 MiB per thread plus 0.6 MiB.
 
 Constraints: 3x3 kernels, stride 1, dilation 1; any padding (asymmetric
 too), groups, float32/float64.
@@ -78,8 +78,10 @@ from ._gemm import batched_matmul, single_threaded_blas
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
 #: ``FASTCONV_WORKSPACE_MB`` is the hard bound).
 _BLOCK_BYTES = 8 * 2**20
-#: Target size of ``V`` plus ``M`` for one item of the fused path (about a core's L2).
-_ITEM_BYTES = 2 * 2**20
+#: Largest ``V`` plus ``M`` of one item of the fused path (a core's share of the cache).
+_ITEM_BYTES = 4 * 2**20
+#: Largest transformed kernel ``U`` for the fused path (half the last-level cache).
+_FUSED_MAX_U_BYTES = 16 * 2**20
 #: Fewest tiles per item of the fused path (the N of its GEMMs).
 _MIN_ITEM_TILES = 16
 
@@ -528,17 +530,27 @@ def _block_rows(p, m, tiles_w):
 def _fused_rows(p, m, tiles_w, rows_total):
     """Tile rows per item of the fused path, or 0 when the phase-by-phase path is better.
 
-    Items hold about ``_ITEM_BYTES`` of V + M, and at least ``_MIN_ITEM_TILES`` tiles
-    (narrower GEMMs waste BLAS); at most one item per Numba thread is alive, so the
-    workspace is ``NUMBA_NUM_THREADS`` items.  The choice never depends on the
-    number of threads in use, so neither do the results.
+    Items hold at most ``_ITEM_BYTES`` of V + M and at least ``_MIN_ITEM_TILES``
+    tiles (narrower GEMMs waste BLAS).  Among those sizes the one that splits the
+    rows most evenly between two threads (Numba hands each thread one contiguous
+    range of items) wins, then the larger.  At most one item per Numba thread is
+    alive, so the workspace is ``NUMBA_NUM_THREADS`` items.  The choice depends
+    on the shapes only, never on the number of threads in use, so neither do
+    the results.
     """
     per_row = (m + 2) ** 2 * (p.C + p.K) * tiles_w * p.dtype.itemsize
-    rows = min(_ITEM_BYTES // per_row, -(-rows_total // 4))
-    if (rows < 1 or rows * tiles_w < _MIN_ITEM_TILES or rows_total < 4
-            or rows * per_row * numba.config.NUMBA_NUM_THREADS > _config.WORKSPACE_BYTES):
-        return 0
-    return int(rows)
+    if (m + 2) ** 2 * p.K * p.Cg * p.dtype.itemsize > _FUSED_MAX_U_BYTES:
+        return 0  # every item reads all of U: with a large U, slice the GEMMs by channels
+    hi = min(_ITEM_BYTES // per_row, -(-rows_total // 2),
+             _config.WORKSPACE_BYTES // (per_row * numba.config.NUMBA_NUM_THREADS))
+    lo = max(1, -(-_MIN_ITEM_TILES // tiles_w))
+    best, best_load = 0, None
+    for rows in range(lo, hi + 1):
+        items = -(-rows_total // rows)
+        load = min(rows_total, -(-items // 2) * rows)  # rows of the busier of two threads
+        if best_load is None or load <= best_load:
+            best, best_load = rows, load
+    return int(best)
 
 
 def _execute(x, w, U, m, bias, p, y, timings=None):
