@@ -202,3 +202,20 @@ def test_thread_independent_and_concurrent(rng):
         t.join()
     for r in results:
         np.testing.assert_array_equal(r, ref)
+
+
+def test_gemm_helper_restores_blas_threads():
+    """The single-threaded-BLAS window is restored after (nested, concurrent) calls."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fastconv.cpu import _gemm
+
+    A = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    B = np.ones((2, 4, 5), np.float32)
+    C = np.empty((2, 3, 5), np.float32)
+    _gemm.batched_matmul(A, B, C)
+    np.testing.assert_array_equal(C, A @ B)
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
+    with _gemm.single_threaded_blas():
+        with _gemm.single_threaded_blas():
+            pass
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == before
