@@ -34,9 +34,17 @@ def _candidates(layer, algorithms):
     from fastconv.bench.peers import torch_available
     from fastconv.bench.runner import concrete_algorithms
 
+    from fastconv.errors import UnsupportedError
+
     p = layer.params()
     names = algorithms or concrete_algorithms() + ["auto"]
-    out = [a for a in names if a == "auto" or _dispatch.get("cpu", a).supports(p) is None]
+    out = []
+    for a in names:
+        try:
+            _dispatch.resolve(a, p, "cpu")  # aliases (winograd) resolve; unknown names raise
+        except UnsupportedError:
+            continue
+        out.append(a)
     if torch_available():
         out.append("torch")
     out.append("numpy_im2col")
