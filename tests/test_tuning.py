@@ -179,3 +179,14 @@ def test_rule_choice_always_supports_the_call(R, stride, dilation, groups, C, K,
         name, _ = tuning.choose((N, C, H, H), (K, C // groups, R, R), stride=stride,
                                 dilation=dilation, groups=groups, padding=1)
         assert _dispatch.get("cpu", name).supports(p) is None, name
+
+
+def test_conv2d_tuned_uses_and_fills_the_cache(cache_dir, rng):
+    x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    y = fastconv.conv2d(x, w, padding=1, algorithm="tuned")
+    np.testing.assert_allclose(y, fastconv.reference.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+    doc = json.loads((cache_dir / tuning.CACHE_FILE).read_text())
+    (entry,) = doc["entries"].values()
+    assert entry["algorithm"] == tuning.choose((1, 8, 10, 10), (8, 8, 3, 3), padding=1,
+                                               measure=True)[0]

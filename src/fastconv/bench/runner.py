@@ -140,7 +140,8 @@ def check_algorithms(names, device: str = "cpu") -> list:
     """Validate user-given algorithm names (aliases allowed); ValueError lists valid ones."""
     import fastconv
 
-    valid = [a for a in fastconv.algorithms(device) if a != "auto"]
+    # auto is always reported; tuned would time the autotuner's measurement on first use
+    valid = [a for a in fastconv.algorithms(device) if a not in ("auto", "tuned")]
     bad = [n for n in names if n not in valid]
     if bad:
         raise ValueError(f"unknown algorithm(s) {', '.join(map(repr, bad))}; algorithms on "
