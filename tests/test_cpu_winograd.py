@@ -219,3 +219,14 @@ def test_gemm_helper_restores_blas_threads():
         with _gemm.single_threaded_blas():
             pass
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == before
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_many_kernel_chunks_in_shared_loop(rng, alg):
+    """K * Cg > 2 chunks of the kernel transform, run beside the input transform (phase path)."""
+    x, w, b = random_problem(rng, (1, 40, 6, 5), (72, 40, 3, 3), np.float32)
+    p = normalize(x.shape, w.shape, b.shape, np.float32, padding=1)
+    m = int(alg[10])
+    assert winograd._fused_rows(p, m, -(-p.Q // m), -(-p.P // m)) == 0
+    assert p.K * p.Cg > 2 * winograd._KT_CHUNK
+    _check(x, w, b, alg, padding=1)

@@ -266,12 +266,19 @@ def _input_transform(x, V, cst, m, r0, nrows, tiles_h, tiles_w, pt, pl, wT, Gm, 
     C = x.shape[1]
     alpha = m + 2
     WP = tiles_w * m + 2
+    # Half of the kernel-transform jobs go first and half last, so that Numba's static
+    # split of the loop gives each of two threads an equal share of them.
     nk = (wT.shape[1] + _KT_CHUNK - 1) // _KT_CHUNK
-    for job in numba.prange(nk + nrows * C):
-        if job < nk:
+    front = nk // 2
+    total = nk + nrows * C
+    for job in numba.prange(total):
+        if job < front:
             _kernel_chunk(wT, Gm, U2, job)
             continue
-        i, cc = (job - nk) // C, (job - nk) % C
+        if job >= total - (nk - front):
+            _kernel_chunk(wT, Gm, U2, job - (total - nk))
+            continue
+        i, cc = (job - front) // C, (job - front) % C
         d = np.empty((alpha, WP), dtype=x.dtype)
         t = np.empty(WP, dtype=x.dtype)
         if m == 2:
