@@ -32,7 +32,8 @@ How it was fitted, and how often it is right
 1024, maps from 4x4 to 224x224, batch 1-32, kernels 1/3/5/7, stride 2,
 dilation 2, groups 4 and 32, depthwise 3x3 and 5x5), float32, on a 2-core AMD
 EPYC (Zen 5, AVX-512) with OpenBLAS 0.3.31 (SkylakeX kernel), Numba 0.68 and
-the kernels of 2026-11-26 07:16 UTC.  The machine was shared with other heavy
+the kernels of 2026-11-26 07:16 UTC, and re-measured on those of 07:26
+(commit efafe72) with the same result.  The machine was shared with other heavy
 jobs (load average 10-20), so wall-clock times were dominated by waiting for
 a core; the rule was therefore fitted on single-threaded process CPU time
 (``--threads 1 --cpu-time``, fastest of 7 interleaved rounds), which measures
