@@ -307,3 +307,24 @@ def test_conv_transpose2d_matches_torch(stride, dilation, padding, groups, dtype
                                     output_padding=op, dilation=dilation, groups=groups,
                                     layout="NHWC", algorithm="im2col")
         _close(got_nhwc, want.transpose(0, 2, 3, 1), dtype)
+
+
+@pytest.mark.parametrize("stride, dilation, padding", [
+    ((2, 3), (1, 1), ((1, 0), (2, 1))),
+    (2, 2, 1),  # gcd(stride, dilation) = 2: odd phases get no taps at all
+    (3, (2, 3), ((4, 0), (0, 5))),  # padding wider than the kernel reach
+    (4, 1, 0),  # stride > kernel: some phases have no taps
+])
+def test_polyphase_route_equals_zero_inserted_route(stride, dilation, padding):
+    from fastconv import grad
+    x, w = _rand((2, 4, 13, 11)), _rand((6, 2, 3, 2))
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=2)
+    p = normalize(x.shape, w.shape, None, x.dtype, **kw)
+    gy = _rand(p.output_shape)
+    b = _rand((4,))
+    poly = grad._input_grad_polyphase(gy, w, (13, 11), p.padding, p.stride, p.dilation, 2, b, "t")
+    zero = grad._input_grad_nchw(gy, w, (13, 11), p.padding, p.stride, p.dilation, 2, b,
+                                 "direct", "t")
+    np.testing.assert_allclose(poly, zero, atol=1e-12)
+    # And "auto" takes the polyphase route for these small channel counts.
+    assert grad._polyphase_pays(gy, w, (13, 11), p.dilation, 2)
