@@ -46,7 +46,10 @@ Workspace bound
 phase, one block of them is allocated, sized to fit ``FASTCONV_WORKSPACE_MB``
 (one tile row is the minimum block).  Fused, one item per Numba thread is
 alive at a time, and the fused schedule is only used when
-``NUMBA_NUM_THREADS`` items fit ``FASTCONV_WORKSPACE_MB``.  On top come the
+``NUMBA_NUM_THREADS`` items fit ``FASTCONV_WORKSPACE_MB``; those per-thread
+``V`` / ``M`` rows are kept between calls by each calling Python thread (at
+most ``NUMBA_NUM_THREADS * _ITEM_BYTES``, 8 MiB on two cores), so that their
+pages are not faulted in again on every call.  On top come the
 transformed kernel ``U`` (``alpha^2 * K * Cg`` elements) and per-job row
 buffers (``O(alpha * W)`` elements).  For VGG-16 conv1_2 at batch 32
 (C = K = 64, 224 x 224) that is at most 4 MiB per thread plus 0.6 MiB.
@@ -64,6 +67,7 @@ which propagates NaN/inf exactly.  Error bound: :mod:`fastconv.winograd_math`.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numba
@@ -434,9 +438,12 @@ def _gemm_output(U, V, M, y, bias, cst, bad, m, kb, r0, nrows, tiles_h, tiles_w)
 
 
 @numba.njit(**PJIT)
-def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl):
+def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl,
+           vwork, mwork):
     # One parallel loop over items of `rows_per_item` tile rows; each item runs all three
-    # phases on its own V and M (sized to stay in a core's cache) with single-threaded BLAS.
+    # phases on V and M (sized to stay in a core's cache) with single-threaded BLAS.  V and M
+    # live in row get_thread_id() of vwork / mwork: a thread runs its items one after the
+    # other, and reusing the rows avoids fresh pages (and their faults) for every item.
     A2, G, Kg, Cg = U.shape
     C, K = G * Cg, G * Kg
     alpha = m + 2
@@ -447,8 +454,9 @@ def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles
         r0 = item * rows_per_item
         nr = min(rows_per_item, rows_total - r0)
         nt = nr * tiles_w
-        V = np.empty((A2, G, Cg, nt), dtype=x.dtype)
-        M = np.empty((A2, G, Kg, nt), dtype=x.dtype)
+        tid = numba.get_thread_id()
+        V = vwork[tid, :A2 * G * Cg * nt].reshape((A2, G, Cg, nt))
+        M = mwork[tid, :A2 * G * Kg * nt].reshape((A2, G, Kg, nt))
         d = np.empty((alpha, WP), dtype=x.dtype)
         t = np.empty(WP, dtype=x.dtype)
         for i in range(nr):
@@ -534,6 +542,25 @@ def _block_rows(p, m, tiles_w):
     return max(1, min(_BLOCK_BYTES, _config.WORKSPACE_BYTES) // per_row)
 
 
+_local = threading.local()
+
+
+def _scratch(name, dtype, n):
+    """A ``(NUMBA_NUM_THREADS, >= n)`` work array of the calling Python thread, kept for reuse.
+
+    Per Python thread (so concurrent calls never share one) and grown on demand;
+    it holds at most ``NUMBA_NUM_THREADS * _ITEM_BYTES`` bytes per array.
+    """
+    key = (name, np.dtype(dtype).str)
+    cache = _local.__dict__.setdefault("buffers", {})
+    buf = cache.get(key)
+    rows = numba.config.NUMBA_NUM_THREADS
+    if buf is None or buf.shape[1] < n:
+        buf = np.empty((rows, n), dtype=dtype)
+        cache[key] = buf
+    return buf
+
+
 def _fused_rows(p, m, tiles_w, rows_total):
     """Tile rows per item of the fused path, or 0 when the phase-by-phase path is better.
 
@@ -593,8 +620,12 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
         wT = no_kernels
     if item_rows:
         bad = np.zeros(-(-rows_total // item_rows), dtype=np.bool_)
+        nt = item_rows * tiles_w
+        vwork = _scratch("V", dt, alpha2 * G * Cg * nt)
+        mwork = _scratch("M", dt, alpha2 * G * Kg * nt)
         with single_threaded_blas():
-            _fused(x, U, y, b, cst, bad, m, item_rows, rows_total, tiles_h, tiles_w, pt, pl)
+            _fused(x, U, y, b, cst, bad, m, item_rows, rows_total, tiles_h, tiles_w, pt, pl,
+                   vwork, mwork)
         return not bad.any()
     rows = int(min(rows_total, _block_rows(p, m, tiles_w)))
     kb = max(16, -(-Kg // 4))  # output channels per GEMM + output job (4 jobs per group)
