@@ -18,16 +18,6 @@ from ._params import as_float_array, normalize
 _KEEP = object()
 
 
-def _bridge(name):
-    """prepare / run_prepared of ``name`` when its registry entry does not carry them yet."""
-    from .cpu import winograd
-
-    return {
-        "winograd_f2x2_3x3": (winograd.prepare_f2x2, winograd.run_prepared),
-        "winograd_f4x4_3x3": (winograd.prepare_f4x4, winograd.run_prepared),
-    }.get(name, (None, None))
-
-
 class _Prepared:
     """Adapter giving a prepared algorithm the ``run(x, w, bias, params, y)`` signature."""
 
@@ -88,9 +78,7 @@ class ConvPlan:
                 raise ValueError(f"bias must have shape ({p.K},), got {b.shape}")
             bb = np.array(b, dtype=p.dtype, order="C", copy=True)
         prepare, run_prepared = self._alg.prepare, self._alg.run_prepared
-        if prepare is None or run_prepared is None:
-            prepare, run_prepared = _bridge(self._alg.name)
-        if prepare is not None:
+        if prepare is not None and run_prepared is not None:
             runner = _Prepared(self._alg.name, run_prepared, prepare(ww, p))
         else:
             runner = self._alg

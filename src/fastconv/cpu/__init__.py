@@ -88,7 +88,9 @@ register_algorithm(Algorithm("direct", "cpu", direct.supports, direct.run,
 register_algorithm(Algorithm("im2col", "cpu", im2col.supports, im2col.run,
                              "im2col + BLAS GEMM with a bounded workspace; every configuration"))
 register_algorithm(Algorithm("winograd_f2x2_3x3", "cpu", winograd.supports, winograd.run_f2x2,
-                             "Winograd F(2x2,3x3); 3x3, stride 1, dilation 1"))
+                             "Winograd F(2x2,3x3); 3x3, stride 1, dilation 1",
+                             prepare=winograd.prepare_f2x2, run_prepared=winograd.run_prepared))
 register_algorithm(Algorithm("winograd_f4x4_3x3", "cpu", winograd.supports, winograd.run_f4x4,
-                             "Winograd F(4x4,3x3); 3x3, stride 1, dilation 1"))
+                             "Winograd F(4x4,3x3); 3x3, stride 1, dilation 1",
+                             prepare=winograd.prepare_f4x4, run_prepared=winograd.run_prepared))
 register_alias("cpu", "winograd", winograd_rule)
