@@ -107,12 +107,13 @@ def resolve(name, params: ConvParams, device: str = "cpu") -> Algorithm:
     if name == TUNED and device == "cpu":
         from .tuning import tuned_algorithm
         return get(device, tuned_algorithm(params))
+    requested = name
     if (device, name) in _ALIASES:
         name = _ALIASES[(device, name)](params)
     alg = get(device, name)
     reason = alg.supports(params)
     if reason is not None:
-        raise UnsupportedError(f"algorithm={name!r} does not support this call: {reason}")
+        raise UnsupportedError(f"algorithm={requested!r} does not support this call: {reason}")
     return alg
 
 
