@@ -70,16 +70,17 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         return full
 
     y = np.zeros((p.N, p.K, p.P, p.Q))
-    for n in range(p.N):
-        for k in range(p.K):
-            g = k // p.Kg
-            acc = np.zeros((p.P, p.Q)) if b is None else np.full((p.P, p.Q), float(b[k]))
-            for c in range(p.Cg):
-                if mask is not None and not mask[k, c]:
-                    continue
-                full = correlate_dilated(xpad[n, g * p.Cg + c], ww[k, c])
-                acc = acc + full[::sh, ::sw][:p.P, :p.Q]
-            y[n, k] = acc
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf = NaN is part of the definition
+        for n in range(p.N):
+            for k in range(p.K):
+                g = k // p.Kg
+                acc = np.zeros((p.P, p.Q)) if b is None else np.full((p.P, p.Q), float(b[k]))
+                for c in range(p.Cg):
+                    if mask is not None and not mask[k, c]:
+                        continue
+                    full = correlate_dilated(xpad[n, g * p.Cg + c], ww[k, c])
+                    acc = acc + full[::sh, ::sw][:p.P, :p.Q]
+                y[n, k] = acc
     if p.layout == "NHWC":
         y = y.transpose(0, 2, 3, 1)
     if not p.batched:
