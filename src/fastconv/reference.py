@@ -22,7 +22,6 @@ per (image, output map, input map).
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
 
 from ._params import as_float_array, connection_mask, normalize
 
@@ -58,6 +57,8 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     sh, sw = p.stride
     Hp, Wp = p.padded_hw
     H1, W1 = Hp - (p.R - 1) * dh, Wp - (p.S - 1) * dw  # stride-1 output size
+
+    from scipy import signal  # imported on first use: it costs ~0.5 s, and import fastconv must be quick
 
     def correlate_dilated(plane, kernel):
         if dh == dw == 1:
