@@ -136,7 +136,7 @@ def _write_many(path, i):
 
 def test_concurrent_processes_never_corrupt_the_file(cache_dir):
     path = tuning.cache_path()
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork after JAX/OpenMP threads started could deadlock
     procs = [ctx.Process(target=_write_many, args=(path, i)) for i in range(4)]
     for p in procs:
         p.start()
