@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _config
 from ._dispatch import check_out, resolve
-from ._params import ConvParams, as_float_array, connection_mask, normalize
+from ._params import ConvParams, connection_mask, parse_arrays
 
 
 def _is_device_array(a) -> bool:
@@ -116,12 +116,8 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         return cuda_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                            groups=groups, layout=layout, algorithm=algorithm, out=out)
 
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w")
-    b = None if bias is None else as_float_array(bias, "bias")
-    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
-    p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
-                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+    x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                              groups=groups, layout=layout)
     if out is not None:
         check_out(out, p)
     mask = connection_mask(connections, p)

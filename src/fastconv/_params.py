@@ -12,7 +12,6 @@ Shape letters: input ``x`` is ``(N, C, H, W)``, weights ``w`` are
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -154,6 +153,21 @@ def as_float_array(a, name: str) -> np.ndarray:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}; "
                         f"cast explicitly, e.g. {name}.astype(np.float32)")
     return arr
+
+
+def parse_arrays(x, w, bias=None, **conv_kwargs):
+    """Host arrays and their :class:`ConvParams`: ``(x, w, bias, params)``.
+
+    The arrays are ``np.asarray`` views (never copies) with their dtypes
+    checked; ``params.dtype`` is their promoted dtype.  ``conv_kwargs`` are
+    those of :func:`normalize`.
+    """
+    x = as_float_array(x, "x")
+    w = as_float_array(w, "w")
+    b = None if bias is None else as_float_array(bias, "bias")
+    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
+    p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, **conv_kwargs)
+    return x, w, b, p
 
 
 def _memory_limit() -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._params import ConvParams, as_float_array, normalize
+from ._params import ConvParams, parse_arrays
 from .winograd_math import transform_matrices
 
 
@@ -77,12 +77,9 @@ def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilatio
     ``algorithm`` is a concrete name: "direct", "im2col", "winograd_f2x2_3x3"
     or "winograd_f4x4_3x3" (CUDA kernels obey the same bounds).
     """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w")
-    b = None if bias is None else as_float_array(bias, "bias")
-    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
-    p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
-                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+    x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                              groups=groups, layout=layout)
+    dtype = p.dtype
     x64 = _nchw64(x, p)
     if algorithm in ("direct", "im2col"):
         return _gamma(p.Cg * p.R * p.S + 2, dtype) * _abs_conv(x64, w, b, p)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._params import as_float_array, connection_mask, normalize
+from ._params import connection_mask, parse_arrays
 
 __all__ = ["conv2d"]
 
@@ -34,16 +34,11 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     ``algorithm`` is accepted for signature compatibility and ignored.
     With ``connections``, unconnected (k, c) pairs are skipped: their scipy
-    call is never made.  The
-    sum is accumulated in float64 and the result is returned in the promoted
+    call is never made.  The sum is accumulated in float64 and the result is returned in the promoted
     dtype of the inputs (pass float64 inputs to keep every bit).
     """
-    x = as_float_array(x, "x")
-    w = as_float_array(w, "w")
-    b = None if bias is None else as_float_array(bias, "bias")
-    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
-    p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, stride=stride,
-                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+    x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
+                              groups=groups, layout=layout)
 
     mask = connection_mask(connections, p)
     xx = x if p.batched else x[None]
@@ -86,7 +81,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         y = y.transpose(0, 2, 3, 1)
     if not p.batched:
         y = y[0]
-    y = y.astype(dtype)
+    y = y.astype(p.dtype)
     if out is not None:
         from ._dispatch import check_out
         check_out(out, p)

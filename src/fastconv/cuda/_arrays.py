@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._runtime import CUDA_JIT, Context, cdiv, cuda_module, launch, simulator, threads_1d
+from ._runtime import (
+    CUDA_JIT, bind_cuda, cdiv, Context, cuda_module, launch, simulator, threads_1d,
+)
 
 _DLPACK_CUDA = (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
 
@@ -27,11 +29,7 @@ cuda = None
 
 
 def _bind():
-    global cuda
-    if cuda is None:
-        from numba import cuda as _cuda
-        cuda = _cuda
-    return cuda
+    return bind_cuda(globals())
 
 
 

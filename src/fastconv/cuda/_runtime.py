@@ -172,6 +172,20 @@ def cuda_module():
     return cuda
 
 
+def bind_cuda(namespace: dict):
+    """Bind ``numba.cuda`` as the global ``cuda`` of a kernel module, on first use.
+
+    Each kernel module keeps its own global (the simulator rewrites module
+    globals that are numba.cuda), so the import stays lazy: ``import
+    fastconv.cuda`` never imports numba.cuda.
+    """
+    if namespace.get("cuda") is None:
+        from numba import cuda
+
+        namespace["cuda"] = cuda
+    return namespace["cuda"]
+
+
 def nbtype(dtype):
     """The numba scalar type of a numpy dtype (for shared/local arrays)."""
     import numba

@@ -49,7 +49,7 @@ import functools
 
 import numpy as np
 
-from ._runtime import CUDA_JIT, SETTINGS, cdiv, launch, nbtype, threads_1d
+from ._runtime import CUDA_JIT, SETTINGS, bind_cuda, cdiv, launch, nbtype, threads_1d
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
@@ -57,11 +57,7 @@ cuda = None
 
 
 def _bind():
-    global cuda
-    if cuda is None:
-        from numba import cuda as _cuda
-        cuda = _cuda
-    return cuda
+    return bind_cuda(globals())
 
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from ..winograd_math import transform_matrices
 from . import direct
 from .implicit_gemm import _row_tile, col_tile
-from ._runtime import CUDA_JIT, SETTINGS, cdiv, launch, nbtype, threads_1d
+from ._runtime import CUDA_JIT, SETTINGS, bind_cuda, cdiv, launch, nbtype, threads_1d
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
@@ -51,11 +51,7 @@ cuda = None
 
 
 def _bind():
-    global cuda
-    if cuda is None:
-        from numba import cuda as _cuda
-        cuda = _cuda
-    return cuda
+    return bind_cuda(globals())
 
 
 
