@@ -158,13 +158,19 @@ def test_auto_never_raises_and_winograd_alias():
 
 # --- non-finite values ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("alg", CONCRETE)
-@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=((2, 0), (0, 1)), groups=2),
-                                dict(stride=2, dilation=2, padding=2)], ids=["pad1", "groups", "s2d2"])
+NONFINITE = {"pad1": dict(padding=1), "groups": dict(padding=((2, 0), (0, 1)), groups=2),
+             "s2d2": dict(stride=2, dilation=2, padding=2)}
+NF_X = (2, 4, 12, 13)
+
+
+def _nf_w(kw):
+    return (6, 4 // kw.get("groups", 1), 3, 3)
+
+
+@pytest.mark.parametrize("alg,kw", [pytest.param(a, kw, id=f"{name}-{a}") for name, kw in NONFINITE.items()
+                                    for a in CONCRETE if supports(a, NF_X, _nf_w(kw), kw)])
 def test_nonfinite_propagates_exactly(rng, alg, kw):
-    xs, ws = (2, 4, 12, 13), (6, 4 // kw.get("groups", 1), 3, 3)
-    if not supports(alg, xs, ws, kw):
-        pytest.skip("unsupported")
+    xs, ws = NF_X, _nf_w(kw)
     x, w, b = random_problem(rng, xs, ws, np.float32)
     x[0, 1, 3, 4] = np.nan
     x[1, 2, 9, 0] = np.inf
