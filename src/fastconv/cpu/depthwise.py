@@ -12,15 +12,24 @@ Layout and blocking
 Each work item (image, group, block of output rows) copies the input rows
 it needs, zero-padded and split into horizontal stride phases, into an
 L2-sized buffer ``[Cg, rows, sw, Wq]`` with ``phase[f][i] = xpad[i * sw + f]``
-(the layout of :func:`fastconv.cpu._blocked.pack_input_phases`), so the
-input under ``V`` consecutive outputs of tap ``s`` is contiguous for any
-stride and dilation:
-phase ``(s * dw) % sw`` starting at ``q + (s * dw) // sw``.  The
-micro-kernel holds ``NKO x NQV`` accumulators: ``NKO`` output channels of
-one group (sharing every input load) times ``NQV`` vectors of one output
-row.  Output is stored straight into NCHW, the row's last vector with a
-masked store.  Work items run in parallel; all output channels of the
-item's group are computed from its buffer.
+(the layout of :func:`fastconv.cpu._blocked.pack_input_phases`; ``Wq`` a
+multiple of ``V``), so the input under ``V`` consecutive outputs of tap
+``s`` is contiguous for any stride and dilation: phase ``(s * dw) % sw``
+starting at ``q + (s * dw) // sw``.  Rows are copied in whole vectors
+(masked loads at the row ends; stride 2 split with one double-width load
+and a permute per vector), and only as the item's first row block that
+needs them is reached, so the input streams in while earlier rows
+compute.  The micro-kernel holds ``NKO x PR x NQV`` accumulators:
+``NKO`` output channels of one group (sharing every input load) times
+``PR`` output rows times ``NQV`` vectors of one row.  It walks the input
+rows of its ``PR`` output rows once, top to bottom, and multiplies each
+input vector into every output row whose kernel row meets it, so one load
+serves up to ``R`` rows and the ``PR * NQV`` independent accumulators hide
+the FMA latency.  Output is stored straight into NCHW, a row's last vector
+with a masked store.  Work items run in parallel; all output channels of
+the item's group are computed from its buffer.  MobileNet's 3x3 layers
+(stride 1 or 2) get a build with the kernel shape and vertical stride
+compiled in.
 
 Summation order and error bound are those of :mod:`fastconv.cpu.direct`:
 bias first, then input channel, kernel row, kernel column, each output
@@ -31,31 +40,203 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
-from .._config import PJIT
-from ._blocked import (lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
+from .._config import JIT, PJIT
+from ._blocked import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
                        vbcast, vfma, vstore, vstore_masked, vload)
 
 MAX_ACCUMULATORS = 16
+# Output rows and row vectors one micro-kernel holds at most: 4 x 4
+# measured faster than 2 x 8 (fewer loads per FMA, less row-tail waste).
+MAX_ROWS = 4
+MAX_VECTORS = 4
+
+
+def _masked_load(context, builder, arrty, arr, idx, count, lo, hi):
+    """``<count x T>`` load of lanes ``lo <= l < hi`` of ``arr[idx :]`` (``llvm.masked.load``).
+
+    Other lanes are zero and never read, so the vector may start before or
+    end after the array.
+    """
+    ary = context.make_array(arrty)(context, builder, arr)
+    scalar = context.get_value_type(arrty.dtype)
+    vt = ir.VectorType(scalar, count)
+    vptr = builder.bitcast(builder.gep(ary.data, [idx]), vt.as_pointer())
+    i32 = ir.IntType(32)
+    lanes_ = ir.Constant(ir.VectorType(i32, count), list(range(count)))
+
+    def splat(v):
+        # Bounds are clamped to [-1, count] first, so 32-bit lanes hold them.
+        lim = ir.Constant(v.type, count)
+        v = builder.select(builder.icmp_signed(">", v, lim), lim, v)
+        neg = ir.Constant(v.type, -1)
+        v = builder.trunc(builder.select(builder.icmp_signed("<", v, neg), neg, v), i32)
+        vec = ir.Constant(ir.VectorType(i32, count), ir.Undefined)
+        vec = builder.insert_element(vec, v, ir.Constant(i32, 0))
+        return builder.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(i32, count),
+                                                            [0] * count))
+
+    mask = builder.and_(builder.icmp_signed(">=", lanes_, splat(lo)),
+                        builder.icmp_signed("<", lanes_, splat(hi)))
+    bits = arrty.dtype.bitwidth
+    fnty = ir.FunctionType(vt, [vptr.type, i32, mask.type, vt])
+    fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                        f"llvm.masked.load.v{count}f{bits}.p0")
+    return builder.call(fn, [vptr, ir.Constant(i32, bits // 8), mask, ir.Constant(vt, None)])
+
+
+def _is_float_array(a):
+    return isinstance(a, types.Array) and isinstance(a.dtype, types.Float)
+
+
+def _int_args(*args):
+    return all(isinstance(a, types.Integer) for a in args)
+
+
+@intrinsic
+def _vload_window(typingctx, arr, idx, lo, hi):
+    """Vector with lane ``l`` = ``arr[idx + l]`` for ``lo <= l < hi``, zero elsewhere."""
+    if not (_is_float_array(arr) and _int_args(idx, lo, hi)):
+        return None
+    vty = SimdVector(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        lo64 = context.cast(builder, args[2], sig.args[2], types.int64)
+        hi64 = context.cast(builder, args[3], sig.args[3], types.int64)
+        return _masked_load(context, builder, sig.args[0], args[0], args[1], vty.count,
+                            lo64, hi64)
+
+    return vty(arr, idx, lo, hi), codegen
+
+
+@intrinsic
+def _vload_even_window(typingctx, arr, idx, lo, hi):
+    """Vector with lane ``l`` = ``arr[idx + 2 l]`` for ``lo <= l < hi``, zero elsewhere.
+
+    One masked double-width load (reading only the lanes' elements) and one
+    permute: the stride-2 phase split costs a vector per ``L`` elements
+    instead of ``L`` scalar copies.
+    """
+    if not (_is_float_array(arr) and _int_args(idx, lo, hi)):
+        return None
+    vty = SimdVector(arr.dtype)
+    count = vty.count
+
+    def codegen(context, builder, sig, args):
+        lo64 = context.cast(builder, args[2], sig.args[2], types.int64)
+        hi64 = context.cast(builder, args[3], sig.args[3], types.int64)
+        one = ir.Constant(ir.IntType(64), 1)
+        v = _masked_load(context, builder, sig.args[0], args[0], args[1], 2 * count,
+                         builder.add(lo64, lo64), builder.sub(builder.add(hi64, hi64), one))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), count), [2 * i for i in range(count)])
+        return builder.shuffle_vector(v, v, mask)
+
+    return vty(arr, idx, lo, hi), codegen
+
+
+@intrinsic
+def _vload_even(typingctx, arr, idx):
+    """Lanes ``arr[idx + 2 l]`` (reads ``arr[idx : idx + 2 L]``: one element past the last lane)."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)):
+        return None
+    vty = SimdVector(arr.dtype)
+    count = vty.count
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        wide = ir.VectorType(context.get_value_type(arr.dtype), 2 * count)
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), wide.as_pointer())
+        v = builder.load(ptr, align=arr.dtype.bitwidth // 8)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), count), [2 * i for i in range(count)])
+        return builder.shuffle_vector(v, v, mask)
+
+    return vty(arr, idx), codegen
+
+
+@numba.njit(**JIT)
+def _phase_bounds(ph, sw, Wq, pl, W):
+    """``ph[2 f : 2 f + 2]`` = the phase-``f`` indices ``[i0, i1)`` that hold input columns."""
+    for f in range(sw):
+        i0 = (pl - f + sw - 1) // sw if pl > f else 0
+        i1 = (pl + W - f + sw - 1) // sw if pl + W > f else 0
+        i0 = min(i0, Wq)
+        ph[2 * f] = i0
+        ph[2 * f + 1] = max(i0, min(i1, Wq))
+
+
+@numba.njit(**JIT)
+def _pack_row(xf, xl, base, src, ph, sw, Wq, pl, W, V):
+    """One input row ``xf[src : src + W]`` -> ``sw`` zero-padded phases of ``Wq`` at ``xl[base]``.
+
+    ``phase[f][i] = xpad[i * sw + f]`` (bounds ``ph`` from :func:`_phase_bounds`).
+    For strides 1 and 2 (``Wq`` a multiple of ``V``) every vector of a phase
+    is one load (masked at the row's ends, lanes outside the input zero)
+    and one store.  Other strides copy element by element.
+    """
+    zero = xf.dtype.type(0)
+    for f in range(sw):
+        i0 = ph[2 * f]
+        i1 = ph[2 * f + 1]
+        o = base + f * Wq
+        s0 = src + f - pl  # row element of phase index 0 (only lanes in [i0, i1) are read)
+        if sw == 1:
+            for i in range(0, Wq, V):
+                if i >= i0 and i + V <= i1:
+                    vstore(xl, o + i, vload(xf, s0 + i))
+                else:
+                    vstore(xl, o + i, _vload_window(xf, s0 + i, i0 - i, i1 - i))
+        elif sw == 2:
+            for i in range(0, Wq, V):
+                # The plain double-width load also reads the element after the
+                # vector's last lane: only where that is still in the row.
+                if i >= i0 and i + V <= i1 and s0 + 2 * (i + V) <= src + W:
+                    vstore(xl, o + i, _vload_even(xf, s0 + 2 * i))
+                else:
+                    vstore(xl, o + i, _vload_even_window(xf, s0 + 2 * i, i0 - i, i1 - i))
+        else:
+            for i in range(i0):
+                sstore(xl, o + i, zero)
+            for i in range(i0, i1):
+                sstore(xl, o + i, sload(xf, s0 + i * sw))
+            for i in range(i1, Wq):
+                sstore(xl, o + i, zero)
+
 
 _DRIVERS: dict = {}
 
 
-def _make_width_driver(NKO: int, NQV: int):
-    """Compile the width-vectorised driver for ``NKO`` channels x ``NQV`` vectors.
+def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple):
+    """Compile the width-vectorised driver for ``NKO`` channels x ``PR`` rows x ``NQV`` vectors.
 
-    Missing channels or vectors of a short block repeat the block's first
-    one (in-bounds work) and are never stored, so the hot loop has no
-    branch; loops over ``NKO`` and ``NQV`` have constant trip counts and are
+    Row blocking: the micro-kernel holds the accumulators of ``PR`` output
+    rows and walks the input rows they read once, top to bottom; each input
+    vector loaded for tap ``s`` is multiplied into every row of the block
+    whose kernel row ``r`` meets it.  For one output the terms still arrive
+    in the order bias, channel, kernel row, kernel column.  Missing
+    channels, rows or vectors of a short block repeat in-bounds work (rows
+    past the item's last read zero rows appended to its buffer) and are
+    never stored, so the hot loop has no branch on the block shape; loops
+    over ``NKO``, ``PR`` and ``NQV`` have constant trip counts and are
     unrolled, their accumulators promoted to registers.
     """
-    NACC = NKO * NQV
+    NACC = NKO * PR * NQV
+    # Kernel height, width, vertical stride and dilation fixed at compile
+    # time (0: read from the arguments): constant trip counts and row
+    # arithmetic in the hot loop (measured 5-10% on MobileNet's 3x3 layers).
+    RC, SC, SHC, DHC = FIX
 
     # The micro-kernel is written inline in the driver: a driver closing over
     # a separate micro-kernel dispatcher would get a new on-disk cache key in
     # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
-    def driver(x, wf, bias, y, taps, G, pt, pl, sw, Wq, R, S, P, Q, sh, dh, V, PB):
+    def driver(x, wf, bias, y, taps, G, pt, pl, sw, Wq, R_, S_, P, Q, sh_, dh_, V, PB):
+        R = RC if RC > 0 else R_
+        S = SC if SC > 0 else S_
+        sh = SHC if SHC > 0 else sh_
+        dh = DHC if DHC > 0 else dh_
         N, C, H, W = x.shape
         K = y.size // max(1, N * P * Q)
         Cg = C // G
@@ -67,6 +248,10 @@ def _make_width_driver(NKO: int, NQV: int):
         yf = y.reshape(-1)
         xf = x.reshape(-1)
         zero = x.dtype.type(0)
+        row = sw * Wq
+        HB = (PR - 1) * sh + (R - 1) * dh + 1  # input rows of one row block
+        ph = np.empty(2 * sw, dtype=np.int64)
+        _phase_bounds(ph, sw, Wq, pl, W)
         for task in numba.prange(N * G * npb):
             pb = task % npb
             ng = task // npb
@@ -74,107 +259,111 @@ def _make_width_driver(NKO: int, NQV: int):
             n = ng // G
             p0 = pb * PB
             p1 = min(P, p0 + PB)
-            h0 = p0 * sh  # first padded input row of the block
+            h0 = p0 * sh  # first padded input row of the item
             HL = (p1 - 1 - p0) * sh + (R - 1) * dh + 1
-            # The block's input rows, zero-padded and split into stride phases.
-            xl = np.empty(Cg * HL * sw * Wq, dtype=x.dtype)
-            for c in range(Cg):
-                for hl in range(HL):
-                    base = (c * HL + hl) * sw * Wq
-                    hi = h0 + hl - pt
-                    if hi < 0 or hi >= H:
-                        for i in range(sw * Wq):
-                            sstore(xl, base + i, zero)
-                        continue
-                    # Raw loads and stores: Numba's indexing of a signed index
-                    # checks for wraparound, which turns a copy into gathers
-                    # and scatters.
-                    for f in range(sw):
-                        i0 = (pl - f + sw - 1) // sw if pl > f else 0
-                        i1 = (pl + W - f + sw - 1) // sw if pl + W > f else 0
-                        i0 = min(i0, Wq)
-                        i1 = max(i0, min(i1, Wq))
-                        o = base + f * Wq
-                        src = ((n * C + g * Cg + c) * H + hi) * W + f - pl
-                        for i in range(i0):
-                            sstore(xl, o + i, zero)
-                        if sw == 1:
-                            for i in range(i0, i1):
-                                sstore(xl, o + i, sload(xf, src + i))
-                        elif sw == 2:  # a constant stride LLVM vectorises with shuffles
-                            for i in range(i0, i1):
-                                sstore(xl, o + i, sload(xf, src + 2 * i))
-                        else:
-                            for i in range(i0, i1):
-                                sstore(xl, o + i, sload(xf, src + i * sw))
-                        for i in range(i1, Wq):
-                            sstore(xl, o + i, zero)
+            # Rows a short last row block reads past HL (results never stored).
+            nblk = (p1 - p0 + PR - 1) // PR
+            HA = max(HL, (nblk - 1) * PR * sh + HB)
+            # The item's input rows, zero-padded and split into stride phases;
+            # packed as the first channel block's row blocks reach them, so
+            # the input streams in while the FMAs of earlier rows run.
+            # V spare elements: the last row's vectors may read past its end.
+            xl = np.empty(Cg * HA * row + V, dtype=x.dtype)
+            for i in range(Cg * HA * row, Cg * HA * row + V):
+                sstore(xl, i, zero)
+            packed = 0
             acc = stack_vectors(y, NACC)
-            wv = stack_vectors(y, NKO)
+            xv = stack_vectors(y, NQV)
             qo = stack_ints(NQV)
             ko = stack_ints(NKO)
-            row = sw * Wq
             for kb in range(nkb):
                 kbase = g * Kg + kb * NKO
                 nko = min(NKO, Kg - kb * NKO)
-                for p in range(p0, p1):
-                    yrow = n * K * PQ + p * Q
-                    rl = (p - p0) * sh
+                for i in range(NKO):
+                    sset(ko, i, kbase + (i if i < nko else 0))
+                for pr0 in range(p0, p1, PR):
+                    npr = min(PR, p1 - pr0)
+                    rl0 = (pr0 - p0) * sh
+                    need = HA if pr0 + PR >= p1 else rl0 + HB
+                    if need > packed:
+                        for c in range(Cg):
+                            for hl in range(packed, need):
+                                base = (c * HA + hl) * row
+                                hi = h0 + hl - pt
+                                if hi < 0 or hi >= H or hl >= HL:
+                                    for i in range(row):
+                                        sstore(xl, base + i, zero)
+                                else:
+                                    _pack_row(xf, xl, base, ((n * C + g * Cg + c) * H + hi) * W,
+                                              ph, sw, Wq, pl, W, V)
+                        packed = need
                     for qv0 in range(0, nqt, NQV):
-                        # --- micro-kernel: NKO channels x NQV vectors of row p
+                        # --- micro-kernel: NKO channels x PR rows x NQV vectors
                         q0 = qv0 * V
                         nqv = min(NQV, nqt - qv0)
                         for j in range(NQV):
                             sset(qo, j, q0 + (j if j < nqv else 0) * V)
                         for i in range(NKO):
-                            sset(ko, i, kbase + (i if i < nko else 0))
-                        for i in range(NKO):
                             b = vbcast(bias, sget(ko, i))
-                            for j in range(NQV):
-                                sset(acc, i * NQV + j, b)
+                            for t in range(PR * NQV):
+                                sset(acc, i * PR * NQV + t, b)
                         for c in range(Cg):
-                            xc = c * HL * row
-                            for r in range(R):
-                                xr = xc + (rl + r * dh) * row
+                            xc = (c * HA + rl0) * row
+                            for hb in range(HB):
+                                xr = xc + hb * row
                                 for s in range(S):
                                     xo = xr + taps[s]
-                                    for i in range(NKO):
-                                        sset(wv, i, vbcast(wf, ((sget(ko, i) * Cg + c) * R + r) * S + s))
                                     for j in range(NQV):
-                                        xv = vload(xl, xo + sget(qo, j))
-                                        for i in range(NKO):
-                                            sset(acc, i * NQV + j,
-                                                 vfma(sget(wv, i), xv, sget(acc, i * NQV + j)))
+                                        sset(xv, j, vload(xl, xo + sget(qo, j)))
+                                    for pr in range(PR):
+                                        d = hb - pr * sh
+                                        if d >= 0 and d < R * dh and (dh == 1 or d % dh == 0):
+                                            r = d // dh if dh != 1 else d
+                                            for i in range(NKO):
+                                                wv = vbcast(wf, ((sget(ko, i) * Cg + c) * R + r)
+                                                            * S + s)
+                                                for j in range(NQV):
+                                                    a = (i * PR + pr) * NQV + j
+                                                    sset(acc, a, vfma(wv, sget(xv, j),
+                                                                      sget(acc, a)))
                         for i in range(NKO):
                             if i < nko:
-                                yo = yrow + sget(ko, i) * PQ
-                                for j in range(NQV):
-                                    if j < nqv:
-                                        q = sget(qo, j)
-                                        if q + V <= Q:
-                                            vstore(yf, yo + q, sget(acc, i * NQV + j))
-                                        else:
-                                            vstore_masked(yf, yo + q, sget(acc, i * NQV + j), Q - q)
+                                for pr in range(PR):
+                                    if pr < npr:
+                                        yo = n * K * PQ + sget(ko, i) * PQ + (pr0 + pr) * Q
+                                        for j in range(NQV):
+                                            if j < nqv:
+                                                q = sget(qo, j)
+                                                a = (i * PR + pr) * NQV + j
+                                                if q + V <= Q:
+                                                    vstore(yf, yo + q, sget(acc, a))
+                                                else:
+                                                    vstore_masked(yf, yo + q, sget(acc, a), Q - q)
 
     return driver
 
 
-def width_driver(NKO: int, NQV: int):
-    """The (lazily compiled, disk-cached) width-vectorised driver for one register blocking."""
-    key = (NKO, NQV)
+def width_driver(NKO: int, NQV: int, PR: int, FIX: tuple = (0, 0, 0, 0)):
+    """The (lazily compiled, disk-cached) width-vectorised driver for one blocking.
+
+    ``FIX`` = (R, S, sh, dh) compiled in as constants, 0 for any.
+    """
+    key = (NKO, NQV, PR, FIX)
     drv = _DRIVERS.get(key)
     if drv is None:
-        drv = _DRIVERS.setdefault(key, _make_width_driver(NKO, NQV))
+        drv = _DRIVERS.setdefault(key, _make_width_driver(NKO, NQV, PR, FIX))
     return drv
 
 
 def width_plan(p):
-    """Register blocking ``(NKO, NQV)`` for ``p``.
+    """Register blocking ``(NKO, NQV, PR)`` for ``p``.
 
     A few blockings only (each is a separate compilation): ``NKO`` in 1, 2,
     4 output channels, ``NQV`` a power of two covering the row if it can,
-    at most 16 accumulators - the loads of the width path (one input vector
-    per ``NKO`` FMAs), not the register count, bound its speed.
+    then ``PR`` in 1, 2, 4 output rows, at most 16 accumulators in all.
+    Row blocking gives the FMAs of a tap independent accumulators to
+    overlap (FMA latency, not loads, bounds a 1 x NQV block) and reuses
+    each input vector for up to ``R`` output rows.
     """
     V = lanes(p.dtype)
     Kg = p.Kg
@@ -186,37 +375,51 @@ def width_plan(p):
     NKO = best[1]
     nqt = -(-p.Q // V)
     NQV = 1
-    while NQV < nqt and 2 * NQV * NKO <= MAX_ACCUMULATORS:
+    while NQV < min(nqt, MAX_VECTORS) and 2 * NQV * NKO <= MAX_ACCUMULATORS:
         NQV *= 2
-    return NKO, NQV
+    PR = 1
+    while 2 * PR <= min(MAX_ROWS, p.P) and 2 * PR * NQV * NKO <= MAX_ACCUMULATORS:
+        PR *= 2
+    return NKO, NQV, PR
 
 
 def run(x, w, bias, p, y):
     """Width-vectorised direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration)."""
     V = lanes(p.dtype)
-    NKO, NQV = width_plan(p)
+    NKO, NQV, PR = width_plan(p)
     sw, dw = p.stride[1], p.dilation[1]
     Wp = p.W + p.padding[2] + p.padding[3]
-    nqt = -(-p.Q // V)
-    # Vector loads may run up to a vector past the last output: zero columns.
-    Wq = max(-(-Wp // sw), nqt * V + ((p.S - 1) * dw) // sw)
+    # Phases in whole vectors.  The lanes of a row's last vector past Q may
+    # read the next phase or row (or the item buffer's V spare elements):
+    # they are never stored.  Lanes below Q read only padded-row columns.
+    Wq = -(-(-(-Wp // sw)) // V) * V
     taps = np.array([((s * dw) % sw) * Wq + (s * dw) // sw for s in range(p.S)], dtype=np.int64)
     b = np.zeros(p.K, dtype=p.dtype) if bias is None else bias
-    PB = row_block(p, Wq)
-    width_driver(NKO, NQV)(x, w.reshape(-1), b, y, taps, p.groups, p.padding[0], p.padding[2],
-                           sw, Wq, p.R, p.S, p.P, p.Q, p.stride[0], p.dilation[0], V, PB)
+    PB = row_block(p, Wq, PR)
+    drv = width_driver(NKO, NQV, PR, fixed_shape(p))
+    drv(x, w.reshape(-1), b, y, taps, p.groups, p.padding[0], p.padding[2], sw, Wq, p.R, p.S,
+        p.P, p.Q, p.stride[0], p.dilation[0], V, PB)
+
+
+def fixed_shape(p):
+    """``(R, S, sh, dh)`` to compile in for ``p`` (MobileNet-style 3x3 layers), else zeros."""
+    if (p.R, p.S, p.dilation[0]) == (3, 3, 1) and p.stride[0] in (1, 2):
+        return (3, 3, p.stride[0], 1)
+    return (0, 0, 0, 0)
 
 
 # Bytes of one work item's packed input rows (kept in L2).
 ROW_BLOCK_BYTES = 256 * 1024
 
 
-def row_block(p, Wq):
-    """Output rows per work item: enough items for the threads, input rows within L2."""
+def row_block(p, Wq, PR=1):
+    """Output rows per work item (a multiple of ``PR`` below ``P``): enough items, rows in L2."""
     want = 4 * max(1, numba.get_num_threads())
     PB = max(1, min(p.P, -(-p.N * p.groups * p.P // want)))
     item = np.dtype(p.dtype).itemsize
-    while PB > 1 and p.Cg * ((PB - 1) * p.stride[0] + (p.R - 1) * p.dilation[0] + 1) \
+    while PB > PR and p.Cg * ((PB - 1) * p.stride[0] + (p.R - 1) * p.dilation[0] + 1) \
             * p.stride[1] * Wq * item > ROW_BLOCK_BYTES:
         PB = (PB + 1) // 2
+    if PB < p.P:
+        PB = -(-PB // PR) * PR
     return PB
