@@ -9,27 +9,34 @@ a contiguous input vector.
 
 Layout and blocking
 -------------------
-Each work item (image, group, block of output rows) copies the input rows
-it needs, zero-padded and split into horizontal stride phases, into an
-L2-sized buffer ``[Cg, rows, sw, Wq]`` with ``phase[f][i] = xpad[i * sw + f]``
-(the layout of :func:`fastconv.cpu._blocked.pack_input_phases`; ``Wq`` a
-multiple of ``V``), so the input under ``V`` consecutive outputs of tap
-``s`` is contiguous for any stride and dilation: phase ``(s * dw) % sw``
-starting at ``q + (s * dw) // sw``.  Rows are copied in whole vectors
-(masked loads at the row ends; stride 2 split with one double-width load
-and a permute per vector), and only as the item's first row block that
-needs them is reached, so the input streams in while earlier rows
-compute.  The micro-kernel holds ``NKO x PR x NQV`` accumulators:
-``NKO`` output channels of one group (sharing every input load) times
-``PR`` output rows times ``NQV`` vectors of one row.  It walks the input
-rows of its ``PR`` output rows once, top to bottom, and multiplies each
-input vector into every output row whose kernel row meets it, so one load
-serves up to ``R`` rows and the ``PR * NQV`` independent accumulators hide
-the FMA latency.  Output is stored straight into NCHW, a row's last vector
-with a masked store.  Work items run in parallel; all output channels of
-the item's group are computed from its buffer.  MobileNet's 3x3 layers
-(stride 1 or 2) get a build with the kernel shape and vertical stride
-compiled in.
+Horizontal strides 1 and 2 (every CNN layer) read the input straight from
+NCHW ``x``: the ``V`` inputs under ``V`` consecutive outputs of tap ``s``
+are one contiguous load (stride 1) or one double-width load and a permute
+(stride 2, keeping the even lanes); a vector that meets the left or right
+padding is a masked load whose missing lanes are zeros, and a padding row
+is a zero vector.  No pass over the input is added.
+
+Other strides pack: each work item (image, group, block of output rows)
+copies the input rows it needs, zero-padded and split into horizontal
+stride phases, into an L2-sized buffer ``[Cg, rows, sw, Wq]`` with
+``phase[f][i] = xpad[i * sw + f]`` (the layout of
+:func:`fastconv.cpu._blocked.pack_input_phases`; ``Wq`` a multiple of
+``V``), so the input under ``V`` consecutive outputs of tap ``s`` is
+contiguous for any stride and dilation: phase ``(s * dw) % sw`` starting
+at ``q + (s * dw) // sw``.  Rows are copied in whole vectors and only when
+the item's first row block that needs them is reached, so the input
+streams in while earlier rows compute.
+
+The micro-kernel holds ``NKO x PR x NQV`` accumulators: ``NKO`` output
+channels of one group (sharing every input load) times ``PR`` output rows
+times ``NQV`` vectors of one row.  It walks the input rows of its ``PR``
+output rows once, top to bottom, and multiplies each input vector into
+every output row whose kernel row meets it, so one load serves up to
+``R`` rows and the ``PR * NQV`` independent accumulators hide the FMA
+latency.  Output is stored straight into NCHW, a row's last vector with a
+masked store.  Work items run in parallel.  MobileNet's 3x3 layers
+(vertical stride 1 or 2) get a build with the kernel shape and vertical
+stride compiled in.
 
 Summation order and error bound are those of :mod:`fastconv.cpu.direct`:
 bias first, then input channel, kernel row, kernel column, each output
@@ -46,13 +53,16 @@ from numba.extending import intrinsic
 
 from .._config import JIT, PJIT
 from ._blocked import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
-                       vbcast, vfma, vstore, vstore_masked, vload)
+                       vbcast, vfma, vsplat, vstore, vstore_masked, vload)
 
 MAX_ACCUMULATORS = 16
 # Output rows and row vectors one micro-kernel holds at most: 4 x 4
 # measured faster than 2 x 8 (fewer loads per FMA, less row-tail waste).
 MAX_ROWS = 4
 MAX_VECTORS = 4
+# Horizontal strides 1 and 2 load the input straight from x (see
+# _make_width_driver); False packs every layer (tests run both).
+DIRECT_LOADS = True
 
 
 def _masked_load(context, builder, arrty, arr, idx, count, lo, hi):
@@ -208,7 +218,7 @@ def _pack_row(xf, xl, base, src, ph, sw, Wq, pl, W, V):
 _DRIVERS: dict = {}
 
 
-def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple):
+def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple, SWC: int):
     """Compile the width-vectorised driver for ``NKO`` channels x ``PR`` rows x ``NQV`` vectors.
 
     Row blocking: the micro-kernel holds the accumulators of ``PR`` output
@@ -227,12 +237,17 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple):
     # time (0: read from the arguments): constant trip counts and row
     # arithmetic in the hot loop (measured 5-10% on MobileNet's 3x3 layers).
     RC, SC, SHC, DHC = FIX
+    # SWC = 1 or 2: no packing; the micro-kernel loads the input straight
+    # from NCHW ``x`` (horizontal stride SWC), with masked loads where a
+    # vector meets the left or right padding and zero vectors for padding
+    # rows.  SWC = 0: the packed-phase buffer (any stride).
+    DIRECT = SWC > 0
 
     # The micro-kernel is written inline in the driver: a driver closing over
     # a separate micro-kernel dispatcher would get a new on-disk cache key in
     # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
-    def driver(x, wf, bias, y, taps, G, pt, pl, sw, Wq, R_, S_, P, Q, sh_, dh_, V, PB):
+    def driver(x, wf, bias, y, taps, G, pt, pl, sw, Wq, R_, S_, P, Q, sh_, dh_, dw, V, PB):
         R = RC if RC > 0 else R_
         S = SC if SC > 0 else S_
         sh = SHC if SHC > 0 else sh_
@@ -250,6 +265,7 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple):
         zero = x.dtype.type(0)
         row = sw * Wq
         HB = (PR - 1) * sh + (R - 1) * dh + 1  # input rows of one row block
+        zv = vsplat(0, x)
         ph = np.empty(2 * sw, dtype=np.int64)
         _phase_bounds(ph, sw, Wq, pl, W)
         for task in numba.prange(N * G * npb):
@@ -268,10 +284,10 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple):
             # packed as the first channel block's row blocks reach them, so
             # the input streams in while the FMAs of earlier rows run.
             # V spare elements: the last row's vectors may read past its end.
-            xl = np.empty(Cg * HA * row + V, dtype=x.dtype)
-            for i in range(Cg * HA * row, Cg * HA * row + V):
+            xl = np.empty(0 if DIRECT else Cg * HA * row + V, dtype=x.dtype)
+            for i in range(0 if DIRECT else Cg * HA * row, xl.size):
                 sstore(xl, i, zero)
-            packed = 0
+            packed = HA if DIRECT else 0
             acc = stack_vectors(y, NACC)
             xv = stack_vectors(y, NQV)
             qo = stack_ints(NQV)
@@ -309,12 +325,37 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple):
                                 sset(acc, i * PR * NQV + t, b)
                         for c in range(Cg):
                             xc = (c * HA + rl0) * row
+                            xn = ((n * C + g * Cg + c) * H + pr0 * sh - pt) * W
                             for hb in range(HB):
                                 xr = xc + hb * row
+                                hi = pr0 * sh + hb - pt  # input row (DIRECT)
+                                xh = xn + hb * W
                                 for s in range(S):
-                                    xo = xr + taps[s]
-                                    for j in range(NQV):
-                                        sset(xv, j, vload(xl, xo + sget(qo, j)))
+                                    if not DIRECT:
+                                        xo = xr + taps[s]
+                                        for j in range(NQV):
+                                            sset(xv, j, vload(xl, xo + sget(qo, j)))
+                                    elif hi < 0 or hi >= H:
+                                        for j in range(NQV):
+                                            sset(xv, j, zv)
+                                    else:
+                                        for j in range(NQV):
+                                            # Input column of lane 0 for tap s.
+                                            off = SWC * sget(qo, j) + s * dw - pl
+                                            if SWC == 1:
+                                                if off >= 0 and off + V <= W:
+                                                    sset(xv, j, vload(xf, xh + off))
+                                                else:
+                                                    sset(xv, j, _vload_window(xf, xh + off, -off,
+                                                                              W - off))
+                                            else:
+                                                # The plain double-width load reads 2 V elements.
+                                                if off >= 0 and off + 2 * V <= W:
+                                                    sset(xv, j, _vload_even(xf, xh + off))
+                                                else:
+                                                    sset(xv, j, _vload_even_window(
+                                                        xf, xh + off, (1 - off) // 2,
+                                                        (W - off + 1) // 2))
                                     for pr in range(PR):
                                         d = hb - pr * sh
                                         if d >= 0 and d < R * dh and (dh == 1 or d % dh == 0):
@@ -343,15 +384,17 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple):
     return driver
 
 
-def width_driver(NKO: int, NQV: int, PR: int, FIX: tuple = (0, 0, 0, 0)):
+def width_driver(NKO: int, NQV: int, PR: int, FIX: tuple = (0, 0, 0, 0), SWC: int = 0):
     """The (lazily compiled, disk-cached) width-vectorised driver for one blocking.
 
-    ``FIX`` = (R, S, sh, dh) compiled in as constants, 0 for any.
+    ``FIX`` = (R, S, sh, dh) compiled in as constants, 0 for any; ``SWC``
+    the horizontal stride (1 or 2) of a driver that reads ``x`` directly,
+    0 for the packed one.
     """
-    key = (NKO, NQV, PR, FIX)
+    key = (NKO, NQV, PR, FIX, SWC)
     drv = _DRIVERS.get(key)
     if drv is None:
-        drv = _DRIVERS.setdefault(key, _make_width_driver(NKO, NQV, PR, FIX))
+        drv = _DRIVERS.setdefault(key, _make_width_driver(NKO, NQV, PR, FIX, SWC))
     return drv
 
 
@@ -396,9 +439,11 @@ def run(x, w, bias, p, y):
     taps = np.array([((s * dw) % sw) * Wq + (s * dw) // sw for s in range(p.S)], dtype=np.int64)
     b = np.zeros(p.K, dtype=p.dtype) if bias is None else bias
     PB = row_block(p, Wq, PR)
-    drv = width_driver(NKO, NQV, PR, fixed_shape(p))
+    # Strides 1 and 2 read x directly (no copy of the input); others pack.
+    SWC = sw if (sw <= 2 and DIRECT_LOADS) else 0
+    drv = width_driver(NKO, NQV, PR, fixed_shape(p), SWC)
     drv(x, w.reshape(-1), b, y, taps, p.groups, p.padding[0], p.padding[2], sw, Wq, p.R, p.S,
-        p.P, p.Q, p.stride[0], p.dilation[0], V, PB)
+        p.P, p.Q, p.stride[0], p.dilation[0], dw, V, PB)
 
 
 def fixed_shape(p):
