@@ -26,3 +26,15 @@ def test_check_passes():
 def test_usage():
     r = run("frobnicate")
     assert r.returncode == 2 and "usage" in r.stdout
+
+
+def test_readme_usage_example_runs():
+    import os
+    import re
+
+    readme = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+    with open(readme) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
