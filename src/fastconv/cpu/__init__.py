@@ -14,12 +14,17 @@ With ``Cg = C / groups`` and ``Kg = K / groups``, in this order:
    output pixels): Winograd F(4x4, 3x3) (:func:`winograd_rule`).  The
    transforms cost about as much as a direct pass over few channels; they pay
    off once the GEMM over ``Cg`` dominates, or the map is large;
-3. a deep reduction over a tiny output (``Cg*R*S >= 1024`` and fewer than 100
-   output pixels over the whole batch, ``N*P*Q < 100``): ``im2col`` (one
-   long, narrow GEMM is what BLAS does best; the direct kernel vectorises over
-   output pixels and has too few);
-4. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7,
+3. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7,
    few channels, small maps): ``direct``, the register-blocked loop nest.
+
+The fit below had a third clause, ``im2col`` for a deep reduction over a tiny
+output (``Cg*R*S >= 1024`` and ``N*P*Q < 100``, e.g. ResNet-50's 3x3 layer
+over 512 channels at 7x7), chosen on single-threaded CPU time.  With two
+threads on a quiet machine (08:10 UTC) that layer ran at 29 GFLOP/s with
+``im2col`` and 100-110 with ``direct``: im2col's unfold runs in Numba's
+OpenMP pool and its GEMM in OpenBLAS's own threads, and each hand-over waits
+for the other pool's spinning threads to yield a core.  The clause was
+dropped; such calls now go to ``direct``.
 
 ``auto`` never picks an algorithm that does not support the call: Winograd is
 chosen only where its ``supports`` accepts the call, and ``direct`` and
@@ -72,14 +77,11 @@ def winograd_rule(p) -> str:
 
 def auto_rule(p) -> str:
     """The algorithm ``algorithm="auto"`` runs for ``p`` (see the module docstring)."""
-    crs = p.Cg * p.R * p.S
     if p.R == 1 and p.S == 1 and not p.depthwise:
         return "im2col"
     if (winograd.supports(p) is None and p.groups == 1 and p.Kg >= 16 and min(p.P, p.Q) >= 16
             and (p.Cg >= 64 or (p.Cg >= 16 and p.P * p.Q >= 4096))):
         return winograd_rule(p)
-    if crs >= 1024 and p.N * p.P * p.Q < 100:
-        return "im2col"
     return "direct"
 
 
