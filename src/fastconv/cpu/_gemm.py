@@ -26,23 +26,31 @@ import threading
 import numba
 import numpy as np
 
-from .._config import PJIT
+from .._config import JIT, PJIT
+
+
+@numba.njit(**JIT)
+def matmul_into(A, B, C):
+    """``C = A @ B`` for C-contiguous 2-D arrays, single-threaded inside Numba code.
+
+    A 1x1 @ 1xN product (depthwise Winograd) is a scaled copy: no BLAS call.
+    """
+    if A.shape[0] == 1 and A.shape[1] == 1:
+        a = A[0, 0]
+        b = B[0]
+        c = C[0]
+        for j in range(b.shape[0]):
+            c[j] = a * b[j]
+    else:
+        np.dot(A, B, C)
 
 
 @numba.njit(**PJIT)
 def _batched_matmul(A, B, C):
     # C[i] = A[i] @ B[i] for the leading index i; A (n, M, K), B (n, K, N), C (n, M, N), all
-    # C-contiguous.  One job per product; 1x1 @ 1xN products (depthwise) skip BLAS.
-    n, Mr, Kc, N = A.shape[0], A.shape[1], A.shape[2], B.shape[2]
-    for i in numba.prange(n):
-        if Mr == 1 and Kc == 1:
-            a = A[i, 0, 0]
-            b = B[i, 0]
-            c = C[i, 0]
-            for j in range(N):
-                c[j] = a * b[j]
-        else:
-            np.dot(A[i], B[i], C[i])
+    # C-contiguous.  One job per product.
+    for i in numba.prange(A.shape[0]):
+        matmul_into(A[i], B[i], C[i])
 
 
 def batched_matmul(A, B, C):

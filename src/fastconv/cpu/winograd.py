@@ -77,7 +77,7 @@ from .. import _config
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import direct
-from ._gemm import batched_matmul, single_threaded_blas
+from ._gemm import batched_matmul, matmul_into, single_threaded_blas
 
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
 #: ``FASTCONV_WORKSPACE_MB`` is the hard bound).
@@ -179,37 +179,36 @@ def _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
     # t (WP,) are scratch.
     Cg = V.shape[2]
     WP = tiles_w * 2 + 2
-    if True:
-        g, c = cc // Cg, cc % Cg
-        r = r0 + i
-        n, th = r // tiles_h, r % tiles_h
-        _load_rows(x, n, cc, th * 2 - pt, pl, d)
-        d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
-        lo, hi = i * tiles_w, (i + 1) * tiles_w
-        for a in range(4):
-            # rows of B^T: [-1 0 1 0] [0 1 1 0] [0 -1 1 0] [0 -1 0 1]
-            if a == 0:
-                for j in range(WP):
-                    t[j] = d2[j] - d0[j]
-            elif a == 1:
-                for j in range(WP):
-                    t[j] = d1[j] + d2[j]
-            elif a == 2:
-                for j in range(WP):
-                    t[j] = d2[j] - d1[j]
-            else:
-                for j in range(WP):
-                    t[j] = d3[j] - d1[j]
-            v0 = V[a * 4 + 0, g, c, lo:hi]
-            v1 = V[a * 4 + 1, g, c, lo:hi]
-            v2 = V[a * 4 + 2, g, c, lo:hi]
-            v3 = V[a * 4 + 3, g, c, lo:hi]
-            for tw in range(tiles_w):
-                f0, f1, f2, f3 = t[2 * tw], t[2 * tw + 1], t[2 * tw + 2], t[2 * tw + 3]
-                v0[tw] = f2 - f0
-                v1[tw] = f1 + f2
-                v2[tw] = f2 - f1
-                v3[tw] = f3 - f1
+    g, c = cc // Cg, cc % Cg
+    r = r0 + i
+    n, th = r // tiles_h, r % tiles_h
+    _load_rows(x, n, cc, th * 2 - pt, pl, d)
+    d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
+    lo, hi = i * tiles_w, (i + 1) * tiles_w
+    for a in range(4):
+        # rows of B^T: [-1 0 1 0] [0 1 1 0] [0 -1 1 0] [0 -1 0 1]
+        if a == 0:
+            for j in range(WP):
+                t[j] = d2[j] - d0[j]
+        elif a == 1:
+            for j in range(WP):
+                t[j] = d1[j] + d2[j]
+        elif a == 2:
+            for j in range(WP):
+                t[j] = d2[j] - d1[j]
+        else:
+            for j in range(WP):
+                t[j] = d3[j] - d1[j]
+        v0 = V[a * 4 + 0, g, c, lo:hi]
+        v1 = V[a * 4 + 1, g, c, lo:hi]
+        v2 = V[a * 4 + 2, g, c, lo:hi]
+        v3 = V[a * 4 + 3, g, c, lo:hi]
+        for tw in range(tiles_w):
+            f0, f1, f2, f3 = t[2 * tw], t[2 * tw + 1], t[2 * tw + 2], t[2 * tw + 3]
+            v0[tw] = f2 - f0
+            v1[tw] = f1 + f2
+            v2[tw] = f2 - f1
+            v3[tw] = f3 - f1
 
 
 @numba.njit(**JIT)
@@ -218,49 +217,48 @@ def _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
     Cg = V.shape[2]
     WP = tiles_w * 4 + 2
     c2, c4, c5 = cst[2], cst[4], cst[5]
-    if True:
-        g, c = cc // Cg, cc % Cg
-        r = r0 + i
-        n, th = r // tiles_h, r % tiles_h
-        _load_rows(x, n, cc, th * 4 - pt, pl, d)
-        d0, d1, d2, d3, d4, d5 = d[0], d[1], d[2], d[3], d[4], d[5]
-        lo, hi = i * tiles_w, (i + 1) * tiles_w
-        for a in range(6):
-            # rows of B^T: [4 0 -5 0 1 0] [0 -4 -4 1 1 0] [0 4 -4 -1 1 0]
-            #              [0 -2 -1 2 1 0] [0 2 -1 -2 1 0] [0 4 0 -5 0 1]
-            if a == 0:
-                for j in range(WP):
-                    t[j] = c4 * d0[j] - c5 * d2[j] + d4[j]
-            elif a == 1:
-                for j in range(WP):
-                    t[j] = (d3[j] + d4[j]) - c4 * (d1[j] + d2[j])
-            elif a == 2:
-                for j in range(WP):
-                    t[j] = (d4[j] - d3[j]) + c4 * (d1[j] - d2[j])
-            elif a == 3:
-                for j in range(WP):
-                    t[j] = (d4[j] - d2[j]) + c2 * (d3[j] - d1[j])
-            elif a == 4:
-                for j in range(WP):
-                    t[j] = (d4[j] - d2[j]) - c2 * (d3[j] - d1[j])
-            else:
-                for j in range(WP):
-                    t[j] = c4 * d1[j] - c5 * d3[j] + d5[j]
-            v0 = V[a * 6 + 0, g, c, lo:hi]
-            v1 = V[a * 6 + 1, g, c, lo:hi]
-            v2 = V[a * 6 + 2, g, c, lo:hi]
-            v3 = V[a * 6 + 3, g, c, lo:hi]
-            v4 = V[a * 6 + 4, g, c, lo:hi]
-            v5 = V[a * 6 + 5, g, c, lo:hi]
-            for tw in range(tiles_w):
-                f0, f1, f2 = t[4 * tw], t[4 * tw + 1], t[4 * tw + 2]
-                f3, f4, f5 = t[4 * tw + 3], t[4 * tw + 4], t[4 * tw + 5]
-                v0[tw] = c4 * f0 - c5 * f2 + f4
-                v1[tw] = (f3 + f4) - c4 * (f1 + f2)
-                v2[tw] = (f4 - f3) + c4 * (f1 - f2)
-                v3[tw] = (f4 - f2) + c2 * (f3 - f1)
-                v4[tw] = (f4 - f2) - c2 * (f3 - f1)
-                v5[tw] = c4 * f1 - c5 * f3 + f5
+    g, c = cc // Cg, cc % Cg
+    r = r0 + i
+    n, th = r // tiles_h, r % tiles_h
+    _load_rows(x, n, cc, th * 4 - pt, pl, d)
+    d0, d1, d2, d3, d4, d5 = d[0], d[1], d[2], d[3], d[4], d[5]
+    lo, hi = i * tiles_w, (i + 1) * tiles_w
+    for a in range(6):
+        # rows of B^T: [4 0 -5 0 1 0] [0 -4 -4 1 1 0] [0 4 -4 -1 1 0]
+        #              [0 -2 -1 2 1 0] [0 2 -1 -2 1 0] [0 4 0 -5 0 1]
+        if a == 0:
+            for j in range(WP):
+                t[j] = c4 * d0[j] - c5 * d2[j] + d4[j]
+        elif a == 1:
+            for j in range(WP):
+                t[j] = (d3[j] + d4[j]) - c4 * (d1[j] + d2[j])
+        elif a == 2:
+            for j in range(WP):
+                t[j] = (d4[j] - d3[j]) + c4 * (d1[j] - d2[j])
+        elif a == 3:
+            for j in range(WP):
+                t[j] = (d4[j] - d2[j]) + c2 * (d3[j] - d1[j])
+        elif a == 4:
+            for j in range(WP):
+                t[j] = (d4[j] - d2[j]) - c2 * (d3[j] - d1[j])
+        else:
+            for j in range(WP):
+                t[j] = c4 * d1[j] - c5 * d3[j] + d5[j]
+        v0 = V[a * 6 + 0, g, c, lo:hi]
+        v1 = V[a * 6 + 1, g, c, lo:hi]
+        v2 = V[a * 6 + 2, g, c, lo:hi]
+        v3 = V[a * 6 + 3, g, c, lo:hi]
+        v4 = V[a * 6 + 4, g, c, lo:hi]
+        v5 = V[a * 6 + 5, g, c, lo:hi]
+        for tw in range(tiles_w):
+            f0, f1, f2 = t[4 * tw], t[4 * tw + 1], t[4 * tw + 2]
+            f3, f4, f5 = t[4 * tw + 3], t[4 * tw + 4], t[4 * tw + 5]
+            v0[tw] = c4 * f0 - c5 * f2 + f4
+            v1[tw] = (f3 + f4) - c4 * (f1 + f2)
+            v2[tw] = (f4 - f3) + c4 * (f1 - f2)
+            v3[tw] = (f4 - f2) + c2 * (f3 - f1)
+            v4[tw] = (f4 - f2) - c2 * (f3 - f1)
+            v5[tw] = c4 * f1 - c5 * f3 + f5
 
 
 @numba.njit(**PJIT)
@@ -326,27 +324,26 @@ def _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out):
     # tiles_w) and out (2, 2*tiles_w) are scratch.  Returns True if a result is not finite.
     Kg = M.shape[2]
     Q = y.shape[3]
-    if True:
-        g, k = kk // Kg, kk % Kg
-        r = r0 + i
-        n, th = r // tiles_h, r % tiles_h
-        lo, hi = i * tiles_w, (i + 1) * tiles_w
-        for b in range(4):
-            m0, m1 = M[0 * 4 + b, g, k, lo:hi], M[1 * 4 + b, g, k, lo:hi]
-            m2, m3 = M[2 * 4 + b, g, k, lo:hi], M[3 * 4 + b, g, k, lo:hi]
-            s0, s1 = s[0, b], s[1, b]
-            # rows of A^T: [1 1 1 0] [0 1 -1 1]
-            for tw in range(tiles_w):
-                s0[tw] = m0[tw] + m1[tw] + m2[tw]
-                s1[tw] = m1[tw] - m2[tw] + m3[tw]
-        for i2 in range(2):
-            e0, e1, e2, e3 = s[i2, 0], s[i2, 1], s[i2, 2], s[i2, 3]
-            o = out[i2]
-            for tw in range(tiles_w):
-                o[2 * tw] = e0[tw] + e1[tw] + e2[tw]
-                o[2 * tw + 1] = e1[tw] - e2[tw] + e3[tw]
-        _store_rows(out, y, n, kk, th * 2, bias[kk], Q)
-        return _any_nonfinite(out)
+    g, k = kk // Kg, kk % Kg
+    r = r0 + i
+    n, th = r // tiles_h, r % tiles_h
+    lo, hi = i * tiles_w, (i + 1) * tiles_w
+    for b in range(4):
+        m0, m1 = M[0 * 4 + b, g, k, lo:hi], M[1 * 4 + b, g, k, lo:hi]
+        m2, m3 = M[2 * 4 + b, g, k, lo:hi], M[3 * 4 + b, g, k, lo:hi]
+        s0, s1 = s[0, b], s[1, b]
+        # rows of A^T: [1 1 1 0] [0 1 -1 1]
+        for tw in range(tiles_w):
+            s0[tw] = m0[tw] + m1[tw] + m2[tw]
+            s1[tw] = m1[tw] - m2[tw] + m3[tw]
+    for i2 in range(2):
+        e0, e1, e2, e3 = s[i2, 0], s[i2, 1], s[i2, 2], s[i2, 3]
+        o = out[i2]
+        for tw in range(tiles_w):
+            o[2 * tw] = e0[tw] + e1[tw] + e2[tw]
+            o[2 * tw + 1] = e1[tw] - e2[tw] + e3[tw]
+    _store_rows(out, y, n, kk, th * 2, bias[kk], Q)
+    return _any_nonfinite(out)
 
 
 @numba.njit(**JIT)
@@ -355,40 +352,39 @@ def _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out):
     Kg = M.shape[2]
     Q = y.shape[3]
     c2, c4, c8 = cst[2], cst[4], cst[8]
-    if True:
-        g, k = kk // Kg, kk % Kg
-        r = r0 + i
-        n, th = r // tiles_h, r % tiles_h
-        lo, hi = i * tiles_w, (i + 1) * tiles_w
-        for b in range(6):
-            m0, m1 = M[0 * 6 + b, g, k, lo:hi], M[1 * 6 + b, g, k, lo:hi]
-            m2, m3 = M[2 * 6 + b, g, k, lo:hi], M[3 * 6 + b, g, k, lo:hi]
-            m4, m5 = M[4 * 6 + b, g, k, lo:hi], M[5 * 6 + b, g, k, lo:hi]
-            s0, s1, s2, s3 = s[0, b], s[1, b], s[2, b], s[3, b]
-            # rows of A^T: [1 1 1 1 1 0] [0 1 -1 2 -2 0] [0 1 1 4 4 0] [0 1 -1 8 -8 1]
-            for tw in range(tiles_w):
-                a12 = m1[tw] + m2[tw]
-                d12 = m1[tw] - m2[tw]
-                a34 = m3[tw] + m4[tw]
-                d34 = m3[tw] - m4[tw]
-                s0[tw] = m0[tw] + a12 + a34
-                s1[tw] = d12 + c2 * d34
-                s2[tw] = a12 + c4 * a34
-                s3[tw] = d12 + c8 * d34 + m5[tw]
-        for i4 in range(4):
-            e0, e1, e2, e3, e4, e5 = s[i4, 0], s[i4, 1], s[i4, 2], s[i4, 3], s[i4, 4], s[i4, 5]
-            o = out[i4]
-            for tw in range(tiles_w):
-                a12 = e1[tw] + e2[tw]
-                d12 = e1[tw] - e2[tw]
-                a34 = e3[tw] + e4[tw]
-                d34 = e3[tw] - e4[tw]
-                o[4 * tw] = e0[tw] + a12 + a34
-                o[4 * tw + 1] = d12 + c2 * d34
-                o[4 * tw + 2] = a12 + c4 * a34
-                o[4 * tw + 3] = d12 + c8 * d34 + e5[tw]
-        _store_rows(out, y, n, kk, th * 4, bias[kk], Q)
-        return _any_nonfinite(out)
+    g, k = kk // Kg, kk % Kg
+    r = r0 + i
+    n, th = r // tiles_h, r % tiles_h
+    lo, hi = i * tiles_w, (i + 1) * tiles_w
+    for b in range(6):
+        m0, m1 = M[0 * 6 + b, g, k, lo:hi], M[1 * 6 + b, g, k, lo:hi]
+        m2, m3 = M[2 * 6 + b, g, k, lo:hi], M[3 * 6 + b, g, k, lo:hi]
+        m4, m5 = M[4 * 6 + b, g, k, lo:hi], M[5 * 6 + b, g, k, lo:hi]
+        s0, s1, s2, s3 = s[0, b], s[1, b], s[2, b], s[3, b]
+        # rows of A^T: [1 1 1 1 1 0] [0 1 -1 2 -2 0] [0 1 1 4 4 0] [0 1 -1 8 -8 1]
+        for tw in range(tiles_w):
+            a12 = m1[tw] + m2[tw]
+            d12 = m1[tw] - m2[tw]
+            a34 = m3[tw] + m4[tw]
+            d34 = m3[tw] - m4[tw]
+            s0[tw] = m0[tw] + a12 + a34
+            s1[tw] = d12 + c2 * d34
+            s2[tw] = a12 + c4 * a34
+            s3[tw] = d12 + c8 * d34 + m5[tw]
+    for i4 in range(4):
+        e0, e1, e2, e3, e4, e5 = s[i4, 0], s[i4, 1], s[i4, 2], s[i4, 3], s[i4, 4], s[i4, 5]
+        o = out[i4]
+        for tw in range(tiles_w):
+            a12 = e1[tw] + e2[tw]
+            d12 = e1[tw] - e2[tw]
+            a34 = e3[tw] + e4[tw]
+            d34 = e3[tw] - e4[tw]
+            o[4 * tw] = e0[tw] + a12 + a34
+            o[4 * tw + 1] = d12 + c2 * d34
+            o[4 * tw + 2] = a12 + c4 * a34
+            o[4 * tw + 3] = d12 + c8 * d34 + e5[tw]
+    _store_rows(out, y, n, kk, th * 4, bias[kk], Q)
+    return _any_nonfinite(out)
 
 
 @numba.njit(**PJIT)
@@ -468,14 +464,7 @@ def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles
         V3 = V.reshape(A2 * G, Cg, nt)
         M3 = M.reshape(A2 * G, Kg, nt)
         for a in range(A2 * G):
-            if Kg == 1 and Cg == 1:
-                u = U3[a, 0, 0]
-                v = V3[a, 0]
-                mm = M3[a, 0]
-                for j in range(nt):
-                    mm[j] = u * v[j]
-            else:
-                np.dot(U3[a], V3[a], M3[a])
+            matmul_into(U3[a], V3[a], M3[a])
         s = np.empty((m, alpha, tiles_w), dtype=x.dtype)
         out = np.empty((m, m * tiles_w), dtype=x.dtype)
         flag = False
