@@ -23,7 +23,7 @@ CASES = [
     ((1, 6, 6, 6), (6, 1, 3, 3), {"groups": 6, "padding": 5}),                # depthwise, wide pad
     ((1, 2, 5, 5), (2, 2, 5, 5), {"padding": ((7, 0), (0, 6)), "stride": 3}),  # taps all outside
     ((2, 6, 8, 7), (4, 3, 3, 3), {"padding": ((0, 2), (1, 0)), "groups": 2}),
-    ((1, 4, 24, 24), (4, 4, 3, 3), {"padding": "same"}),                     # PQ >= _SMALL_PQ
+    ((1, 4, 24, 24), (4, 4, 3, 3), {"padding": "same"}),                     # larger maps
 ]
 
 

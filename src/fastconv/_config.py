@@ -15,6 +15,10 @@ FASTCONV_CACHE
 FASTCONV_WORKSPACE_MB
     Upper bound, in MiB, on the scratch memory of one im2col or Winograd call
     (default 256).  Work is tiled over batch and output rows to respect it.
+FASTCONV_WEIGHT_CACHE_MB
+    Upper bound, in MiB, on the prepared weights (Winograd-transformed or
+    packed) kept between calls whose weights did not change (default 256;
+    ``0`` disables the cache).  See :mod:`fastconv._weight_cache`.
 FASTCONV_CUDA_BLOCK
     Threads per block edge of the CUDA kernels (default 16); the simulator
     tests shrink it so that multi-block paths run.
@@ -62,6 +66,7 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
 FASTMATH = _flag("FASTCONV_FASTMATH", False)
 CACHE = _flag("FASTCONV_CACHE", True)
 WORKSPACE_BYTES = max(1, _int("FASTCONV_WORKSPACE_MB", 256)) * 2**20
+WEIGHT_CACHE_BYTES = _int("FASTCONV_WEIGHT_CACHE_MB", 256, minimum=0) * 2**20
 CUDA_BLOCK = _int("FASTCONV_CUDA_BLOCK", 16)
 CUDA_REGTILE = _int("FASTCONV_CUDA_REGTILE", 8)
 CUDA_BK = _int("FASTCONV_CUDA_BK", 8)

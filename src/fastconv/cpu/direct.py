@@ -60,6 +60,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .. import _weight_cache
 from .._config import PJIT, WORKSPACE_BYTES, parallel_section
 from . import depthwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
@@ -282,7 +283,9 @@ def _run_blocked(x, w, bias, p, y):
     V = lanes(p.dtype)
     G = p.groups
     NKB, NPX, Vc, KBp, ntiles, tile_px, ccb = blocked_plan(p)
-    wb, _ = pack_weights_blocked(w, G, Vc, NKB, V)
+    # Packed weights of unchanged weights come from the (content-verified) weight cache.
+    wb = _weight_cache.CACHE.get(w, ("blocked", G, Vc, NKB, V),
+                                 lambda snap: pack_weights_blocked(snap, G, Vc, NKB, V)[0])
     bb = np.zeros((G, KBp * V), dtype=p.dtype)
     if bias is not None:
         bb[:, :p.Kg] = bias.reshape(G, p.Kg)

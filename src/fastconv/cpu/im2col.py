@@ -9,28 +9,33 @@ Paths
 -----
 * 1x1 kernels, no padding: no unfolding at all.  With stride 1 the input
   ``(N, C, H*W)`` already is the column matrix, so the convolution is one
-  (broadcast) ``np.matmul`` straight into ``y``; with a larger stride the
+  GEMM per image and group straight into ``y``; with a larger stride the
   input is first subsampled into a contiguous ``(N, C, P*Q)`` copy.
-* Everything else: :func:`_unfold` builds ``cols`` for a block, applying the
-  zero padding on the fly (the input is never padded as a whole), and the
-  product goes straight into ``y`` (one GEMM per image and group) -- or, for
-  maps smaller than ``_SMALL_PQ`` positions, one GEMM over several images
-  whose result is then transposed into ``y``.
+* Everything else: :func:`_unfold` builds ``cols`` for a block of images
+  (all groups), applying the zero padding on the fly (the input is never
+  padded as a whole), and the products go straight into ``y``.  When one
+  image's columns exceed the workspace, blocks of output rows of one image
+  are unfolded instead and the product is copied into ``y``.
+
+The GEMMs run in Numba's thread pool (:func:`fastconv.cpu._gemm.grouped_matmul`):
+each job is a single-threaded BLAS call on a block of output-channel rows,
+so a call never wakes BLAS's own threads (which busy-wait for tens of
+milliseconds after a call and then steal the cores of whatever runs next),
+and the unfold and the GEMM share one pool.
 
 Workspace bound
 ---------------
 ``cols`` never exceeds ``FASTCONV_WORKSPACE_MB`` (default 256 MiB; one
 output row of one image is the minimum block).  Blocks span whole images when
-they fit and rows of one image otherwise.  The strided 1x1 path needs the
-subsampled input (``N * C * P * Q`` elements, no more than the input itself)
-instead; the small-map path needs a ``Kg * positions`` product buffer of at
-most the same size as ``cols``.  For VGG-16 conv1_2 at batch 32 (C = 64,
-224 x 224, 3x3) one image's ``cols`` takes 115 MiB, so two images per block
-use 231 MiB.
+they fit and rows of one image otherwise (plus a ``K * rows * Q`` product
+buffer for the copy).  The strided 1x1 path needs the subsampled input
+(``N * C * P * Q`` elements, no more than the input itself) instead.  For
+VGG-16 conv1_2 at batch 32 (C = 64, 224 x 224, 3x3) one image's ``cols``
+takes 115 MiB, so two images per block use 231 MiB.
 
 Bias is added in a final pass over ``y``.  The unfold writes disjoint slices
-of ``cols`` per parallel job and BLAS does the sums, so results do not depend
-on the number of Numba threads.
+of ``cols`` per parallel job and each output is one BLAS dot product, so
+results do not depend on the number of Numba threads.
 """
 
 from __future__ import annotations
@@ -42,31 +47,30 @@ import numpy as np
 
 from .. import _config
 from .._config import PJIT
-
-#: Below this many output positions per image, several images share one GEMM.
-_SMALL_PQ = 256
-
+from ._gemm import grouped_matmul
 
 @numba.njit(**PJIT)
-def _unfold(x, cols, n0, nimg, c0, Cg, R, S, p0, p1, Q, sh, sw, dh, dw, pt, pl):
-    # cols[(c*R + r)*S + s, (i*(p1-p0) + p - p0)*Q + q]
-    #     = x[n0 + i, c0 + c, p*sh + r*dh - pt, q*sw + s*dw - pl]   (0 outside x)
-    # One job per (row of cols, image); loops run over 0-based ranges of views so Numba
-    # needs no negative-index wraparound (which would block vectorisation).
+def _unfold(x, cols, n0, R, S, p0, p1, Q, sh, sw, dh, dw, pt, pl):
+    # cols[i, (c*R + r)*S + s, (p - p0)*Q + q]
+    #     = x[n0 + i, c, p*sh + r*dh - pt, q*sw + s*dw - pl]   (0 outside x)
+    # for every channel c of every group.  One job per (image, row of cols); loops
+    # run over 0-based ranges of views so Numba needs no negative-index wraparound
+    # (which would block vectorisation).
     H, W = x.shape[2], x.shape[3]
+    nimg, nrows = cols.shape[0], cols.shape[1]
     nrow = p1 - p0
-    for job in numba.prange(Cg * R * S * nimg):
-        row, i = job // nimg, job % nimg
+    for job in numba.prange(nimg * nrows):
+        i, row = job // nrows, job % nrows
         c, rs = row // (R * S), row % (R * S)
         r, s = rs // S, rs % S
         off = s * dw - pl  # input column of output column q is q*sw + off
         qlo = 0 if off >= 0 else min(Q, (-off + sw - 1) // sw)
         qhi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
         qhi = max(qhi, qlo)
-        dst_img = cols[row, i * nrow * Q:(i + 1) * nrow * Q]
+        dst = cols[i, row]
         for pp in range(nrow):
             h = (p0 + pp) * sh + r * dh - pt
-            d = dst_img[pp * Q:(pp + 1) * Q]
+            d = dst[pp * Q:(pp + 1) * Q]
             if h < 0 or h >= H:
                 for q in range(Q):
                     d[q] = 0
@@ -76,7 +80,7 @@ def _unfold(x, cols, n0, nimg, c0, Cg, R, S, p0, p1, Q, sh, sw, dh, dw, pt, pl):
             for q in range(qhi, Q):
                 d[q] = 0
             if qhi > qlo:
-                src = x[n0 + i, c0 + c, h, qlo * sw + off:(qhi - 1) * sw + off + 1:sw]
+                src = x[n0 + i, c, h, qlo * sw + off:(qhi - 1) * sw + off + 1:sw]
                 dv = d[qlo:qhi]
                 for q in range(qhi - qlo):
                     dv[q] = src[q]
@@ -96,63 +100,54 @@ def _execute(x, w, bias, p, y, t):
     G, Cg, Kg = p.groups, p.Cg, p.Kg
     P, Q, PQ = p.P, p.Q, p.P * p.Q
     rows = Cg * p.R * p.S
-    w2 = w.reshape(G, Kg, rows)
+    w3 = np.ascontiguousarray(w.reshape(G, Kg, rows))
     yv = y.reshape(p.N, G, Kg, PQ)
     sh, sw = p.stride
     if _is_pointwise(p):
         t0 = clock()
         if (sh, sw) == (1, 1):
-            xs = x
+            xs = np.ascontiguousarray(x)
         else:  # a strided 1x1 reads every sh-th row and sw-th column: subsample once
             xs = np.ascontiguousarray(x[:, :, : (P - 1) * sh + 1: sh, : (Q - 1) * sw + 1: sw])
         t1 = clock()
-        np.matmul(w2, xs.reshape(p.N, G, Cg, PQ), out=yv)
+        grouped_matmul(w3, xs.reshape(p.N, G, Cg, PQ), yv)
         t["unfold"] += t1 - t0
         t["gemm"] += clock() - t1
         return
     itemsize = p.dtype.itemsize
-    args = (Cg, p.R, p.S)
     geo = (sh, sw, p.dilation[0], p.dilation[1], p.padding[0], p.padding[2])
-    per_image = rows * PQ * itemsize
+    per_image = G * rows * PQ * itemsize
     ws = _config.WORKSPACE_BYTES
     if per_image <= ws:
         nb = int(max(1, min(p.N, ws // per_image)))
-        small = PQ < _SMALL_PQ and nb > 1
-        if small:  # cols and the product share the bound
-            nb = int(max(1, min(p.N, ws // ((rows + Kg) * PQ * itemsize))))
-        cols = np.empty(rows * nb * PQ, dtype=p.dtype)
-        res = np.empty(Kg * nb * PQ, dtype=p.dtype) if small else None
+        cols = np.empty(nb * G * rows * PQ, dtype=p.dtype)
         for n0 in range(0, p.N, nb):
             m = min(nb, p.N - n0)
-            for g in range(G):
-                t0 = clock()
-                c = cols[: rows * m * PQ].reshape(rows, m * PQ)
-                _unfold(x, c, n0, m, g * Cg, *args, 0, P, Q, *geo)
-                t1 = clock()
-                if small:
-                    r = res[: Kg * m * PQ].reshape(Kg, m * PQ)
-                    np.matmul(w2[g], c, out=r)
-                    yv[n0:n0 + m, g] = r.reshape(Kg, m, PQ).transpose(1, 0, 2)
-                else:
-                    for i in range(m):
-                        np.matmul(w2[g], c[:, i * PQ:(i + 1) * PQ], out=yv[n0 + i, g])
-                t["unfold"] += t1 - t0
-                t["gemm"] += clock() - t1
-    else:
-        rb = int(max(1, ws // (rows * Q * itemsize)))
-        cols = np.empty(rows * min(rb, P) * Q, dtype=p.dtype)
+            t0 = clock()
+            c = cols[: m * G * rows * PQ].reshape(m, G * rows, PQ)
+            _unfold(x, c, n0, p.R, p.S, 0, P, Q, *geo)
+            t1 = clock()
+            grouped_matmul(w3, c.reshape(m, G, rows, PQ), yv[n0:n0 + m])
+            t["unfold"] += t1 - t0
+            t["gemm"] += clock() - t1
+    else:  # blocks of output rows of one image
+        rb = int(max(1, ws // (G * rows * Q * itemsize)))
+        cols = np.empty(G * rows * min(rb, P) * Q, dtype=p.dtype)
+        res = np.empty(G * Kg * min(rb, P) * Q, dtype=p.dtype)
         y5 = y.reshape(p.N, G, Kg, P, Q)
         for n in range(p.N):
             for p0 in range(0, P, rb):
                 p1 = min(P, p0 + rb)
-                for g in range(G):
-                    t0 = clock()
-                    c = cols[: rows * (p1 - p0) * Q].reshape(rows, (p1 - p0) * Q)
-                    _unfold(x, c, n, 1, g * Cg, *args, p0, p1, Q, *geo)
-                    t1 = clock()
-                    y5[n, g, :, p0:p1] = (w2[g] @ c).reshape(Kg, p1 - p0, Q)
-                    t["unfold"] += t1 - t0
-                    t["gemm"] += clock() - t1
+                npq = (p1 - p0) * Q
+                t0 = clock()
+                c = cols[: G * rows * npq].reshape(1, G * rows, npq)
+                _unfold(x, c, n, p.R, p.S, p0, p1, Q, *geo)
+                t1 = clock()
+                r = res[: G * Kg * npq].reshape(1, G, Kg, npq)
+                grouped_matmul(w3, c.reshape(1, G, rows, npq), r)
+                y5[n, :, :, p0:p1] = r.reshape(G, Kg, p1 - p0, Q)
+                t["unfold"] += t1 - t0
+                t["gemm"] += clock() - t1
 
 
 def _add_bias(y, bias):

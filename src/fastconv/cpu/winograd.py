@@ -74,6 +74,7 @@ import numba
 import numpy as np
 
 from .. import _config
+from .. import _weight_cache
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import direct
@@ -655,8 +656,16 @@ def run_prepared(x, packed, bias, p, y):
 
 
 def _run(x, w, bias, p, y, m):
-    if not _execute(x, w, None, m, bias, p, y):
-        direct.run(x, w, bias, p, y)
+    # The transformed weights of unchanged weights come from the weight cache
+    # (content-verified; see fastconv._weight_cache).
+    if not _weight_cache.CACHE.enabled_for(w):
+        if not _execute(x, w, None, m, bias, p, y):
+            direct.run(x, w, bias, p, y)
+        return
+    packed = _weight_cache.CACHE.get(
+        w, ("winograd", m, p.groups),
+        lambda snap: PreparedWeights(m, _transform_weights(snap, m, p.groups, p.dtype), snap))
+    run_prepared(x, packed, bias, p, y)
 
 
 def run_f2x2(x, w, bias, p, y):
