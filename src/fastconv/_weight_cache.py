@@ -158,5 +158,11 @@ CACHE = WeightCache(_config.WEIGHT_CACHE_BYTES)
 
 
 def clear():
-    """Drop every cached prepared weight (frees their memory)."""
+    """Drop every prepared weight kept between calls (frees their memory).
+
+    ``conv2d`` keeps Winograd-transformed and packed weights of unchanged
+    weight arrays (bounded by ``FASTCONV_WEIGHT_CACHE_MB``, default 256 MiB;
+    reused only when the weights are bitwise unchanged).  Results never
+    depend on it; call this to release the memory.
+    """
     CACHE.clear()
