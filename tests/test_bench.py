@@ -208,3 +208,13 @@ def test_cpu_clock_single_threaded():
     assert all(m.median > 0 for m in res.layers[0].measurements.values())
     with pytest.raises(ValueError, match="threads=1"):
         run_suite(TINY[:1], repeat=1, peers=(), cpu_time=True)
+
+
+def test_fma_peak_is_recorded_and_bounds_a_kernel(result):
+    """The measured peak is positive, reported, and no kernel beats it by more than noise."""
+    peak = result.machine["fastconv"]["fma_peak_gflops"]
+    assert np.isfinite(peak) and peak > 0
+    text = report.format_table(result)
+    assert f"FMA peak with these threads: {peak:.0f} GFLOP/s" in text
+    assert "direct reached" in text
+

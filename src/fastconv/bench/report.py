@@ -126,6 +126,17 @@ def summary_lines(result: SuiteResult) -> list:
                    f"({_n(f.get('torch_threads'), 'thread')}); numpy {v.get('numpy')}; "
                    f"BLAS {blas_txt}; clock {clock}; load average {f.get('load_average_1min_before')} "
                    f"before, {f.get('load_average_1min')} after.")
+        peak = f.get("fma_peak_gflops")
+        if peak:
+            direct = [(r.measurements["direct"].gflops, r.layer.name) for r in result.layers
+                      if "direct" in r.measurements]
+            text = (f"measured {result.options.get('dtype')} FMA peak with these threads: "
+                    f"{peak:.0f} GFLOP/s")
+            if direct:
+                best, lname = max(direct)
+                text += (f"; direct reached {100 * best / peak:.0f}% of it ({lname}), "
+                         f"median over the layers {100 * float(np.median([d for d, _ in direct])) / peak:.0f}%")
+            out.append(text + ".")
         for w in f.get("warnings", []):
             out.append(f"WARNING: {w}")
     errors = [(r.layer.name, m.name, m.error) for r in result.layers for m in r.measurements.values()

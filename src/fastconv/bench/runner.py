@@ -11,8 +11,10 @@ Method (the same for every candidate):
    alike instead of one.  Each candidate's turn starts with one untimed call:
    the thread pool of the previous candidate (OpenBLAS workers busy-wait
    for a while after a GEMM, as do OpenMP workers after a parallel region)
-   is then idle again and does not steal cores from the timed calls.  The
-   statistic reported is the median per call.
+   is then idle again and does not steal cores from the timed calls.  After
+   a candidate that uses a multi-threaded BLAS (the numpy peer) the runner
+   also sleeps until OpenBLAS's workers stop busy-waiting (``BLAS_PARK_S``).
+   The statistic reported is the median per call.
 3. Every candidate's result is checked against a float64 numpy im2col
    oracle (``max |y - y_ref| / max |y_ref|``), so a wrong fast kernel shows.
 4. The ratio to PyTorch uses the two medians measured in this process.
@@ -33,6 +35,12 @@ from .layers import Layer
 from .peers import REFERENCE_MAX_FLOPS, numpy_im2col, torch_available, torch_conv
 
 PEERS = ("torch", "numpy_im2col", "scipy_reference")
+#: Candidates that call a multi-threaded BLAS.  OpenBLAS's workers busy-wait
+#: for about 2**28 cycles (~0.07 s) after each call; on a 2-core machine they
+#: slowed whatever ran next 3-4x (fastconv and torch alike), so the runner
+#: waits ``BLAS_PARK_S`` after such a candidate until they park.
+BLAS_THREADED = frozenset({"numpy_im2col"})
+BLAS_PARK_S = 0.15
 #: Within this factor of the fastest algorithm, ``auto`` counts as a near hit
 #: (the run-to-run noise of a shared 2-core machine is about this size).
 NEAR_HIT = 1.05
@@ -250,6 +258,7 @@ def bench_layer(layer: Layer, *, algorithms=None, repeat: int = 5, dtype=np.floa
         results[name] = Measurement(name, kinds[name], [], numbers[name], flops, err)
     if progress:
         progress(1)
+    time.sleep(BLAS_PARK_S)  # the oracle and the numpy peer ran multi-threaded BLAS
     for _ in range(repeat):
         for name, fn in calls.items():
             number = numbers[name]
@@ -258,6 +267,8 @@ def bench_layer(layer: Layer, *, algorithms=None, repeat: int = 5, dtype=np.floa
             for _ in range(number):
                 fn()
             results[name].times.append((timer() - t0) / number)
+            if name in BLAS_THREADED:
+                time.sleep(BLAS_PARK_S)
         if progress:
             progress(1)
     if phases:
@@ -279,9 +290,12 @@ def steps_per_layer(repeat: int, phases: bool) -> int:
 
 def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, peers=PEERS,
               threads=None, phases: bool = False, min_round_s: float = 0.02, seed: int = 0,
-              progress=None, cpu_time: bool = False) -> SuiteResult:
+              progress=None, cpu_time: bool = False, measure_peak: bool = True) -> SuiteResult:
     """Benchmark ``layers`` on the CPU; see :func:`bench_layer` for the options.
 
+    ``measure_peak`` also measures the machine's FMA peak with the run's
+    threads (:func:`fastconv.bench.peak.fma_peak`, about a second), recorded
+    as ``machine_info["fastconv"]["fma_peak_gflops"]``.
     ``threads`` sets Numba's, BLAS's (threadpoolctl, when installed) and
     torch's thread counts for the run; None keeps the current ones.
     ``progress(step, label)`` is called after each round with the layer's name.
@@ -326,6 +340,9 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
                 torch_threads = None
             machine = machine_info(threads, torch_threads)
             machine["fastconv"]["load_average_1min_before"] = load_before
+            if measure_peak:
+                from .peak import fma_peak
+                machine["fastconv"]["fma_peak_gflops"] = round(fma_peak(dtype=dtype), 1)
     finally:
         numba.set_num_threads(old_threads)
     options = dict(repeat=repeat, dtype=np.dtype(dtype).name, threads=threads, peers=list(peers),
