@@ -10,7 +10,7 @@ import pytest
 import fastconv
 from fastconv import reference
 from fastconv._params import normalize
-from fastconv.cpu import winograd
+from fastconv.cpu import winograd, winograd_vec
 from fastconv.winograd_math import error_bound, transform_matrices
 
 from conftest import TOLERANCE, random_problem, rel_err
@@ -58,6 +58,7 @@ def test_unbatched_and_nhwc(rng):
 def test_blocking_paths(rng, monkeypatch, alg):
     """A workspace of one tile row forces many blocks; the result must not change."""
     x, w, b = random_problem(rng, (3, 8, 13, 10), (8, 8, 3, 3), np.float64)
+    monkeypatch.setattr(winograd_vec, "MAX_TILES_W", 0)  # the tile-row path only
     whole = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
     monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 1)
     blocked = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
@@ -65,6 +66,39 @@ def test_blocking_paths(rng, monkeypatch, alg):
     monkeypatch.setattr(winograd, "_BLOCK_BYTES", 3 * 36 * 16 * 3 * 8)  # a few rows per block
     np.testing.assert_array_equal(fastconv.conv2d(x, w, b, padding=1, algorithm=alg), whole)
     assert rel_err(whole, reference.conv2d(x, w, b, padding=1)) < TOLERANCE[(alg, "float64")]
+
+
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_vectorised_path(rng, monkeypatch, alg, dtype):
+    """Small maps take winograd_vec; items and image slices of any size give the same result."""
+    x, w, b = random_problem(rng, (3, 20, 9, 11), (24, 20, 3, 3), dtype)
+    m = int(alg[10])
+    p = normalize(x.shape, w.shape, b.shape, dtype, padding=(1, 2))
+    assert winograd_vec.plan(p, m) is not None
+    y, _ = _check(x, w, b, alg, padding=(1, 2))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
+    # one tile per item, one image per slice
+    monkeypatch.setattr(winograd_vec, "ITEM_BYTES", 1)
+    monkeypatch.setattr(winograd_vec, "MIN_ITEM_TILES", 1)
+    L = 16 if dtype == np.float32 else 8
+    tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
+    Cp, Kp = -(-20 // L) * L, -(-24 // L) * L  # channels padded to whole vectors
+    per_image = (Cp * (tiles_h * m + 2) * (tiles_w * m + 2) + Kp * p.P * p.Q) * np.dtype(dtype).itemsize
+    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 2 * per_image + 8)
+    assert winograd_vec.plan(p, m) == (1, 1)
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
+    # the tile-row path agrees
+    monkeypatch.setattr(winograd_vec, "MAX_TILES_W", 0)
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
+    # non-finite input: the whole call is recomputed by direct
+    monkeypatch.undo()
+    x[2, 7, 4, 4] = np.nan
+    y = fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg)
+    ref = fastconv.conv2d(x, w, b, padding=(1, 2), algorithm="direct")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    ok = ~np.isnan(ref)
+    np.testing.assert_allclose(y[ok], ref[ok], **tol)
 
 
 @pytest.mark.parametrize("alg", ALGS)

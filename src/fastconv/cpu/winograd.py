@@ -77,7 +77,8 @@ from .. import _config
 from .. import _weight_cache
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
-from . import direct
+from . import direct, winograd_vec
+from ._blocked import lanes
 from ._gemm import batched_matmul, matmul_into, single_threaded_blas
 
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
@@ -496,15 +497,20 @@ class PreparedWeights:
     spatial weights, kept for the direct fallback on non-finite values.
     """
 
-    __slots__ = ("m", "U", "w", "finite")
+    __slots__ = ("m", "U", "w", "finite", "Uv")
 
     def __init__(self, m, U, w):
         self.m, self.U, self.w = m, U, w
         self.finite = bool(np.isfinite(U).all())
+        # The channel-vectorised path's layout of U, where that path can take it.
+        A2, G, Kg, Cg = U.shape
+        L = lanes(U.dtype)
+        fits = A2 * -(-Cg // L) * L * -(-Kg // L) * L * U.dtype.itemsize <= winograd_vec.MAX_U_BYTES
+        self.Uv = winograd_vec.transform_layout(U, Kg, Cg, U.dtype) if G == 1 and fits else None
 
     @property
     def nbytes(self):
-        return self.U.nbytes + self.w.nbytes
+        return self.U.nbytes + self.w.nbytes + (0 if self.Uv is None else self.Uv.nbytes)
 
 
 def prepare(w, p, m):
@@ -650,18 +656,25 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
 
 
 def run_prepared(x, packed, bias, p, y):
-    """Run with weights from :func:`prepare`; falls back to ``direct`` on non-finite values."""
-    if not (packed.finite and _execute(x, None, packed.U, packed.m, bias, p, y)):
+    """Run with weights from :func:`prepare`; falls back to ``direct`` on non-finite values.
+
+    Takes the channel-vectorised path (:mod:`fastconv.cpu.winograd_vec`) when
+    it fits the call, else the tile-row path.
+    """
+    vec = winograd_vec.plan(p, packed.m) if packed.Uv is not None else None
+    if not packed.finite:
+        ok = False
+    elif vec is not None:
+        ok = winograd_vec.run(x, packed.Uv, bias, p, y, packed.m, *vec)
+    else:
+        ok = _execute(x, None, packed.U, packed.m, bias, p, y)
+    if not ok:
         direct.run(x, packed.w, bias, p, y)
 
 
 def _run(x, w, bias, p, y, m):
     # The transformed weights of unchanged weights come from the weight cache
     # (content-verified; see fastconv._weight_cache).
-    if not _weight_cache.CACHE.enabled_for(w):
-        if not _execute(x, w, None, m, bias, p, y):
-            direct.run(x, w, bias, p, y)
-        return
     packed = _weight_cache.CACHE.get(
         w, ("winograd", m, p.groups),
         lambda snap: PreparedWeights(m, _transform_weights(snap, m, p.groups, p.dtype), snap))
