@@ -65,6 +65,41 @@ HELDOUT_SHAPES = [
     Layer("n16_c32_k64_h32_3x3", 16, 32, 32, 32, 64, 3, 3, padding=1),
 ]
 
+#: A second held-out set, measured only after the rule was refitted for the
+#: channel-vectorised Winograd path and the in-pool im2col GEMMs (2026-11-26,
+#: 09:30 UTC): maps between the old thresholds, odd channel counts, batch,
+#: strided and grouped 1x1, a channel multiplier, 5x5.
+HELDOUT2_SHAPES = [
+    Layer("c64_k64_h12_3x3", 1, 64, 12, 12, 64, 3, 3, padding=1),
+    Layer("c192_k192_h14_3x3", 1, 192, 14, 14, 192, 3, 3, padding=1),
+    Layer("c160_k160_h17_3x3", 1, 160, 17, 17, 160, 3, 3, padding=1),
+    Layer("n4_c128_k128_h14_3x3", 4, 128, 14, 14, 128, 3, 3, padding=1),
+    Layer("c320_k320_h8_3x3", 1, 320, 8, 8, 320, 3, 3, padding=1),
+    Layer("c512_k512_h14_3x3", 1, 512, 14, 14, 512, 3, 3, padding=1),
+    Layer("n2_c64_k64_h56_3x3", 2, 64, 56, 56, 64, 3, 3, padding=1),
+    Layer("c96_k192_h28_1x1", 1, 96, 28, 28, 192, 1, 1),
+    Layer("c256_k256_h28_1x1_s2", 1, 256, 28, 28, 256, 1, 1, stride=2),
+    Layer("c128_k256_h28_1x1_g4", 1, 128, 28, 28, 256, 1, 1, groups=4),
+    Layer("c72_k72_h24_5x5", 1, 72, 24, 24, 72, 5, 5, padding=2),
+    Layer("c24_k48_h112_3x3_s2", 1, 24, 112, 112, 48, 3, 3, stride=2, padding=1),
+    Layer("dw2_c32_h56_3x3", 1, 32, 56, 56, 64, 3, 3, padding=1, groups=32),
+]
+
+#: A third held-out set, measured once after the final rule of 2026-11-26
+#: (09:40 UTC) and not used to change it.
+HELDOUT3_SHAPES = [
+    Layer("c128_k128_h9_3x3", 1, 128, 9, 9, 128, 3, 3, padding=1),
+    Layer("c192_k384_h10_3x3", 1, 192, 10, 10, 384, 3, 3, padding=1),
+    Layer("n3_c48_k48_h40_3x3", 3, 48, 40, 40, 48, 3, 3, padding=1),
+    Layer("c40_k80_h30_3x3", 1, 40, 30, 30, 80, 3, 3, padding=1),
+    Layer("c256_k64_h20_3x3", 1, 256, 20, 20, 64, 3, 3, padding=1),
+    Layer("n2_c512_k128_h7_1x1", 2, 512, 7, 7, 128, 1, 1),
+    Layer("c128_k128_h28_3x3_s2", 1, 128, 28, 28, 128, 3, 3, stride=2, padding=1),
+    Layer("c64_k64_h28_3x3_g2", 1, 64, 28, 28, 64, 3, 3, padding=1, groups=2),
+    Layer("c16_k32_h150_3x3", 1, 16, 150, 150, 32, 3, 3, padding=1),
+    Layer("c96_k96_h14_5x5", 1, 96, 14, 14, 96, 5, 5, padding=2),
+]
+
 NEAR = 1.05
 
 
@@ -134,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-round-s", type=float, default=0.0,
                     help="seconds per timed round (default 0: every sample is one call, so one "
                          "stall from another process spoils one sample, not a whole round)")
-    ap.add_argument("--only", choices=("suite", "other", "heldout"), default=None)
+    ap.add_argument("--only", choices=("suite", "other", "heldout", "heldout2", "heldout3"), default=None)
     ap.add_argument("--stat", choices=("mins", "medians"), default="mins",
                     help="score on the fastest round (default: robust to load from other "
                          "processes, which only ever adds time) or on the median")
@@ -161,6 +196,10 @@ def main(argv=None) -> int:
             data["other"] = measure(OTHER_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
         if args.only == "heldout":
             data["heldout"] = measure(HELDOUT_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
+        if args.only == "heldout2":
+            data["heldout2"] = measure(HELDOUT2_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
+        if args.only == "heldout3":
+            data["heldout3"] = measure(HELDOUT3_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
         from fastconv.bench.machine import machine_info
         data["machine"] = machine_info()["fastconv"]
         data["repeat"] = args.repeat
@@ -169,7 +208,7 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(data, f, indent=1, default=str)
-    for key in ("suite", "other", "heldout"):
+    for key in ("suite", "other", "heldout", "heldout2", "heldout3"):
         if key in data:
             score(data[key], f"{key} ({len(data[key])} shapes, {args.stat})", args.stat)
     return 0
