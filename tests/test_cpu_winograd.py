@@ -193,9 +193,21 @@ def test_profile_phases(rng):
     for m in (2, 4, None):
         y = np.full(p.output_shape, np.nan, np.float32)
         t = winograd.profile_phases(x, w, b, p, y, m=m)
-        assert set(t) == {"kernel_transform", "input_transform", "gemm", "output_transform"}
+        # the channel-vectorised path (this small map) also packs its input
+        assert set(t) == {"kernel_transform", "input_transform", "gemm", "output_transform",
+                          "pack_input"}
         assert all(v >= 0 for v in t.values())
         assert rel_err(y, reference.conv2d(x, w, b, padding=1)) < 2e-4
+
+
+def test_profile_phases_tile_row_path(rng, monkeypatch):
+    monkeypatch.setattr(winograd_vec, "MAX_TILES_W", 0)
+    x, w, b = random_problem(rng, (2, 6, 10, 9), (4, 6, 3, 3), np.float32)
+    p = normalize(x.shape, w.shape, b.shape, np.float32, padding=1)
+    y = np.full(p.output_shape, np.nan, np.float32)
+    t = winograd.profile_phases(x, w, b, p, y, m=4)
+    assert set(t) == {"kernel_transform", "input_transform", "gemm", "output_transform"}
+    assert rel_err(y, reference.conv2d(x, w, b, padding=1)) < 2e-4
 
 
 def test_prepare_run_prepared_snapshot(rng):

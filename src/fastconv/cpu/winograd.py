@@ -78,7 +78,6 @@ from .. import _weight_cache
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import direct, winograd_vec
-from ._blocked import lanes
 from ._gemm import batched_matmul, matmul_into, single_threaded_blas
 
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
@@ -493,30 +492,51 @@ def supports(p):
 class PreparedWeights:
     """Winograd-transformed weights for tile size ``m``, from :func:`prepare`.
 
-    ``U`` is ``(alpha^2, groups, Kg, Cg)``; ``w`` is a private copy of the
-    spatial weights, kept for the direct fallback on non-finite values.
+    ``w`` is a private copy of the spatial weights (kept for the direct
+    fallback on non-finite values).  The transforms are built on first use,
+    each in the layout of the path that needs it: :attr:`U`,
+    ``(alpha^2, groups, Kg, Cg)`` for the tile-row path, and :meth:`Uv`,
+    ``(alpha^2, Cp, Kp)`` for the channel-vectorised one
+    (:mod:`fastconv.cpu.winograd_vec`).  ``finite`` is False when a weight
+    is NaN or inf (an overflowing transform is caught on the outputs).
     """
 
-    __slots__ = ("m", "U", "w", "finite", "Uv")
+    __slots__ = ("m", "w", "groups", "finite", "_U", "_Uv")
 
-    def __init__(self, m, U, w):
-        self.m, self.U, self.w = m, U, w
-        self.finite = bool(np.isfinite(U).all())
-        # The channel-vectorised path's layout of U, where that path can take it.
-        A2, G, Kg, Cg = U.shape
-        L = lanes(U.dtype)
-        fits = A2 * -(-Cg // L) * L * -(-Kg // L) * L * U.dtype.itemsize <= winograd_vec.MAX_U_BYTES
-        self.Uv = winograd_vec.transform_layout(U, Kg, Cg, U.dtype) if G == 1 and fits else None
+    def __init__(self, m, w, groups, p=None):
+        self.m, self.w, self.groups = m, w, groups
+        self.finite = bool(np.isfinite(w).all())
+        self._U = self._Uv = None
+        if p is not None:  # build the transform the call ``p`` will use now
+            if self.vec_plan(p) is not None:
+                self.Uv()
+            else:
+                self.U  # noqa: B018  (builds it)
+
+    @property
+    def U(self):
+        if self._U is None:
+            self._U = _transform_weights(self.w, self.m, self.groups, self.w.dtype)
+        return self._U
+
+    def Uv(self):
+        if self._Uv is None:
+            self._Uv = winograd_vec.transform_weights(self.w, self.m)
+        return self._Uv
+
+    def vec_plan(self, p):
+        """The channel-vectorised path's plan for ``p``, or None (tile-row path)."""
+        return winograd_vec.plan(p, self.m)
 
     @property
     def nbytes(self):
-        return self.U.nbytes + self.w.nbytes + (0 if self.Uv is None else self.Uv.nbytes)
+        return self.w.nbytes + sum(a.nbytes for a in (self._U, self._Uv) if a is not None)
 
 
 def prepare(w, p, m):
     """Transform KCRS weights ``w`` once for :func:`run_prepared`; a snapshot (``w`` is copied)."""
     w = np.array(w, dtype=p.dtype, order="C", copy=True)
-    return PreparedWeights(m, _transform_weights(w, m, p.groups, p.dtype), w)
+    return PreparedWeights(m, w, p.groups, p)
 
 
 def prepare_f2x2(w, p):
@@ -661,11 +681,11 @@ def run_prepared(x, packed, bias, p, y):
     Takes the channel-vectorised path (:mod:`fastconv.cpu.winograd_vec`) when
     it fits the call, else the tile-row path.
     """
-    vec = winograd_vec.plan(p, packed.m) if packed.Uv is not None else None
+    vec = packed.vec_plan(p)
     if not packed.finite:
         ok = False
     elif vec is not None:
-        ok = winograd_vec.run(x, packed.Uv, bias, p, y, packed.m, *vec)
+        ok = winograd_vec.run(x, packed.Uv(), bias, p, y, packed.m, *vec)
     else:
         ok = _execute(x, None, packed.U, packed.m, bias, p, y)
     if not ok:
@@ -677,7 +697,7 @@ def _run(x, w, bias, p, y, m):
     # (content-verified; see fastconv._weight_cache).
     packed = _weight_cache.CACHE.get(
         w, ("winograd", m, p.groups),
-        lambda snap: PreparedWeights(m, _transform_weights(snap, m, p.groups, p.dtype), snap))
+        lambda snap: PreparedWeights(m, snap, p.groups, p))
     run_prepared(x, packed, bias, p, y)
 
 
@@ -693,7 +713,11 @@ def profile_phases(x, w, bias, p, y, m=None):
     """Run once, write ``y``, and return seconds per phase.
 
     Keys: ``kernel_transform``, ``input_transform``, ``gemm``, ``output_transform``
-    (summed over blocks).  ``m`` (2 or 4) defaults to :func:`fastconv.cpu.winograd_rule`.
+    (summed over blocks), plus ``pack_input`` where the channel-vectorised path
+    runs (its phases are differences of runs stopped after each phase, see
+    :func:`fastconv.cpu.winograd_vec.run`).  The tile-row path runs its phases
+    one by one here (in a normal call they share parallel loops).  ``m`` (2 or
+    4) defaults to :func:`fastconv.cpu.winograd_rule`.
     """
     if m is None:
         from . import winograd_rule
@@ -702,6 +726,19 @@ def profile_phases(x, w, bias, p, y, m=None):
     x = np.ascontiguousarray(x, dtype=p.dtype)
     w = np.ascontiguousarray(w, dtype=p.dtype)
     with _config.parallel_section():
+        t0 = time.perf_counter()
+        packed = PreparedWeights(m, w, p.groups)
+        vec = packed.vec_plan(p)
+        if vec is not None and packed.finite:
+            # The call's own path.  Repeated calls with unchanged weights skip the kernel
+            # transform (weight cache); it is reported all the same.
+            Uv = packed.Uv()
+            times["kernel_transform"] = time.perf_counter() - t0
+            if winograd_vec.run(x, Uv, bias, p, y, m, *vec, timings=times):
+                return times
+            direct.run(x, w, bias, p, y)
+            return times
+        times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
         if not _execute(x, w, None, m, bias, p, y, times):
             direct.run(x, w, bias, p, y)
     return times

@@ -43,6 +43,7 @@ input and the blocked output of a slice of images, all within
 from __future__ import annotations
 
 import threading
+import time
 
 import numba
 import numpy as np
@@ -76,7 +77,9 @@ def _make_kernel(m: int):
 
     @numba.njit(**PJIT)
     def fused(xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
-              T_item, vwork, mwork, twork):
+              T_item, vwork, mwork, twork, upto):
+        # upto < 3 stops each item after the input transform (1) or the GEMMs (2): only for
+        # timing the phases (profile), the output is then incomplete.
         L = twork.shape[1]
         Cp, Kp = CB * L, KB * L
         per_img = tiles_h * tiles_w
@@ -116,10 +119,14 @@ def _make_kernel(m: int):
                             for k in range(A):
                                 acc = vfma(vsplat(BT[j, k], Vb), sget(e, i * A + k), acc)
                             vstore(Vb, ((i * A + j) * T + tt) * Cp + cb * L, acc)
+            if upto < 2:
+                continue
             # --- the alpha^2 products, single-threaded BLAS
             for a in range(A2):
                 matmul_into(Vb[a * T * Cp:(a + 1) * T * Cp].reshape((T, Cp)), U[a],
                             Mb[a * T * Kp:(a + 1) * T * Kp].reshape((T, Kp)))
+            if upto < 3:
+                continue
             # --- output transform: yb[n, kb, p, q, :] = (A^T M A)[i, j] + bias, cropped
             chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
             zero = vsplat(0, Vb)
@@ -167,13 +174,46 @@ def _kernel(m):
     return k
 
 
-def transform_layout(U, K, C, dtype):
-    """``(alpha^2, 1, K, C)`` kernel transform -> zero-padded ``(alpha^2, Cp, Kp)`` for this path."""
+@numba.njit(**PJIT)
+def _kernel_transform(wt, Gm, Uv):
+    # Uv[a*alpha + b, c, k] = (G w[k, c] G^T)[a, b] from wt[c, r, s, k] = w[k, c, r, s],
+    # computed in float64 and rounded once (as the tile-row path's kernel transform).  One
+    # job per input channel; every loop runs over k, contiguous in wt and in Uv.
+    C, K = wt.shape[0], wt.shape[3]
+    A = Gm.shape[0]
+    for c in numba.prange(C):
+        t = np.empty((A, 3, K), dtype=np.float64)
+        for a in range(A):
+            g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
+            for s in range(3):
+                w0, w1, w2 = wt[c, 0, s], wt[c, 1, s], wt[c, 2, s]
+                row = t[a, s]
+                for k in range(K):
+                    row[k] = g0 * np.float64(w0[k]) + g1 * np.float64(w1[k]) + g2 * np.float64(w2[k])
+        for a in range(A):
+            t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
+            for b in range(A):
+                h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
+                u = Uv[a * A + b, c]
+                for k in range(K):
+                    u[k] = t0[k] * h0 + t1[k] * h1 + t2[k] * h2
+
+
+def uv_bytes(K, C, m, dtype) -> int:
+    """Bytes of the padded transformed weights of this path."""
     L = lanes(dtype)
-    Cp, Kp = -(-C // L) * L, -(-K // L) * L
-    out = np.zeros((U.shape[0], Cp, Kp), dtype=dtype)
-    out[:, :C, :K] = U[:, 0].transpose(0, 2, 1)
-    return out
+    return (m + 2) ** 2 * (-(-C // L) * L) * (-(-K // L) * L) * np.dtype(dtype).itemsize
+
+
+def transform_weights(w, m):
+    """``U = G w G^T`` of ``(K, C, 3, 3)`` weights as the zero-padded ``(alpha^2, Cp, Kp)`` of this path."""
+    K, C = w.shape[0], w.shape[1]
+    L = lanes(w.dtype)
+    _, Gm, _ = transform_matrices(m)
+    Uv = np.zeros(((m + 2) ** 2, -(-C // L) * L, -(-K // L) * L), dtype=w.dtype)
+    if w.size:
+        _kernel_transform(np.ascontiguousarray(w.transpose(1, 2, 3, 0)), Gm, Uv)
+    return Uv
 
 
 def plan(p, m):
@@ -230,8 +270,15 @@ def _scratch(name, dtype, n):
     return buf
 
 
-def run(x, U, bias, p, y, m, T_item, nb):
-    """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite."""
+def run(x, U, bias, p, y, m, T_item, nb, timings=None):
+    """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite.
+
+    With ``timings`` (a dict) the phases are timed and added into it:
+    ``pack_input``; ``input_transform``, ``gemm`` and ``output_transform``
+    (which includes the unpacking into NCHW) as the differences between
+    runs of the fused kernel stopped after each phase -- the phases share
+    one parallel loop, so they cannot be timed one by one.
+    """
     L = lanes(p.dtype)
     dt = p.dtype
     AT, _, BT = transform_matrices(m)
@@ -252,16 +299,32 @@ def run(x, U, bias, p, y, m, T_item, nb):
     kern = _kernel(m)
     PQ = p.P * p.Q
     ybuf = _scratch("Y", dt, min(nb, p.N) * KB * PQ * L)[0]
+    clock = time.perf_counter
     for n0 in range(0, p.N, nb):
         n1 = min(p.N, n0 + nb)
+        t0 = clock()
         xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], 1, L, (pt, pb, pl, pr))
         total = (n1 - n0) * tiles_h * tiles_w
         bad = np.zeros(-(-total // T_item), dtype=np.bool_)
         yb = ybuf[:(n1 - n0) * KB * PQ * L]
+        args = (xb, U, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K, p.P, p.Q,
+                tiles_h, tiles_w, T_item, vwork, mwork, twork)
         with single_threaded_blas():
-            kern(xb, U, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K, p.P, p.Q,
-                 tiles_h, tiles_w, T_item, vwork, mwork, twork)
+            if timings is not None:
+                t1 = clock()
+                kern(*args, 1)
+                t2 = clock()
+                kern(*args, 2)
+                t3 = clock()
+                timings["pack_input"] = timings.get("pack_input", 0.0) + t1 - t0
+                timings["input_transform"] += t2 - t1
+                timings["gemm"] += max(0.0, (t3 - t2) - (t2 - t1))
+                t0 = clock()
+            kern(*args, 3)
         if bad.any():
             return False
         _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L)
+        if timings is not None:
+            full = clock() - t0
+            timings["output_transform"] += max(0.0, full - (t3 - t2))
     return True
