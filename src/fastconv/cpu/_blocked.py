@@ -48,6 +48,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
 from .._config import PJIT
+from . import _scratch
 
 VECTOR_BYTES = 64  # one AVX-512 register
 
@@ -289,18 +290,20 @@ def _pack_input_blocked(x, xb, G, CB, Vc, pt, pl, Hp, Wp):
             xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = zero
 
 
-def pack_input_blocked(x, G, Vc, padding, extra_cols=0):
+def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None):
     """NCHW ``x`` -> flat ``[N, G, CB, Hp, Wp, Vc]`` (see the module docstring).
 
     Returns ``(xb, CB, Hp, Wp)``.  ``extra_cols`` zero columns are appended on
-    the right of every row.
+    the right of every row.  With ``scratch`` (a name), ``xb`` is a reused
+    work array of :mod:`fastconv.cpu._scratch` instead of a fresh one.
     """
     N, C, H, W = x.shape
     pt, pb, pl, pr = padding
     Cg = C // G
     CB = -(-Cg // Vc)
     Hp, Wp = H + pt + pb, W + pl + pr + extra_cols
-    xb = np.empty(N * G * CB * Hp * Wp * Vc, dtype=x.dtype)
+    size = N * G * CB * Hp * Wp * Vc
+    xb = np.empty(size, dtype=x.dtype) if scratch is None else _scratch.buffer(scratch, x.dtype, size)
     if xb.size:
         _pack_input_blocked(x, xb, G, CB, Vc, pt, pl, Hp, Wp)
     return xb, CB, Hp, Wp

@@ -62,7 +62,7 @@ import numpy as np
 
 from .. import _weight_cache
 from .._config import PJIT, WORKSPACE_BYTES, parallel_section
-from . import depthwise
+from . import _scratch, depthwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
                        stack_ints, stack_vectors, vbcast, vfma, vload, vstore)
 from ._layout import pad_nchw
@@ -313,8 +313,8 @@ def _run_blocked(x, w, bias, p, y):
     drv = blocked_driver(NKB, NPX, V)
     for n0 in range(0, p.N, nb):
         n1 = min(p.N, n0 + nb)
-        xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding)
-        yb = np.empty((n1 - n0) * G * KBp * p.P * p.Q * V, dtype=p.dtype)
+        xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding, scratch="direct.xb")
+        yb = _scratch.buffer("direct.yb", p.dtype, (n1 - n0) * G * KBp * p.P * p.Q * V)
         drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, Hp, Wp, Vc, p.R, p.S, p.P, p.Q,
             p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, ccb)
         _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, G, KBp, V)

@@ -47,6 +47,7 @@ import numpy as np
 
 from .. import _config
 from .._config import PJIT
+from . import _scratch
 from ._gemm import grouped_matmul
 
 @numba.njit(**PJIT)
@@ -120,7 +121,7 @@ def _execute(x, w, bias, p, y, t):
     ws = _config.WORKSPACE_BYTES
     if per_image <= ws:
         nb = int(max(1, min(p.N, ws // per_image)))
-        cols = np.empty(nb * G * rows * PQ, dtype=p.dtype)
+        cols = _scratch.buffer("im2col.cols", p.dtype, nb * G * rows * PQ)
         for n0 in range(0, p.N, nb):
             m = min(nb, p.N - n0)
             t0 = clock()
@@ -132,8 +133,8 @@ def _execute(x, w, bias, p, y, t):
             t["gemm"] += clock() - t1
     else:  # blocks of output rows of one image
         rb = int(max(1, ws // (G * rows * Q * itemsize)))
-        cols = np.empty(G * rows * min(rb, P) * Q, dtype=p.dtype)
-        res = np.empty(G * Kg * min(rb, P) * Q, dtype=p.dtype)
+        cols = _scratch.buffer("im2col.cols", p.dtype, G * rows * min(rb, P) * Q)
+        res = _scratch.buffer("im2col.res", p.dtype, G * Kg * min(rb, P) * Q)
         y5 = y.reshape(p.N, G, Kg, P, Q)
         for n in range(p.N):
             for p0 in range(0, P, rb):

@@ -67,7 +67,6 @@ which propagates NaN/inf exactly.  Error bound: :mod:`fastconv.winograd_math`.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numba
@@ -77,7 +76,7 @@ from .. import _config
 from .. import _weight_cache
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
-from . import direct, winograd_vec
+from . import _scratch, direct, winograd_vec
 from ._gemm import batched_matmul, matmul_into, single_threaded_blas
 
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
@@ -558,25 +557,6 @@ def _block_rows(p, m, tiles_w):
     return max(1, min(_BLOCK_BYTES, _config.WORKSPACE_BYTES) // per_row)
 
 
-_local = threading.local()
-
-
-def _scratch(name, dtype, n):
-    """A ``(NUMBA_NUM_THREADS, >= n)`` work array of the calling Python thread, kept for reuse.
-
-    Per Python thread (so concurrent calls never share one) and grown on demand;
-    it holds at most ``NUMBA_NUM_THREADS * _ITEM_BYTES`` bytes per array.
-    """
-    key = (name, np.dtype(dtype).str)
-    cache = _local.__dict__.setdefault("buffers", {})
-    buf = cache.get(key)
-    rows = numba.config.NUMBA_NUM_THREADS
-    if buf is None or buf.shape[1] < n:
-        buf = np.empty((rows, n), dtype=dtype)
-        cache[key] = buf
-    return buf
-
-
 def _fused_rows(p, m, tiles_w, rows_total):
     """Tile rows per item of the fused path, or 0 when the phase-by-phase path is better.
 
@@ -637,16 +617,16 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
     if item_rows:
         bad = np.zeros(-(-rows_total // item_rows), dtype=np.bool_)
         nt = item_rows * tiles_w
-        vwork = _scratch("V", dt, alpha2 * G * Cg * nt)
-        mwork = _scratch("M", dt, alpha2 * G * Kg * nt)
+        vwork = _scratch.per_thread("winograd.V", dt, alpha2 * G * Cg * nt)
+        mwork = _scratch.per_thread("winograd.M", dt, alpha2 * G * Kg * nt)
         with single_threaded_blas():
             _fused(x, U, y, b, cst, bad, m, item_rows, rows_total, tiles_h, tiles_w, pt, pl,
                    vwork, mwork)
         return not bad.any()
     rows = int(min(rows_total, _block_rows(p, m, tiles_w)))
     kb = max(16, -(-Kg // 4))  # output channels per GEMM + output job (4 jobs per group)
-    vbuf = np.empty(alpha2 * G * Cg * rows * tiles_w, dtype=dt)
-    mbuf = np.empty(alpha2 * G * Kg * rows * tiles_w, dtype=dt)
+    vbuf = _scratch.buffer("winograd.V", dt, alpha2 * G * Cg * rows * tiles_w)
+    mbuf = _scratch.buffer("winograd.M", dt, alpha2 * G * Kg * rows * tiles_w)
     bad = np.zeros(max(rows * p.K, G * -(-Kg // kb)), dtype=np.bool_)
     for r0 in range(0, rows_total, rows):
         nr = min(rows, rows_total - r0)

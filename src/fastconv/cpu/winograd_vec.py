@@ -42,7 +42,6 @@ input and the blocked output of a slice of images, all within
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numba
@@ -52,6 +51,7 @@ from .. import _config
 from .._config import PJIT
 from ..winograd_math import transform_matrices
 from ._blocked import lanes, pack_input_blocked, sget, sset, stack_vectors, vfma, vload, vsplat, vstore
+from . import _scratch
 from ._gemm import matmul_into, single_threaded_blas
 from .direct import _unpack_blocked_output
 
@@ -250,26 +250,6 @@ def plan(p, m):
     return T, nb
 
 
-_local = threading.local()
-
-
-def _scratch(name, dtype, n):
-    """A ``(NUMBA_NUM_THREADS, >= n)`` work array of the calling Python thread, kept for reuse.
-
-    Fresh arrays of a few MiB per call cost their page faults on every call
-    (measured: up to half the time of a 28x28 layer at batch 8).  Per Python
-    thread, so concurrent calls never share one.
-    """
-    key = (name, np.dtype(dtype).str)
-    cache = _local.__dict__.setdefault("buffers", {})
-    buf = cache.get(key)
-    rows = numba.config.NUMBA_NUM_THREADS
-    if buf is None or buf.shape[1] < n:
-        buf = np.empty((rows, n), dtype=dtype)
-        cache[key] = buf
-    return buf
-
-
 def run(x, U, bias, p, y, m, T_item, nb, timings=None):
     """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite.
 
@@ -293,17 +273,18 @@ def run(x, U, bias, p, y, m, T_item, nb, timings=None):
     pr = tiles_w * m + 2 - p.W - pl
     CB = -(-p.C // L)
     A2 = (m + 2) ** 2
-    vwork = _scratch("V", dt, A2 * T_item * CB * L)
-    mwork = _scratch("M", dt, A2 * T_item * KB * L)
-    twork = _scratch("T", dt, L)[:, :L]
+    vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * T_item * CB * L)
+    mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * T_item * KB * L)
+    twork = _scratch.per_thread("winograd_vec.T", dt, L)[:, :L]
     kern = _kernel(m)
     PQ = p.P * p.Q
-    ybuf = _scratch("Y", dt, min(nb, p.N) * KB * PQ * L)[0]
+    ybuf = _scratch.buffer("winograd_vec.Y", dt, min(nb, p.N) * KB * PQ * L)
     clock = time.perf_counter
     for n0 in range(0, p.N, nb):
         n1 = min(p.N, n0 + nb)
         t0 = clock()
-        xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], 1, L, (pt, pb, pl, pr))
+        xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], 1, L, (pt, pb, pl, pr),
+                                            scratch="winograd_vec.xb")
         total = (n1 - n0) * tiles_h * tiles_w
         bad = np.zeros(-(-total // T_item), dtype=np.bool_)
         yb = ybuf[:(n1 - n0) * KB * PQ * L]
