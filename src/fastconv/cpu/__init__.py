@@ -8,8 +8,10 @@ The ``auto`` rule (:func:`auto_rule`)
 With ``Cg = C / groups``, ``Kg = K / groups`` and ``small = min(P, Q)`` (the
 output map's shorter side), in this order:
 
-1. 1x1 kernels, except depthwise: ``im2col`` (each group is one GEMM; the
-   im2col kernel skips the unfold);
+1. 1x1 kernels, except depthwise: ``direct`` where it takes its pointwise
+   path (no padding, ``Cg >= 16``: a GEMM micro-kernel on NCHW without
+   packing, measured 4-19% faster than ``im2col`` on all ten 1x1 shapes of
+   the sets below), else ``im2col`` (each group one GEMM, no unfold);
 2. 3x3, stride 1, dilation 1, ``groups == 1``, ``Kg >= 16``, and
 
    a. ``small >= 16`` and either ``Cg >= 64`` or (``Cg >= 16`` and at least
@@ -80,7 +82,7 @@ def winograd_rule(p) -> str:
 def auto_rule(p) -> str:
     """The algorithm ``algorithm="auto"`` runs for ``p`` (see the module docstring)."""
     if p.R == 1 and p.S == 1 and not p.depthwise:
-        return "im2col"
+        return "direct" if direct.choose_path(p) == "pointwise" else "im2col"
     if winograd.supports(p) is None and p.groups == 1 and p.Kg >= 16:
         small = min(p.P, p.Q)
         if small >= 16 and (p.Cg >= 64 or (p.Cg >= 16 and p.N * p.P * p.Q >= 3072)):

@@ -433,6 +433,33 @@ def vstore_masked(typingctx, arr, idx, v, n):
 
 
 @intrinsic
+def vload_masked(typingctx, arr, idx, n):
+    """The first ``n`` lanes from ``arr[idx : idx + n]``, zeros in the others (``llvm.masked.load``).
+
+    Lanes past ``n`` are not read, so the load never touches memory past the end.
+    """
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    vty = SimdVector(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        vt = context.get_value_type(vty)
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        vptr = builder.bitcast(ptr, vt.as_pointer())
+        i32 = ir.IntType(32)
+        count = vty.count
+        lanes_ = ir.Constant(ir.VectorType(i32, count), list(range(count)))
+        nn = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), i32)
+        mask = builder.icmp_signed("<", lanes_, _splat(builder, nn, count))
+        zero = ir.Constant(vt, [ir.Constant(vt.element, 0.0)] * count)
+        fnty = ir.FunctionType(vt, [vptr.type, i32, mask.type, vt])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_vname(vt)}.p0")
+        return builder.call(fn, [vptr, ir.Constant(i32, arr.dtype.bitwidth // 8), mask, zero])
+
+    return vty(arr, idx, n), codegen
+
+
+@intrinsic
 def sload(typingctx, arr, idx):
     """``arr[idx]`` (flat index) without wraparound or bounds checks."""
     if not (_is_float_array(arr) and isinstance(idx, types.Integer)):

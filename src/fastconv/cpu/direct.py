@@ -2,7 +2,7 @@
 
 ``direct`` supports every configuration (stride, dilation, any padding,
 groups, depthwise with any channel multiplier, non-square kernels, float32
-and float64, any N including 0).  A call takes one of three paths:
+and float64, any N including 0).  A call takes one of four paths:
 
 ``blocked`` (:func:`_make_blocked_driver`)
     The oneDNN/NNPACK layout: input packed to ``[N, G, CB, Hp, Wp, Vc]``
@@ -23,6 +23,10 @@ and float64, any N including 0).  A call takes one of three paths:
     ``NKB * V`` output channels, pixel tile), so both cores work at N = 1.
     Preferred when the output channels fill the vector lanes and the
     reduction is long.
+``pointwise`` (:mod:`fastconv.cpu.pointwise`)
+    Unpadded 1x1 kernels over at least 16 channels per group: a GEMM
+    micro-kernel on NCHW itself, vectorised along the pixels, with neither
+    input packing nor output unpacking.
 ``width`` (:mod:`fastconv.cpu.depthwise`)
     Vectorised along the output row: depthwise, channel multipliers, few
     output channels per group or short reductions (3-channel inputs).
@@ -32,8 +36,9 @@ and float64, any N including 0).  A call takes one of three paths:
     The textbook loop nest, for tiny problems where packing would cost more
     than it saves.
 
-:func:`choose_path` picks between them with a two-line cost model (lane
-fill times the fraction of work that is multiply-adds).
+:func:`choose_path` takes ``pointwise`` for the 1x1 calls it serves and
+otherwise picks with a two-line cost model (lane fill times the fraction of
+work that is multiply-adds).
 
 Summation order and error bound
 -------------------------------
@@ -62,7 +67,7 @@ import numpy as np
 
 from .. import _weight_cache
 from .._config import PJIT, WORKSPACE_BYTES, parallel_section
-from . import _scratch, depthwise
+from . import _scratch, depthwise, pointwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
                        stack_ints, stack_vectors, vbcast, vfma, vload, vstore)
 from ._layout import pad_nchw
@@ -87,6 +92,10 @@ WIDTH_OVERHEAD = 4
 # The width path's micro-kernel loads one input vector per NKO <= 4 FMAs;
 # measured at about 3/4 of the blocked micro-kernel's rate on full lanes.
 WIDTH_SPEED = 0.75
+
+# Unpadded 1x1 kernels over at least this many channels per group take the pointwise path
+# (no packing; its micro-kernel loops over the channels, too short below this).
+POINTWISE_MIN_CG = 16
 
 # Bytes of packed weights one channel chunk may hold (kept in the 48 KiB L1).
 CHUNK_WEIGHT_BYTES = 40 * 1024
@@ -327,10 +336,12 @@ def _run_simple(x, w, bias, p, y):
 
 
 def choose_path(p) -> str:
-    """Which kernel ``run`` uses for ``p``: "simple", "blocked" or "width"."""
+    """Which kernel ``run`` uses for ``p``: "simple", "pointwise", "blocked" or "width"."""
     macs = p.N * p.K * p.P * p.Q * p.Cg * p.R * p.S
     if macs <= SIMPLE_MAX_MACS:
         return "simple"
+    if pointwise.supports(p) is None and p.Cg >= POINTWISE_MIN_CG:
+        return "pointwise"
     V = lanes(p.dtype)
     # Useful fraction of the vector lanes: output channels (blocked) or
     # output columns (width-vectorised), discounted by the per-output
@@ -348,7 +359,8 @@ def supports(p):
     return None  # every configuration
 
 
-PATHS = {"simple": _run_simple, "blocked": _run_blocked, "width": depthwise.run}
+PATHS = {"simple": _run_simple, "blocked": _run_blocked, "width": depthwise.run,
+         "pointwise": pointwise.run}
 
 
 def run(x, w, bias, p, y, path=None):

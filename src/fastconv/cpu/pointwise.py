@@ -1,0 +1,178 @@
+"""1x1 convolutions on NCHW, vectorised along the pixels: a GEMM micro-kernel with no packing.
+
+A 1x1 convolution of one image and group is the matrix product
+``y[k, :] = b[k] + sum_c w[k, c] x[c, :]`` over the ``P*Q`` pixels, and in
+NCHW every row ``x[c, :]`` and ``y[k, :]`` is already contiguous.  So unlike
+the blocked direct kernel (which packs the input to NCHW16c and unpacks its
+output) and unlike im2col + BLAS (whose GEMM packs both operands on every
+call), this kernel reads ``x`` and writes ``y`` in place:
+
+* the micro-kernel holds ``NK x NV`` vector accumulators (4 output channels
+  x 6 vectors of 16 pixels = 24 zmm registers for float32); for each input
+  channel it loads ``NV`` pixel vectors of ``x[c, :]`` and broadcasts ``NK``
+  weights, then issues ``NK * NV`` FMAs;
+* the reduction runs over all ``Cg`` input channels at once, so each output
+  vector is stored once, straight into ``y`` (the ``NV`` pixel vectors of
+  ``Cg`` channels, 384 bytes per channel, stay in L2 while the ``NK``-channel
+  blocks of a work item reuse them);
+* a row that does not fill its last vector uses masked loads and stores
+  (never touching memory past the row's end);
+* weights are packed once to ``[G, Kg/NK, Cg, NK]`` (zero rows past ``Kg``;
+  kept by the weight cache); a strided 1x1 first copies the subsampled
+  input, as im2col does.
+
+Work items are (image, group, block of output channels, block of pixel
+vectors), so both cores work on one image.  Each output is one dot product
+``b + sum_c w x`` summed in channel order with fused multiply-adds: the
+direct kernel's error bound ``gamma_{Cg+1}(|w| |x| + |b|)`` holds, and results
+do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .. import _weight_cache
+from .._config import PJIT
+from . import _scratch
+from ._blocked import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
+                       vstore, vstore_masked)
+
+NK = 4  # output channels per micro-kernel
+NV = 6  # pixel vectors per micro-kernel
+#: Output-channel blocks per work item (the pixel vectors of a block are reused by all).
+KBLOCKS_PER_ITEM = 8
+
+
+@numba.njit(**PJIT)
+def _pack_weights(w2, wp, G, Kg, Cg, KBp):
+    # w2 (K, Cg) -> wp[g, kb, c, i] = w2[g*Kg + kb*NK + i, c], zero past Kg
+    zero = w2.dtype.type(0)
+    for job in numba.prange(G * KBp):
+        g, kb = job // KBp, job % KBp
+        base = job * Cg * NK
+        for i in range(NK):
+            k = kb * NK + i
+            if k < Kg:
+                row = w2[g * Kg + k]
+                for c in range(Cg):
+                    sstore(wp, base + c * NK + i, row[c])
+            else:
+                for c in range(Cg):
+                    sstore(wp, base + c * NK + i, zero)
+
+
+def _make_kernel():
+    NACC = NK * NV
+
+    @numba.njit(**PJIT)
+    def kernel(xf, wp, bp, yf, L, N, G, Cg, Kg, KBp, PQ, nkg, kbi, npb, vpb):
+        nvec = (PQ + L - 1) // L
+        for task in numba.prange(N * G * nkg * npb):
+            pb = task % npb
+            rest = task // npb
+            kgi = rest % nkg
+            ng = rest // nkg
+            g = ng % G
+            n = ng // G
+            v0 = pb * vpb
+            nv = min(vpb, nvec - v0)
+            p0 = v0 * L
+            tail = PQ - (p0 + (nv - 1) * L)  # valid lanes of the last vector (1..L)
+            xbase = (n * G + g) * Cg * PQ + p0
+            acc = stack_vectors(xf, NACC)
+            xv = stack_vectors(xf, NV)
+            for kb in range(kgi * kbi, min(KBp, (kgi + 1) * kbi)):
+                wbase = (g * KBp + kb) * Cg * NK
+                for i in range(NK):
+                    bv = vbcast(bp, g * KBp * NK + kb * NK + i)
+                    for j in range(NV):
+                        sset(acc, i * NV + j, bv)
+                for c in range(Cg):
+                    xc = xbase + c * PQ
+                    for j in range(NV):
+                        if j < nv - 1:
+                            sset(xv, j, vload(xf, xc + j * L))
+                        elif j == nv - 1:
+                            sset(xv, j, vload_masked(xf, xc + j * L, tail))
+                    for i in range(NK):
+                        wv = vbcast(wp, wbase + c * NK + i)
+                        for j in range(NV):
+                            if j < nv:
+                                sset(acc, i * NV + j, vfma(wv, sget(xv, j), sget(acc, i * NV + j)))
+                for i in range(NK):
+                    k = kb * NK + i
+                    if k < Kg:
+                        ybase = ((n * G + g) * Kg + k) * PQ + p0
+                        for j in range(NV):
+                            if j < nv - 1:
+                                vstore(yf, ybase + j * L, sget(acc, i * NV + j))
+                            elif j == nv - 1:
+                                vstore_masked(yf, ybase + j * L, sget(acc, i * NV + j), tail)
+
+    return kernel
+
+
+_KERNEL = []
+
+
+def _kernel():
+    if not _KERNEL:
+        _KERNEL.append(_make_kernel())
+    return _KERNEL[0]
+
+
+def supports(p):
+    if not (p.R == 1 and p.S == 1 and p.padding == (0, 0, 0, 0)):
+        return "the pointwise kernel needs a 1x1 kernel without padding"
+    return None
+
+
+def plan(p, threads=None):
+    """``(KBp, nkg, kbi, npb, vpb)``: channel blocks, items over them, pixel blocks and their size."""
+    L = lanes(p.dtype)
+    KBp = -(-p.Kg // NK)
+    nvec = -(-(p.P * p.Q) // L)
+    threads = numba.get_num_threads() if threads is None else threads
+    kbi = min(KBp, KBLOCKS_PER_ITEM)
+    nkg = -(-KBp // kbi)
+    npb = -(-nvec // NV)
+    want = 4 * threads
+    outer = p.N * p.groups * nkg
+    if outer * npb < want and nkg < KBp:  # more, smaller channel groups for two cores
+        nkg = min(KBp, -(-want // (p.N * p.groups * npb)))
+        kbi = -(-KBp // nkg)
+        nkg = -(-KBp // kbi)
+    vpb = -(-nvec // npb)  # equal pixel blocks
+    npb = -(-nvec // vpb)
+    return KBp, nkg, kbi, npb, vpb
+
+
+def run(x, w, bias, p, y):
+    """1x1 convolution of NCHW ``x`` into C-contiguous NCHW ``y`` (any stride, groups)."""
+    if y.size == 0:
+        return
+    G, Cg, Kg = p.groups, p.Cg, p.Kg
+    P, Q = p.P, p.Q
+    sh, sw = p.stride
+    if (sh, sw) == (1, 1):
+        xs = np.ascontiguousarray(x)
+    else:  # a strided 1x1 reads every sh-th row and sw-th column: subsample once
+        xs = _scratch.buffer("pointwise.xs", p.dtype, p.N * p.C * P * Q).reshape(p.N, p.C, P, Q)
+        np.copyto(xs, x[:, :, : (P - 1) * sh + 1: sh, : (Q - 1) * sw + 1: sw])
+    KBp, nkg, kbi, npb, vpb = plan(p)
+    wp = _weight_cache.CACHE.get(w, ("pointwise", G, NK), lambda snap: _packed(snap, G, Kg, Cg, KBp))
+    bp = np.zeros(G * KBp * NK, dtype=p.dtype)
+    if bias is not None:
+        bp.reshape(G, KBp * NK)[:, :Kg] = bias.reshape(G, Kg)
+    if Cg == 0:
+        y[...] = bp.reshape(G, KBp * NK)[:, :Kg].reshape(1, p.K, 1, 1)
+        return
+    _kernel()(xs.reshape(-1), wp, bp, y.reshape(-1), lanes(p.dtype), p.N, G, Cg, Kg, KBp, P * Q, nkg, kbi, npb, vpb)
+
+
+def _packed(w, G, Kg, Cg, KBp):
+    wp = np.empty(G * KBp * Cg * NK, dtype=w.dtype)
+    _pack_weights(np.ascontiguousarray(w.reshape(G * Kg, Cg)), wp, G, Kg, Cg, KBp)
+    return wp
