@@ -321,6 +321,7 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
     if threads is not None:
         numba.set_num_threads(int(threads))
         try:
+            import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS, so it is limited too)
             from threadpoolctl import threadpool_limits
             limit = threadpool_limits(int(threads))
         except ImportError:
