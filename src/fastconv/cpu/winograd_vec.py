@@ -68,6 +68,14 @@ ITEM_BYTES = 8 * 2**20
 #: Fewest tiles per item (thinner GEMMs waste BLAS), unless the call has fewer.
 MIN_ITEM_TILES = 16
 
+#: OpenBLAS (0.3.x, SkylakeX/Zen kernels) computes a GEMM with M*N*K below
+#: this without packing its operands; above it, every call packs the
+#: ``Cp x Kp`` matrix U[a] (measured: a (16 x 256) @ (256 x 256) product ran
+#: at 52 GFLOP/s, a (15 x 256) @ (256 x 256) one at 91).  Items are kept under
+#: it when that leaves at least MIN_SMALL_TILES tiles per item.
+SMALL_GEMM_MNK = 1 << 20
+MIN_SMALL_TILES = 8
+
 _KERNELS: dict = {}
 
 
@@ -240,6 +248,9 @@ def plan(p, m):
     total = nb * tiles_h * tiles_w
     per_tile = A2 * (Cp + Kp) * item
     T = max(MIN_ITEM_TILES, ITEM_BYTES // per_tile)
+    # Thin GEMMs below SMALL_GEMM_MNK multiply-adds run on OpenBLAS's small-matrix
+    # kernel, which does not pack U[a] on every call: 1.2-2x faster per call here.
+    T = min(T, max(MIN_SMALL_TILES, (SMALL_GEMM_MNK - 1) // (Cp * Kp)))
     # the per-thread V + M scratch stays within half the workspace bound
     T = min(T, max(1, (_config.WORKSPACE_BYTES // 2)
                    // (numba.config.NUMBA_NUM_THREADS * per_tile)))
