@@ -48,7 +48,7 @@ import numba
 import numpy as np
 
 from .. import _config
-from .._config import PJIT
+from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from ._blocked import lanes, pack_input_blocked, sget, sset, stack_vectors, vfma, vload, vsplat, vstore
 from . import _scratch
@@ -79,6 +79,15 @@ MIN_SMALL_TILES = 8
 _KERNELS: dict = {}
 
 
+@numba.njit(**JIT)
+def _tile_position(tile, per_img, tiles_w):
+    """(image, tile row, tile column) of tile number ``tile`` (raster order over the batch)."""
+    n = tile // per_img
+    r = tile - n * per_img
+    th = r // tiles_w
+    return n, th, r - th * tiles_w
+
+
 def _make_kernel(m: int):
     A = m + 2
     A2 = A * A
@@ -105,11 +114,7 @@ def _make_kernel(m: int):
             e = stack_vectors(Vb, A2)
             # --- input transform: V[a, t, c] = (B^T d B)[a] for each tile t and channel block
             for tt in range(T):
-                tile = t0 + tt
-                n = tile // per_img
-                r = tile - n * per_img
-                th = r // tiles_w
-                tw = r - th * tiles_w
+                n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
                 for cb in range(CB):
                     base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
                     for i in range(A):
@@ -139,11 +144,7 @@ def _make_kernel(m: int):
             chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
             zero = vsplat(0, Vb)
             for tt in range(T):
-                tile = t0 + tt
-                n = tile // per_img
-                r = tile - n * per_img
-                th = r // tiles_w
-                tw = r - th * tiles_w
+                n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
                 for kb in range(KB):
                     for i in range(A):
                         for j in range(A):
