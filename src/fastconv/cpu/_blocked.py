@@ -406,6 +406,14 @@ def pack_input_phases(x, padding, sw, min_cols):
     return xq, Hp, Wq
 
 
+def _lane_mask(context, builder, n, nty, count):
+    """``<count x i1>``: lane ``i`` is set when ``i < n`` (the masked load and store)."""
+    i32 = ir.IntType(32)
+    lanes_ = ir.Constant(ir.VectorType(i32, count), list(range(count)))
+    nn = builder.trunc(context.cast(builder, n, nty, types.int64), i32)
+    return builder.icmp_signed("<", lanes_, _splat(builder, nn, count))
+
+
 @intrinsic
 def vstore_masked(typingctx, arr, idx, v, n):
     """Store the first ``n`` lanes of ``v`` to ``arr[idx : idx + n]`` (``llvm.masked.store``)."""
@@ -419,9 +427,7 @@ def vstore_masked(typingctx, arr, idx, v, n):
         ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
         vptr = builder.bitcast(ptr, args[2].type.as_pointer())
         i32 = ir.IntType(32)
-        lanes_ = ir.Constant(ir.VectorType(i32, count), list(range(count)))
-        nn = builder.trunc(context.cast(builder, args[3], sig.args[3], types.int64), i32)
-        mask = builder.icmp_signed("<", lanes_, _splat(builder, nn, count))
+        mask = _lane_mask(context, builder, args[3], sig.args[3], count)
         vt = args[2].type
         fnty = ir.FunctionType(ir.VoidType(), [vt, vptr.type, i32, mask.type])
         fn = cgutils.get_or_insert_function(builder.module, fnty,
@@ -448,9 +454,7 @@ def vload_masked(typingctx, arr, idx, n):
         vptr = builder.bitcast(ptr, vt.as_pointer())
         i32 = ir.IntType(32)
         count = vty.count
-        lanes_ = ir.Constant(ir.VectorType(i32, count), list(range(count)))
-        nn = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int64), i32)
-        mask = builder.icmp_signed("<", lanes_, _splat(builder, nn, count))
+        mask = _lane_mask(context, builder, args[2], sig.args[2], count)
         zero = ir.Constant(vt, [ir.Constant(vt.element, 0.0)] * count)
         fnty = ir.FunctionType(vt, [vptr.type, i32, mask.type, vt])
         fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_vname(vt)}.p0")

@@ -70,7 +70,7 @@ from .._config import PJIT, WORKSPACE_BYTES, parallel_section
 from . import _scratch, depthwise, pointwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
                        stack_ints, stack_vectors, vbcast, vfma, vload, vstore)
-from ._layout import pad_nchw
+from ._layout import pad_nchw, padded_bias
 
 # Below this many multiply-adds the packing passes of the SIMD paths cost
 # more than the convolution itself.
@@ -307,10 +307,7 @@ def _run_blocked(x, w, bias, p, y):
     # Packed weights of unchanged weights come from the (content-verified) weight cache.
     wb = _weight_cache.CACHE.get(w, ("blocked", G, Vc, NKB, V),
                                  lambda snap: pack_weights_blocked(snap, G, Vc, NKB, V)[0])
-    bb = np.zeros((G, KBp * V), dtype=p.dtype)
-    if bias is not None:
-        bb[:, :p.Kg] = bias.reshape(G, p.Kg)
-    bb = bb.ravel()
+    bb = padded_bias(bias, G, p.Kg, KBp * V, p.dtype)
     # Packed input and blocked output of a batch slice stay within the
     # workspace budget (FASTCONV_WORKSPACE_MB); images are independent.
     Hp, Wp = p.padded_hw

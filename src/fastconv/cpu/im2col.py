@@ -48,6 +48,7 @@ import numpy as np
 from .. import _config
 from .._config import PJIT
 from . import _scratch
+from ._layout import subsample_pointwise
 from ._gemm import grouped_matmul
 
 @numba.njit(**PJIT)
@@ -106,10 +107,7 @@ def _execute(x, w, bias, p, y, t):
     sh, sw = p.stride
     if _is_pointwise(p):
         t0 = clock()
-        if (sh, sw) == (1, 1):
-            xs = np.ascontiguousarray(x)
-        else:  # a strided 1x1 reads every sh-th row and sw-th column: subsample once
-            xs = np.ascontiguousarray(x[:, :, : (P - 1) * sh + 1: sh, : (Q - 1) * sw + 1: sw])
+        xs = subsample_pointwise(x, p)  # a strided 1x1 reads every sh-th row and sw-th column
         t1 = clock()
         grouped_matmul(w3, xs.reshape(p.N, G, Cg, PQ), yv)
         t["unfold"] += t1 - t0

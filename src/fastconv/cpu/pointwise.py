@@ -36,6 +36,7 @@ import numpy as np
 from .. import _weight_cache
 from .._config import PJIT
 from . import _scratch
+from ._layout import padded_bias, subsample_pointwise
 from ._blocked import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
                        vstore, vstore_masked)
 
@@ -154,22 +155,14 @@ def run(x, w, bias, p, y):
     if y.size == 0:
         return
     G, Cg, Kg = p.groups, p.Cg, p.Kg
-    P, Q = p.P, p.Q
-    sh, sw = p.stride
-    if (sh, sw) == (1, 1):
-        xs = np.ascontiguousarray(x)
-    else:  # a strided 1x1 reads every sh-th row and sw-th column: subsample once
-        xs = _scratch.buffer("pointwise.xs", p.dtype, p.N * p.C * P * Q).reshape(p.N, p.C, P, Q)
-        np.copyto(xs, x[:, :, : (P - 1) * sh + 1: sh, : (Q - 1) * sw + 1: sw])
+    strided = p.stride != (1, 1)
+    xs = subsample_pointwise(x, p, _scratch.buffer("pointwise.xs", p.dtype, p.N * p.C * p.P * p.Q)
+                             if strided else None)
     KBp, nkg, kbi, npb, vpb = plan(p)
     wp = _weight_cache.CACHE.get(w, ("pointwise", G, NK), lambda snap: _packed(snap, G, Kg, Cg, KBp))
-    bp = np.zeros(G * KBp * NK, dtype=p.dtype)
-    if bias is not None:
-        bp.reshape(G, KBp * NK)[:, :Kg] = bias.reshape(G, Kg)
-    if Cg == 0:
-        y[...] = bp.reshape(G, KBp * NK)[:, :Kg].reshape(1, p.K, 1, 1)
-        return
-    _kernel()(xs.reshape(-1), wp, bp, y.reshape(-1), lanes(p.dtype), p.N, G, Cg, Kg, KBp, P * Q, nkg, kbi, npb, vpb)
+    bp = padded_bias(bias, G, Kg, KBp * NK, p.dtype)
+    _kernel()(xs.reshape(-1), wp, bp, y.reshape(-1), lanes(p.dtype), p.N, G, Cg, Kg, KBp,
+              p.P * p.Q, nkg, kbi, npb, vpb)
 
 
 def _packed(w, G, Kg, Cg, KBp):

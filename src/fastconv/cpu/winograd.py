@@ -718,7 +718,6 @@ def profile_phases(x, w, bias, p, y, m=None):
                 return times
             direct.run(x, w, bias, p, y)
             return times
-        times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
         if not _execute(x, w, None, m, bias, p, y, times):
             direct.run(x, w, bias, p, y)
     return times

@@ -53,6 +53,7 @@ from ..winograd_math import transform_matrices
 from ._blocked import lanes, pack_input_blocked, sget, sset, stack_vectors, vfma, vload, vsplat, vstore
 from . import _scratch
 from ._gemm import matmul_into, single_threaded_blas
+from ._layout import padded_bias
 from .direct import _unpack_blocked_output
 
 #: Largest transformed weights ``alpha^2 * Cp * Kp`` (bytes) this path takes:
@@ -276,9 +277,7 @@ def run(x, U, bias, p, y, m, T_item, nb, timings=None):
     AT, _, BT = transform_matrices(m)
     AT, BT = AT.astype(dt), BT.astype(dt)
     KB = -(-p.K // L)
-    bias_p = np.zeros(KB * L, dtype=dt)
-    if bias is not None:
-        bias_p[:p.K] = bias
+    bias_p = padded_bias(bias, 1, p.K, KB * L, dt)
     tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
     pt, pl = p.padding[0], p.padding[2]
     pb = tiles_h * m + 2 - p.H - pt
