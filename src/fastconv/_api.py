@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _config
+from ._aligned import empty_aligned
 from ._dispatch import check_out, resolve
 from ._params import ConvParams, connection_mask, parse_arrays
 
@@ -156,7 +157,9 @@ def execute(alg, x, w, b, p: ConvParams, out=None):
                   and not any(np.may_share_memory(out, a) for a in (x, w, b) if a is not None))
     shape = (p.N, p.K, p.P, p.Q)
     try:
-        y = out if direct_out else np.empty(shape, dtype=p.dtype)
+        # 64-byte aligned: kernels that store vectors straight into y (pointwise, depthwise)
+        # then never split a store across two cache lines.
+        y = out if direct_out else empty_aligned(shape, p.dtype)
     except MemoryError:
         raise ValueError(f"sizes too large: could not allocate the result of shape {shape}") from None
     if p.N:

@@ -82,9 +82,9 @@ class ConvPlan:
             runner = _Prepared(self._alg.name, run_prepared, prepare(ww, p))
         else:
             runner = self._alg
-        ww.flags.writeable = False
-        if bb is not None:
-            bb.flags.writeable = False
+        # ww and bb are private copies that nothing writes to.  They stay flagged writeable:
+        # the kernels are compiled for writeable arrays, so execute() would copy read-only
+        # ones on every call (9.4 MB for a 512-channel 3x3 layer: measured +0.7 ms per call).
         return ww, bb, runner
 
     def update(self, w, bias=_KEEP):

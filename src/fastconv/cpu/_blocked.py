@@ -303,7 +303,8 @@ def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None):
     CB = -(-Cg // Vc)
     Hp, Wp = H + pt + pb, W + pl + pr + extra_cols
     size = N * G * CB * Hp * Wp * Vc
-    xb = np.empty(size, dtype=x.dtype) if scratch is None else _scratch.buffer(scratch, x.dtype, size)
+    xb = (_scratch.empty_aligned(size, x.dtype) if scratch is None
+          else _scratch.buffer(scratch, x.dtype, size))
     if xb.size:
         _pack_input_blocked(x, xb, G, CB, Vc, pt, pl, Hp, Wp)
     return xb, CB, Hp, Wp
@@ -357,7 +358,7 @@ def pack_weights_blocked(w, G, Vc, NKB, V):
     Kg = K // G
     KB, CB = -(-Kg // V), -(-Cg // Vc)
     KBp = -(-KB // NKB) * NKB
-    wb = np.empty(G * KBp * CB * R * S * Vc * V, dtype=w.dtype)
+    wb = _scratch.empty_aligned(G * KBp * CB * R * S * Vc * V, w.dtype)
     if wb.size:
         _pack_weights_blocked(w.reshape(-1), wb, G, Kg, Cg, R * S, KBp, CB, Vc, NKB, V)
     return wb, KBp

@@ -9,6 +9,10 @@ blocked output) that was measured to vary the direct kernel between 134 and
 deciding which blocks come fresh.  These helpers keep one buffer per (name,
 dtype) per Python thread, grown on demand, and hand out views of it.
 
+Every array handed out here starts on a 64-byte boundary
+(:mod:`fastconv._aligned`; the kernels' prepared weights use the same
+:func:`empty_aligned`).
+
 Bounds and safety: a request above :data:`KEEP_BYTES` is served by a fresh
 array that is not kept, so what stays allocated is at most a few times
 ``KEEP_BYTES`` per Python thread that ran a convolution; :func:`release`
@@ -25,6 +29,8 @@ import threading
 import numba
 import numpy as np
 
+from .._aligned import ALIGN, empty_aligned, zeros_aligned  # noqa: F401  (re-exported)
+
 #: Largest buffer (bytes) kept between calls.
 KEEP_BYTES = 64 * 2**20
 
@@ -40,28 +46,32 @@ def buffer(name: str, dtype, n: int) -> np.ndarray:
     dtype = np.dtype(dtype)
     n = int(n)
     if n * dtype.itemsize > KEEP_BYTES:
-        return np.empty(n, dtype=dtype)
+        return empty_aligned(n, dtype)
     key = (name, dtype.str)
     store = _store()
     buf = store.get(key)
     if buf is None or buf.shape[0] < n:
-        buf = np.empty(n, dtype=dtype)
+        buf = empty_aligned(n, dtype)
         store[key] = buf
     return buf[:n]
 
 
 def per_thread(name: str, dtype, n: int) -> np.ndarray:
-    """A ``(NUMBA_NUM_THREADS, >= n)`` work array: row ``numba.get_thread_id()`` per Numba thread."""
+    """A ``(NUMBA_NUM_THREADS, >= n)`` work array: row ``numba.get_thread_id()`` per Numba thread.
+
+    Rows are padded to whole cache lines, so each starts aligned.
+    """
     dtype = np.dtype(dtype)
     rows = numba.config.NUMBA_NUM_THREADS
-    n = int(n)
+    per_line = ALIGN // dtype.itemsize
+    n = -(-int(n) // per_line) * per_line
     if rows * n * dtype.itemsize > KEEP_BYTES:
-        return np.empty((rows, n), dtype=dtype)
+        return empty_aligned((rows, n), dtype)
     key = (name, dtype.str, "rows")
     store = _store()
     buf = store.get(key)
     if buf is None or buf.shape[1] < n:
-        buf = np.empty((rows, n), dtype=dtype)
+        buf = empty_aligned((rows, n), dtype)
         store[key] = buf
     return buf
 

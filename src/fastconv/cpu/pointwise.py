@@ -166,6 +166,6 @@ def run(x, w, bias, p, y):
 
 
 def _packed(w, G, Kg, Cg, KBp):
-    wp = np.empty(G * KBp * Cg * NK, dtype=w.dtype)
+    wp = _scratch.empty_aligned(G * KBp * Cg * NK, w.dtype)
     _pack_weights(np.ascontiguousarray(w.reshape(G * Kg, Cg)), wp, G, Kg, Cg, KBp)
     return wp

@@ -1,0 +1,32 @@
+"""Cache-line aligned arrays.
+
+NumPy aligns large allocations to 16 bytes only.  A 64-byte vector load or
+store that straddles two cache lines costs two accesses, so the CPU kernels'
+work arrays, prepared weights and the results fastconv allocates start on a
+64-byte boundary (measured: the Winograd products of a 512-channel 7x7 layer
+ran 20% slower with the transformed weights 32 bytes off a cache line).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Alignment (bytes): one cache line, one zmm register.
+ALIGN = 64
+
+
+def empty_aligned(shape, dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` (C order) starting on an :data:`ALIGN`-byte boundary."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    off = -raw.ctypes.data % ALIGN
+    return raw[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def zeros_aligned(shape, dtype) -> np.ndarray:
+    """``np.zeros(shape, dtype)`` starting on an :data:`ALIGN`-byte boundary."""
+    out = empty_aligned(shape, dtype)
+    out.fill(0)
+    return out
