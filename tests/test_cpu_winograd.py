@@ -58,7 +58,7 @@ def test_unbatched_and_nhwc(rng):
 def test_blocking_paths(rng, monkeypatch, alg):
     """A workspace of one tile row forces many blocks; the result must not change."""
     x, w, b = random_problem(rng, (3, 8, 13, 10), (8, 8, 3, 3), np.float64)
-    monkeypatch.setattr(winograd_vec, "MAX_TILES_W", 0)  # the tile-row path only
+    monkeypatch.setattr(winograd_vec, "MAX_Q", 0)  # the tile-row path only
     whole = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
     monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 1)
     blocked = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
@@ -86,10 +86,24 @@ def test_channel_vectorised_path(rng, monkeypatch, alg, dtype):
     Cp, Kp = -(-20 // L) * L, -(-24 // L) * L  # channels padded to whole vectors
     per_image = (Cp * (tiles_h * m + 2) * (tiles_w * m + 2) + Kp * p.P * p.Q) * np.dtype(dtype).itemsize
     monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 2 * per_image + 8)
-    assert winograd_vec.plan(p, m) == (1, 1)
+    assert winograd_vec.plan(p, m) == ("fused", 1, 1)
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
+    # the split mode (U read once per slice): a large U splits, here in slices of 5 tiles
+    monkeypatch.setattr(winograd_vec, "MAX_U_BYTES", 0)
+    monkeypatch.setattr(winograd_vec, "SPLIT_SLICE_BYTES", 5 * (m + 2) ** 2 * (Cp + Kp) * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(winograd_vec, "SPLIT_KCHUNK", 1)
+    assert winograd_vec.plan(p, m) == ("split", 5, 1)
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
+    # ... and a call whose tiles all fit one slice splits when U outweighs them
+    monkeypatch.setattr(winograd_vec, "MAX_U_BYTES", 10 ** 12)
+    monkeypatch.setattr(winograd_vec, "SPLIT_SLICE_BYTES", 10 ** 9)
+    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 10 ** 10)
+    monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
+    assert winograd_vec.plan(p, m) == ("split", 3 * tiles_h * tiles_w, 3)
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
+    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 2 * per_image + 8)
     # the tile-row path agrees
-    monkeypatch.setattr(winograd_vec, "MAX_TILES_W", 0)
+    monkeypatch.setattr(winograd_vec, "MAX_Q", 0)
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
     # non-finite input: the whole call is recomputed by direct
     monkeypatch.undo()
@@ -201,7 +215,7 @@ def test_profile_phases(rng):
 
 
 def test_profile_phases_tile_row_path(rng, monkeypatch):
-    monkeypatch.setattr(winograd_vec, "MAX_TILES_W", 0)
+    monkeypatch.setattr(winograd_vec, "MAX_Q", 0)
     x, w, b = random_problem(rng, (2, 6, 10, 9), (4, 6, 3, 3), np.float32)
     p = normalize(x.shape, w.shape, b.shape, np.float32, padding=1)
     y = np.full(p.output_shape, np.nan, np.float32)

@@ -495,7 +495,7 @@ class PreparedWeights:
     fallback on non-finite values).  The transforms are built on first use,
     each in the layout of the path that needs it: :attr:`U`,
     ``(alpha^2, groups, Kg, Cg)`` for the tile-row path, and :meth:`Uv`,
-    ``(alpha^2, Cp, Kp)`` for the channel-vectorised one
+    ``(alpha^2, KB, Cp, L)`` for the channel-vectorised one
     (:mod:`fastconv.cpu.winograd_vec`).  ``finite`` is False when a weight
     is NaN or inf (an overflowing transform is caught on the outputs).
     """

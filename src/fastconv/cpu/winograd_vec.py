@@ -10,19 +10,31 @@ channels instead, so every vector is full whatever the map size:
    float64 channels; zero padding and zero channels past ``C``:
    :func:`fastconv.cpu._blocked.pack_input_blocked`), ``Hp x Wp`` covering
    every tile;
-2. work items are runs of ``T`` consecutive tiles (over images and tile
-   rows, so even a 7x7 map gives full items); per item and thread:
+2. tiles are numbered over images and tile rows (so even a 7x7 map gives
+   full work items), and three steps run on runs of ``T`` of them:
 
    * input transform: for each tile and channel block, the ``alpha x alpha``
      input vectors ``d`` give ``B^T d B`` (``alpha^2`` vectors, one FMA per
      matrix entry, zeros included), stored as ``V[a, t, c]`` (channels
      contiguous);
-   * ``alpha^2`` GEMMs ``M[a] (T x Kp) = V[a] (T x Cp) @ U[a] (Cp x Kp)``,
-     single-threaded BLAS, ``U`` the kernel transform laid out
-     ``(alpha^2, Cp, Kp)`` and zero-padded (kept by the weight cache);
+   * ``alpha^2`` products ``M[a] (T x Kp) = V[a] (T x Cp) @ U[a] (Cp x Kp)``
+     by a register-blocked micro-kernel (:func:`fastconv.cpu._gemm.panel_gemm`:
+     6 tiles x 64 output channels in 24 zmm accumulators; 200-225 GFLOP/s
+     on two cores where single-threaded OpenBLAS calls on these thin
+     products reached 28-140), ``U`` the kernel transform laid out
+     ``(alpha^2, KB, Cp, L)`` and zero-padded (kept by the weight cache);
    * output transform: ``A^T M A`` for each tile and block of ``L`` output
-     channels, plus the bias, written into ``y`` (NCHW) through a small
-     transpose, cropped at the map's edge.
+     channels, plus the bias, written into a blocked output, then
+     transposed into ``y`` (NCHW), cropped at the map's edge.
+
+   Two schedules (:func:`plan`): **fused**, one parallel loop over items of
+   ``T`` tiles, each running the three steps while its ``V`` and ``M`` are
+   in cache but streaming all of ``U`` (large maps and batches); and
+   **split**, where a slice of tiles runs the three steps as three parallel
+   loops and the products are shared out by (``a``, block of output
+   channels), so ``U`` is read once per slice (deep layers on small maps,
+   where ``U`` outweighs the tiles: 38 MB of ``U`` for 4 tiles of a
+   512-channel 7x7 map; fused 147 GFLOP/s, split 307).
 
 Results are the same sums as the tile-row path's (the same ``U``, the
 same transform matrices), evaluated as dense FMA chains: each entry of
@@ -32,11 +44,10 @@ rounding per term, which the componentwise bound of
 term of every transform sum).  A non-finite output (NaN/inf input or
 weight, or overflow) makes the caller recompute the call with ``direct``.
 
-Used for ``groups == 1`` on maps of fewer than :data:`MAX_TILES_W` tiles per
-row when the transformed weights are small enough to be streamed once per
-item (:data:`MAX_U_BYTES`); otherwise the tile-row path runs.  Scratch: per
-Numba thread one item's ``V`` and ``M`` (``ITEM_BYTES``), plus the packed
-input and the blocked output of a slice of images, all within
+Used for ``groups == 1`` on maps at most :data:`MAX_Q` wide; otherwise the
+tile-row path runs.  Scratch: per Numba thread one item's ``V`` and ``M``
+(fused, ``ITEM_BYTES``) or one slice's (split, ``SPLIT_SLICE_BYTES``), plus
+the packed input and the blocked output of a slice of images, all within
 ``FASTCONV_WORKSPACE_MB``.
 """
 
@@ -52,30 +63,32 @@ from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from ._blocked import lanes, pack_input_blocked, sget, sset, stack_vectors, vfma, vload, vsplat, vstore
 from . import _scratch
-from ._gemm import matmul_into, single_threaded_blas
+from ._gemm import panel_gemm
 from ._layout import padded_bias
 from .direct import _unpack_blocked_output
 
-#: Largest transformed weights ``alpha^2 * Cp * Kp`` (bytes) this path takes:
-#: every item streams all of U through the GEMMs.
+#: Largest transformed weights ``alpha^2 * Cp * Kp`` (bytes) of the fused
+#: mode, where every item streams all of U through the products; larger U
+#: takes the split mode.
 MAX_U_BYTES = 12 * 2**20
-#: Rows of this many tiles or more keep the tile-row path: its transforms then
-#: run on long vectors and read NCHW directly, without the packing pass (VGG-16
-#: conv1_2, 56 tiles per row: 422 GFLOP/s there vs 322 here).
-MAX_TILES_W = 16
+#: Split mode: largest V + M of one slice of tiles, and how many times larger
+#: than the V + M of all of a call's tiles U must be for the split mode to
+#: be chosen over the fused one; output-channel blocks per product job.
+SPLIT_SLICE_BYTES = 8 * 2**20
+SPLIT_MIN_U_RATIO = 4.0
+SPLIT_KCHUNK = 4
+#: Output rows wider than this keep the tile-row path: its transforms then run
+#: on long vectors and read NCHW directly, without the packing pass (VGG-16
+#: conv1_2, 224 wide, F(4x4): 407 GFLOP/s there vs 271 here; on 56-wide maps
+#: this path is faster for both tile sizes: F(2x2) 295 vs 179 GFLOP/s on
+#: ResNet-50's 64-channel layer).
+MAX_Q = 60
 #: Target bytes of one item's V + M: large items read U (streamed once per item)
 #: fewer times; measured best between 1 and 8 MiB on the suite's 3x3 layers.
 ITEM_BYTES = 8 * 2**20
 #: Fewest tiles per item (thinner GEMMs waste BLAS), unless the call has fewer.
 MIN_ITEM_TILES = 16
 
-#: OpenBLAS (0.3.x, SkylakeX/Zen kernels) computes a GEMM with M*N*K below
-#: this without packing its operands; above it, every call packs the
-#: ``Cp x Kp`` matrix U[a] (measured: a (16 x 256) @ (256 x 256) product ran
-#: at 52 GFLOP/s, a (15 x 256) @ (256 x 256) one at 91).  Items are kept under
-#: it when that leaves at least MIN_SMALL_TILES tiles per item.
-SMALL_GEMM_MNK = 1 << 20
-MIN_SMALL_TILES = 8
 
 _KERNELS: dict = {}
 
@@ -93,11 +106,69 @@ def _make_kernel(m: int):
     A = m + 2
     A2 = A * A
 
+    @numba.njit(**JIT)
+    def input_tile(xb, base, Wp, L, BT, V, voff, vstride):
+        # V[a * vstride + voff + l] = (B^T d B)[a] for the alpha x alpha input vectors d from base
+        d = stack_vectors(V, A2)
+        e = stack_vectors(V, A2)
+        for i in range(A):
+            for j in range(A):
+                sset(d, i * A + j, vload(xb, base + (i * Wp + j) * L))
+        for i in range(A):  # e = B^T d
+            for j in range(A):
+                acc = vsplat(0, V)
+                for k in range(A):
+                    acc = vfma(vsplat(BT[i, k], V), sget(d, k * A + j), acc)
+                sset(e, i * A + j, acc)
+        for i in range(A):  # V = e B
+            for j in range(A):
+                acc = vsplat(0, V)
+                for k in range(A):
+                    acc = vfma(vsplat(BT[j, k], V), sget(e, i * A + k), acc)
+                vstore(V, (i * A + j) * vstride + voff, acc)
+
+    @numba.njit(**JIT)
+    def output_tile(M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk):
+        # yb[ybase + (p * Q + q) * L + l] = (A^T M A)[p - p0, q - q0] + bias for the m x m
+        # outputs of the tile inside the map; returns chk + 0 * every output (NaN if one is not finite)
+        d = stack_vectors(M, A2)
+        e = stack_vectors(M, A2)
+        zero = vsplat(0, M)
+        for i in range(A):
+            for j in range(A):
+                sset(d, i * A + j, vload(M, (i * A + j) * mstride + moff))
+        for i in range(m):  # e = A^T M   (m x alpha)
+            for j in range(A):
+                acc = vsplat(0, M)
+                for k in range(A):
+                    acc = vfma(vsplat(AT[i, k], M), sget(d, k * A + j), acc)
+                sset(e, i * A + j, acc)
+        for i in range(m):  # e A + bias   (m x m)
+            p = p0 + i
+            for j in range(m):
+                acc = bv
+                for k in range(A):
+                    acc = vfma(vsplat(AT[j, k], M), sget(e, i * A + k), acc)
+                chk = vfma(acc, zero, chk)
+                q = q0 + j
+                if p < P and q < Q:
+                    vstore(yb, ybase + (p * Q + q) * L, acc)
+        return chk
+
+    @numba.njit(**JIT)
+    def finite(chk, tmp, L):
+        vstore(tmp, 0, chk)
+        flag = False
+        for lane in range(L):
+            flag |= tmp[lane] != 0
+        return not flag
+
     @numba.njit(**PJIT)
     def fused(xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
               T_item, vwork, mwork, twork, upto):
-        # upto < 3 stops each item after the input transform (1) or the GEMMs (2): only for
-        # timing the phases (profile), the output is then incomplete.
+        # One parallel loop over items of T_item tiles: input transform, the alpha^2 products
+        # (each item streams all of U), output transform.  upto < 3 stops each item after the
+        # input transform (1) or the products (2): only for timing the phases (profile).
         L = twork.shape[1]
         Cp, Kp = CB * L, KB * L
         per_img = tiles_h * tiles_w
@@ -110,71 +181,58 @@ def _make_kernel(m: int):
             tid = numba.get_thread_id()
             Vb = vwork[tid]
             Mb = mwork[tid]
-            tmp = twork[tid]
-            d = stack_vectors(Vb, A2)
-            e = stack_vectors(Vb, A2)
-            # --- input transform: V[a, t, c] = (B^T d B)[a] for each tile t and channel block
             for tt in range(T):
                 n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
                 for cb in range(CB):
                     base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-                    for i in range(A):
-                        for j in range(A):
-                            sset(d, i * A + j, vload(xb, base + (i * Wp + j) * L))
-                    for i in range(A):  # e = B^T d
-                        for j in range(A):
-                            acc = vsplat(0, Vb)
-                            for k in range(A):
-                                acc = vfma(vsplat(BT[i, k], Vb), sget(d, k * A + j), acc)
-                            sset(e, i * A + j, acc)
-                    for i in range(A):  # V = e B
-                        for j in range(A):
-                            acc = vsplat(0, Vb)
-                            for k in range(A):
-                                acc = vfma(vsplat(BT[j, k], Vb), sget(e, i * A + k), acc)
-                            vstore(Vb, ((i * A + j) * T + tt) * Cp + cb * L, acc)
+                    input_tile(xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, T * Cp)
             if upto < 2:
                 continue
-            # --- the alpha^2 products, single-threaded BLAS
             for a in range(A2):
-                matmul_into(Vb[a * T * Cp:(a + 1) * T * Cp].reshape((T, Cp)), U[a],
-                            Mb[a * T * Kp:(a + 1) * T * Kp].reshape((T, Kp)))
+                panel_gemm(Vb, a * T * Cp, U, a * KB * Cp * L, Mb, a * T * Kp, T, Cp, 0, KB, Kp, L)
             if upto < 3:
                 continue
-            # --- output transform: yb[n, kb, p, q, :] = (A^T M A)[i, j] + bias, cropped
             chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
-            zero = vsplat(0, Vb)
             for tt in range(T):
                 n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
                 for kb in range(KB):
-                    for i in range(A):
-                        for j in range(A):
-                            sset(d, i * A + j, vload(Mb, ((i * A + j) * T + tt) * Kp + kb * L))
-                    for i in range(m):  # e = A^T M   (m x alpha)
-                        for j in range(A):
-                            acc = vsplat(0, Vb)
-                            for k in range(A):
-                                acc = vfma(vsplat(AT[i, k], Vb), sget(d, k * A + j), acc)
-                            sset(e, i * A + j, acc)
-                    bv = vload(bias, kb * L)
-                    ybase = (n * KB + kb) * PQ
-                    for i in range(m):  # e A + bias   (m x m)
-                        p = th * m + i
-                        for j in range(m):
-                            acc = bv
-                            for k in range(A):
-                                acc = vfma(vsplat(AT[j, k], Vb), sget(e, i * A + k), acc)
-                            chk = vfma(acc, zero, chk)
-                            q = tw * m + j
-                            if p < P and q < Q:
-                                vstore(yb, (ybase + p * Q + q) * L, acc)
-            vstore(tmp, 0, chk)
-            flag = False
-            for lane in range(L):
-                flag |= tmp[lane] != 0
-            bad[item] = flag
+                    chk = output_tile(Mb, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L), yb,
+                                      (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, chk)
+            bad[item] = not finite(chk, twork[tid], L)
 
-    return fused
+    @numba.njit(**PJIT)
+    def split(xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h,
+              tiles_w, V, M, twork, kchunk, upto):
+        # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
+        # (tile x channel block), the products split by (alpha^2 element, block of output
+        # channels) so that U is read once, and output transforms (tile x channel block).
+        L = twork.shape[1]
+        Cp, Kp = CB * L, KB * L
+        per_img = tiles_h * tiles_w
+        PQ = P * Q
+        for job in numba.prange(T * CB):
+            tt, cb = job // CB, job % CB
+            n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
+            base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
+            input_tile(xb, base, Wp, L, BT, V, tt * Cp + cb * L, T * Cp)
+        if upto < 2:
+            return
+        nkc = (KB + kchunk - 1) // kchunk
+        for job in numba.prange(A2 * nkc):
+            a, kc = job // nkc, job % nkc
+            panel_gemm(V, a * T * Cp, U, a * KB * Cp * L, M, a * T * Kp, T, Cp,
+                       kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
+        if upto < 3:
+            return
+        for job in numba.prange(T * KB):
+            tt, kb = job // KB, job % KB
+            n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
+            chk = output_tile(M, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L), yb,
+                              (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
+            if not finite(chk, twork[numba.get_thread_id()], L):
+                bad[0] = True
+
+    return fused, split
 
 
 def _kernel(m):
@@ -186,11 +244,13 @@ def _kernel(m):
 
 @numba.njit(**PJIT)
 def _kernel_transform(wt, Gm, Uv):
-    # Uv[a*alpha + b, c, k] = (G w[k, c] G^T)[a, b] from wt[c, r, s, k] = w[k, c, r, s],
-    # computed in float64 and rounded once (as the tile-row path's kernel transform).  One
-    # job per input channel; every loop runs over k, contiguous in wt and in Uv.
+    # Uv[a*alpha + b, kb, c, l] = (G w[k, c] G^T)[a, b] with k = kb * L + l, from
+    # wt[c, r, s, k] = w[k, c, r, s], computed in float64 and rounded once (as the tile-row
+    # path's kernel transform).  One job per input channel; every loop runs over k,
+    # contiguous in wt and, block by block, in Uv.
     C, K = wt.shape[0], wt.shape[3]
     A = Gm.shape[0]
+    L = Uv.shape[3]
     for c in numba.prange(C):
         t = np.empty((A, 3, K), dtype=np.float64)
         for a in range(A):
@@ -204,9 +264,12 @@ def _kernel_transform(wt, Gm, Uv):
             t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
             for b in range(A):
                 h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
-                u = Uv[a * A + b, c]
-                for k in range(K):
-                    u[k] = t0[k] * h0 + t1[k] * h1 + t2[k] * h2
+                u = Uv[a * A + b]
+                for kb in range((K + L - 1) // L):
+                    ub = u[kb, c]
+                    for l in range(min(L, K - kb * L)):
+                        k = kb * L + l
+                        ub[l] = t0[k] * h0 + t1[k] * h1 + t2[k] * h2
 
 
 def uv_bytes(K, C, m, dtype) -> int:
@@ -216,32 +279,45 @@ def uv_bytes(K, C, m, dtype) -> int:
 
 
 def transform_weights(w, m):
-    """``U = G w G^T`` of ``(K, C, 3, 3)`` weights as the zero-padded ``(alpha^2, Cp, Kp)`` of this path."""
+    """``U = G w G^T`` of ``(K, C, 3, 3)`` weights in this path's layout, zero-padded.
+
+    The layout is ``(alpha^2, KB, Cp, L)``: for each of the ``alpha^2``
+    products, ``KB`` blocks of ``L`` output channels, each a ``Cp x L`` panel
+    (:func:`fastconv.cpu._gemm.panel_gemm` streams one panel per vector of
+    output channels).
+    """
     K, C = w.shape[0], w.shape[1]
     L = lanes(w.dtype)
     _, Gm, _ = transform_matrices(m)
-    Uv = np.zeros(((m + 2) ** 2, -(-C // L) * L, -(-K // L) * L), dtype=w.dtype)
+    Uv = _scratch.zeros_aligned(((m + 2) ** 2, -(-K // L), -(-C // L) * L, L), w.dtype)
     if w.size:
         _kernel_transform(np.ascontiguousarray(w.transpose(1, 2, 3, 0)), Gm, Uv)
     return Uv
 
 
 def plan(p, m):
-    """``(T_item, nb)``: tiles per item and images per slice, or None if this path does not fit.
+    """How this path runs ``p``: ``(mode, tiles, nb)``, or None if it does not fit.
 
-    The path takes ``groups == 1`` calls with fewer than :data:`MAX_TILES_W`
-    tiles per row whose padded transformed weights are at most
-    :data:`MAX_U_BYTES` and whose packed input and blocked output for one
-    image fit half the workspace.
+    ``mode`` is ``"fused"`` (one parallel loop over items of ``tiles`` tiles;
+    each item streams all of U) or ``"split"`` (slices of ``tiles`` tiles in
+    three parallel loops; the products are split by output channels, so U is
+    read once per slice); ``nb`` images are packed at a time.
+
+    The path takes ``groups == 1`` calls with output rows of at most
+    :data:`MAX_Q` whose packed input and blocked output for one image fit
+    half the workspace.  It splits when all the tiles of a call fit one
+    slice of at most :data:`SPLIT_SLICE_BYTES` and U is at least
+    :data:`SPLIT_MIN_U_RATIO` times that slice (deep layers on small maps:
+    streaming U once per item would dominate), or when U is over
+    :data:`MAX_U_BYTES`; otherwise it fuses.
     """
-    if p.groups != 1 or -(-p.Q // m) >= MAX_TILES_W:
+    if p.groups != 1 or p.Q > MAX_Q:
         return None
     L = lanes(p.dtype)
     item = p.dtype.itemsize
     A2 = (m + 2) ** 2
     Cp, Kp = -(-p.C // L) * L, -(-p.K // L) * L
-    if A2 * Cp * Kp * item > MAX_U_BYTES:
-        return None
+    u_bytes = A2 * Cp * Kp * item
     tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
     per_image = (Cp * (tiles_h * m + 2) * (tiles_w * m + 2) + Kp * p.P * p.Q) * item
     if per_image > _config.WORKSPACE_BYTES // 2:
@@ -249,10 +325,12 @@ def plan(p, m):
     nb = max(1, min(p.N, (_config.WORKSPACE_BYTES // 2) // per_image))
     total = nb * tiles_h * tiles_w
     per_tile = A2 * (Cp + Kp) * item
+    slice_tiles = max(1, min(SPLIT_SLICE_BYTES, _config.WORKSPACE_BYTES // 2) // per_tile)
+    calls_tiles = p.N * tiles_h * tiles_w
+    if (calls_tiles <= slice_tiles and u_bytes >= SPLIT_MIN_U_RATIO * calls_tiles * per_tile) \
+            or u_bytes > MAX_U_BYTES:
+        return "split", int(min(slice_tiles, total)), nb
     T = max(MIN_ITEM_TILES, ITEM_BYTES // per_tile)
-    # Thin GEMMs below SMALL_GEMM_MNK multiply-adds run on OpenBLAS's small-matrix
-    # kernel, which does not pack U[a] on every call: 1.2-2x faster per call here.
-    T = min(T, max(MIN_SMALL_TILES, (SMALL_GEMM_MNK - 1) // (Cp * Kp)))
     # the per-thread V + M scratch stays within half the workspace bound
     T = min(T, max(1, (_config.WORKSPACE_BYTES // 2)
                    // (numba.config.NUMBA_NUM_THREADS * per_tile)))
@@ -260,17 +338,18 @@ def plan(p, m):
     threads = max(1, numba.get_num_threads())
     T = max(1, min(T, -(-total // threads)))
     T = -(-total // -(-total // T))
-    return T, nb
+    return "fused", T, nb
 
 
-def run(x, U, bias, p, y, m, T_item, nb, timings=None):
+def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
     """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite.
 
-    With ``timings`` (a dict) the phases are timed and added into it:
-    ``pack_input``; ``input_transform``, ``gemm`` and ``output_transform``
-    (which includes the unpacking into NCHW) as the differences between
-    runs of the fused kernel stopped after each phase -- the phases share
-    one parallel loop, so they cannot be timed one by one.
+    ``mode``, ``T_item`` and ``nb`` come from :func:`plan`.  With ``timings``
+    (a dict) the phases are timed and added into it: ``pack_input``;
+    ``input_transform``, ``gemm`` and ``output_transform`` (which includes
+    the unpacking into NCHW) as the differences between runs of the kernel
+    stopped after each phase (the fused path's phases share one parallel
+    loop, so they cannot be timed one by one).
     """
     L = lanes(p.dtype)
     dt = p.dtype
@@ -284,10 +363,15 @@ def run(x, U, bias, p, y, m, T_item, nb, timings=None):
     pr = tiles_w * m + 2 - p.W - pl
     CB = -(-p.C // L)
     A2 = (m + 2) ** 2
-    vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * T_item * CB * L)
-    mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * T_item * KB * L)
+    Uf = U.reshape(-1)
     twork = _scratch.per_thread("winograd_vec.T", dt, L)[:, :L]
-    kern = _kernel(m)
+    fused, split = _kernel(m)
+    if mode == "fused":
+        vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * T_item * CB * L)
+        mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * T_item * KB * L)
+    else:
+        vbuf = _scratch.buffer("winograd_vec.V", dt, A2 * T_item * CB * L)
+        mbuf = _scratch.buffer("winograd_vec.M", dt, A2 * T_item * KB * L)
     PQ = p.P * p.Q
     ybuf = _scratch.buffer("winograd_vec.Y", dt, min(nb, p.N) * KB * PQ * L)
     clock = time.perf_counter
@@ -297,21 +381,32 @@ def run(x, U, bias, p, y, m, T_item, nb, timings=None):
         xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], 1, L, (pt, pb, pl, pr),
                                             scratch="winograd_vec.xb")
         total = (n1 - n0) * tiles_h * tiles_w
-        bad = np.zeros(-(-total // T_item), dtype=np.bool_)
         yb = ybuf[:(n1 - n0) * KB * PQ * L]
-        args = (xb, U, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K, p.P, p.Q,
-                tiles_h, tiles_w, T_item, vwork, mwork, twork)
-        with single_threaded_blas():
-            if timings is not None:
-                t1 = clock()
+        if mode == "fused":
+            bad = np.zeros(-(-total // T_item), dtype=np.bool_)
+            calls = [(fused, (xb, Uf, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K,
+                              p.P, p.Q, tiles_h, tiles_w, T_item, vwork, mwork, twork))]
+        else:
+            bad = np.zeros(1, dtype=np.bool_)
+            calls = []
+            for s0 in range(0, total, T_item):
+                T = min(T_item, total - s0)
+                calls.append((split, (xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB,
+                                      p.K, p.P, p.Q, tiles_h, tiles_w, vbuf[:A2 * T * CB * L],
+                                      mbuf[:A2 * T * KB * L], twork, SPLIT_KCHUNK)))
+        t1 = t2 = t3 = clock()
+        if timings is not None:
+            for kern, args in calls:
                 kern(*args, 1)
-                t2 = clock()
+            t2 = clock()
+            for kern, args in calls:
                 kern(*args, 2)
-                t3 = clock()
-                timings["pack_input"] = timings.get("pack_input", 0.0) + t1 - t0
-                timings["input_transform"] += t2 - t1
-                timings["gemm"] += max(0.0, (t3 - t2) - (t2 - t1))
-                t0 = clock()
+            t3 = clock()
+            timings["pack_input"] = timings.get("pack_input", 0.0) + t1 - t0
+            timings["input_transform"] += t2 - t1
+            timings["gemm"] += max(0.0, (t3 - t2) - (t2 - t1))
+            t0 = clock()
+        for kern, args in calls:
             kern(*args, 3)
         if bad.any():
             return False
