@@ -82,6 +82,7 @@ GRID = [
                                               padding=((2, 1), (0, 3)))),
     ("lenet-c1", 2, 1, 16, 40, 6, 5, 5, dict()),
     ("grouped-same", 1, 6, 9, 23, 12, 2, 3, dict(groups=3, padding="same")),
+    ("unpadded-groups", 2, 12, 10, 9, 24, 3, 3, dict(groups=2, stride=(2, 1), dilation=(1, 2))),
     ("tiny", 1, 2, 3, 4, 3, 2, 2, dict(padding=1)),
     ("tiny-dw", 1, 4, 5, 5, 4, 3, 3, dict(groups=4, stride=2)),
 ]
@@ -130,6 +131,21 @@ def test_batch_sizes(N, rng):
     x, w, b = _inputs(rng, N, 8, 7, 9, 24, 3, 3, 1, np.float32)
     y = _check(x, w, b, padding=1)
     assert y.shape == (N, 24, 7, 9)
+
+
+@pytest.mark.parametrize("case", [g for g in GRID if not g[8].get("padding")], ids=lambda g: g[0])
+def test_blocked_reads_nchw_in_place(case, rng, monkeypatch):
+    """Unpadded calls read NCHW through strides: bitwise the same sums as on the packed copy."""
+    _, N, C, H, W, K, R, S, kw = case
+    groups = kw.get("groups", 1)
+    x, w, b = _inputs(rng, N, C, H, W, K, R, S, groups, np.float32)
+    p = _params(x, w, b, **kw)
+    y_in_place = np.empty(p.output_shape, np.float32)
+    direct.run(x, w, b, p, y_in_place, path="blocked")
+    monkeypatch.setattr(direct, "READ_NCHW_IN_PLACE", False)
+    y_packed = np.empty(p.output_shape, np.float32)
+    direct.run(x, w, b, p, y_packed, path="blocked")
+    np.testing.assert_array_equal(y_in_place, y_packed)
 
 
 def test_blocked_batch_slices_within_workspace(rng, monkeypatch):

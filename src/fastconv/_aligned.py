@@ -18,11 +18,13 @@ ALIGN = 64
 def empty_aligned(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` (C order) starting on an :data:`ALIGN`-byte boundary."""
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    off = -raw.ctypes.data % ALIGN
-    return raw[off:off + nbytes].view(dtype).reshape(shape)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    n = 1
+    for s in shape:
+        n *= int(s)
+    raw = np.empty(n * dtype.itemsize + ALIGN, dtype=np.uint8)
+    off = -raw.__array_interface__["data"][0] % ALIGN
+    return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def zeros_aligned(shape, dtype) -> np.ndarray:

@@ -21,8 +21,10 @@ and float64, any N including 0).  A call takes one of four paths:
     chunks whose packed weights stay in L1, the partial sums parked in the
     blocked output between chunks.  Work items are (image, group, block of
     ``NKB * V`` output channels, pixel tile), so both cores work at N = 1.
-    Preferred when the output channels fill the vector lanes and the
-    reduction is long.
+    Unpadded calls whose channel blocks cover the channels exactly (no
+    zero channels) skip the input packing: the same loop nest reads NCHW in
+    place through strides.  Preferred when the output channels fill the
+    vector lanes and the reduction is long.
 ``pointwise`` (:mod:`fastconv.cpu.pointwise`)
     Unpadded 1x1 kernels over at least 16 channels per group: a GEMM
     micro-kernel on NCHW itself, vectorised along the pixels, with neither
@@ -126,6 +128,8 @@ def _direct_nchw(xp, w, bias, y, sh, sw, dh, dw, groups):
 # ---------------------------------------------------------------------------
 
 _DRIVERS: dict = {}
+#: The blocked path reads unpadded NCHW inputs in place (False: always pack; tests).
+READ_NCHW_IN_PLACE = True
 
 
 def _make_blocked_driver(NKB: int, NPX: int, V: int):
@@ -147,14 +151,15 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
     # a separate micro-kernel dispatcher would get a new on-disk cache key in
     # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
-    def driver(xb, wb, bb, yb, N, G, KBp, CB, Hp, Wp, Vc, R, S, P, Q,
+    def driver(xb, wb, bb, yb, N, G, KBp, CB, xcb, xrow, xcol, xch, Vc, R, S, P, Q,
                sh, sw, dh, dw, ntiles, tile_px, ccb):
+        # Input element (block cb, channel c of the block, row h, column w) of image and
+        # group ng is xb[(ng * CB + cb) * xcb + h * xrow + w * xcol + c * xch].
         PQ = P * Q
         nkg = KBp // NKB
-        xcb = Hp * Wp * Vc
         ykb = PQ * V
         RSW = R * S * Vc * WV
-        if dw == 1:
+        if dw == 1 and xch == 1 and xcol == Vc:  # (s, c) of a kernel row are adjacent
             SL, L = 1, S * Vc
         else:
             SL, L = S, Vc
@@ -183,7 +188,7 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
                     q = t0 - p * Q
                     for j in range(NPX):
                         if j < npx:
-                            sset(offs, j, (p * sh * Wp + q * sw) * Vc)
+                            sset(offs, j, p * sh * xrow + q * sw * xcol)
                         else:
                             sset(offs, j, sget(offs, 0))
                         q += 1
@@ -201,13 +206,14 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
                         wc = wbase + cb * RSW
                         for r in range(R):
                             for s in range(SL):
-                                xo = xc + (r * dh * Wp + s * dw) * Vc
+                                xo = xc + r * dh * xrow + s * dw * xcol
                                 wo = wc + (r * S + s) * Vc * WV
                                 for u in range(L):
                                     for i in range(NKB):
                                         sset(wv, i, vload(wb, wo + u * WV + i * V))
+                                    xu = xo + u * xch
                                     for j in range(NPX):
-                                        xv = vbcast(xb, xo + sget(offs, j) + u)
+                                        xv = vbcast(xb, xu + sget(offs, j))
                                         for i in range(NKB):
                                             sset(acc, i * NPX + j,
                                                  vfma(xv, sget(wv, i), sget(acc, i * NPX + j)))
@@ -317,11 +323,20 @@ def _run_blocked(x, w, bias, p, y):
     if nb < p.N:
         ntiles, tile_px = blocked_plan(p, N=nb)[4:6]
     drv = blocked_driver(NKB, NPX, V)
+    # Without padding, and when the channel blocks cover the channels exactly, the
+    # kernel reads NCHW in place (LeNet-5 C3: the packing pass was a sixth of the call).
+    in_place = READ_NCHW_IN_PLACE and p.padding == (0, 0, 0, 0) and CB * Vc == p.Cg
     for n0 in range(0, p.N, nb):
         n1 = min(p.N, n0 + nb)
-        xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding, scratch="direct.xb")
+        if in_place:
+            xb = x[n0:n1].reshape(-1)
+            HW = p.H * p.W
+            strides = (Vc * HW, p.W, 1, HW)
+        else:
+            xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding, scratch="direct.xb")
+            strides = (Hp * Wp * Vc, Wp * Vc, Vc, 1)
         yb = _scratch.buffer("direct.yb", p.dtype, (n1 - n0) * G * KBp * p.P * p.Q * V)
-        drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, Hp, Wp, Vc, p.R, p.S, p.P, p.Q,
+        drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, *strides, Vc, p.R, p.S, p.P, p.Q,
             p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, ccb)
         _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, G, KBp, V)
 
