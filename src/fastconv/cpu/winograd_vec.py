@@ -90,9 +90,6 @@ ITEM_BYTES = 8 * 2**20
 MIN_ITEM_TILES = 16
 
 
-_KERNELS: dict = {}
-
-
 @numba.njit(**JIT)
 def _tile_position(tile, per_img, tiles_w):
     """(image, tile row, tile column) of tile number ``tile`` (raster order over the batch)."""
@@ -102,7 +99,15 @@ def _tile_position(tile, per_img, tiles_w):
     return n, th, r - th * tiles_w
 
 
-def _make_kernel(m: int):
+def _make_tile_transforms(m: int):
+    """The input and output transforms of one tile for F(m x m, 3 x 3).
+
+    Closures over integers only (``A``, ``A2``, ``m``): their loops have
+    constant trip counts, so LLVM unrolls them and keeps the ``alpha^2``
+    vectors of a tile in registers, and Numba's on-disk cache key stays the
+    same from one process to the next (a closure over another jitted
+    function would be recompiled in every process).
+    """
     A = m + 2
     A2 = A * A
 
@@ -155,91 +160,109 @@ def _make_kernel(m: int):
                     vstore(yb, ybase + (p * Q + q) * L, acc)
         return chk
 
-    @numba.njit(**JIT)
-    def finite(chk, tmp, L):
-        vstore(tmp, 0, chk)
-        flag = False
-        for lane in range(L):
-            flag |= tmp[lane] != 0
-        return not flag
+    return input_tile, output_tile
 
-    @numba.njit(**PJIT)
-    def fused(xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
-              T_item, vwork, mwork, twork, upto):
-        # One parallel loop over items of T_item tiles: input transform, the alpha^2 products
-        # (each item streams all of U), output transform.  upto < 3 stops each item after the
-        # input transform (1) or the products (2): only for timing the phases (profile).
-        L = twork.shape[1]
-        Cp, Kp = CB * L, KB * L
-        per_img = tiles_h * tiles_w
-        total = Nimg * per_img
-        nitems = (total + T_item - 1) // T_item
-        PQ = P * Q
-        for item in numba.prange(nitems):
-            t0 = item * T_item
-            T = min(T_item, total - t0)
-            tid = numba.get_thread_id()
-            Vb = vwork[tid]
-            Mb = mwork[tid]
-            for tt in range(T):
-                n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
-                for cb in range(CB):
-                    base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-                    input_tile(xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, T * Cp)
-            if upto < 2:
-                continue
-            for a in range(A2):
-                panel_gemm(Vb, a * T * Cp, U, a * KB * Cp * L, Mb, a * T * Kp, T, Cp, 0, KB, Kp, L)
-            if upto < 3:
-                continue
-            chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
-            for tt in range(T):
-                n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
-                for kb in range(KB):
-                    chk = output_tile(Mb, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L), yb,
-                                      (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, chk)
-            bad[item] = not finite(chk, twork[tid], L)
 
-    @numba.njit(**PJIT)
-    def split(xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h,
-              tiles_w, V, M, twork, kchunk, upto):
-        # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
-        # (tile x channel block), the products split by (alpha^2 element, block of output
-        # channels) so that U is read once, and output transforms (tile x channel block).
-        L = twork.shape[1]
-        Cp, Kp = CB * L, KB * L
-        per_img = tiles_h * tiles_w
-        PQ = P * Q
-        for job in numba.prange(T * CB):
-            tt, cb = job // CB, job % CB
-            n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
-            base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-            input_tile(xb, base, Wp, L, BT, V, tt * Cp + cb * L, T * Cp)
+_IN2, _OUT2 = _make_tile_transforms(2)
+_IN4, _OUT4 = _make_tile_transforms(4)
+
+
+@numba.njit(**JIT)
+def _input_tile(m, xb, base, Wp, L, BT, V, voff, vstride):
+    if m == 2:
+        _IN2(xb, base, Wp, L, BT, V, voff, vstride)
+    else:
+        _IN4(xb, base, Wp, L, BT, V, voff, vstride)
+
+
+@numba.njit(**JIT)
+def _output_tile(m, M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk):
+    if m == 2:
+        return _OUT2(M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk)
+    return _OUT4(M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk)
+
+
+@numba.njit(**JIT)
+def _finite(chk, tmp, L):
+    vstore(tmp, 0, chk)
+    flag = False
+    for lane in range(L):
+        flag |= tmp[lane] != 0
+    return not flag
+
+
+
+@numba.njit(**PJIT)
+def _fused(m, xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
+           T_item, vwork, mwork, twork, upto):
+    # One parallel loop over items of T_item tiles: input transform, the alpha^2 products
+    # (each item streams all of U), output transform.  upto < 3 stops each item after the
+    # input transform (1) or the products (2): only for timing the phases (profile).
+    L = twork.shape[1]
+    A2 = (m + 2) * (m + 2)
+    Cp, Kp = CB * L, KB * L
+    per_img = tiles_h * tiles_w
+    total = Nimg * per_img
+    nitems = (total + T_item - 1) // T_item
+    PQ = P * Q
+    for item in numba.prange(nitems):
+        t0 = item * T_item
+        T = min(T_item, total - t0)
+        tid = numba.get_thread_id()
+        Vb = vwork[tid]
+        Mb = mwork[tid]
+        for tt in range(T):
+            n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
+            for cb in range(CB):
+                base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
+                _input_tile(m, xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, T * Cp)
         if upto < 2:
-            return
-        nkc = (KB + kchunk - 1) // kchunk
-        for job in numba.prange(A2 * nkc):
-            a, kc = job // nkc, job % nkc
-            panel_gemm(V, a * T * Cp, U, a * KB * Cp * L, M, a * T * Kp, T, Cp,
-                       kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
+            continue
+        for a in range(A2):
+            panel_gemm(Vb, a * T * Cp, U, a * KB * Cp * L, Mb, a * T * Kp, T, Cp, 0, KB, Kp, L)
         if upto < 3:
-            return
-        for job in numba.prange(T * KB):
-            tt, kb = job // KB, job % KB
-            n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
-            chk = output_tile(M, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L), yb,
-                              (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
-            if not finite(chk, twork[numba.get_thread_id()], L):
-                bad[0] = True
-
-    return fused, split
+            continue
+        chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
+        for tt in range(T):
+            n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
+            for kb in range(KB):
+                chk = _output_tile(m, Mb, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L),
+                                   yb, (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, chk)
+        bad[item] = not _finite(chk, twork[tid], L)
 
 
-def _kernel(m):
-    k = _KERNELS.get(m)
-    if k is None:
-        k = _KERNELS.setdefault(m, _make_kernel(m))
-    return k
+@numba.njit(**PJIT)
+def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h,
+           tiles_w, V, M, twork, kchunk, upto):
+    # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
+    # (tile x channel block), the products split by (alpha^2 element, block of output
+    # channels) so that U is read once, and output transforms (tile x channel block).
+    L = twork.shape[1]
+    A2 = (m + 2) * (m + 2)
+    Cp, Kp = CB * L, KB * L
+    per_img = tiles_h * tiles_w
+    PQ = P * Q
+    for job in numba.prange(T * CB):
+        tt, cb = job // CB, job % CB
+        n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
+        base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
+        _input_tile(m, xb, base, Wp, L, BT, V, tt * Cp + cb * L, T * Cp)
+    if upto < 2:
+        return
+    nkc = (KB + kchunk - 1) // kchunk
+    for job in numba.prange(A2 * nkc):
+        a, kc = job // nkc, job % nkc
+        panel_gemm(V, a * T * Cp, U, a * KB * Cp * L, M, a * T * Kp, T, Cp,
+                   kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
+    if upto < 3:
+        return
+    for job in numba.prange(T * KB):
+        tt, kb = job // KB, job % KB
+        n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
+        chk = _output_tile(m, M, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L), yb,
+                           (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
+        if not _finite(chk, twork[numba.get_thread_id()], L):
+            bad[0] = True
 
 
 @numba.njit(**PJIT)
@@ -365,7 +388,8 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
     A2 = (m + 2) ** 2
     Uf = U.reshape(-1)
     twork = _scratch.per_thread("winograd_vec.T", dt, L)[:, :L]
-    fused, split = _kernel(m)
+    fused = lambda *a: _fused(m, *a)  # noqa: E731
+    split = lambda *a: _split(m, *a)  # noqa: E731
     if mode == "fused":
         vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * T_item * CB * L)
         mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * T_item * KB * L)
