@@ -101,6 +101,14 @@ def test_channel_vectorised_path(rng, monkeypatch, alg, dtype):
     monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
     assert winograd_vec.plan(p, m) == ("split", 3 * tiles_h * tiles_w, 3)
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
+    # the split mode sees a non-finite output too (the call is recomputed by direct)
+    xn = x.copy()
+    xn[1, 3, 5, 6] = np.inf
+    yn = fastconv.conv2d(xn, w, b, padding=(1, 2), algorithm=alg)
+    ref = fastconv.conv2d(xn, w, b, padding=(1, 2), algorithm="direct")
+    np.testing.assert_array_equal(np.isfinite(yn), np.isfinite(ref))
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(yn[ok], ref[ok], **tol)
     monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 2 * per_image + 8)
     # the tile-row path agrees
     monkeypatch.setattr(winograd_vec, "MAX_Q", 0)
