@@ -156,6 +156,24 @@ def test_auto_never_raises_and_winograd_alias():
     np.testing.assert_allclose(y, 18.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("x_shape, C, expected", [
+    ((1, 512, 7, 7), 512, "winograd_f2x2_3x3"),   # one 7x7 image: few tiles, F(2x2)
+    ((2, 256, 7, 7), 256, "winograd_f4x4_3x3"),   # two images: the tiles outweigh U
+    ((1, 384, 6, 6), 384, "winograd_f2x2_3x3"),
+    ((1, 256, 14, 14), 256, "winograd_f4x4_3x3"),
+    ((1, 64, 56, 56), 64, "winograd_f4x4_3x3"),
+    ((1, 512, 4, 4), 512, "direct"),                # under 6x6
+    ((1, 96, 11, 11), 96, "direct"),                # few channels on a small map
+    ((1, 64, 28, 28), 64, "direct"),                # stride 2 below
+])
+def test_auto_rule_3x3_clauses(x_shape, C, expected):
+    """The documented clauses of fastconv.cpu.auto_rule (including the small-map cost model)."""
+    from fastconv.cpu import auto_rule
+    stride = 2 if expected == "direct" and x_shape[2] == 28 else 1
+    p = normalize(x_shape, (C, C, 3, 3), None, np.float32, padding=1, stride=stride)
+    assert auto_rule(p) == expected
+
+
 # --- non-finite values ----------------------------------------------------------------------
 
 NONFINITE = {"pad1": dict(padding=1), "groups": dict(padding=((2, 0), (0, 1)), groups=2),

@@ -19,17 +19,16 @@ output map's shorter side), in this order:
       (:func:`winograd_rule`).  The transforms cost about as much as a
       direct pass over few channels; they pay off once the products over
       ``Cg`` dominate, or the map is large;
-   b. ``small >= 12`` or at least 16 4x4 tiles over the batch, ``Cg >= 64``,
-      and the channel-vectorised path takes the call (maps up to 60
-      outputs wide, :mod:`fastconv.cpu.winograd_vec`): F(4x4, 3x3)
-      (ResNet-50's 14x14 layer: 1.7x faster than ``direct``; four 7x7
-      maps over 256 channels: 1.75x);
-   c. ``small >= 7`` and ``Cg >= 128`` on the channel-vectorised path:
-      F(2x2, 3x3) (ResNet-50's 7x7 layer over 512 channels: 1.3x faster
-      than ``direct``, whose transformed weights the split schedule reads
-      once per call);
+   b. ``Cg >= 64`` and ``small >= 12``, or at least 16 4x4 tiles over the
+      batch, or ``small >= 6`` and ``Cg >= 128``, on the channel-vectorised
+      path (maps up to 60 outputs wide, :mod:`fastconv.cpu.winograd_vec`):
+      F(4x4) or F(2x2) by a two-term cost model
+      (:func:`small_map_winograd`: products per tile against reading the
+      transformed weights once).  ResNet-50's 14x14 layer: F(4x4), 1.7x
+      faster than ``direct``; its 7x7 layer over 512 channels: F(2x2), 1.3x;
+      two 7x7 maps over 256 channels: F(4x4);
 3. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7,
-   few channels, maps under 7x7): ``direct``, the register-blocked loop
+   few channels, maps under 6x6): ``direct``, the register-blocked loop
    nest.
 
 ``auto`` never picks an algorithm that does not support the call: Winograd is
@@ -47,21 +46,25 @@ AMD EPYC VM (AVX-512, measured FMA peak 234 GFLOP/s) with OpenBLAS 0.3.30
 (SkylakeX kernel) and Numba 0.68.  The 3x3 clauses were refitted on
 2026-11-26 after the channel-vectorised Winograd path got its own GEMM
 micro-kernel and split schedule (Winograd then won down to 32 channels on
-16x16 maps and on 7x7 maps over 512 channels), on those data and on three
-earlier held-out sets (``heldout``, ``heldout2``, ``heldout3``: 33 shapes;
+16x16 maps and on 7x7 maps over 512 channels), on those data and on four
+held-out sets measured earlier (``heldout`` to ``heldout4``, 43 shapes;
 ``heldout3``'s one miss, 40 -> 80 channels on a 30x30 map, moved clause 2a
-from 64 to 32 channels); clause 1 after the pointwise path of ``direct``
-beat ``im2col`` on all ten 1x1 shapes of those sets.  On these training
-data the rule picks the fastest algorithm on 17/18 suite layers, 18/19
-other shapes and 33/33 held-out shapes, and is within 5% of the fastest on
-18/18, 18/19 and 33/33 (worst 1.14x: 512 channels on a 4x4 map, where
-``im2col`` beats ``direct``).  A fourth set (``heldout4``, 10 shapes) was
-defined after the refit, measured once and never used to change it: fastest
-on 8/10, worst 1.31x (384 channels on a 6x6 map, where F(2x2) beats
-``direct``; and 1.16x on two 7x7 maps over 256 channels, where F(4x4) beats
-F(2x2)).
+from 64 to 32 channels; ``heldout4`` was measured blind -- 8/10 fastest,
+worst 1.31x -- and its two misses, a 6x6 map over 384 channels and two 7x7
+maps over 256, led to the F(2x2)/F(4x4) cost model of clause 2b); clause 1
+after the pointwise path of ``direct`` beat ``im2col`` on all ten 1x1
+shapes of those sets.  On these training data the rule picks the fastest
+algorithm on 17/18 suite layers, 18/19 other shapes and 43/43 held-out
+shapes, and is within 5% of the fastest on 18/18, 18/19 and 43/43 (worst
+1.14x: 512 channels on a 4x4 map, where ``im2col`` beats ``direct``).  A
+fifth set (``heldout5``, 10 shapes) was defined after the cost model,
+measured once and never used to change the rule: fastest on 8/10, worst
+1.42x (96 -> 128 channels on an 11x11 map, where F(4x4) beats ``direct``;
+and 1.09x on a 5x5 map over 768 channels, where F(2x2) beats ``direct``):
+below 128 channels and 12x12, and under 6x6, the rule still leaves
+Winograd wins on the table.
 Data: ``benchmarks/results/auto_rule_fit.json``, ``auto_rule_heldout.json``,
-``auto_rule_heldout2.json``, ``auto_rule_heldout3.json``, ``auto_rule_heldout4.json``.  Like
+``auto_rule_heldout2.json`` to ``auto_rule_heldout5.json``.  Like
 :func:`scipy.signal.choose_conv_method` this is a cost model for one machine:
 on another one, with other thread counts, or to settle a close call, measure
 with ``fastconv.tuning.choose(..., measure=True)`` (``algorithm="tuned"``).
@@ -83,6 +86,29 @@ def winograd_rule(p) -> str:
     return "winograd_f4x4_3x3" if min(p.P, p.Q) >= 8 else "winograd_f2x2_3x3"
 
 
+#: Clause 2b's cost model: reading the transformed weights once costs as much as the
+#: products of this many tiles (fitted: between 5.6 and 7.6 separates every measured
+#: F(2x2) / F(4x4) winner on maps under 16x16).
+U_READ_TILES = 6.7
+
+
+def small_map_winograd(p) -> str:
+    """F(4x4) or F(2x2) on a map under 16x16: the one with the lower modelled cost.
+
+    Per pair of channels, F(m x m) costs ``alpha^2 * (tiles + U_READ_TILES)``:
+    ``alpha^2`` products per tile, plus streaming its ``alpha^2`` transformed
+    weights once per call (the split schedule).  F(4x4) has 2.25x fewer
+    products per output but 2.25x more weights and more partial tiles, so
+    F(2x2) wins on few tiles (7x7 maps of one image, 6x6, 8-10 wide maps)
+    and F(4x4) once the batch or the map adds tiles.
+    """
+    tiles4 = p.N * -(-p.P // 4) * -(-p.Q // 4)
+    tiles2 = p.N * -(-p.P // 2) * -(-p.Q // 2)
+    if 36 * (tiles4 + U_READ_TILES) < 16 * (tiles2 + U_READ_TILES):
+        return "winograd_f4x4_3x3"
+    return "winograd_f2x2_3x3"
+
+
 def auto_rule(p) -> str:
     """The algorithm ``algorithm="auto"`` runs for ``p`` (see the module docstring)."""
     if p.R == 1 and p.S == 1 and not p.depthwise:
@@ -92,11 +118,9 @@ def auto_rule(p) -> str:
         if small >= 16 and (p.Cg >= 32 or (p.Cg >= 16 and p.N * p.P * p.Q >= 3072)):
             return winograd_rule(p)
         tiles4 = p.N * -(-p.P // 4) * -(-p.Q // 4)
-        if ((small >= 12 or tiles4 >= 16) and p.Cg >= 64
+        if (p.Cg >= 64 and (small >= 12 or tiles4 >= 16 or (small >= 6 and p.Cg >= 128))
                 and winograd_vec.plan(p, 4) is not None):
-            return "winograd_f4x4_3x3"
-        if small >= 7 and p.Cg >= 128 and winograd_vec.plan(p, 2) is not None:
-            return "winograd_f2x2_3x3"
+            return small_map_winograd(p)
     return "direct"
 
 
