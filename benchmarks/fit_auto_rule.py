@@ -134,6 +134,13 @@ HELDOUT5_SHAPES = [
 NEAR = 1.05
 
 
+def sets() -> dict:
+    """Every shape set by name, in the order they are reported."""
+    return {"suite": load_layers(), "other": OTHER_SHAPES, "heldout": HELDOUT_SHAPES,
+            "heldout2": HELDOUT2_SHAPES, "heldout3": HELDOUT3_SHAPES,
+            "heldout4": HELDOUT4_SHAPES, "heldout5": HELDOUT5_SHAPES}
+
+
 def measure(layers, repeat, min_round_s=0.0, cpu_time=False, progress=True) -> list:
     import time
 
@@ -200,7 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min-round-s", type=float, default=0.0,
                     help="seconds per timed round (default 0: every sample is one call, so one "
                          "stall from another process spoils one sample, not a whole round)")
-    ap.add_argument("--only", choices=("suite", "other", "heldout", "heldout2", "heldout3", "heldout4", "heldout5"), default=None)
+    ap.add_argument("--only", choices=tuple(sets()), default=None,
+                    help="measure one set (default: the suite and the other shapes)")
     ap.add_argument("--stat", choices=("mins", "medians"), default="mins",
                     help="score on the fastest round (default: robust to load from other "
                          "processes, which only ever adds time) or on the median")
@@ -221,20 +229,9 @@ def main(argv=None) -> int:
             data = json.load(f)
     else:
         data = {}
-        if args.only in (None, "suite"):
-            data["suite"] = measure(load_layers(), args.repeat, args.min_round_s, args.cpu_time)
-        if args.only in (None, "other"):
-            data["other"] = measure(OTHER_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
-        if args.only == "heldout":
-            data["heldout"] = measure(HELDOUT_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
-        if args.only == "heldout2":
-            data["heldout2"] = measure(HELDOUT2_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
-        if args.only == "heldout3":
-            data["heldout3"] = measure(HELDOUT3_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
-        if args.only == "heldout4":
-            data["heldout4"] = measure(HELDOUT4_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
-        if args.only == "heldout5":
-            data["heldout5"] = measure(HELDOUT5_SHAPES, args.repeat, args.min_round_s, args.cpu_time)
+        for key, layers in sets().items():
+            if args.only == key or (args.only is None and key in ("suite", "other")):
+                data[key] = measure(layers, args.repeat, args.min_round_s, args.cpu_time)
         from fastconv.bench.machine import machine_info
         data["machine"] = machine_info()["fastconv"]
         data["repeat"] = args.repeat
@@ -243,7 +240,7 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(data, f, indent=1, default=str)
-    for key in ("suite", "other", "heldout", "heldout2", "heldout3", "heldout4", "heldout5"):
+    for key in sets():
         if key in data:
             score(data[key], f"{key} ({len(data[key])} shapes, {args.stat})", args.stat)
     return 0

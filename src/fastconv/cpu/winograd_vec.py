@@ -388,8 +388,6 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
     A2 = (m + 2) ** 2
     Uf = U.reshape(-1)
     twork = _scratch.per_thread("winograd_vec.T", dt, L)[:, :L]
-    fused = lambda *a: _fused(m, *a)  # noqa: E731
-    split = lambda *a: _split(m, *a)  # noqa: E731
     if mode == "fused":
         vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * T_item * CB * L)
         mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * T_item * KB * L)
@@ -408,14 +406,14 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
         yb = ybuf[:(n1 - n0) * KB * PQ * L]
         if mode == "fused":
             bad = np.zeros(-(-total // T_item), dtype=np.bool_)
-            calls = [(fused, (xb, Uf, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K,
+            calls = [(_fused, (m, xb, Uf, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K,
                               p.P, p.Q, tiles_h, tiles_w, T_item, vwork, mwork, twork))]
         else:
             bad = np.zeros(1, dtype=np.bool_)
             calls = []
             for s0 in range(0, total, T_item):
                 T = min(T_item, total - s0)
-                calls.append((split, (xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB,
+                calls.append((_split, (m, xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB,
                                       p.K, p.P, p.Q, tiles_h, tiles_w, vbuf[:A2 * T * CB * L],
                                       mbuf[:A2 * T * KB * L], twork, SPLIT_KCHUNK)))
         t1 = t2 = t3 = clock()
