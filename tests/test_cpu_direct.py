@@ -239,6 +239,21 @@ def test_blocked_weight_layout():
         assert wb[g, kg, cb, r, s, v, i, lane] == expect
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,G,Kg,P,Q", [(2, 1, 16, 10, 10), (1, 2, 40, 9, 7), (3, 1, 8, 4, 3),
+                                         (1, 1, 48, 13, 11)])
+def test_unpack_blocked_output(N, G, Kg, P, Q, dtype, rng):
+    """[N, G, KBp, P*Q, V] -> NCHW: register-transposed V x V blocks and the ragged edges."""
+    V = lanes(dtype)
+    KB = -(-Kg // V)
+    KBp = KB + 1  # a padding block the unpack must skip
+    yb = rng.standard_normal((N, G, KBp, P * Q, V)).astype(dtype)
+    y = np.full((N, G * Kg, P, Q), np.nan, dtype)
+    direct._unpack_blocked_output(yb.reshape(-1), y.reshape(-1), N, G * Kg, P, Q, G, KBp, V)
+    expect = yb.transpose(0, 1, 2, 4, 3).reshape(N, G, KBp * V, P, Q)[:, :, :Kg]
+    np.testing.assert_array_equal(y, expect.reshape(N, G * Kg, P, Q))
+
+
 def test_input_phases_layout(rng):
     x = rng.standard_normal((1, 2, 3, 7)).astype(np.float32)
     padding, sw = (1, 0, 2, 1), 3
