@@ -137,3 +137,19 @@ def test_connections_errors():
         call(connections=t)
     with pytest.raises(ValueError, match="can only read input maps"):
         call(w=np.zeros((6, 2, 3, 3), F32), groups=2, connections=np.ones((6, 4), bool))
+
+
+def test_normalize_memo():
+    """Identical plain arguments give the same ConvParams; look-alike values are still checked."""
+    a = P((2, 4, 9, 9), (6, 4, 3, 3), stride=1, padding=(1, 1))
+    assert P((2, 4, 9, 9), (6, 4, 3, 3), stride=1, padding=(1, 1)) is a
+    a.memo["probe"] = 1
+    assert "probe" not in P((2, 4, 9, 9), (6, 4, 3, 3), stride=2, padding=(1, 1)).memo
+    import dataclasses
+    assert dataclasses.replace(a, N=3).memo == {}  # a new shape starts with no decisions
+    # True == 1 and hash(True) == hash(1), but bools are not sizes: never served from the memo.
+    for kw in (dict(stride=True), dict(padding=(True, 1)), dict(groups=True), dict(dilation=(1, True))):
+        with pytest.raises(TypeError):
+            P((2, 4, 9, 9), (6, 4, 3, 3), **kw)
+    # NumPy integers are valid (not memoised) and give an equal result.
+    assert P((2, 4, 9, 9), (6, 4, 3, 3), stride=np.int64(1), padding=(np.int32(1), 1)) == a

@@ -103,7 +103,11 @@ def resolve(name, params: ConvParams, device: str = "cpu") -> Algorithm:
                         f"got {name!r}")
     _ensure_loaded(device)
     if name == AUTO:
-        return get(device, auto_choice(params, device))
+        # The rule depends on the shapes only: decided once per ConvParams (see its memo).
+        alg = params.memo.get(("auto", device))
+        if alg is None:
+            alg = params.memo[("auto", device)] = get(device, auto_choice(params, device))
+        return alg
     if name == TUNED and device == "cpu":
         from .tuning import tuned_algorithm
         return get(device, tuned_algorithm(params))

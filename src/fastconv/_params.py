@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,6 +43,11 @@ class ConvParams:
     layout: str
     dtype: np.dtype
     batched: bool = True
+    #: Per-shape decisions of the dispatcher and kernels (the ``auto`` choice, blocking
+    #: plans), kept with the params: :func:`normalize` returns the same object for
+    #: repeated identical calls, so a call with a known shape skips re-deriving them.
+    #: Not part of equality or hashing; ``dataclasses.replace`` starts a fresh one.
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def Cg(self) -> int:
@@ -165,7 +170,10 @@ def parse_arrays(x, w, bias=None, **conv_kwargs):
     x = as_float_array(x, "x")
     w = as_float_array(w, "w")
     b = None if bias is None else as_float_array(bias, "bias")
-    dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
+    if x.dtype == w.dtype and (b is None or b.dtype == x.dtype):
+        dtype = x.dtype
+    else:
+        dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
     p = normalize(x.shape, w.shape, None if b is None else b.shape, dtype, **conv_kwargs)
     return x, w, b, p
 
@@ -177,6 +185,23 @@ def _memory_limit() -> int:
         return 2**40
 
 
+#: Successful :func:`normalize` results by their arguments (cleared when full).
+_NORMALIZED: dict = {}
+_NORMALIZED_MAX = 512
+
+
+def _plain(value) -> bool:
+    """True for None, an exact int or str, or a tuple of those (nested): exact memo keys.
+
+    Exact types only: ``True == 1`` and ``np.int64(1) == 1`` hash alike but are
+    validated differently (bools are rejected).
+    """
+    t = type(value)
+    if t is int or t is str or value is None:
+        return True
+    return t is tuple and all(_plain(v) for v in value)
+
+
 def normalize(x_shape, w_shape, bias_shape, dtype, *, stride=1, padding=0, dilation=1,
               groups=1, layout="NCHW", check_memory=True) -> ConvParams:
     """Validate every argument and compute the output shape.
@@ -185,7 +210,26 @@ def normalize(x_shape, w_shape, bias_shape, dtype, *, stride=1, padding=0, dilat
     framework adapters.  Raises ValueError / TypeError naming the argument.
     ``check_memory=False`` skips the "fits in this machine's memory" check,
     for lazy arrays (Dask) that are computed a block at a time.
+
+    Repeated calls with the same plain arguments (ints, strings, tuples of
+    them, a NumPy dtype) return the same :class:`ConvParams` object: the
+    validation is about 9 us of a LeNet-5 layer's 200 us.
     """
+    key = (x_shape, w_shape, bias_shape, dtype, stride, padding, dilation, groups, layout,
+           check_memory)
+    if isinstance(dtype, np.dtype) and _plain(key[:3]) and _plain(key[4:9]):
+        params = _NORMALIZED.get(key)
+        if params is None:
+            params = _normalize(*key)
+            if len(_NORMALIZED) >= _NORMALIZED_MAX:
+                _NORMALIZED.clear()
+            _NORMALIZED[key] = params
+        return params
+    return _normalize(*key)
+
+
+def _normalize(x_shape, w_shape, bias_shape, dtype, stride, padding, dilation, groups, layout,
+               check_memory) -> ConvParams:
     if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(repr(l) for l in LAYOUTS)}, got {layout!r}")
     x_shape, w_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in w_shape)

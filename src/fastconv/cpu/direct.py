@@ -275,9 +275,18 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V):
 def blocked_plan(p, N=None):
     """Register and cache blocking of the blocked path for ``p`` (batch ``N`` if given).
 
-    Returns ``(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)``.
+    Returns ``(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)``; kept in ``p.memo``
+    per batch size and thread count.
     """
     N = p.N if N is None else N
+    key = ("direct.blocked_plan", N, numba.get_num_threads())
+    plan = p.memo.get(key)
+    if plan is None:
+        plan = p.memo[key] = _blocked_plan(p, N)
+    return plan
+
+
+def _blocked_plan(p, N):
     V = lanes(p.dtype)
     Cg, Kg = p.Cg, p.Kg
     KB = -(-Kg // V)
@@ -360,6 +369,13 @@ def _run_simple(x, w, bias, p, y):
 
 def choose_path(p) -> str:
     """Which kernel ``run`` uses for ``p``: "simple", "pointwise", "blocked" or "width"."""
+    path = p.memo.get("direct.path")
+    if path is None:
+        path = p.memo["direct.path"] = _choose_path(p)
+    return path
+
+
+def _choose_path(p) -> str:
     macs = p.N * p.K * p.P * p.Q * p.Cg * p.R * p.S
     if macs <= SIMPLE_MAX_MACS:
         return "simple"
