@@ -22,9 +22,9 @@ def empty_aligned(shape, dtype) -> np.ndarray:
     n = 1
     for s in shape:
         n *= int(s)
-    raw = np.empty(n * dtype.itemsize + ALIGN, dtype=np.uint8)
-    off = -raw.__array_interface__["data"][0] % ALIGN
-    return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+    raw = np.empty(n + ALIGN // dtype.itemsize, dtype=dtype)
+    off = (-raw.ctypes.data % ALIGN) // dtype.itemsize  # malloc aligns to the element size
+    return raw[off:off + n].reshape(shape)
 
 
 def zeros_aligned(shape, dtype) -> np.ndarray:

@@ -11,6 +11,8 @@ from ._params import ConvParams, connection_mask, parse_arrays
 
 
 def _is_device_array(a) -> bool:
+    if type(a) is np.ndarray:
+        return False
     if getattr(a, "__cuda_ndarray__", False):  # numba's CUDA simulator arrays
         return True
     if hasattr(a, "__cuda_array_interface__"):

@@ -199,7 +199,12 @@ def _plain(value) -> bool:
     t = type(value)
     if t is int or t is str or value is None:
         return True
-    return t is tuple and all(_plain(v) for v in value)
+    if t is not tuple:
+        return False
+    for v in value:
+        if type(v) is not int and not _plain(v):
+            return False
+    return True
 
 
 def normalize(x_shape, w_shape, bias_shape, dtype, *, stride=1, padding=0, dilation=1,
