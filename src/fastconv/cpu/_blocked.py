@@ -177,6 +177,56 @@ def vtranspose(typingctx, src, si, ss, dst, di, ds):
     return types.void(src, si, ss, dst, di, ds), codegen
 
 
+@intrinsic
+def vstore_interleave4(typingctx, arr, idx, a, b, c, d, n):
+    """Store ``arr[idx + 4*t + j] = (a, b, c, d)[j][t]`` for the first ``n`` (<= 4L) elements.
+
+    The four vectors are interleaved in registers (two-source shuffles) and
+    written as four vector stores, masked past ``n``: a row of ``L`` output
+    tiles of width 4 (Winograd F(4x4) output rows ``j = 0..3``).
+    """
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer) and isinstance(n, types.Integer)
+            and isinstance(a, SimdVector) and a == b == c == d and a.dtype == arr.dtype):
+        return None
+    L = a.count
+
+    def codegen(context, builder, sig, args):
+        arr_, idx_, va, vb, vc, vd, n_ = args
+        i32 = ir.IntType(32)
+        vt = va.type
+        ab = builder.shuffle_vector(va, vb, ir.Constant(ir.VectorType(i32, 2 * L), list(range(2 * L))))
+        cd = builder.shuffle_vector(vc, vd, ir.Constant(ir.VectorType(i32, 2 * L), list(range(2 * L))))
+        nn = context.cast(builder, n_, sig.args[6], types.int64)
+        idx64 = context.cast(builder, idx_, sig.args[1], types.int64)
+        fnty = ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, ir.VectorType(ir.IntType(1), L)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.{_vname(vt)}.p0")
+        align = arr.dtype.bitwidth // 8
+        rows, ptrs = [], []
+        for q in range(4):
+            # element e = q*L + l of the output is (t, j) = divmod(e, 4): lane t of input j,
+            # which is index j*L + t of the concatenation a|b|c|d.
+            mask = [((q * L + l) % 4) * L + (q * L + l) // 4 for l in range(L)]
+            rows.append(builder.shuffle_vector(ab, cd, ir.Constant(ir.VectorType(i32, L), mask)))
+            off = builder.add(idx64, ir.Constant(ir.IntType(64), q * L))
+            ptrs.append(builder.bitcast(_element_ptr(context, builder, sig.args[0], arr_, off),
+                                        vt.as_pointer()))
+        # Masked stores cost several times a plain one on AMD Zen: only the ragged end uses them.
+        full = builder.icmp_signed(">=", nn, ir.Constant(ir.IntType(64), 4 * L))
+        with builder.if_else(full) as (then, otherwise):
+            with then:
+                for v, ptr in zip(rows, ptrs):
+                    builder.store(v, ptr, align=align)
+            with otherwise:
+                lanes_ = ir.Constant(ir.VectorType(ir.IntType(64), L), list(range(L)))
+                for q, (v, ptr) in enumerate(zip(rows, ptrs)):
+                    left = builder.sub(nn, ir.Constant(ir.IntType(64), q * L))
+                    m = builder.icmp_signed("<", lanes_, _splat(builder, left, L))
+                    builder.call(fn, [v, ptr, ir.Constant(i32, align), m])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, a, b, c, d, n), codegen
+
+
 def _vname(vt):
     """LLVM's overload suffix of a vector type, e.g. ``v16f32``."""
     bits = 32 if isinstance(vt.element, ir.FloatType) else 64

@@ -76,7 +76,8 @@ from .. import _config
 from .. import _weight_cache
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
-from . import _scratch, direct, winograd_vec
+from . import _scratch, direct, winograd_few, winograd_vec
+from ._blocked import lanes
 from ._gemm import batched_matmul, matmul_into, single_threaded_blas
 
 #: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
@@ -477,6 +478,32 @@ def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles
         bad[item] = flag
 
 
+@numba.njit(**PJIT)
+def _fused_few(x, U, y, bias, cst, bad, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl,
+               vwork, L, upto=2):
+    # The fused schedule for F(4x4) with Cg <= winograd_few.MAX_CG: per item the input
+    # transform into V, then the products and the output transform together
+    # (fastconv.cpu.winograd_few); no M.  upto=1 stops after the input transform (timing).
+    A2, G, Kg, Cg = U.shape
+    C = G * Cg
+    WP = tiles_w * 4 + 2
+    nitems = (rows_total + rows_per_item - 1) // rows_per_item
+    for item in numba.prange(nitems):
+        r0 = item * rows_per_item
+        nr = min(rows_per_item, rows_total - r0)
+        nt = nr * tiles_w
+        V = vwork[numba.get_thread_id(), :A2 * G * Cg * nt].reshape((A2, G, Cg, nt))
+        d = np.empty((6, WP), dtype=x.dtype)
+        t = np.empty(WP, dtype=x.dtype)
+        for i in range(nr):
+            for cc in range(C):
+                _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+        if upto > 1:
+            tmp = np.empty(L, dtype=x.dtype)
+            bad[item] = not winograd_few.products_and_output(U, V, y, bias, r0, nr, tiles_h,
+                                                              tiles_w, tmp)
+
+
 # ----------------------------------------------------------------------------------------------
 # Driver
 
@@ -607,7 +634,10 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
     else:
         wT = no_kernels
     U2 = U.reshape(alpha2, p.K * Cg)
-    item_rows = _fused_rows(p, m, tiles_w, rows_total) if timings is None else 0
+    item_rows = _fused_rows(p, m, tiles_w, rows_total)
+    few = bool(item_rows) and m == 4 and Cg <= winograd_few.MAX_CG
+    if timings is not None and not few:
+        item_rows = 0  # profiled phase by phase
     if wT.shape[1] and (timings is not None or item_rows):
         t0 = clock()
         _kernel_transform(wT, Gm, U2)
@@ -618,6 +648,21 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
         bad = np.zeros(-(-rows_total // item_rows), dtype=np.bool_)
         nt = item_rows * tiles_w
         vwork = _scratch.per_thread("winograd.V", dt, alpha2 * G * Cg * nt)
+        if few:
+            args = (x, U, y, b, cst, bad, item_rows, rows_total, tiles_h, tiles_w, pt, pl, vwork,
+                    lanes(dt))
+            if timings is not None:  # the input transform alone, then the whole call
+                t0 = clock()
+                _fused_few(*args, 1)
+                t1 = clock()
+                _fused_few(*args)
+                timings["input_transform"] += t1 - t0
+                # products and output transform are one step (fastconv.cpu.winograd_few)
+                del timings["gemm"], timings["output_transform"]
+                timings["gemm_and_output_transform"] = max(0.0, clock() - t1 - (t1 - t0))
+            else:
+                _fused_few(*args)
+            return not bad.any()
         mwork = _scratch.per_thread("winograd.M", dt, alpha2 * G * Kg * nt)
         with single_threaded_blas():
             _fused(x, U, y, b, cst, bad, m, item_rows, rows_total, tiles_h, tiles_w, pt, pl,
@@ -696,7 +741,10 @@ def profile_phases(x, w, bias, p, y, m=None):
     (summed over blocks), plus ``pack_input`` where the channel-vectorised path
     runs (its phases are differences of runs stopped after each phase, see
     :func:`fastconv.cpu.winograd_vec.run`).  The tile-row path runs its phases
-    one by one here (in a normal call they share parallel loops).  ``m`` (2 or
+    one by one here (in a normal call they share parallel loops), except on
+    few-channel layers (:mod:`fastconv.cpu.winograd_few`), whose products and
+    output transform are one step, ``gemm_and_output_transform`` (the call
+    less a run stopped after the input transform).  ``m`` (2 or
     4) defaults to :func:`fastconv.cpu.winograd_rule`.
     """
     if m is None:
