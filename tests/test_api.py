@@ -174,6 +174,23 @@ def test_auto_rule_3x3_clauses(x_shape, C, expected):
     assert auto_rule(p) == expected
 
 
+@pytest.mark.parametrize("x_shape, K, expected", [
+    ((1, 3, 224, 224), 64, "winograd_f4x4_3x3"),   # VGG-16 conv1_1
+    ((1, 4, 112, 112), 20, "winograd_f4x4_3x3"),   # 20+ outputs from 100 wide
+    ((1, 2, 128, 128), 64, "winograd_f4x4_3x3"),
+    ((1, 3, 36, 36), 40, "winograd_f4x4_3x3"),     # 40+ outputs from 33 wide
+    ((1, 3, 56, 56), 32, "direct"),
+    ((1, 3, 224, 224), 16, "direct"),               # too few outputs to share the transforms
+    ((8, 3, 32, 32), 64, "direct"),                 # 8 tiles a row: half-empty tile vectors
+    ((1, 1, 224, 224), 64, "direct"),               # one channel: direct
+])
+def test_auto_rule_few_channels(x_shape, K, expected):
+    """Clause 2c of fastconv.cpu.auto_rule: the few-channel Winograd schedule."""
+    from fastconv.cpu import auto_rule
+    p = normalize(x_shape, (K, x_shape[1], 3, 3), None, np.float32, padding=1)
+    assert auto_rule(p) == expected
+
+
 # --- non-finite values ----------------------------------------------------------------------
 
 NONFINITE = {"pad1": dict(padding=1), "groups": dict(padding=((2, 0), (0, 1)), groups=2),

@@ -351,7 +351,9 @@ def _run_blocked(x, w, bias, p, y):
         if in_place:
             xb = x[n0:n1].reshape(-1)
             HW = p.H * p.W
-            strides = (Vc * HW, p.W, 1, HW)
+            # One channel per block: its stride is never used, and 1 lets the driver run
+            # a kernel row's taps as one contiguous loop (the packed layout's fast case).
+            strides = (Vc * HW, p.W, 1, HW if Vc > 1 else 1)
         else:
             xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding, scratch="direct.xb")
             strides = (Hp * Wp * Vc, Wp * Vc, Vc, 1)
