@@ -59,9 +59,11 @@ import numba
 import numpy as np
 
 from .. import _config
+from .._aligned import empty_aligned
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
-from ._blocked import lanes, pack_input_blocked, sget, sset, stack_vectors, vfma, vload, vsplat, vstore
+from ._blocked import (lanes, pack_input_blocked, sget, sset, stack_vectors, vfma, vload, vsplat, vstore,
+                       vtranspose)
 from . import _scratch, winograd_few
 from ._gemm import panel_gemm
 from ._layout import padded_bias
@@ -265,34 +267,53 @@ def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q,
             bad[0] = True
 
 
+#: Input channels per job of the kernel transform.
+_KT_CHANNELS = 16
+
+
 @numba.njit(**PJIT)
-def _kernel_transform(wt, Gm, Uv):
-    # Uv[a*alpha + b, kb, c, l] = (G w[k, c] G^T)[a, b] with k = kb * L + l, from
-    # wt[c, r, s, k] = w[k, c, r, s], computed in float64 and rounded once (as the tile-row
-    # path's kernel transform).  One job per input channel; every loop runs over k,
-    # contiguous in wt and, block by block, in Uv.
-    C, K = wt.shape[0], wt.shape[3]
+def _kernel_transform(wf, K, C, Gm, Uv):
+    # Uv[a*alpha + b, kb, c, l] = (G w[k, c] G^T)[a, b] with k = kb * L + l, from the flat KCRS
+    # weights wf, computed in float64 and rounded once (as the tile-row path's transform);
+    # zero for the padding (k >= K or c >= C), so Uv may be np.empty.  One job per (block of
+    # L output channels, _KT_CHANNELS input channels): the L x (9 * channels) weights are
+    # transposed in registers (vtranspose) into wl, so every loop below runs over the L
+    # output channels of a vector.
     A = Gm.shape[0]
-    L = Uv.shape[3]
-    for c in numba.prange(C):
-        t = np.empty((A, 3, K), dtype=np.float64)
-        for a in range(A):
-            g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
-            for s in range(3):
-                w0, w1, w2 = wt[c, 0, s], wt[c, 1, s], wt[c, 2, s]
-                row = t[a, s]
-                for k in range(K):
-                    row[k] = g0 * np.float64(w0[k]) + g1 * np.float64(w1[k]) + g2 * np.float64(w2[k])
-        for a in range(A):
-            t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
-            for b in range(A):
-                h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
-                u = Uv[a * A + b]
-                for kb in range((K + L - 1) // L):
-                    ub = u[kb, c]
-                    for l in range(min(L, K - kb * L)):
-                        k = kb * L + l
-                        ub[l] = t0[k] * h0 + t1[k] * h1 + t2[k] * h2
+    KB, Cp, L = Uv.shape[1], Uv.shape[2], Uv.shape[3]
+    CH = _KT_CHANNELS
+    ncb = (Cp + CH - 1) // CH
+    C9 = C * 9
+    for job in numba.prange(KB * ncb):
+        kb, cb = job // ncb, job % ncb
+        c0, c1 = cb * CH, min(Cp, cb * CH + CH)
+        k0, nk = kb * L, min(L, K - kb * L)
+        wl = np.zeros((CH * 9, L), dtype=wf.dtype)
+        j0, j1 = c0 * 9, min(C, c1) * 9  # columns (c, r, s) of the rows wf[k0 + l]
+        j = j0
+        if nk == L:
+            while j + L <= j1:
+                vtranspose(wf, k0 * C9 + j, C9, wl.reshape(-1), (j - j0) * L, L)
+                j += L
+        for l in range(nk):
+            for jj in range(j, j1):
+                wl[jj - j0, l] = wf[(k0 + l) * C9 + jj]
+        t = np.empty((A, 3, L), dtype=np.float64)
+        for c in range(c0, c1):
+            w9 = wl[(c - c0) * 9:(c - c0) * 9 + 9]
+            for a in range(A):
+                g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
+                for s in range(3):
+                    w0, w1, w2, ta = w9[s], w9[3 + s], w9[6 + s], t[a, s]
+                    for l in range(L):
+                        ta[l] = g0 * np.float64(w0[l]) + g1 * np.float64(w1[l]) + g2 * np.float64(w2[l])
+            for a in range(A):
+                t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
+                for b in range(A):
+                    h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
+                    u = Uv[a * A + b, kb, c]
+                    for l in range(L):
+                        u[l] = t0[l] * h0 + t1[l] * h1 + t2[l] * h2
 
 
 def uv_bytes(K, C, m, dtype) -> int:
@@ -312,9 +333,9 @@ def transform_weights(w, m):
     K, C = w.shape[0], w.shape[1]
     L = lanes(w.dtype)
     _, Gm, _ = transform_matrices(m)
-    Uv = _scratch.zeros_aligned(((m + 2) ** 2, -(-K // L), -(-C // L) * L, L), w.dtype)
-    if w.size:
-        _kernel_transform(np.ascontiguousarray(w.transpose(1, 2, 3, 0)), Gm, Uv)
+    Uv = empty_aligned(((m + 2) ** 2, -(-K // L), -(-C // L) * L, L), w.dtype)
+    if Uv.size:
+        _kernel_transform(np.ascontiguousarray(w).reshape(-1), K, C, Gm, Uv)
     return Uv
 
 
