@@ -224,6 +224,30 @@ def test_unrolled_transforms_are_the_matrices():
 
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,C", [(40, 37), (16, 16), (5, 3)])
+def test_channel_vectorised_kernel_transform(rng, m, dtype, K, C):
+    """U of the channel-vectorised layout: G w G^T in float64 (the kernels' order of the
+    three-term sums) rounded once, and zero padding."""
+    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    Uv = winograd_vec.transform_weights(w, m)
+    _, G, _ = transform_matrices(m)
+    alpha, L = m + 2, Uv.shape[3]
+    w64 = w.astype(np.float64).transpose(2, 3, 1, 0)  # (r, s, c, k)
+    t = [[G[a, 0] * w64[0, s] + G[a, 1] * w64[1, s] + G[a, 2] * w64[2, s] for s in range(3)]
+         for a in range(alpha)]
+    ref = np.stack([t[a][0] * G[b, 0] + t[a][1] * G[b, 1] + t[a][2] * G[b, 2]
+                    for a in range(alpha) for b in range(alpha)])  # (alpha^2, C, K)
+    np.testing.assert_allclose(  # and that is G w G^T
+        ref, np.einsum("ar,kcrs,bs->abck", G, w.astype(np.float64), G).reshape(alpha * alpha, C, K),
+        rtol=1e-14, atol=1e-14)
+    full = np.zeros((alpha * alpha, Uv.shape[2], Uv.shape[1] * L))
+    full[:, :C, :K] = ref
+    expect = full.reshape(alpha * alpha, Uv.shape[2], Uv.shape[1], L).transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(Uv, expect.astype(dtype))
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_error_bound_holds(rng, m, dtype):
     """Every output is within winograd_math.error_bound of the float64 reference."""
     C = 24
