@@ -82,7 +82,6 @@ def _make_kernel():
             p0 = v0 * L
             tail = PQ - (p0 + (nv - 1) * L)  # valid lanes of the last vector (1..L)
             xbase = (n * G + g) * Cg * PQ + p0
-            full = nv == NV and tail == L
             acc = stack_vectors(xf, NACC)
             xv = stack_vectors(xf, NV)
             for kb in range(kgi * kbi, min(KBp, (kgi + 1) * kbi)):
@@ -91,34 +90,24 @@ def _make_kernel():
                     bv = vbcast(bp, g * KBp * NK + kb * NK + i)
                     for j in range(NV):
                         sset(acc, i * NV + j, bv)
-                if full:  # NV whole vectors: plain loads and stores (masked ones are slow on AMD)
-                    for c in range(Cg):
-                        xc = xbase + c * PQ
-                        for j in range(NV):
+                for c in range(Cg):
+                    xc = xbase + c * PQ
+                    for j in range(NV):
+                        if j < nv - 1:
                             sset(xv, j, vload(xf, xc + j * L))
-                        for i in range(NK):
-                            wv = vbcast(wp, wbase + c * NK + i)
-                            for j in range(NV):
-                                sset(acc, i * NV + j, vfma(wv, sget(xv, j), sget(acc, i * NV + j)))
-                else:
-                    for c in range(Cg):
-                        xc = xbase + c * PQ
+                        elif j == nv - 1:
+                            sset(xv, j, vload_masked(xf, xc + j * L, tail))
+                    for i in range(NK):
+                        wv = vbcast(wp, wbase + c * NK + i)
                         for j in range(NV):
-                            if j < nv - 1:
-                                sset(xv, j, vload(xf, xc + j * L))
-                            elif j == nv - 1:
-                                sset(xv, j, vload_masked(xf, xc + j * L, tail))
-                        for i in range(NK):
-                            wv = vbcast(wp, wbase + c * NK + i)
-                            for j in range(NV):
-                                if j < nv:
-                                    sset(acc, i * NV + j, vfma(wv, sget(xv, j), sget(acc, i * NV + j)))
+                            if j < nv:
+                                sset(acc, i * NV + j, vfma(wv, sget(xv, j), sget(acc, i * NV + j)))
                 for i in range(NK):
                     k = kb * NK + i
                     if k < Kg:
                         ybase = ((n * G + g) * Kg + k) * PQ + p0
                         for j in range(NV):
-                            if j < nv - 1 or (j == nv - 1 and tail == L):
+                            if j < nv - 1:
                                 vstore(yf, ybase + j * L, sget(acc, i * NV + j))
                             elif j == nv - 1:
                                 vstore_masked(yf, ybase + j * L, sget(acc, i * NV + j), tail)
