@@ -19,7 +19,7 @@ import fastconv
 from fastconv import reference
 from fastconv._params import normalize
 from fastconv.cpu import direct
-from fastconv.cpu._blocked import lanes, pack_input_phases, pack_weights_blocked
+from fastconv.cpu._blocked import lanes, pack_input_blocked, pack_input_phases, pack_weights_blocked
 
 
 def _params(x, w, b, **kw):
@@ -252,6 +252,25 @@ def test_unpack_blocked_output(N, G, Kg, P, Q, dtype, rng):
     direct._unpack_blocked_output(yb.reshape(-1), y.reshape(-1), N, G * Kg, P, Q, G, KBp, V)
     expect = yb.transpose(0, 1, 2, 4, 3).reshape(N, G, KBp * V, P, Q)[:, :, :Kg]
     np.testing.assert_array_equal(y, expect.reshape(N, G * Kg, P, Q))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_input_blocked_layout(rng, dtype, contiguous):
+    """NCHW -> [N, G, CB, Hp, Wp, Vc], zero padded: whole vectors of channels go through
+    register transposes, the ragged end of a row and of the channels element by element."""
+    N, C, H, W, G = 2, 2 * 37, 5, 40, 2
+    Vc = lanes(dtype)
+    x = rng.standard_normal((N, C, H, W + 3)).astype(dtype)
+    x = np.ascontiguousarray(x[..., :W]) if contiguous else x[..., :W]
+    pt, pb, pl, pr = 1, 2, 3, 0
+    xb, CB, Hp, Wp = pack_input_blocked(x, G, Vc, (pt, pb, pl, pr))
+    Cg = C // G
+    assert (CB, Hp, Wp) == (-(-Cg // Vc), H + pt + pb, W + pl + pr)
+    xp = np.zeros((N, G, CB * Vc, Hp, Wp), dtype)
+    xp[:, :, :Cg, pt:pt + H, pl:pl + W] = x.reshape(N, G, Cg, H, W)
+    expect = xp.reshape(N, G, CB, Vc, Hp, Wp).transpose(0, 1, 2, 4, 5, 3)
+    np.testing.assert_array_equal(xb.reshape(expect.shape), expect)
 
 
 def test_input_phases_layout(rng):
