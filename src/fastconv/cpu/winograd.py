@@ -35,6 +35,10 @@ Two schedules, chosen from the shapes only (never from the thread count):
   and block of output channels, the GEMMs of that slice and its output
   transform.
 
+On F(4x4) with ``Cg <= 4`` the fused schedule runs the few-channel kernel
+of :mod:`fastconv.cpu.winograd_few` instead of BLAS products and a separate
+output transform (``M`` is never stored).
+
 Either way a call synchronises the threads twice per block, the GEMMs never
 nest a multi-threaded BLAS inside Numba's threads (:mod:`fastconv.cpu._gemm`),
 and every parallel job writes disjoint outputs with no sum split across
