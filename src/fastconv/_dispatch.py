@@ -103,10 +103,12 @@ def resolve(name, params: ConvParams, device: str = "cpu") -> Algorithm:
                         f"got {name!r}")
     _ensure_loaded(device)
     if name == AUTO:
-        # The rule depends on the shapes only: decided once per ConvParams (see its memo).
-        alg = params.memo.get(("auto", device))
+        if device != "cpu":  # not memoised: one process may use several GPUs
+            return get(device, auto_choice(params, device))
+        # The CPU rule depends on the shapes only: decided once per ConvParams (see its memo).
+        alg = params.memo.get("auto")
         if alg is None:
-            alg = params.memo[("auto", device)] = get(device, auto_choice(params, device))
+            alg = params.memo["auto"] = get(device, auto_choice(params, device))
         return alg
     if name == TUNED and device == "cpu":
         from .tuning import tuned_algorithm
