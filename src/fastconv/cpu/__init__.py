@@ -31,8 +31,8 @@ output map's shorter side), in this order:
       (:mod:`fastconv.cpu.winograd_few`) where :func:`few_channel_winograd`
       holds -- maps at least 33 wide and ``Kg >= 40``, or ``Kg >= 20`` from
       100 wide -- else ``direct``.  VGG-16 conv1_1 (3 -> 64 channels,
-      224x224): 1.45x faster than ``direct``; with one channel ``direct``
-      stays faster;
+      224x224): 1.1x-1.45x faster than ``direct``; with one channel
+      ``direct`` stays faster;
 3. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7,
    few channels, maps under 6x6): ``direct``, the register-blocked loop
    nest.

@@ -30,10 +30,11 @@ outputs into a running sum; a sum that is not finite -- a NaN or inf
 output, or (harmlessly) a sum that overflows -- makes the call fall back to
 ``direct``, as on the other Winograd paths.
 
-VGG-16 conv1_1 (3 -> 64 channels, 224x224): 95 -> 208-224 GFLOP/s, 1.45x
-``direct``.  Vectors of tiles stay within a tile row, so maps under 33
-outputs wide (8 tiles or fewer a row) leave at least half of each vector
-empty; :func:`fastconv.cpu.few_channel_winograd` keeps ``auto`` off them.
+VGG-16 conv1_1 (3 -> 64 channels, 224x224): 95 -> 150-224 GFLOP/s over
+five benchmark runs, 1.1x-1.45x ``direct``.  Vectors of tiles stay within a
+tile row, so maps under 33 outputs wide (8 tiles or fewer a row) leave at
+least half of each vector empty; :func:`fastconv.cpu.few_channel_winograd`
+keeps ``auto`` off them.
 """
 
 from __future__ import annotations
