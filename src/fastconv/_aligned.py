@@ -25,10 +25,3 @@ def empty_aligned(shape, dtype) -> np.ndarray:
     raw = np.empty(n + ALIGN // dtype.itemsize, dtype=dtype)
     off = (-raw.ctypes.data % ALIGN) // dtype.itemsize  # malloc aligns to the element size
     return raw[off:off + n].reshape(shape)
-
-
-def zeros_aligned(shape, dtype) -> np.ndarray:
-    """``np.zeros(shape, dtype)`` starting on an :data:`ALIGN`-byte boundary."""
-    out = empty_aligned(shape, dtype)
-    out.fill(0)
-    return out

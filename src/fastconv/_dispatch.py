@@ -106,10 +106,7 @@ def resolve(name, params: ConvParams, device: str = "cpu") -> Algorithm:
         if device != "cpu":  # not memoised: one process may use several GPUs
             return get(device, auto_choice(params, device))
         # The CPU rule depends on the shapes only: decided once per ConvParams (see its memo).
-        alg = params.memo.get("auto")
-        if alg is None:
-            alg = params.memo["auto"] = get(device, auto_choice(params, device))
-        return alg
+        return params.remembered("auto", lambda: get(device, auto_choice(params, device)))
     if name == TUNED and device == "cpu":
         from .tuning import tuned_algorithm
         return get(device, tuned_algorithm(params))

@@ -49,6 +49,13 @@ class ConvParams:
     #: Not part of equality or hashing; ``dataclasses.replace`` starts a fresh one.
     memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def remembered(self, key, compute):
+        """``memo[key]``, computed by ``compute()`` on first use (a per-shape decision)."""
+        value = self.memo.get(key)
+        if value is None:
+            value = self.memo[key] = compute()
+        return value
+
     @property
     def Cg(self) -> int:
         """Input channels per group (the kernel's depth)."""

@@ -29,7 +29,7 @@ import threading
 import numba
 import numpy as np
 
-from .._aligned import ALIGN, empty_aligned, zeros_aligned  # noqa: F401  (re-exported)
+from .._aligned import ALIGN, empty_aligned
 
 #: Largest buffer (bytes) kept between calls.
 KEEP_BYTES = 64 * 2**20

@@ -279,11 +279,8 @@ def blocked_plan(p, N=None):
     per batch size and thread count.
     """
     N = p.N if N is None else N
-    key = ("direct.blocked_plan", N, numba.get_num_threads())
-    plan = p.memo.get(key)
-    if plan is None:
-        plan = p.memo[key] = _blocked_plan(p, N)
-    return plan
+    return p.remembered(("direct.blocked_plan", N, numba.get_num_threads()),
+                        lambda: _blocked_plan(p, N))
 
 
 def _blocked_plan(p, N):
@@ -371,10 +368,7 @@ def _run_simple(x, w, bias, p, y):
 
 def choose_path(p) -> str:
     """Which kernel ``run`` uses for ``p``: "simple", "pointwise", "blocked" or "width"."""
-    path = p.memo.get("direct.path")
-    if path is None:
-        path = p.memo["direct.path"] = _choose_path(p)
-    return path
+    return p.remembered("direct.path", lambda: _choose_path(p))
 
 
 def _choose_path(p) -> str:

@@ -40,11 +40,10 @@ keeps ``auto`` off them.
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 from .._config import JIT
-from ._blocked import (sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked, vsplat, vstore,
-                       vstore_interleave4)
+from ._blocked import (all_finite, sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked,
+                       vsplat, vstore_interleave4)
 
 #: Largest number of input channels per group this path takes.
 MAX_CG = 4
@@ -155,14 +154,4 @@ def products_and_output(U, V, y, bias, r0, nr, tiles_h, tiles_w, tmp):
                     chk = _job(Cg, Uf, (g * Kg + k) * Cg, ustride, Vf, g * Cg * nt + i * tiles_w + t0,
                                vstride, nt, ntiles, bias, kk, min(NK, Kg - k), yf,
                                ((n * K + kk) * P + p0) * Q + 4 * t0, P * Q, Q, rows, width, chk)
-    return _finite(chk, tmp)
-
-
-@numba.njit(**JIT)
-def _finite(chk, tmp):
-    # True if every lane of chk (a sum of outputs) is finite.
-    vstore(tmp, 0, chk)
-    flag = False
-    for lane in range(tmp.shape[0]):
-        flag |= tmp[lane] - tmp[lane] != 0
-    return not flag
+    return all_finite(chk, tmp)

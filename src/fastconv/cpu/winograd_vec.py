@@ -62,8 +62,8 @@ from .. import _config
 from .._aligned import empty_aligned
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
-from ._blocked import (lanes, pack_input_blocked, sget, sset, stack_vectors, vfma, vload, vsplat, vstore,
-                       vtranspose)
+from ._blocked import (all_finite, lanes, pack_input_blocked, sget, sset, stack_vectors, vfma,
+                       vload, vsplat, vstore, vtranspose)
 from . import _scratch, winograd_few
 from ._gemm import panel_gemm
 from ._layout import padded_bias
@@ -184,15 +184,6 @@ def _output_tile(m, M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk):
     return _OUT4(M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk)
 
 
-@numba.njit(**JIT)
-def _finite(chk, tmp, L):
-    vstore(tmp, 0, chk)
-    flag = False
-    for lane in range(L):
-        flag |= tmp[lane] != 0
-    return not flag
-
-
 
 @numba.njit(**PJIT)
 def _fused(m, xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
@@ -230,7 +221,7 @@ def _fused(m, xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles
             for kb in range(KB):
                 chk = _output_tile(m, Mb, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L),
                                    yb, (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, chk)
-        bad[item] = not _finite(chk, twork[tid], L)
+        bad[item] = not all_finite(chk, twork[tid])
 
 
 @numba.njit(**PJIT)
@@ -263,7 +254,7 @@ def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q,
         n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
         chk = _output_tile(m, M, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L), yb,
                            (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
-        if not _finite(chk, twork[numba.get_thread_id()], L):
+        if not all_finite(chk, twork[numba.get_thread_id()]):
             bad[0] = True
 
 
