@@ -99,7 +99,7 @@ def test_channel_vectorised_path(rng, monkeypatch, alg, dtype):
     monkeypatch.setattr(winograd_vec, "SPLIT_SLICE_BYTES", 10 ** 9)
     monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 10 ** 10)
     monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
-    assert winograd_vec.plan(p, m) == ("split", 3 * tiles_h * tiles_w, 3)
+    assert winograd_vec.plan(p, m) == ("stream" if m == 2 else "split", 3 * tiles_h * tiles_w, 3)
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
     # the split mode sees a non-finite output too (the call is recomputed by direct)
     xn = x.copy()
@@ -222,12 +222,19 @@ def test_unrolled_transforms_are_the_matrices():
         np.testing.assert_allclose(U, ref, rtol=1e-15, atol=1e-15)
 
 
-@pytest.mark.parametrize("m", [2, 4])
+def _vec_layout(U, K, C, L, KB, Cp):
+    """(alpha^2, C, K) values -> the channel-vectorised layout (alpha^2, KB, Cp, L), zero-padded."""
+    full = np.zeros((U.shape[0], Cp, KB * L))
+    full[:, :C, :K] = U
+    return full.reshape(U.shape[0], Cp, KB, L).transpose(0, 2, 1, 3)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K,C", [(40, 37), (16, 16), (5, 3)])
-def test_channel_vectorised_kernel_transform(rng, m, dtype, K, C):
-    """U of the channel-vectorised layout: G w G^T in float64 (the kernels' order of the
-    three-term sums) rounded once, and zero padding."""
+def test_channel_vectorised_kernel_transform(rng, dtype, K, C):
+    """U of the channel-vectorised layout for F(4x4): G w G^T in float64 (the kernels' order
+    of the three-term sums) rounded once, and zero padding."""
+    m = 4
     w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
     Uv = winograd_vec.transform_weights(w, m)
     _, G, _ = transform_matrices(m)
@@ -240,10 +247,78 @@ def test_channel_vectorised_kernel_transform(rng, m, dtype, K, C):
     np.testing.assert_allclose(  # and that is G w G^T
         ref, np.einsum("ar,kcrs,bs->abck", G, w.astype(np.float64), G).reshape(alpha * alpha, C, K),
         rtol=1e-14, atol=1e-14)
-    full = np.zeros((alpha * alpha, Uv.shape[2], Uv.shape[1] * L))
-    full[:, :C, :K] = ref
-    expect = full.reshape(alpha * alpha, Uv.shape[2], Uv.shape[1], L).transpose(0, 2, 1, 3)
+    expect = _vec_layout(ref, K, C, L, Uv.shape[1], Uv.shape[2])
     np.testing.assert_array_equal(Uv, expect.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,C", [(40, 37), (16, 16), (5, 3), (33, 70)])
+def test_channel_vectorised_kernel_transform_f2(rng, dtype, K, C):
+    """F(2x2): the layout holds G' w G'^T, G = diag(F2_SCALE) G' (additions only), within two
+    roundings per pass of the exact value, and zero padding; with the scale it is G w G^T."""
+    w = rng.uniform(-1, 1, (K, C, 3, 3)).astype(dtype)
+    w[0, 0] = 0.0  # exact zeros stay zeros
+    Uv = winograd_vec.transform_weights(w, 2)
+    _, G, _ = transform_matrices(2)
+    f = np.array(winograd_vec.F2_SCALE)
+    Gp = G / f[:, None]
+    np.testing.assert_array_equal(Gp, [[1, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 1]])
+    exact = np.einsum("ar,kcrs,bs->abck", Gp, w.astype(np.float64), Gp).reshape(16, C, K)
+    mag = np.einsum("ar,kcrs,bs->abck", abs(Gp), abs(w.astype(np.float64)), abs(Gp)).reshape(16, C, K)
+    L, KB, Cp = Uv.shape[3], Uv.shape[1], Uv.shape[2]
+    u = np.finfo(dtype).eps / 2
+    err = np.abs(Uv - _vec_layout(exact, K, C, L, KB, Cp))
+    bound = _vec_layout(4 * u * mag / (1 - 4 * u), K, C, L, KB, Cp)
+    assert (err <= bound).all()
+    assert (err > 0).any() or dtype == np.float64  # rounding happened: the check can fail
+    assert not Uv[:, 0, 0, 0].any()  # k = 0, c = 0
+    padded = _vec_layout(np.ones((16, C, K)), K, C, L, KB, Cp) == 0
+    assert not Uv[padded].any()
+    scaled = Uv * np.outer(f, f).reshape(16, 1, 1, 1)
+    full = np.einsum("ar,kcrs,bs->abck", G, w.astype(np.float64), G).reshape(16, C, K)
+    np.testing.assert_allclose(scaled, _vec_layout(full, K, C, L, KB, Cp),
+                               rtol=0, atol=8 * u * np.abs(w).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_mode(rng, monkeypatch, dtype):
+    """F(2x2) on a deep, small map transforms the kernels inside the products: within the
+    error bound, nothing kept in the weight cache, the same bits as a plan, the weights
+    untouched, and a non-finite weight recomputed by direct."""
+    from fastconv import _weight_cache
+    from fastconv.accuracy import error_bound as bound_of
+    C, K = 40, 35  # padded channels and a partial block of output channels
+    x, w, b = random_problem(rng, (2, C, 5, 6), (K, C, 3, 3), dtype)
+    p = normalize(x.shape, w.shape, b.shape, dtype, padding=1)
+    monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
+    monkeypatch.setattr(winograd_vec, "SPLIT_KCHUNK", 2)  # several product jobs
+    mode, T, nb = winograd_vec.plan(p, 2)
+    assert (mode, T, nb) == ("stream", 2 * 3 * 3, 2)
+    assert winograd_vec.plan(p, 4)[0] == "split"  # F(4x4) keeps its prepared U
+    fastconv.clear_weight_cache()
+    w0 = w.copy()
+    y = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f2x2_3x3")
+    np.testing.assert_array_equal(w, w0)
+    assert len(_weight_cache.CACHE) == 0
+    ref = reference.conv2d(x, w, b, padding=1)
+    assert (np.abs(y - ref) <= bound_of("winograd_f2x2_3x3", x, w, b, padding=1)).all()
+    assert np.abs(y - ref).max() > 0 or dtype == np.float64
+    conv = fastconv.plan(w, b, x_shape=x.shape, padding=1, algorithm="winograd_f2x2_3x3")
+    np.testing.assert_array_equal(conv(x), y)
+    # the prepared U of the split mode gives the same sums
+    monkeypatch.setattr(winograd_vec, "STREAM_KERNELS", False)
+    assert winograd_vec.plan(p, 2)[0] == "split"
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f2x2_3x3"),
+                               y, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
+    monkeypatch.setattr(winograd_vec, "STREAM_KERNELS", True)
+    times = winograd.profile_phases(x, w, b, p, np.empty_like(y), m=2)
+    assert set(times) == {"pack_input", "input_transform", "gemm", "output_transform"}
+    wn = w.copy()
+    wn[K - 1, C - 1, 2, 1] = np.nan
+    yn = fastconv.conv2d(x, wn, b, padding=1, algorithm="winograd_f2x2_3x3")
+    yd = fastconv.conv2d(x, wn, b, padding=1, algorithm="direct")
+    np.testing.assert_array_equal(np.isnan(yn), np.isnan(yd))
+    np.testing.assert_array_equal(yn[:, :K - 1], yd[:, :K - 1])
 
 
 @pytest.mark.parametrize("m", [2, 4])

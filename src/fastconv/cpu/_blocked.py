@@ -8,9 +8,9 @@ multiply-add.  The intrinsics here give the kernels what C intrinsics give
 oneDNN or NNPACK:
 
 * a 64-byte vector type (16 x float32 or 8 x float64: one zmm register);
-* :func:`vload`, :func:`vstore`, :func:`vbcast` (scalar load + splat) and
+* :func:`vload`, :func:`vstore`, :func:`vbcast` (scalar load + splat),
   :func:`vfma` (``llvm.fma``: one rounding, so it never loosens the direct
-  sum's error bound);
+  sum's error bound) and :func:`vadd`, :func:`vsub`, :func:`vmul`;
 * :func:`stack_vectors` / :func:`stack_ints`: fixed-size arrays placed with
   ``alloca`` in the function's entry block.  Indexed with compile-time
   constants inside fully unrolled loops, SROA turns each element into an SSA
@@ -305,6 +305,30 @@ def vadd(typingctx, a, b):
 
     def codegen(context, builder, sig, args):
         return builder.fadd(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vsub(typingctx, a, b):
+    """Lane-wise ``a - b``."""
+    if not (isinstance(a, SimdVector) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fsub(args[0], args[1])
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """Lane-wise ``a * b``."""
+    if not (isinstance(a, SimdVector) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
 
     return a(a, b), codegen
 

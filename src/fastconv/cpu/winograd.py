@@ -538,10 +538,11 @@ class PreparedWeights:
         self.finite = bool(np.isfinite(w).all())
         self._U = self._Uv = None
         if p is not None:  # build the transform the call ``p`` will use now
-            if self.vec_plan(p) is not None:
-                self.Uv()
-            else:
+            vec = self.vec_plan(p)
+            if vec is None:
                 self.U  # noqa: B018  (builds it)
+            elif vec[0] != "stream":  # (a streaming call transforms its kernels itself)
+                self.Uv()
 
     @property
     def U(self):
@@ -714,7 +715,8 @@ def run_prepared(x, packed, bias, p, y):
     if not packed.finite:
         ok = False
     elif vec is not None:
-        ok = winograd_vec.run(x, packed.Uv(), bias, p, y, packed.m, *vec)
+        U = packed.w if vec[0] == "stream" else packed.Uv()
+        ok = winograd_vec.run(x, U, bias, p, y, packed.m, *vec)
     else:
         ok = _execute(x, None, packed.U, packed.m, bias, p, y)
     if not ok:
@@ -723,7 +725,13 @@ def run_prepared(x, packed, bias, p, y):
 
 def _run(x, w, bias, p, y, m):
     # The transformed weights of unchanged weights come from the weight cache
-    # (content-verified; see fastconv._weight_cache).
+    # (content-verified; see fastconv._weight_cache), except where the products
+    # transform the kernels themselves (winograd_vec's "stream" mode).
+    vec = winograd_vec.plan(p, m)
+    if vec is not None and vec[0] == "stream":
+        if not winograd_vec.run(x, w, bias, p, y, m, *vec):
+            direct.run(x, w, bias, p, y)
+        return
     packed = _weight_cache.CACHE.get(
         w, ("winograd", m, p.groups),
         lambda snap: PreparedWeights(m, snap, p.groups, p))
@@ -763,9 +771,14 @@ def profile_phases(x, w, bias, p, y, m=None):
         vec = packed.vec_plan(p)
         if vec is not None and packed.finite:
             # The call's own path.  Repeated calls with unchanged weights skip the kernel
-            # transform (weight cache); it is reported all the same.
-            Uv = packed.Uv()
-            times["kernel_transform"] = time.perf_counter() - t0
+            # transform (weight cache); it is reported all the same, except in the
+            # "stream" mode, whose products transform the kernels (in "gemm").
+            if vec[0] == "stream":
+                Uv = w
+                del times["kernel_transform"]
+            else:
+                Uv = packed.Uv()
+                times["kernel_transform"] = time.perf_counter() - t0
             if winograd_vec.run(x, Uv, bias, p, y, m, *vec, timings=times):
                 return times
             direct.run(x, w, bias, p, y)

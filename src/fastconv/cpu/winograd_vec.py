@@ -22,24 +22,42 @@ channels instead, so every vector is full whatever the map size:
      6 tiles x 64 output channels in 24 zmm accumulators; 200-225 GFLOP/s
      on two cores where single-threaded OpenBLAS calls on these thin
      products reached 28-140), ``U`` the kernel transform laid out
-     ``(alpha^2, KB, Cp, L)`` and zero-padded (kept by the weight cache);
+     ``(alpha^2, KB, Cp, L)`` and zero-padded (kept by the weight cache,
+     except in the stream schedule below);
    * output transform: ``A^T M A`` for each tile and block of ``L`` output
      channels, plus the bias, written into a blocked output, then
      transposed into ``y`` (NCHW), cropped at the map's edge.
 
-   Two schedules (:func:`plan`): **fused**, one parallel loop over items of
-   ``T`` tiles, each running the three steps while its ``V`` and ``M`` are
-   in cache but streaming all of ``U`` (large maps and batches); and
+   Three schedules (:func:`plan`): **fused**, one parallel loop over items
+   of ``T`` tiles, each running the three steps while its ``V`` and ``M``
+   are in cache but streaming all of ``U`` (large maps and batches);
    **split**, where a slice of tiles runs the three steps as three parallel
    loops and the products are shared out by (``a``, block of output
    channels), so ``U`` is read once per slice (deep layers on small maps,
    where ``U`` outweighs the tiles: 38 MB of ``U`` for 4 tiles of a
-   512-channel 7x7 map; fused 147 GFLOP/s, split 307).
+   512-channel 7x7 map; fused 147 GFLOP/s, split 307); and **stream**, a
+   split F(2x2) call in one slice whose product jobs (4 blocks of output
+   channels each) first transform their own kernels from the caller's
+   KCRS weights into a per-thread ``U`` of 2 MiB: no transformed weights
+   are prepared or kept, so neither the weight cache's check (weights,
+   snapshot and ``U`` of ResNet-50's 512-channel layer: 35.6 MB, more than
+   the 32 MB L3) nor new weights on every call (training) cost more than
+   the transform itself, about a third of the products there.
 
-Results are the same sums as the tile-row path's (the same ``U``, the
-same transform matrices), evaluated as dense FMA chains: each entry of
-``B^T d`` is ``sum_k BT[i, k] d[k]`` accumulated in ``k`` order with one
-rounding per term, which the componentwise bound of
+The kernel transform (:func:`transform_weights`) vectorises over ``L``
+output channels: each job transposes the ``L x 9`` weights of 16 input
+channels in registers and computes ``G w G^T`` on vectors.  For F(2x2) it
+stores ``G' w G'^T`` with ``G = diag(F2_SCALE) G'``: ``G'`` has entries 0
+and +-1 only, so its rows are two additions (``(w0 + w2) +- w1``), and the
+scale (signs and halves, exact) is folded into ``A``; for F(4x4), whose
+``G`` has inexact entries such as 1/6, it accumulates in float64 and rounds
+once.  Either way each entry has at most four roundings, within the
+``2 r`` the bound allows the kernel transform.
+
+Results are the same sums as the tile-row path's (the same transform
+matrices), evaluated as dense FMA chains: each entry of ``B^T d`` is
+``sum_k BT[i, k] d[k]`` accumulated in ``k`` order with one rounding per
+term, which the componentwise bound of
 :func:`fastconv.accuracy.error_bound` covers (it counts one rounding per
 term of every transform sum).  A non-finite output (NaN/inf input or
 weight, or overflow) makes the caller recompute the call with ``direct``.
@@ -48,7 +66,9 @@ Used for ``groups == 1`` on maps at most :data:`MAX_Q` wide; otherwise the
 tile-row path runs.  Scratch: per Numba thread one item's ``V`` and ``M``
 (fused, ``ITEM_BYTES``) or one slice's (split, ``SPLIT_SLICE_BYTES``), plus
 the packed input and the blocked output of a slice of images, all within
-``FASTCONV_WORKSPACE_MB``.
+``FASTCONV_WORKSPACE_MB``; the stream schedule adds per Numba thread its
+jobs' transformed kernels, ``alpha^2 * SPLIT_KCHUNK * L * Cp`` elements
+(2 MiB for 512 float32 channels).
 """
 
 from __future__ import annotations
@@ -62,8 +82,8 @@ from .. import _config
 from .._aligned import empty_aligned
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
-from ._blocked import (all_finite, lanes, pack_input_blocked, sget, sset, stack_vectors, vfma,
-                       vload, vsplat, vstore, vtranspose)
+from ._blocked import (VECTOR_BYTES, all_finite, lanes, pack_input_blocked, sget, sset,
+                       stack_vectors, vadd, vfma, vload, vmul, vsplat, vstore, vsub, vtranspose)
 from . import _scratch, winograd_few
 from ._gemm import panel_gemm
 from ._layout import padded_bias
@@ -79,6 +99,9 @@ MAX_U_BYTES = 12 * 2**20
 SPLIT_SLICE_BYTES = 8 * 2**20
 SPLIT_MIN_U_RATIO = 4.0
 SPLIT_KCHUNK = 4
+#: Split calls of F(2x2) whose tiles fit one slice transform the kernels inside the
+#: products (mode "stream", :func:`plan`) instead of reading a prepared U.
+STREAM_KERNELS = True
 #: Output rows wider than this keep the tile-row path: its transforms then run
 #: on long vectors and read NCHW directly, without the packing pass (VGG-16
 #: conv1_2, 224 wide, F(4x4): 407 GFLOP/s there vs 271 here; on 56-wide maps
@@ -90,6 +113,18 @@ MAX_Q = 60
 ITEM_BYTES = 8 * 2**20
 #: Fewest tiles per item (thinner GEMMs waste BLAS), unless the call has fewer.
 MIN_ITEM_TILES = 16
+
+
+@numba.njit(**JIT)
+def _apart(n, L):
+    """Elements between consecutive ``alpha^2`` panels (of V, M or U) of ``n`` elements each.
+
+    ``n`` plus 7 vectors: a multiple of 4 KiB would put the ``alpha^2``
+    vectors a tile transform stores or loads at once into one L1 set (12
+    ways), and each would evict another (the kernel transform of the stream
+    mode ran 2.5x slower).
+    """
+    return n + 7 * L
 
 
 @numba.njit(**JIT)
@@ -185,6 +220,128 @@ def _output_tile(m, M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk):
 
 
 
+#: Input channels per job of the kernel transform: their 9 * 16 weights per output
+#: channel are a whole number of vectors (float32 and float64).
+_KT_CHANNELS = 16
+#: F(2x2, 3x3): ``G = diag(F2_SCALE) G'`` with ``G' = [[1, 0, 0], [1, 1, 1], [1, -1, 1],
+#: [0, 0, 1]]``.  This path stores ``U' = G' w G'^T`` (additions only) and applies the
+#: scale in the output transform: ``A^T M A = (A^T D) M' (D A)``, ``D = diag(F2_SCALE)``,
+#: exactly (signs and powers of two).
+F2_SCALE = (-1.0, 0.5, 0.5, 1.0)
+
+
+@numba.njit(**JIT)
+def _lanes_of(a):
+    return VECTOR_BYTES // a.itemsize
+
+
+@numba.njit(**JIT)
+def _gather_kernels(wf, C, k0, nk, c0, c1, wl):
+    # wl[((c - c0) * 9 + rs) * L + l] = w[k0 + l, c, rs] from the flat KCRS weights wf, for
+    # c0 <= c < min(C, c1) and l < nk, and 0 for l >= nk (L = lanes).  Whole L x L blocks
+    # are transposed in registers (vtranspose), the rest copied one by one.
+    L = _lanes_of(wl)
+    C9 = C * 9
+    j0, j1 = c0 * 9, min(C, c1) * 9  # columns (c, r, s) of the rows wf[k0 + l]
+    j = j0
+    if nk == L:
+        while j + L <= j1:
+            vtranspose(wf, k0 * C9 + j, C9, wl, (j - j0) * L, L)
+            j += L
+    for jj in range(j, j1):
+        for l in range(nk):
+            wl[(jj - j0) * L + l] = wf[(k0 + l) * C9 + jj]
+        for l in range(nk, L):
+            wl[(jj - j0) * L + l] = 0
+
+
+@numba.njit(**JIT)
+def _transform_f2(wl, nc, U, ubase, astride):
+    # U[ubase + a * astride + i * L :][:L] = (G' w_i G'^T)[a] (see F2_SCALE), i < nc, where
+    # w_i is the 3 x 3 of vectors at wl[i * 9 * L]: rows (w0, (w0 + w2) + w1, (w0 + w2) - w1,
+    # w2), then the same on the columns; two roundings per pass.
+    L = _lanes_of(wl)
+    t = stack_vectors(wl, 12)
+    for i in range(nc):
+        b = i * 9 * L
+        for s in range(3):
+            w0, w1, w2 = vload(wl, b + s * L), vload(wl, b + (3 + s) * L), vload(wl, b + (6 + s) * L)
+            e = vadd(w0, w2)
+            sset(t, s, w0)
+            sset(t, 3 + s, vadd(e, w1))
+            sset(t, 6 + s, vsub(e, w1))
+            sset(t, 9 + s, w2)
+        for a in range(4):
+            t0, t1, t2 = sget(t, 3 * a), sget(t, 3 * a + 1), sget(t, 3 * a + 2)
+            o = ubase + 4 * a * astride + i * L
+            e = vadd(t0, t2)
+            vstore(U, o, t0)
+            vstore(U, o + astride, vadd(e, t1))
+            vstore(U, o + 2 * astride, vsub(e, t1))
+            vstore(U, o + 3 * astride, t2)
+
+
+@numba.njit(**JIT)
+def _transform_dense(wl, nc, Gm, U, ubase, astride):
+    # U[ubase + a * astride + i * L :][:L] = (G w_i G^T)[a] for any G (F(4x4): entries such
+    # as -1/6 are inexact in float32), accumulated in float64 in the order of the
+    # three-term sums and rounded once.
+    L = _lanes_of(wl)
+    A = Gm.shape[0]
+    t = np.empty((A, 3, L), dtype=np.float64)
+    for i in range(nc):
+        w9 = wl[i * 9 * L:(i + 1) * 9 * L].reshape(9, L)
+        for a in range(A):
+            g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
+            for s in range(3):
+                w0, w1, w2, ta = w9[s], w9[3 + s], w9[6 + s], t[a, s]
+                for l in range(L):
+                    ta[l] = g0 * np.float64(w0[l]) + g1 * np.float64(w1[l]) + g2 * np.float64(w2[l])
+        for a in range(A):
+            t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
+            for b in range(A):
+                h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
+                o = ubase + (a * A + b) * astride + i * L
+                for l in range(L):
+                    U[o + l] = t0[l] * h0 + t1[l] * h1 + t2[l] * h2
+
+
+@numba.njit(**JIT)
+def _transform_block(wf, K, C, Gm, k0, c0, c1, wl, U, ubase, astride):
+    # U[ubase + a * astride + (c - c0) * L :][:L] = (G w[k0 .. k0 + L - 1, c] G^T)[a] (G' for
+    # F(2x2): see F2_SCALE) for
+    # c0 <= c < c1 (c1 - c0 <= _KT_CHANNELS), zero for the padding (k >= K or c >= C);
+    # wl: scratch of 9 * _KT_CHANNELS vectors.
+    L = _lanes_of(wl)
+    nk = max(0, min(L, K - k0))
+    _gather_kernels(wf, C, k0, nk, c0, c1, wl)
+    nc = max(0, min(C, c1) - c0)
+    if Gm.shape[0] == 4:
+        _transform_f2(wl, nc, U, ubase, astride)
+    else:
+        _transform_dense(wl, nc, Gm, U, ubase, astride)
+    zero = vsplat(0, wl)
+    for a in range(Gm.shape[0] ** 2):
+        for c in range(c0 + nc, c1):
+            vstore(U, ubase + a * astride + (c - c0) * L, zero)
+
+
+@numba.njit(**PJIT)
+def _kernel_transform(wf, K, C, Gm, Uv, wlwork):
+    # Uv[a, kb, c, l] = (G w[kb * L + l, c] G^T)[a] (G' for F(2x2)) from the flat KCRS
+    # weights wf, zero for
+    # the padding (so Uv may be np.empty); one job per (block of L output channels,
+    # _KT_CHANNELS input channels).
+    KB, Cp, L = Uv.shape[1], Uv.shape[2], Uv.shape[3]
+    Uf = Uv.reshape(-1)
+    ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
+    for job in numba.prange(KB * ncb):
+        kb, cb = job // ncb, job % ncb
+        c0 = cb * _KT_CHANNELS
+        _transform_block(wf, K, C, Gm, kb * L, c0, min(Cp, c0 + _KT_CHANNELS),
+                         wlwork[numba.get_thread_id()], Uf, (kb * Cp + c0) * L, KB * Cp * L)
+
+
 @numba.njit(**PJIT)
 def _fused(m, xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
            T_item, vwork, mwork, twork, upto):
@@ -204,107 +361,78 @@ def _fused(m, xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles
         tid = numba.get_thread_id()
         Vb = vwork[tid]
         Mb = mwork[tid]
+        vs, ms = _apart(T * Cp, L), _apart(T * Kp, L)
         for tt in range(T):
             n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
             for cb in range(CB):
                 base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-                _input_tile(m, xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, T * Cp)
+                _input_tile(m, xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, vs)
         if upto < 2:
             continue
         for a in range(A2):
-            panel_gemm(Vb, a * T * Cp, U, a * KB * Cp * L, Mb, a * T * Kp, T, Cp, 0, KB, Kp, L)
+            panel_gemm(Vb, a * vs, U, a * KB * Cp * L, Mb, a * ms, T, Cp, 0, KB, Kp, L)
         if upto < 3:
             continue
         chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
         for tt in range(T):
             n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
             for kb in range(KB):
-                chk = _output_tile(m, Mb, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L),
+                chk = _output_tile(m, Mb, tt * Kp + kb * L, ms, AT, vload(bias, kb * L),
                                    yb, (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, chk)
         bad[item] = not all_finite(chk, twork[tid])
 
 
 @numba.njit(**PJIT)
 def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h,
-           tiles_w, V, M, twork, kchunk, upto):
+           tiles_w, V, M, twork, kchunk, C, Gm, uwork, wlwork, stream, upto):
     # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
     # (tile x channel block), the products split by (alpha^2 element, block of output
     # channels) so that U is read once, and output transforms (tile x channel block).
+    # stream: U is the flat KCRS weights instead, and each product job transforms the
+    # kernels of its kchunk blocks of output channels into its thread's uwork first.
     L = twork.shape[1]
     A2 = (m + 2) * (m + 2)
     Cp, Kp = CB * L, KB * L
     per_img = tiles_h * tiles_w
     PQ = P * Q
+    vs, ms = _apart(T * Cp, L), _apart(T * Kp, L)
     for job in numba.prange(T * CB):
         tt, cb = job // CB, job % CB
         n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
         base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-        _input_tile(m, xb, base, Wp, L, BT, V, tt * Cp + cb * L, T * Cp)
+        _input_tile(m, xb, base, Wp, L, BT, V, tt * Cp + cb * L, vs)
     if upto < 2:
         return
     nkc = (KB + kchunk - 1) // kchunk
-    for job in numba.prange(A2 * nkc):
-        a, kc = job // nkc, job % nkc
-        panel_gemm(V, a * T * Cp, U, a * KB * Cp * L, M, a * T * Kp, T, Cp,
-                   kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
+    if stream:
+        ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
+        for job in numba.prange(nkc):
+            kb0, kb1 = job * kchunk, min(KB, job * kchunk + kchunk)
+            tid = numba.get_thread_id()
+            Ut = uwork[tid]
+            astride = _apart((kb1 - kb0) * Cp * L, L)  # Ut: (alpha^2, kb1 - kb0, Cp, L)
+            for kb in range(kb0, kb1):
+                for cb in range(ncb):
+                    c0 = cb * _KT_CHANNELS
+                    _transform_block(U, K, C, Gm, kb * L, c0, min(Cp, c0 + _KT_CHANNELS),
+                                     wlwork[tid], Ut, ((kb - kb0) * Cp + c0) * L, astride)
+            for a in range(A2):
+                panel_gemm(V, a * vs, Ut, a * astride - kb0 * Cp * L, M, a * ms, T, Cp,
+                           kb0, kb1, Kp, L)
+    else:
+        for job in numba.prange(A2 * nkc):
+            a, kc = job // nkc, job % nkc
+            panel_gemm(V, a * vs, U, a * KB * Cp * L, M, a * ms, T, Cp,
+                       kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
     if upto < 3:
         return
     for job in numba.prange(T * KB):
         tt, kb = job // KB, job % KB
         n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
-        chk = _output_tile(m, M, tt * Kp + kb * L, T * Kp, AT, vload(bias, kb * L), yb,
+        chk = _output_tile(m, M, tt * Kp + kb * L, ms, AT, vload(bias, kb * L), yb,
                            (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
         if not all_finite(chk, twork[numba.get_thread_id()]):
             bad[0] = True
-
-
-#: Input channels per job of the kernel transform.
-_KT_CHANNELS = 16
-
-
-@numba.njit(**PJIT)
-def _kernel_transform(wf, K, C, Gm, Uv):
-    # Uv[a*alpha + b, kb, c, l] = (G w[k, c] G^T)[a, b] with k = kb * L + l, from the flat KCRS
-    # weights wf, computed in float64 and rounded once (as the tile-row path's transform);
-    # zero for the padding (k >= K or c >= C), so Uv may be np.empty.  One job per (block of
-    # L output channels, _KT_CHANNELS input channels): the L x (9 * channels) weights are
-    # transposed in registers (vtranspose) into wl, so every loop below runs over the L
-    # output channels of a vector.
-    A = Gm.shape[0]
-    KB, Cp, L = Uv.shape[1], Uv.shape[2], Uv.shape[3]
-    CH = _KT_CHANNELS
-    ncb = (Cp + CH - 1) // CH
-    C9 = C * 9
-    for job in numba.prange(KB * ncb):
-        kb, cb = job // ncb, job % ncb
-        c0, c1 = cb * CH, min(Cp, cb * CH + CH)
-        k0, nk = kb * L, min(L, K - kb * L)
-        wl = np.zeros((CH * 9, L), dtype=wf.dtype)
-        j0, j1 = c0 * 9, min(C, c1) * 9  # columns (c, r, s) of the rows wf[k0 + l]
-        j = j0
-        if nk == L:
-            while j + L <= j1:
-                vtranspose(wf, k0 * C9 + j, C9, wl.reshape(-1), (j - j0) * L, L)
-                j += L
-        for l in range(nk):
-            for jj in range(j, j1):
-                wl[jj - j0, l] = wf[(k0 + l) * C9 + jj]
-        t = np.empty((A, 3, L), dtype=np.float64)
-        for c in range(c0, c1):
-            w9 = wl[(c - c0) * 9:(c - c0) * 9 + 9]
-            for a in range(A):
-                g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
-                for s in range(3):
-                    w0, w1, w2, ta = w9[s], w9[3 + s], w9[6 + s], t[a, s]
-                    for l in range(L):
-                        ta[l] = g0 * np.float64(w0[l]) + g1 * np.float64(w1[l]) + g2 * np.float64(w2[l])
-            for a in range(A):
-                t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
-                for b in range(A):
-                    h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
-                    u = Uv[a * A + b, kb, c]
-                    for l in range(L):
-                        u[l] = t0[l] * h0 + t1[l] * h1 + t2[l] * h2
 
 
 def uv_bytes(K, C, m, dtype) -> int:
@@ -326,17 +454,24 @@ def transform_weights(w, m):
     _, Gm, _ = transform_matrices(m)
     Uv = empty_aligned(((m + 2) ** 2, -(-K // L), -(-C // L) * L, L), w.dtype)
     if Uv.size:
-        _kernel_transform(np.ascontiguousarray(w).reshape(-1), K, C, Gm, Uv)
+        _kernel_transform(np.ascontiguousarray(w).reshape(-1), K, C, Gm, Uv, _kt_scratch(w.dtype))
     return Uv
+
+
+def _kt_scratch(dtype):
+    """Per-Numba-thread scratch of the kernel transform (its transposed weights)."""
+    return _scratch.per_thread("winograd_vec.wl", dtype, 9 * _KT_CHANNELS * lanes(dtype))
 
 
 def plan(p, m):
     """How this path runs ``p``: ``(mode, tiles, nb)``, or None if it does not fit.
 
     ``mode`` is ``"fused"`` (one parallel loop over items of ``tiles`` tiles;
-    each item streams all of U) or ``"split"`` (slices of ``tiles`` tiles in
+    each item streams all of U), ``"split"`` (slices of ``tiles`` tiles in
     three parallel loops; the products are split by output channels, so U is
-    read once per slice); ``nb`` images are packed at a time.
+    read once per slice) or ``"stream"`` (split, one slice, and each product
+    job transforms its own output channels' kernels: no U is prepared or
+    kept); ``nb`` images are packed at a time.
 
     The path takes ``groups == 1`` calls with output rows of at most
     :data:`MAX_Q` whose packed input and blocked output for one image fit
@@ -344,7 +479,13 @@ def plan(p, m):
     slice of at most :data:`SPLIT_SLICE_BYTES` and U is at least
     :data:`SPLIT_MIN_U_RATIO` times that slice (deep layers on small maps:
     streaming U once per item would dominate), or when U is over
-    :data:`MAX_U_BYTES`; otherwise it fuses.
+    :data:`MAX_U_BYTES`; otherwise it fuses.  A split F(2x2) call whose tiles
+    all fit one slice streams (:data:`STREAM_KERNELS`): its kernel transform
+    (additions only, see :data:`F2_SCALE`) then costs about a quarter of its
+    products, less than reading a kept U that outweighs the tiles (and less
+    than the exact weight check of the weight cache, which reads the weights
+    and their snapshot besides: on ResNet-50's 512-channel layer, 35.6 MB a
+    call, more than the last-level cache).
 
     F(4x4) with at most ``winograd_few.MAX_CG`` input channels goes to the
     tile-row path instead, whose few-channel schedule does not pad the
@@ -368,6 +509,8 @@ def plan(p, m):
     calls_tiles = p.N * tiles_h * tiles_w
     if (calls_tiles <= slice_tiles and u_bytes >= SPLIT_MIN_U_RATIO * calls_tiles * per_tile) \
             or u_bytes > MAX_U_BYTES:
+        if STREAM_KERNELS and m == 2 and calls_tiles <= slice_tiles and nb == p.N:
+            return "stream", int(calls_tiles), nb
         return "split", int(min(slice_tiles, total)), nb
     T = max(MIN_ITEM_TILES, ITEM_BYTES // per_tile)
     # the per-thread V + M scratch stays within half the workspace bound
@@ -383,16 +526,21 @@ def plan(p, m):
 def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
     """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite.
 
-    ``mode``, ``T_item`` and ``nb`` come from :func:`plan`.  With ``timings``
+    ``mode``, ``T_item`` and ``nb`` come from :func:`plan`; ``U`` is from
+    :func:`transform_weights`, or in mode ``"stream"`` the KCRS weights
+    themselves.  With ``timings``
     (a dict) the phases are timed and added into it: ``pack_input``;
     ``input_transform``, ``gemm`` and ``output_transform`` (which includes
     the unpacking into NCHW) as the differences between runs of the kernel
     stopped after each phase (the fused path's phases share one parallel
-    loop, so they cannot be timed one by one).
+    loop, so they cannot be timed one by one); in mode ``"stream"`` the
+    kernel transform is part of ``gemm``.
     """
     L = lanes(p.dtype)
     dt = p.dtype
-    AT, _, BT = transform_matrices(m)
+    AT, Gm, BT = transform_matrices(m)
+    if m == 2:  # U holds G' w G'^T (F2_SCALE)
+        AT = AT * np.array(F2_SCALE)
     AT, BT = AT.astype(dt), BT.astype(dt)
     KB = -(-p.K // L)
     bias_p = padded_bias(bias, 1, p.K, KB * L, dt)
@@ -402,14 +550,18 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
     pr = tiles_w * m + 2 - p.W - pl
     CB = -(-p.C // L)
     A2 = (m + 2) ** 2
-    Uf = U.reshape(-1)
+    stream = mode == "stream"
+    Uf = np.ascontiguousarray(U, dtype=dt).reshape(-1)
+    wlwork = _kt_scratch(dt)
+    uwork = _scratch.per_thread("winograd_vec.Ut", dt, A2 * _apart(SPLIT_KCHUNK * CB * L * L, L)) \
+        if stream else wlwork
     twork = _scratch.per_thread("winograd_vec.T", dt, L)[:, :L]
     if mode == "fused":
-        vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * T_item * CB * L)
-        mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * T_item * KB * L)
+        vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * _apart(T_item * CB * L, L))
+        mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * _apart(T_item * KB * L, L))
     else:
-        vbuf = _scratch.buffer("winograd_vec.V", dt, A2 * T_item * CB * L)
-        mbuf = _scratch.buffer("winograd_vec.M", dt, A2 * T_item * KB * L)
+        vbuf = _scratch.buffer("winograd_vec.V", dt, A2 * _apart(T_item * CB * L, L))
+        mbuf = _scratch.buffer("winograd_vec.M", dt, A2 * _apart(T_item * KB * L, L))
     PQ = p.P * p.Q
     ybuf = _scratch.buffer("winograd_vec.Y", dt, min(nb, p.N) * KB * PQ * L)
     clock = time.perf_counter
@@ -430,8 +582,10 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
             for s0 in range(0, total, T_item):
                 T = min(T_item, total - s0)
                 calls.append((_split, (m, xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB,
-                                      p.K, p.P, p.Q, tiles_h, tiles_w, vbuf[:A2 * T * CB * L],
-                                      mbuf[:A2 * T * KB * L], twork, SPLIT_KCHUNK)))
+                                      p.K, p.P, p.Q, tiles_h, tiles_w,
+                                      vbuf[:A2 * _apart(T * CB * L, L)],
+                                      mbuf[:A2 * _apart(T * KB * L, L)], twork, SPLIT_KCHUNK, p.C, Gm,
+                                      uwork, wlwork, stream)))
         t1 = t2 = t3 = clock()
         if timings is not None:
             for kern, args in calls:
