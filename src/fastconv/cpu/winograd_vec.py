@@ -119,12 +119,14 @@ MIN_ITEM_TILES = 16
 def _apart(n, L):
     """Elements between consecutive ``alpha^2`` panels (of V, M or U) of ``n`` elements each.
 
-    ``n`` plus 7 vectors: a multiple of 4 KiB would put the ``alpha^2``
-    vectors a tile transform stores or loads at once into one L1 set (12
-    ways), and each would evict another (the kernel transform of the stream
-    mode ran 2.5x slower).
+    ``n``, plus 7 vectors when ``n`` elements are a multiple of 4 KiB: the
+    ``alpha^2`` vectors a transform stores or loads at once would otherwise
+    fall into one L1 set (12 ways) and evict each other (the kernel
+    transform of the stream schedule ran 2.5x slower).
     """
-    return n + 7 * L
+    if (n * (VECTOR_BYTES // L)) % 4096 == 0:
+        return n + 7 * L
+    return n
 
 
 @numba.njit(**JIT)
