@@ -19,6 +19,8 @@ import fastconv
 from fastconv import reference
 from fastconv._params import normalize
 from fastconv.cpu import direct
+
+from conftest import TOLERANCE, random_problem, rel_err
 from fastconv.cpu._blocked import lanes, pack_input_blocked, pack_input_phases, pack_weights_blocked
 
 
@@ -242,14 +244,17 @@ def test_blocked_weight_layout():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,G,Kg,P,Q", [(2, 1, 16, 10, 10), (1, 2, 40, 9, 7), (3, 1, 8, 4, 3),
                                          (1, 1, 48, 13, 11)])
-def test_unpack_blocked_output(N, G, Kg, P, Q, dtype, rng):
-    """[N, G, KBp, P*Q, V] -> NCHW: register-transposed V x V blocks and the ragged edges."""
+@pytest.mark.parametrize("pixel_major", [True, False])
+def test_unpack_blocked_output(N, G, Kg, P, Q, dtype, pixel_major, rng):
+    """[N, G, KBp, P*Q, V] -> NCHW: register-transposed V x V blocks and the ragged edges,
+    whichever way the tasks are shared out."""
     V = lanes(dtype)
     KB = -(-Kg // V)
     KBp = KB + 1  # a padding block the unpack must skip
     yb = rng.standard_normal((N, G, KBp, P * Q, V)).astype(dtype)
     y = np.full((N, G * Kg, P, Q), np.nan, dtype)
-    direct._unpack_blocked_output(yb.reshape(-1), y.reshape(-1), N, G * Kg, P, Q, G, KBp, V)
+    direct._unpack_blocked_output(yb.reshape(-1), y.reshape(-1), N, G * Kg, P, Q, G, KBp, V,
+                                  pixel_major)
     expect = yb.transpose(0, 1, 2, 4, 3).reshape(N, G, KBp * V, P, Q)[:, :, :Kg]
     np.testing.assert_array_equal(y, expect.reshape(N, G * Kg, P, Q))
 
@@ -265,12 +270,31 @@ def test_input_blocked_layout(rng, dtype, contiguous):
     x = np.ascontiguousarray(x[..., :W]) if contiguous else x[..., :W]
     pt, pb, pl, pr = 1, 2, 3, 0
     xb, CB, Hp, Wp = pack_input_blocked(x, G, Vc, (pt, pb, pl, pr))
+    # the other order of the tasks (channel blocks outer) writes the same array
+    xb2 = pack_input_blocked(x, G, Vc, (pt, pb, pl, pr), rows_outer=False)[0]
+    np.testing.assert_array_equal(xb2, xb)
     Cg = C // G
     assert (CB, Hp, Wp) == (-(-Cg // Vc), H + pt + pb, W + pl + pr)
     xp = np.zeros((N, G, CB * Vc, Hp, Wp), dtype)
     xp[:, :, :Cg, pt:pt + H, pl:pl + W] = x.reshape(N, G, Cg, H, W)
     expect = xp.reshape(N, G, CB, Vc, Hp, Wp).transpose(0, 1, 2, 4, 5, 3)
     np.testing.assert_array_equal(xb.reshape(expect.shape), expect)
+
+
+@pytest.mark.parametrize("N,C,K,H,kw", [(1, 3, 64, 30, dict(stride=2, padding=3)),
+                                         (1, 32, 64, 24, dict(padding=1)),
+                                         (2, 16, 48, 20, dict(padding=(0, 1))),
+                                         (1, 64, 64, 6, dict(padding=1))])  # by channels
+def test_blocked_task_orders(rng, monkeypatch, N, C, K, H, kw):
+    """Work shared out by pixel tiles or by channel blocks: the same bits (each output is
+    one task's sum), and the reference's values."""
+    x, w, b = random_problem(rng, (N, C, H, H), (K, C, 3, 3), np.float32)
+    p = normalize(x.shape, w.shape, b.shape, np.float32, **kw)
+    assert direct.choose_path(p) == "blocked"
+    y = fastconv.conv2d(x, w, b, algorithm="direct", **kw)
+    monkeypatch.setattr(direct, "TILES_OUTER", False)
+    np.testing.assert_array_equal(fastconv.conv2d(x, w, b, algorithm="direct", **kw), y)
+    assert rel_err(y, reference.conv2d(x, w, b, **kw)) < TOLERANCE[("direct", "float32")]
 
 
 def test_input_phases_layout(rng):

@@ -398,19 +398,25 @@ def sset(typingctx, buf, i, v):
 # ---------------------------------------------------------------------------
 
 @numba.njit(**PJIT)
-def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp):
+def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
     # xf: x flattened when x is C-contiguous (enables the register transposes), else empty.
     N, C, H, W = x.shape
     Cg = C // G
     zero = x.dtype.type(0)
     for task in numba.prange(N * G * CB * Hp):
-        h = task % Hp
-        ncb = task // Hp
-        cb = ncb % CB
-        ng = ncb // CB
+        if rows_outer:
+            cb = task % CB
+            rest = task // CB
+            h = rest % Hp
+            ng = rest // Hp
+        else:
+            h = task % Hp
+            rest = task // Hp
+            cb = rest % CB
+            ng = rest // CB
         g = ng % G
         n = ng // G
-        base = task * Wp * Vc
+        base = ((ng * CB + cb) * Hp + h) * Wp * Vc
         hi = h - pt
         # Slices, not element loops: Numba's indexing of a signed index
         # checks for wraparound, which turns copies into gathers/scatters.
@@ -436,7 +442,7 @@ def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp):
             xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = zero
 
 
-def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None):
+def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None, rows_outer=True):
     """NCHW ``x`` -> flat ``[N, G, CB, Hp, Wp, Vc]`` (see the module docstring).
 
     Returns ``(xb, CB, Hp, Wp)``.  ``extra_cols`` zero columns are appended on
@@ -453,7 +459,7 @@ def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None):
           else _scratch.buffer(scratch, x.dtype, size))
     if xb.size:
         xf = x.reshape(-1) if x.flags.c_contiguous else np.empty(0, x.dtype)
-        _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp)
+        _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer)
     return xb, CB, Hp, Wp
 
 

@@ -152,7 +152,7 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
     # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
     def driver(xb, wb, bb, yb, N, G, KBp, CB, xcb, xrow, xcol, xch, Vc, R, S, P, Q,
-               sh, sw, dh, dw, ntiles, tile_px, ccb):
+               sh, sw, dh, dw, ntiles, tile_px, ccb, tiles_outer):
         # Input element (block cb, channel c of the block, row h, column w) of image and
         # group ng is xb[(ng * CB + cb) * xcb + h * xrow + w * xcol + c * xch].
         PQ = P * Q
@@ -164,10 +164,16 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
         else:
             SL, L = S, Vc
         for task in numba.prange(N * G * nkg * ntiles):
-            tile = task % ntiles
-            rest = task // ntiles
-            kg = rest % nkg
-            ng = rest // nkg
+            if tiles_outer:
+                kg = task % nkg
+                rest = task // nkg
+                tile = rest % ntiles
+                ng = rest // ntiles
+            else:
+                tile = task % ntiles
+                rest = task // ntiles
+                kg = rest % nkg
+                ng = rest // nkg
             g = ng % G
             kb0 = kg * NKB
             xbase = ng * CB * xcb
@@ -234,26 +240,41 @@ def blocked_driver(NKB: int, NPX: int, V: int):
     return drv
 
 
+TILES_OUTER = True
 UNPACK_TILE = 64  # pixels per task: V x 64 elements stay in L1
 
 
 @numba.njit(**PJIT)
-def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V):
+def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
     """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time.
 
     Full ``V x V`` blocks (V channels by V pixels) are transposed in
     registers (:func:`vtranspose`: LeNet-5 C3's output 17 -> 9 us, the
     ResNet-50 stem's 125 -> 50 us); the rest element by element.
+
+    The tasks are shared out like the kernel's that wrote ``yb``, so each
+    core unpacks what it computed: by pixel tiles (``pixel_major``: the
+    driver's tiles within one image, Winograd's output transform) or by
+    channel blocks.  The other way, each core read half its blocks from the
+    other core's cache, and when the VM's two vCPUs sat on different core
+    complexes the ResNet-50 stem ran at 145-150 GFLOP/s instead of 190-205
+    (measured in the same processes).
     """
     Kg = K // G
     PQ = P * Q
     KB = (Kg + V - 1) // V
     ntile = (PQ + UNPACK_TILE - 1) // UNPACK_TILE
     for task in numba.prange(N * G * KB * ntile):
-        tile = task % ntile
-        rest = task // ntile
-        kb = rest % KB
-        ng = rest // KB
+        if pixel_major:
+            kb = task % KB
+            rest = task // KB
+            tile = rest % ntile
+            ng = rest // ntile
+        else:
+            tile = task % ntile
+            rest = task // ntile
+            kb = rest % KB
+            ng = rest // KB
         n, g = ng // G, ng % G
         t0 = tile * UNPACK_TILE
         t1 = min(PQ, t0 + UNPACK_TILE)
@@ -343,6 +364,10 @@ def _run_blocked(x, w, bias, p, y):
     # Without padding, and when the channel blocks cover the channels exactly, the
     # kernel reads NCHW in place (LeNet-5 C3: the packing pass was a sixth of the call).
     in_place = READ_NCHW_IN_PLACE and p.padding == (0, 0, 0, 0) and CB * Vc == p.Cg
+    # Within an image, share the work out by pixel tiles when the activations outweigh the
+    # weights (each core then packs, computes and unpacks the same rows), else by blocks
+    # of output channels (each core reads half the weights).
+    tiles_outer = TILES_OUTER and p.Kg * p.Cg * p.R * p.S < p.C * p.H * p.W + p.K * p.P * p.Q
     for n0 in range(0, p.N, nb):
         n1 = min(p.N, n0 + nb)
         if in_place:
@@ -352,12 +377,15 @@ def _run_blocked(x, w, bias, p, y):
             # a kernel row's taps as one contiguous loop (the packed layout's fast case).
             strides = (Vc * HW, p.W, 1, HW if Vc > 1 else 1)
         else:
-            xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding, scratch="direct.xb")
+            xb, CB, Hp, Wp = pack_input_blocked(x[n0:n1], G, Vc, p.padding, scratch="direct.xb",
+                                                rows_outer=tiles_outer)
             strides = (Hp * Wp * Vc, Wp * Vc, Vc, 1)
         yb = _scratch.buffer("direct.yb", p.dtype, (n1 - n0) * G * KBp * p.P * p.Q * V)
         drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, *strides, Vc, p.R, p.S, p.P, p.Q,
-            p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, ccb)
-        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, G, KBp, V)
+            p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, ccb,
+            tiles_outer)
+        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, G, KBp, V,
+                               tiles_outer or KBp == NKB)
 
 
 def _run_simple(x, w, bias, p, y):

@@ -604,7 +604,7 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
             kern(*args, 3)
         if bad.any():
             return False
-        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L)
+        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L, True)
         if timings is not None:
             full = clock() - t0
             timings["output_transform"] += max(0.0, full - (t3 - t2))
