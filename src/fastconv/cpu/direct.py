@@ -254,7 +254,7 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
 
     The tasks are shared out like the kernel's that wrote ``yb``, so each
     core unpacks what it computed: by pixel tiles (``pixel_major``: the
-    driver's tiles within one image, Winograd's output transform) or by
+    driver's tiles within one image, the fused Winograd schedule) or by
     channel blocks.  The other way, each core read half its blocks from the
     other core's cache, and when the VM's two vCPUs sat on different core
     complexes the ResNet-50 stem ran at 145-150 GFLOP/s instead of 190-205

@@ -428,8 +428,9 @@ def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q,
                        kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
     if upto < 3:
         return
+    # by blocks of output channels, as the products: each core reads the M it wrote
     for job in numba.prange(T * KB):
-        tt, kb = job // KB, job % KB
+        kb, tt = job // T, job % T
         n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
         chk = _output_tile(m, M, tt * Kp + kb * L, ms, AT, vload(bias, kb * L), yb,
                            (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
@@ -604,7 +605,9 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
             kern(*args, 3)
         if bad.any():
             return False
-        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L, True)
+        # shared out as the output transform: by tiles (fused) or by channel blocks (split)
+        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L,
+                               mode == "fused")
         if timings is not None:
             full = clock() - t0
             timings["output_transform"] += max(0.0, full - (t3 - t2))
