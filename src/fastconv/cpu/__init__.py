@@ -8,10 +8,13 @@ The ``auto`` rule (:func:`auto_rule`)
 With ``Cg = C / groups``, ``Kg = K / groups`` and ``small = min(P, Q)`` (the
 output map's shorter side), in this order:
 
-1. 1x1 kernels, except depthwise: ``direct`` where it takes its pointwise
-   path (no padding, ``Cg >= 16``: a GEMM micro-kernel on NCHW without
-   packing, measured 4-19% faster than ``im2col`` on all ten 1x1 shapes of
-   the sets below), else ``im2col`` (each group one GEMM, no unfold);
+1. 1x1 kernels, except depthwise: ``direct`` where it needs no help
+   (:func:`fastconv.cpu.direct.serves_1x1`: no padding, ``Cg >= 16``; its
+   pointwise path, a GEMM micro-kernel on NCHW without packing, measured
+   4-19% faster than ``im2col`` on all ten 1x1 shapes of the sets below,
+   and with two threads and full vectors of output channels its blocked
+   path, 1.1-1.5x faster again), else ``im2col`` (each group one GEMM, no
+   unfold);
 2. 3x3, stride 1, dilation 1, ``groups == 1``, ``Kg >= 16``, and
 
    a. ``small >= 16`` and either ``Cg >= 32`` or (``Cg >= 16`` and at least
@@ -144,7 +147,7 @@ def few_channel_winograd(p) -> bool:
 def auto_rule(p) -> str:
     """The algorithm ``algorithm="auto"`` runs for ``p`` (see the module docstring)."""
     if p.R == 1 and p.S == 1 and not p.depthwise:
-        return "direct" if direct.choose_path(p) == "pointwise" else "im2col"
+        return "direct" if direct.serves_1x1(p) else "im2col"
     if winograd.supports(p) is None and p.groups == 1 and p.Kg >= 16:
         if 2 <= p.Cg <= winograd_few.MAX_CG and few_channel_winograd(p):
             return "winograd_f4x4_3x3"
