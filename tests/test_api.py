@@ -162,7 +162,9 @@ def test_auto_never_raises_and_winograd_alias():
     ((1, 384, 6, 6), 384, "winograd_f2x2_3x3"),
     ((1, 256, 14, 14), 256, "winograd_f4x4_3x3"),
     ((1, 64, 56, 56), 64, "winograd_f4x4_3x3"),
-    ((1, 512, 4, 4), 512, "direct"),                # under 6x6
+    ((1, 512, 4, 4), 512, "winograd_f2x2_3x3"),     # under 6x6, but 256 channels or more
+    ((1, 128, 4, 4), 128, "direct"),                # under 6x6
+    ((1, 512, 2, 2), 512, "direct"),                # under 3x3
     ((1, 96, 11, 11), 96, "direct"),                # few channels on a small map
     ((1, 64, 28, 28), 64, "direct"),                # stride 2 below
 ])
