@@ -54,25 +54,61 @@ def test_in_place_update_is_seen(rng, alg, xs, ws):
     w = rng.standard_normal(ws).astype(np.float32)
     assert w.nbytes >= _weight_cache.MIN_BYTES
     tol = TOLERANCE[(alg, "float32")]
-    for step in range(3):
-        y = fastconv.conv2d(x, w, padding=1, algorithm=alg)
-        assert rel_err(y, reference.conv2d(x, w, padding=1)) < tol, step
-        assert len(CACHE) == 1  # same array: one entry, rebuilt in place
-        w[step, step] *= -3.0  # a real change ...
-        w[-1, -1, -1, -1] = np.nextafter(w[-1, -1, -1, -1], np.float32(9))  # ... and a 1-ulp one
+    for step in range(4):
+        for _ in range(2):  # the second call of unchanged weights keeps an entry
+            y = fastconv.conv2d(x, w, padding=1, algorithm=alg)
+            assert rel_err(y, reference.conv2d(x, w, padding=1)) < tol, step
+        assert len(CACHE) == 1  # same array: one entry, rebuilt
+        if step % 2:
+            w[step, step] *= -3.0  # a real change ...
+        else:
+            w[-1, -1, -1, -1] = np.nextafter(w[-1, -1, -1, -1], np.float32(9))  # ... or 1 ulp
 
 
 def test_hits_only_for_unchanged_weights(rng):
     x = rng.standard_normal((1, 32, 9, 8)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     y0 = fastconv.conv2d(x, w, padding=1, algorithm="winograd_f4x4_3x3")
-    assert (CACHE.hits, CACHE.misses) == (0, 1)
+    assert (CACHE.hits, CACHE.misses, CACHE.transient, len(CACHE)) == (0, 1, 1, 0)  # first sighting
     y1 = fastconv.conv2d(x, w, padding=1, algorithm="winograd_f4x4_3x3")
-    assert (CACHE.hits, CACHE.misses) == (1, 1)
+    assert (CACHE.hits, CACHE.misses, CACHE.transient, len(CACHE)) == (0, 2, 1, 1)  # unchanged: kept
+    y2 = fastconv.conv2d(x, w, padding=1, algorithm="winograd_f4x4_3x3")
+    assert (CACHE.hits, CACHE.misses) == (1, 2)
     np.testing.assert_array_equal(y0, y1)
-    w2 = w.copy()  # equal values, another array: its own entry
-    np.testing.assert_array_equal(fastconv.conv2d(x, w2, padding=1, algorithm="winograd_f4x4_3x3"), y0)
-    assert CACHE.misses == 2 and len(CACHE) == 2
+    np.testing.assert_array_equal(y0, y2)
+    w2 = w.copy()  # equal values, another array: its own entry, after its own second call
+    for _ in range(2):
+        np.testing.assert_array_equal(fastconv.conv2d(x, w2, padding=1, algorithm="winograd_f4x4_3x3"), y0)
+    assert CACHE.misses == 4 and len(CACHE) == 2
+
+
+@pytest.mark.parametrize("alg", ["direct", "winograd_f4x4_3x3", "winograd_f2x2_3x3"])
+def test_changing_weights_are_not_kept(rng, alg):
+    """Weights that change before every call (training) are prepared for the call alone:
+    no entry, no bytes held, a stale entry dropped, and every result exact."""
+    x = rng.standard_normal((1, 32, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    for _ in range(2):
+        fastconv.conv2d(x, w, padding=1, algorithm=alg)
+    assert len(CACHE) == 1
+    for step in range(4):
+        w[step, 0, 1, 1] += np.float32(0.5)
+        y = fastconv.conv2d(x, w, padding=1, algorithm=alg)
+        assert rel_err(y, reference.conv2d(x, w, padding=1)) < TOLERANCE[(alg, "float32")]
+        assert len(CACHE) == 0 and CACHE.nbytes == 0
+    assert CACHE.transient == 5  # the first call, and each changed one
+
+
+def test_checksum_is_a_function_of_the_bits(rng):
+    for n in (100, 200_000):  # NumPy's hash and the parallel kernel
+        a = rng.standard_normal(n).astype(np.float32)
+        assert _weight_cache.checksum(a) == _weight_cache.checksum(a.copy())
+        b = a.copy()
+        b[n // 2] = np.nextafter(b[n // 2], np.float32(9))
+        assert _weight_cache.checksum(a) != _weight_cache.checksum(b)
+        c = a.copy()
+        c[[0, 1]] = c[[1, 0]]  # the same words, swapped: position matters
+        assert _weight_cache.checksum(a) != _weight_cache.checksum(c)
 
 
 def test_results_equal_with_and_without_cache(rng, monkeypatch):
@@ -80,18 +116,20 @@ def test_results_equal_with_and_without_cache(rng, monkeypatch):
     w = rng.standard_normal((48, 32, 3, 3)).astype(np.float32)
     b = rng.standard_normal(48).astype(np.float32)
     for alg in ("direct", "winograd_f4x4_3x3", "winograd_f2x2_3x3"):
-        cached = [fastconv.conv2d(x, w, b, padding=1, algorithm=alg) for _ in range(2)]
+        cached = [fastconv.conv2d(x, w, b, padding=1, algorithm=alg) for _ in range(3)]
         monkeypatch.setattr(CACHE, "max_bytes", 0)
         plain = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
         monkeypatch.undo()
-        np.testing.assert_array_equal(cached[0], plain)
-        np.testing.assert_array_equal(cached[1], plain)
+        for y in cached:  # prepared for the call, then kept, then reused
+            np.testing.assert_array_equal(y, plain)
 
 
 def test_nonfinite_weights_still_fall_back(rng):
     x = rng.standard_normal((1, 32, 9, 8)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
-    fastconv.conv2d(x, w, padding=1, algorithm="winograd_f4x4_3x3")  # cache the finite weights
+    for _ in range(2):
+        fastconv.conv2d(x, w, padding=1, algorithm="winograd_f4x4_3x3")  # keep the finite weights
+    assert len(CACHE) == 1
     w[3, 4, 1, 1] = np.inf
     y = fastconv.conv2d(x, w, padding=1, algorithm="winograd_f4x4_3x3")
     ref = fastconv.conv2d(x, w, padding=1, algorithm="direct")
@@ -122,17 +160,21 @@ def test_lru_bound_in_bytes():
 
     arrays = [np.full(40_000, float(i)) for i in range(5)]  # 320 kB each, entry = 640 kB
     for a in arrays:
-        np.testing.assert_array_equal(cache.get(a, "t", build), a * 2)
-        assert cache.nbytes <= cache.max_bytes
+        for _ in range(2):  # the second sighting keeps an entry
+            np.testing.assert_array_equal(cache.get(a, "t", build), a * 2)
+            assert cache.nbytes <= cache.max_bytes
     assert len(cache) == 1  # each entry (snapshot + value) takes 2/3 of the bound
     cache.get(arrays[-1], "t", build)
-    assert len(built) == 5  # the last one was a hit
+    assert len(built) == 10  # the last one was a hit
     huge = WeightCache(max_bytes=1000)
-    np.testing.assert_array_equal(huge.get(arrays[0], "t", build), arrays[0] * 2)
+    for _ in range(2):
+        np.testing.assert_array_equal(huge.get(arrays[0], "t", build), arrays[0] * 2)
     assert len(huge) == 0  # larger than the whole bound: built, not kept
     snap_seen = []
-    cache.get(arrays[0], "other", lambda s: snap_seen.append(s) or 0)
-    assert snap_seen[0] is not arrays[0] and not snap_seen[0].flags.writeable
+    for _ in range(2):
+        cache.get(arrays[0], "other", lambda s: snap_seen.append(s) or 0)
+    assert snap_seen[0] is arrays[0]  # first sighting: the caller's array, for this call only
+    assert snap_seen[1] is not arrays[0] and not snap_seen[1].flags.writeable  # kept: a snapshot
 
 
 def test_concurrent_calls_with_different_weights(rng):
@@ -143,7 +185,7 @@ def test_concurrent_calls_with_different_weights(rng):
 
     def work(i):
         try:
-            for _ in range(5):
+            for _ in range(5):  # kept from the second call on
                 for alg in ("direct", "winograd_f4x4_3x3"):
                     y = fastconv.conv2d(xs[i], ws[i], padding=1, algorithm=alg)
                     assert rel_err(y, expected[i]) < 1e-4

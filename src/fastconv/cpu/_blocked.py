@@ -11,6 +11,8 @@ oneDNN or NNPACK:
 * :func:`vload`, :func:`vstore`, :func:`vbcast` (scalar load + splat),
   :func:`vfma` (``llvm.fma``: one rounding, so it never loosens the direct
   sum's error bound) and :func:`vadd`, :func:`vsub`, :func:`vmul`;
+  :func:`vload_f64` / :func:`vstore_f64`: 8 lanes of either dtype as a
+  float64 vector (widened exactly, rounded once on the way back);
 * :func:`stack_vectors` / :func:`stack_ints`: fixed-size arrays placed with
   ``alloca`` in the function's entry block.  Indexed with compile-time
   constants inside fully unrolled loops, SROA turns each element into an SSA
@@ -47,6 +49,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
+from .. import _weight_cache
 from .._aligned import empty_aligned
 from .._config import JIT, PJIT
 from . import _scratch
@@ -124,6 +127,39 @@ def vstore(typingctx, arr, idx, v):
         ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
         vptr = builder.bitcast(ptr, args[2].type.as_pointer())
         builder.store(args[2], vptr, align=arr.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, v), codegen
+
+
+@intrinsic
+def vload_f64(typingctx, arr, idx):
+    """``arr[idx : idx + 8]`` as a float64 vector (8 lanes), widened exactly from float32."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)):
+        return None
+    vty = SimdVector(types.float64)
+    src = ir.VectorType(ir.FloatType() if arr.dtype == types.float32 else ir.DoubleType(), 8)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        v = builder.load(builder.bitcast(ptr, src.as_pointer()), align=arr.dtype.bitwidth // 8)
+        return builder.fpext(v, context.get_value_type(vty)) if arr.dtype == types.float32 else v
+
+    return vty(arr, idx), codegen
+
+
+@intrinsic
+def vstore_f64(typingctx, arr, idx, v):
+    """Store float64 vector ``v`` to ``arr[idx : idx + 8]``, rounded once to float32 if needed."""
+    if not (_is_float_array(arr) and isinstance(idx, types.Integer)
+            and isinstance(v, SimdVector) and v.dtype == types.float64):
+        return None
+    dst = ir.VectorType(ir.FloatType() if arr.dtype == types.float32 else ir.DoubleType(), 8)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
+        val = builder.fptrunc(args[2], dst) if arr.dtype == types.float32 else args[2]
+        builder.store(val, builder.bitcast(ptr, dst.as_pointer()), align=arr.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
     return types.void(arr, idx, v), codegen
@@ -511,7 +547,7 @@ def pack_weights_blocked(w, G, Vc, NKB, V):
     Kg = K // G
     KB, CB = -(-Kg // V), -(-Cg // Vc)
     KBp = -(-KB // NKB) * NKB
-    wb = empty_aligned(G * KBp * CB * R * S * Vc * V, w.dtype)
+    wb = _weight_cache.prepared_empty("blocked.wb", G * KBp * CB * R * S * Vc * V, w.dtype)
     if wb.size:
         _pack_weights_blocked(w.reshape(-1), wb, G, Kg, Cg, R * S, KBp, CB, Vc, NKB, V)
     return wb, KBp

@@ -34,7 +34,6 @@ import numba
 import numpy as np
 
 from .. import _weight_cache
-from .._aligned import empty_aligned
 from .._config import PJIT
 from . import _scratch
 from ._layout import padded_bias, subsample_pointwise
@@ -167,6 +166,6 @@ def run(x, w, bias, p, y):
 
 
 def _packed(w, G, Kg, Cg, KBp):
-    wp = empty_aligned(G * KBp * Cg * NK, w.dtype)
+    wp = _weight_cache.prepared_empty("pointwise.wp", G * KBp * Cg * NK, w.dtype)
     _pack_weights(np.ascontiguousarray(w.reshape(G * Kg, Cg)), wp, G, Kg, Cg, KBp)
     return wp

@@ -531,11 +531,12 @@ class PreparedWeights:
     is NaN or inf (an overflowing transform is caught on the outputs).
     """
 
-    __slots__ = ("m", "w", "groups", "finite", "_U", "_Uv")
+    __slots__ = ("m", "w", "groups", "finite", "fresh", "_U", "_Uv")
 
     def __init__(self, m, w, groups, p=None):
         self.m, self.w, self.groups = m, w, groups
         self.finite = bool(np.isfinite(w).all())
+        self.fresh = True  # not used by a call yet (its transform is still in this core's cache)
         self._U = self._Uv = None
         if p is not None:  # build the transform the call ``p`` will use now
             vec = self.vec_plan(p)
@@ -716,7 +717,8 @@ def run_prepared(x, packed, bias, p, y):
         ok = False
     elif vec is not None:
         U = packed.w if vec[0] == "stream" else packed.Uv()
-        ok = winograd_vec.run(x, U, bias, p, y, packed.m, *vec)
+        fresh, packed.fresh = packed.fresh, False
+        ok = winograd_vec.run(x, U, bias, p, y, packed.m, *vec, fresh_u=fresh)
     else:
         ok = _execute(x, None, packed.U, packed.m, bias, p, y)
     if not ok:

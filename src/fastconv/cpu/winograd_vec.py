@@ -78,12 +78,12 @@ import time
 import numba
 import numpy as np
 
-from .. import _config
-from .._aligned import empty_aligned
+from .. import _config, _weight_cache
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
 from ._blocked import (VECTOR_BYTES, all_finite, lanes, pack_input_blocked, sget, sset,
-                       stack_vectors, vadd, vfma, vload, vmul, vsplat, vstore, vsub, vtranspose)
+                       stack_vectors, vadd, vfma, vload, vload_f64, vmul, vsplat, vstore,
+                       vstore_f64, vsub, vtranspose)
 from . import _scratch, winograd_few
 from ._gemm import panel_gemm
 from ._layout import padded_bias
@@ -283,29 +283,39 @@ def _transform_f2(wl, nc, U, ubase, astride):
             vstore(U, o + 3 * astride, t2)
 
 
-@numba.njit(**JIT)
-def _transform_dense(wl, nc, Gm, U, ubase, astride):
-    # U[ubase + a * astride + i * L :][:L] = (G w_i G^T)[a] for any G (F(4x4): entries such
-    # as -1/6 are inexact in float32), accumulated in float64 in the order of the
-    # three-term sums and rounded once.
-    L = _lanes_of(wl)
-    A = Gm.shape[0]
-    t = np.empty((A, 3, L), dtype=np.float64)
-    for i in range(nc):
-        w9 = wl[i * 9 * L:(i + 1) * 9 * L].reshape(9, L)
-        for a in range(A):
-            g0, g1, g2 = Gm[a, 0], Gm[a, 1], Gm[a, 2]
-            for s in range(3):
-                w0, w1, w2, ta = w9[s], w9[3 + s], w9[6 + s], t[a, s]
-                for l in range(L):
-                    ta[l] = g0 * np.float64(w0[l]) + g1 * np.float64(w1[l]) + g2 * np.float64(w2[l])
-        for a in range(A):
-            t0, t1, t2 = t[a, 0], t[a, 1], t[a, 2]
-            for b in range(A):
-                h0, h1, h2 = Gm[b, 0], Gm[b, 1], Gm[b, 2]
-                o = ubase + (a * A + b) * astride + i * L
-                for l in range(L):
-                    U[o + l] = t0[l] * h0 + t1[l] * h1 + t2[l] * h2
+def _make_transform_dense(A: int):
+    """The dense kernel transform for ``alpha = A``."""
+
+    @numba.njit(**JIT)
+    def transform(wl, nc, Gm, U, ubase, astride):
+        # U[ubase + a * astride + i * L :][:L] = (G w_i G^T)[a] for any G (F(4x4): entries
+        # such as -1/6 are inexact in float32), the three-term sums ((g0 w0 + g1 w1) + g2 w2)
+        # of both passes evaluated in float64, eight lanes at a time, and rounded once.
+        # Per row a of G, its three row-pass vectors are plain values and the nine inputs
+        # are indexed by constants only, so everything stays in registers.
+        L = _lanes_of(wl)
+        w = stack_vectors(Gm, 9)
+        for i in range(nc):
+            for h in range(0, L, 8):
+                b = i * 9 * L + h
+                for rs in range(9):
+                    sset(w, rs, vload_f64(wl, b + rs * L))
+                for a in range(A):
+                    g0, g1, g2 = vsplat(Gm[a, 0], Gm), vsplat(Gm[a, 1], Gm), vsplat(Gm[a, 2], Gm)
+                    t0 = vadd(vadd(vmul(g0, sget(w, 0)), vmul(g1, sget(w, 3))), vmul(g2, sget(w, 6)))
+                    t1 = vadd(vadd(vmul(g0, sget(w, 1)), vmul(g1, sget(w, 4))), vmul(g2, sget(w, 7)))
+                    t2 = vadd(vadd(vmul(g0, sget(w, 2)), vmul(g1, sget(w, 5))), vmul(g2, sget(w, 8)))
+                    o = ubase + a * A * astride + i * L + h
+                    for c in range(A):
+                        h0, h1, h2 = vsplat(Gm[c, 0], Gm), vsplat(Gm[c, 1], Gm), vsplat(Gm[c, 2], Gm)
+                        vstore_f64(U, o + c * astride,
+                                   vadd(vadd(vmul(t0, h0), vmul(t1, h1)), vmul(t2, h2)))
+
+    return transform
+
+
+#: F(4x4)'s kernel transform (alpha = 6).
+_transform_f4 = _make_transform_dense(6)
 
 
 @numba.njit(**JIT)
@@ -321,7 +331,7 @@ def _transform_block(wf, K, C, Gm, k0, c0, c1, wl, U, ubase, astride):
     if Gm.shape[0] == 4:
         _transform_f2(wl, nc, U, ubase, astride)
     else:
-        _transform_dense(wl, nc, Gm, U, ubase, astride)
+        _transform_f4(wl, nc, Gm, U, ubase, astride)
     zero = vsplat(0, wl)
     for a in range(Gm.shape[0] ** 2):
         for c in range(c0 + nc, c1):
@@ -386,7 +396,7 @@ def _fused(m, xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles
 
 @numba.njit(**PJIT)
 def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h,
-           tiles_w, V, M, twork, kchunk, C, Gm, uwork, wlwork, stream, upto):
+           tiles_w, V, M, twork, kchunk, C, Gm, uwork, wlwork, stream, fresh_u, upto):
     # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
     # (tile x channel block), the products split by (alpha^2 element, block of output
     # channels) so that U is read once, and output transforms (tile x channel block).
@@ -422,8 +432,16 @@ def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q,
                 panel_gemm(V, a * vs, Ut, a * astride - kb0 * Cp * L, M, a * ms, T, Cp,
                            kb0, kb1, Kp, L)
     else:
+        # fresh_u: U was just written by this call's kernel transform (by blocks of output
+        # channels): jobs by channel block first, so each core reads the U it wrote
+        # (resnet50_3x3_256 F(4x4) with new weights every call: the transform 1.33 ->
+        # 0.83 ms).  A kept U: by a first, so a core's consecutive jobs share V[a] (the
+        # same layer with kept weights 12% faster than by channels).
         for job in numba.prange(A2 * nkc):
-            a, kc = job // nkc, job % nkc
+            if fresh_u:
+                kc, a = job // A2, job % A2
+            else:
+                a, kc = job // nkc, job % nkc
             panel_gemm(V, a * vs, U, a * KB * Cp * L, M, a * ms, T, Cp,
                        kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
     if upto < 3:
@@ -455,7 +473,8 @@ def transform_weights(w, m):
     K, C = w.shape[0], w.shape[1]
     L = lanes(w.dtype)
     _, Gm, _ = transform_matrices(m)
-    Uv = empty_aligned(((m + 2) ** 2, -(-K // L), -(-C // L) * L, L), w.dtype)
+    Uv = _weight_cache.prepared_empty("winograd_vec.Uv", ((m + 2) ** 2, -(-K // L), -(-C // L) * L, L),
+                                      w.dtype)
     if Uv.size:
         _kernel_transform(np.ascontiguousarray(w).reshape(-1), K, C, Gm, Uv, _kt_scratch(w.dtype))
     return Uv
@@ -526,7 +545,7 @@ def plan(p, m):
     return "fused", T, nb
 
 
-def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
+def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None, fresh_u=False):
     """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite.
 
     ``mode``, ``T_item`` and ``nb`` come from :func:`plan`; ``U`` is from
@@ -537,7 +556,9 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
     the unpacking into NCHW) as the differences between runs of the kernel
     stopped after each phase (the fused path's phases share one parallel
     loop, so they cannot be timed one by one); in mode ``"stream"`` the
-    kernel transform is part of ``gemm``.
+    kernel transform is part of ``gemm``.  ``fresh_u``: ``U`` was transformed
+    in this call (the split schedule then shares its products out like the
+    transform, see :func:`_split`).
     """
     L = lanes(p.dtype)
     dt = p.dtype
@@ -588,7 +609,7 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None):
                                       p.K, p.P, p.Q, tiles_h, tiles_w,
                                       vbuf[:A2 * _apart(T * CB * L, L)],
                                       mbuf[:A2 * _apart(T * KB * L, L)], twork, SPLIT_KCHUNK, p.C, Gm,
-                                      uwork, wlwork, stream)))
+                                      uwork, wlwork, stream, fresh_u)))
         t1 = t2 = t3 = clock()
         if timings is not None:
             for kern, args in calls:
