@@ -321,9 +321,8 @@ _transform_f4 = _make_transform_dense(6)
 @numba.njit(**JIT)
 def _transform_block(wf, K, C, Gm, k0, c0, c1, wl, U, ubase, astride):
     # U[ubase + a * astride + (c - c0) * L :][:L] = (G w[k0 .. k0 + L - 1, c] G^T)[a] (G' for
-    # F(2x2): see F2_SCALE) for
-    # c0 <= c < c1 (c1 - c0 <= _KT_CHANNELS), zero for the padding (k >= K or c >= C);
-    # wl: scratch of 9 * _KT_CHANNELS vectors.
+    # F(2x2): see F2_SCALE) for c0 <= c < c1 (c1 - c0 <= _KT_CHANNELS), zero for the
+    # padding (k >= K or c >= C); wl: scratch of 9 * _KT_CHANNELS vectors.
     L = _lanes_of(wl)
     nk = max(0, min(L, K - k0))
     _gather_kernels(wf, C, k0, nk, c0, c1, wl)
@@ -341,9 +340,8 @@ def _transform_block(wf, K, C, Gm, k0, c0, c1, wl, U, ubase, astride):
 @numba.njit(**PJIT)
 def _kernel_transform(wf, K, C, Gm, Uv, wlwork):
     # Uv[a, kb, c, l] = (G w[kb * L + l, c] G^T)[a] (G' for F(2x2)) from the flat KCRS
-    # weights wf, zero for
-    # the padding (so Uv may be np.empty); one job per (block of L output channels,
-    # _KT_CHANNELS input channels).
+    # weights wf, zero for the padding (so Uv may be np.empty); one job per (block of L
+    # output channels, _KT_CHANNELS input channels).
     KB, Cp, L = Uv.shape[1], Uv.shape[2], Uv.shape[3]
     Uf = Uv.reshape(-1)
     ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
@@ -399,7 +397,7 @@ def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q,
            tiles_w, V, M, twork, kchunk, C, Gm, uwork, wlwork, stream, fresh_u, upto):
     # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
     # (tile x channel block), the products split by (alpha^2 element, block of output
-    # channels) so that U is read once, and output transforms (tile x channel block).
+    # channels) so that U is read once, and output transforms (channel block x tile).
     # stream: U is the flat KCRS weights instead, and each product job transforms the
     # kernels of its kchunk blocks of output channels into its thread's uwork first.
     L = twork.shape[1]
