@@ -26,9 +26,11 @@ and float64, any N including 0).  A call takes one of four paths:
     place through strides.  Preferred when the output channels fill the
     vector lanes and the reduction is long.
 ``pointwise`` (:mod:`fastconv.cpu.pointwise`)
-    Unpadded 1x1 kernels over at least 16 channels per group: a GEMM
+    Unpadded 1x1 kernels over at least 16 channels per group, with one
+    thread or output channels that do not fill the vectors: a GEMM
     micro-kernel on NCHW itself, vectorised along the pixels, with neither
-    input packing nor output unpacking.
+    input packing nor output unpacking.  (With several threads and full
+    vectors the blocked path, reading NCHW in place, scales better.)
 ``width`` (:mod:`fastconv.cpu.depthwise`)
     Vectorised along the output row: depthwise, channel multipliers, few
     output channels per group or short reductions (3-channel inputs).
