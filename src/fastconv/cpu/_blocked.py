@@ -333,40 +333,42 @@ def vfma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-@intrinsic
-def vadd(typingctx, a, b):
-    """Lane-wise ``a + b``."""
-    if not (isinstance(a, SimdVector) and a == b):
-        return None
+def _lanewise(op: str, symbol: str):
+    """An intrinsic ``f(a, b)``: lane-wise ``a <symbol> b`` of two equal SimdVectors
+    (LLVM's ``op``: fadd, fsub or fmul; one rounding per lane)."""
 
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
+    def typer(typingctx, a, b):
+        if not (isinstance(a, SimdVector) and a == b):
+            return None
 
-    return a(a, b), codegen
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
 
+        return a(a, b), codegen
 
-@intrinsic
-def vsub(typingctx, a, b):
-    """Lane-wise ``a - b``."""
-    if not (isinstance(a, SimdVector) and a == b):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fsub(args[0], args[1])
-
-    return a(a, b), codegen
+    typer.__name__ = typer.__qualname__ = f"v{op[1:]}"
+    typer.__doc__ = f"Lane-wise ``a {symbol} b``."
+    return intrinsic(typer)
 
 
-@intrinsic
-def vmul(typingctx, a, b):
-    """Lane-wise ``a * b``."""
-    if not (isinstance(a, SimdVector) and a == b):
-        return None
+vadd = _lanewise("fadd", "+")
+vsub = _lanewise("fsub", "-")
+vmul = _lanewise("fmul", "*")
 
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], args[1])
 
-    return a(a, b), codegen
+@numba.njit(**JIT)
+def task_coords(task, nx, ny, x_fastest):
+    """``(x, y, rest)`` of a parallel loop's ``task`` numbered over ``(rest, y, x)`` with ``x``
+    fastest, or over ``(rest, x, y)`` with ``y`` fastest: the two orders in which the
+    kernels share work out between threads (see ``fastconv.cpu.direct``: each core
+    should touch what it wrote in the previous phase)."""
+    if x_fastest:
+        x = task % nx
+        rest = task // nx
+        return x, rest % ny, rest // ny
+    y = task % ny
+    rest = task // ny
+    return rest % nx, y, rest // nx
 
 
 def _literal_count(n):
@@ -440,16 +442,7 @@ def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
     Cg = C // G
     zero = x.dtype.type(0)
     for task in numba.prange(N * G * CB * Hp):
-        if rows_outer:
-            cb = task % CB
-            rest = task // CB
-            h = rest % Hp
-            ng = rest // Hp
-        else:
-            h = task % Hp
-            rest = task // Hp
-            cb = rest % CB
-            ng = rest // CB
+        cb, h, ng = task_coords(task, CB, Hp, rows_outer)
         g = ng % G
         n = ng // G
         base = ((ng * CB + cb) * Hp + h) * Wp * Vc

@@ -73,7 +73,8 @@ from .. import _weight_cache
 from .._config import PJIT, WORKSPACE_BYTES, parallel_section
 from . import _scratch, depthwise, pointwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
-                       stack_ints, stack_vectors, vbcast, vfma, vload, vstore, vtranspose)
+                       stack_ints, stack_vectors, task_coords, vbcast, vfma, vload, vstore,
+                       vtranspose)
 from ._layout import pad_nchw, padded_bias
 
 # Below this many multiply-adds the packing passes of the SIMD paths cost
@@ -166,16 +167,7 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
         else:
             SL, L = S, Vc
         for task in numba.prange(N * G * nkg * ntiles):
-            if tiles_outer:
-                kg = task % nkg
-                rest = task // nkg
-                tile = rest % ntiles
-                ng = rest // ntiles
-            else:
-                tile = task % ntiles
-                rest = task // ntiles
-                kg = rest % nkg
-                ng = rest // nkg
+            kg, tile, ng = task_coords(task, nkg, ntiles, tiles_outer)
             g = ng % G
             kb0 = kg * NKB
             xbase = ng * CB * xcb
@@ -267,16 +259,7 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
     KB = (Kg + V - 1) // V
     ntile = (PQ + UNPACK_TILE - 1) // UNPACK_TILE
     for task in numba.prange(N * G * KB * ntile):
-        if pixel_major:
-            kb = task % KB
-            rest = task // KB
-            tile = rest % ntile
-            ng = rest // ntile
-        else:
-            tile = task % ntile
-            rest = task // ntile
-            kb = rest % KB
-            ng = rest // KB
+        kb, tile, ng = task_coords(task, KB, ntile, pixel_major)
         n, g = ng // G, ng % G
         t0 = tile * UNPACK_TILE
         t1 = min(PQ, t0 + UNPACK_TILE)

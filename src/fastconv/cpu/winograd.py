@@ -706,13 +706,15 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
     return True
 
 
-def run_prepared(x, packed, bias, p, y):
+def run_prepared(x, packed, bias, p, y, vec=False):
     """Run with weights from :func:`prepare`; falls back to ``direct`` on non-finite values.
 
     Takes the channel-vectorised path (:mod:`fastconv.cpu.winograd_vec`) when
-    it fits the call, else the tile-row path.
+    it fits the call, else the tile-row path; ``vec`` is its plan when the
+    caller has it already.
     """
-    vec = packed.vec_plan(p)
+    if vec is False:
+        vec = packed.vec_plan(p)
     if not packed.finite:
         ok = False
     elif vec is not None:
@@ -737,7 +739,7 @@ def _run(x, w, bias, p, y, m):
     packed = _weight_cache.CACHE.get(
         w, ("winograd", m, p.groups),
         lambda snap: PreparedWeights(m, snap, p.groups, p))
-    run_prepared(x, packed, bias, p, y)
+    run_prepared(x, packed, bias, p, y, vec)
 
 
 def run_f2x2(x, w, bias, p, y):
