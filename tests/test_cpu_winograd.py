@@ -281,44 +281,62 @@ def test_channel_vectorised_kernel_transform_f2(rng, dtype, K, C):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_stream_mode(rng, monkeypatch, dtype):
-    """F(2x2) on a deep, small map transforms the kernels inside the products: within the
-    error bound, nothing kept in the weight cache, the same bits as a plan, the weights
-    untouched, and a non-finite weight recomputed by direct."""
+@pytest.mark.parametrize("m,shape", [(2, (2, 40, 5, 6)), (4, (2, 40, 5, 6)), (4, (1, 40, 6, 9))])
+def test_stream_mode(rng, monkeypatch, dtype, m, shape):
+    """Deep layers on few tiles transform the kernels inside the products: within the error
+    bound, nothing kept in the weight cache, the same bits as a plan, the weights untouched,
+    and a non-finite weight recomputed by direct.  F(4x4) (at most STREAM4_MAX_TILES tiles:
+    here 8, and 6 = a group of 4 and one of 2) transforms each kernel where it is used,
+    G' w G'^T with the scale in the output transform."""
     from fastconv import _weight_cache
     from fastconv.accuracy import error_bound as bound_of
-    C, K = 40, 35  # padded channels and a partial block of output channels
-    x, w, b = random_problem(rng, (2, C, 5, 6), (K, C, 3, 3), dtype)
+    C, K = shape[1], 35  # padded channels and a partial block of output channels
+    x, w, b = random_problem(rng, shape, (K, C, 3, 3), dtype)
     p = normalize(x.shape, w.shape, b.shape, dtype, padding=1)
+    alg = f"winograd_f{m}x{m}_3x3"
     monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
     monkeypatch.setattr(winograd_vec, "SPLIT_KCHUNK", 2)  # several product jobs
-    mode, T, nb = winograd_vec.plan(p, 2)
-    assert (mode, T, nb) == ("stream", 2 * 3 * 3, 2)
-    assert winograd_vec.plan(p, 4)[0] == "split"  # F(4x4) keeps its prepared U
+    tiles = shape[0] * -(-shape[2] // m) * -(-shape[3] // m)
+    mode, T, nb = winograd_vec.plan(p, m)
+    assert (mode, T, nb) == ("stream", tiles, shape[0])
+    if m == 4:  # more tiles than STREAM4_MAX_TILES: F(4x4) keeps its prepared U
+        monkeypatch.setattr(winograd_vec, "STREAM4_MAX_TILES", tiles - 1)
+        assert winograd_vec.plan(p, 4)[0] == "split"
+        monkeypatch.undo()
+        monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
     fastconv.clear_weight_cache()
     w0 = w.copy()
-    y = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f2x2_3x3")
+    y = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
     np.testing.assert_array_equal(w, w0)
     assert len(_weight_cache.CACHE) == 0
     ref = reference.conv2d(x, w, b, padding=1)
-    assert (np.abs(y - ref) <= bound_of("winograd_f2x2_3x3", x, w, b, padding=1)).all()
+    assert (np.abs(y - ref) <= bound_of(alg, x, w, b, padding=1)).all()
     assert np.abs(y - ref).max() > 0 or dtype == np.float64
-    conv = fastconv.plan(w, b, x_shape=x.shape, padding=1, algorithm="winograd_f2x2_3x3")
+    conv = fastconv.plan(w, b, x_shape=x.shape, padding=1, algorithm=alg)
     np.testing.assert_array_equal(conv(x), y)
-    # the prepared U of the split mode gives the same sums
+    # the prepared U of the split mode gives the same sums, up to rounding
     monkeypatch.setattr(winograd_vec, "STREAM_KERNELS", False)
-    assert winograd_vec.plan(p, 2)[0] == "split"
-    np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f2x2_3x3"),
+    assert winograd_vec.plan(p, m)[0] == "split"
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=1, algorithm=alg),
                                y, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
     monkeypatch.setattr(winograd_vec, "STREAM_KERNELS", True)
-    times = winograd.profile_phases(x, w, b, p, np.empty_like(y), m=2)
+    times = winograd.profile_phases(x, w, b, p, np.empty_like(y), m=m)
     assert set(times) == {"pack_input", "input_transform", "gemm", "output_transform"}
     wn = w.copy()
     wn[K - 1, C - 1, 2, 1] = np.nan
-    yn = fastconv.conv2d(x, wn, b, padding=1, algorithm="winograd_f2x2_3x3")
+    yn = fastconv.conv2d(x, wn, b, padding=1, algorithm=alg)
     yd = fastconv.conv2d(x, wn, b, padding=1, algorithm="direct")
     np.testing.assert_array_equal(np.isnan(yn), np.isnan(yd))
     np.testing.assert_array_equal(yn[:, :K - 1], yd[:, :K - 1])
+
+
+def test_stream_f4_scale():
+    """F(4x4)'s G is diag(F4_SCALE) G' with G' of small integers (exact doublings), as the
+    stream schedule's inline kernel transform assumes."""
+    _, G, _ = transform_matrices(4)
+    Gp = G / np.array(winograd_vec.F4_SCALE)[:, None]
+    np.testing.assert_allclose(Gp, [[1, 0, 0], [1, 1, 1], [1, -1, 1], [1, 2, 4], [1, -2, 4],
+                                    [0, 0, 1]], rtol=1e-15, atol=1e-15)
 
 
 @pytest.mark.parametrize("m", [2, 4])

@@ -36,13 +36,20 @@ channels instead, so every vector is full whatever the map size:
    channels), so ``U`` is read once per slice (deep layers on small maps,
    where ``U`` outweighs the tiles: 38 MB of ``U`` for 4 tiles of a
    512-channel 7x7 map; fused 147 GFLOP/s, split 307); and **stream**, a
-   split F(2x2) call in one slice whose product jobs (4 blocks of output
-   channels each) first transform their own kernels from the caller's
-   KCRS weights into a per-thread ``U`` of 2 MiB: no transformed weights
-   are prepared or kept, so neither the weight cache's check (weights,
-   snapshot and ``U`` of ResNet-50's 512-channel layer: 35.6 MB, more than
-   the 32 MB L3) nor new weights on every call (training) cost more than
-   the transform itself, about a third of the products there.
+   split call in one slice whose products transform their own kernels from
+   the caller's KCRS weights: no transformed weights are prepared or kept,
+   so neither the weight cache's check (weights, snapshot and ``U`` of
+   ResNet-50's 512-channel layer: 35.6 MB for F(2x2), more than the 32 MB
+   L3) nor new weights on every call (training) cost more than the
+   transform itself.  F(2x2): each product job (4 blocks of output
+   channels) transforms its kernels into a per-thread ``U`` of 2 MiB, then
+   runs its 16 products (the transform: about a third of the products).
+   F(4x4), on at most ``STREAM4_MAX_TILES`` tiles: each job (one block of
+   output channels) gathers its weights, and every ``U'`` vector is
+   computed where the products use it, in registers, for a group of 4
+   tiles (:func:`_make_stream4_row`); nothing of ``U`` is stored at all
+   (ResNet-50's 512-channel 7x7 layer: 0.70 ms, F(2x2) stream 1.1 ms,
+   PyTorch 1.3 ms).
 
 The kernel transform (:func:`transform_weights`) vectorises over ``L``
 output channels: each job transposes the ``L x 9`` weights of 16 input
@@ -52,7 +59,11 @@ and +-1 only, so its rows are two additions (``(w0 + w2) +- w1``), and the
 scale (signs and halves, exact) is folded into ``A``; for F(4x4), whose
 ``G`` has inexact entries such as 1/6, it accumulates in float64 and rounds
 once.  Either way each entry has at most four roundings, within the
-``2 r`` the bound allows the kernel transform.
+``2 r`` the bound allows the kernel transform.  F(4x4)'s stream schedule
+uses ``G' w G'^T`` too (:data:`F4_SCALE`; ``G'`` of 0, +-1, +-2 and 4, so
+two roundings per pass), with the scale folded into ``A``, where it is
+inexact: each output-transform term gains one rounding per pass, the two
+left of the kernel transform's ``2 r = 6``.
 
 Results are the same sums as the tile-row path's (the same transform
 matrices), evaluated as dense FMA chains: each entry of ``B^T d`` is
@@ -67,8 +78,9 @@ tile-row path runs.  Scratch: per Numba thread one item's ``V`` and ``M``
 (fused, ``ITEM_BYTES``) or one slice's (split, ``SPLIT_SLICE_BYTES``), plus
 the packed input and the blocked output of a slice of images, all within
 ``FASTCONV_WORKSPACE_MB``; the stream schedule adds per Numba thread its
-jobs' transformed kernels, ``alpha^2 * SPLIT_KCHUNK * L * Cp`` elements
-(2 MiB for 512 float32 channels).
+jobs' kernels (:func:`stream_scratch`): for F(2x2) transformed,
+``alpha^2 * SPLIT_KCHUNK * L * Cp`` elements (2 MiB for 512 float32
+channels), for F(4x4) gathered, ``9 L Cp`` (288 KiB for 512).
 """
 
 from __future__ import annotations
@@ -81,7 +93,7 @@ import numpy as np
 from .. import _config, _weight_cache
 from .._config import JIT, PJIT
 from ..winograd_math import transform_matrices
-from ._blocked import (VECTOR_BYTES, all_finite, lanes, pack_input_blocked, sget, sset,
+from ._blocked import (VECTOR_BYTES, all_finite, lanes, pack_input_blocked, sget, sset, vbcast,
                        stack_vectors, vadd, vfma, vload, vload_f64, vmul, vsplat, vstore,
                        vstore_f64, vsub, vtranspose)
 from . import _scratch, winograd_few
@@ -99,9 +111,13 @@ MAX_U_BYTES = 12 * 2**20
 SPLIT_SLICE_BYTES = 8 * 2**20
 SPLIT_MIN_U_RATIO = 4.0
 SPLIT_KCHUNK = 4
-#: Split calls of F(2x2) whose tiles fit one slice transform the kernels inside the
-#: products (mode "stream", :func:`plan`) instead of reading a prepared U.
+#: Split calls whose tiles fit one slice transform the kernels inside the products
+#: (mode "stream", :func:`plan`) instead of reading a prepared U: F(2x2) always,
+#: F(4x4) on at most ``STREAM4_MAX_TILES`` tiles (its products recompute each
+#: transformed kernel once per group of ``STREAM4_TILES`` tiles).
 STREAM_KERNELS = True
+STREAM4_TILES = 4
+STREAM4_MAX_TILES = 8
 #: Output rows wider than this keep the tile-row path: its transforms then run
 #: on long vectors and read NCHW directly, without the packing pass (VGG-16
 #: conv1_2, 224 wide, F(4x4): 407 GFLOP/s there vs 271 here; on 56-wide maps
@@ -317,6 +333,102 @@ def _make_transform_dense(A: int):
 #: F(4x4)'s kernel transform (alpha = 6).
 _transform_f4 = _make_transform_dense(6)
 
+#: F(4x4, 3x3) in the stream schedule: ``G = diag(F4_SCALE) G'`` with ``G' = [[1, 0, 0],
+#: [1, 1, 1], [1, -1, 1], [1, 2, 4], [1, -2, 4], [0, 0, 1]]``; the products use
+#: ``U' = G' w G'^T`` (additions and exact doublings: at most two roundings per pass)
+#: and the output transform ``A^T diag(F4_SCALE)``, whose entries (such as -1/6) are
+#: rounded: one rounding more per term of each output-transform pass, which the
+#: bound's ``2 r`` for the kernel transform leaves room for (its four plus these two).
+F4_SCALE = (0.25, -1.0 / 6.0, -1.0 / 6.0, 1.0 / 24.0, 1.0 / 24.0, 1.0)
+
+
+def _make_stream4_row(A: int):
+    """The products of row ``A`` of F(4x4)'s ``alpha x alpha`` elements, kernels transformed inline.
+
+    For one block of ``L`` output channels and up to ``STREAM4_TILES`` tiles:
+    ``M[6A + b][t, k] = sum_c V[6A + b][t, c] U'[6A + b][c, k]`` for ``b < 6``,
+    where each ``U'`` vector is computed from the gathered weights when it is
+    needed (row pass ``G'[A] w``, then the six columns) and used by the
+    ``STREAM4_TILES`` tiles at once: 6 x 4 vector accumulators.  ``A`` is a
+    closure constant, so each row's pass compiles to its own few additions.
+    """
+    TB = STREAM4_TILES
+    assert TB == 4  # 6 x 4 accumulators (stack_vectors needs the count as a literal)
+
+    @numba.njit(**JIT)
+    def row(wl, nc, V, vbase, cbs, M, mbase, ms, Kp, nt):
+        # wl[(c * 9 + rs) * L :][:L]: the weights w[k0 .. k0 + L - 1, c, rs]; the V scalar of
+        # (alpha, tile t, channel c) at vbase + (c // L) * cbs + (alpha * TB + t) * L + c % L;
+        # M[mbase + alpha * ms + t * Kp :][:L] for t < nt.
+        L = _lanes_of(wl)
+        acc = stack_vectors(wl, 24)  # 6 * TB
+        zero = vsplat(0, wl)
+        for i in range(6 * TB):
+            sset(acc, i, zero)
+        two, mtwo, four = vsplat(2, wl), vsplat(-2, wl), vsplat(4, wl)
+        tv = stack_vectors(wl, 3)
+        for c in range(nc):
+            wb = c * 9 * L
+            vb = vbase + (c // L) * cbs + c % L + 6 * A * TB * L
+            for s in range(3):  # row pass: t_s = (G' w)[A, s]
+                if A == 0:
+                    sset(tv, s, vload(wl, wb + s * L))
+                elif A == 5:
+                    sset(tv, s, vload(wl, wb + (6 + s) * L))
+                else:
+                    w0, w1, w2 = (vload(wl, wb + s * L), vload(wl, wb + (3 + s) * L),
+                                  vload(wl, wb + (6 + s) * L))
+                    if A == 1:
+                        sset(tv, s, vadd(vadd(w0, w2), w1))
+                    elif A == 2:
+                        sset(tv, s, vsub(vadd(w0, w2), w1))
+                    elif A == 3:
+                        sset(tv, s, vfma(two, w1, vfma(four, w2, w0)))
+                    else:
+                        sset(tv, s, vfma(mtwo, w1, vfma(four, w2, w0)))
+            t0, t1, t2 = sget(tv, 0), sget(tv, 1), sget(tv, 2)
+            e = vadd(t0, t2)
+            f = vfma(four, t2, t0)
+            u = (t0, vadd(e, t1), vsub(e, t1), vfma(two, t1, f), vfma(mtwo, t1, f), t2)
+            for b in range(6):
+                ub = u[b]
+                for t in range(TB):
+                    sset(acc, b * TB + t,
+                         vfma(vbcast(V, vb + (b * TB + t) * L), ub, sget(acc, b * TB + t)))
+        for b in range(6):
+            for t in range(TB):
+                if t < nt:
+                    vstore(M, mbase + (6 * A + b) * ms + t * Kp, sget(acc, b * TB + t))
+
+    return row
+
+
+_S4R0, _S4R1, _S4R2, _S4R3, _S4R4, _S4R5 = (_make_stream4_row(a) for a in range(6))
+
+
+@numba.njit(**JIT)
+def _stream4_products(wf, K, C, kb, wl, V, T, Cp, M, ms, Kp):
+    # F(4x4) stream schedule, one block kb of L output channels: gather its weights
+    # (all C input channels) into wl, then the 36 products of every group of
+    # STREAM4_TILES tiles, each kernel transformed where it is used (_make_stream4_row).
+    # V: (CB, groups, 36, STREAM4_TILES, L); M: 36 panels of T x Kp, ms apart.
+    L = _lanes_of(wl)
+    TB = STREAM4_TILES
+    nk = max(0, min(L, K - kb * L))
+    for c0 in range(0, C, _KT_CHANNELS):
+        _gather_kernels(wf, C, kb * L, nk, c0, c0 + _KT_CHANNELS, wl[c0 * 9 * L:])
+    ng = (T + TB - 1) // TB
+    cbs = ng * 36 * TB * L
+    for g in range(ng):
+        nt = min(TB, T - g * TB)
+        vb, mb = g * 36 * TB * L, kb * L + g * TB * Kp
+        _S4R0(wl, C, V, vb, cbs, M, mb, ms, Kp, nt)
+        _S4R1(wl, C, V, vb, cbs, M, mb, ms, Kp, nt)
+        _S4R2(wl, C, V, vb, cbs, M, mb, ms, Kp, nt)
+        _S4R3(wl, C, V, vb, cbs, M, mb, ms, Kp, nt)
+        _S4R4(wl, C, V, vb, cbs, M, mb, ms, Kp, nt)
+        _S4R5(wl, C, V, vb, cbs, M, mb, ms, Kp, nt)
+
 
 @numba.njit(**JIT)
 def _transform_block(wf, K, C, Gm, k0, c0, c1, wl, U, ubase, astride):
@@ -399,22 +511,39 @@ def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q,
     # (tile x channel block), the products split by (alpha^2 element, block of output
     # channels) so that U is read once, and output transforms (channel block x tile).
     # stream: U is the flat KCRS weights instead, and each product job transforms the
-    # kernels of its kchunk blocks of output channels into its thread's uwork first.
+    # kernels of its output channels itself: F(2x2) those of its kchunk blocks into its
+    # thread's uwork first; F(4x4) each where it is used (_stream4_products, uwork
+    # holding the gathered weights, V laid out by channel block and group of tiles).
     L = twork.shape[1]
     A2 = (m + 2) * (m + 2)
     Cp, Kp = CB * L, KB * L
     per_img = tiles_h * tiles_w
     PQ = P * Q
     vs, ms = _apart(T * Cp, L), _apart(T * Kp, L)
-    for job in numba.prange(T * CB):
+    inline = stream and m == 4
+    TB = STREAM4_TILES
+    Tv = (T + TB - 1) // TB * TB if inline else T  # tiles with V (inline: whole groups)
+    for job in numba.prange(Tv * CB):
         tt, cb = job // CB, job % CB
-        n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
-        base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-        _input_tile(m, xb, base, Wp, L, BT, V, tt * Cp + cb * L, vs)
+        if inline:  # V: (CB, groups, A2, TB, L)
+            voff, vst = ((cb * (Tv // TB) + tt // TB) * A2 * TB + tt % TB) * L, TB * L
+        else:
+            voff, vst = tt * Cp + cb * L, vs
+        if tt < T:
+            n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
+            base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
+            _input_tile(m, xb, base, Wp, L, BT, V, voff, vst)
+        else:  # a group's missing tiles: zeros (their products are not stored)
+            zero = vsplat(0, V)
+            for a in range(A2):
+                vstore(V, voff + a * vst, zero)
     if upto < 2:
         return
     nkc = (KB + kchunk - 1) // kchunk
-    if stream:
+    if inline:
+        for kb in numba.prange(KB):
+            _stream4_products(U, K, C, kb, uwork[numba.get_thread_id()], V, T, Cp, M, ms, Kp)
+    elif stream:
         ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
         for job in numba.prange(nkc):
             kb0, kb1 = job * kchunk, min(KB, job * kchunk + kchunk)
@@ -460,6 +589,20 @@ def uv_bytes(K, C, m, dtype) -> int:
     return (m + 2) ** 2 * (-(-C // L) * L) * (-(-K // L) * L) * np.dtype(dtype).itemsize
 
 
+def stream_scratch(C, m, dtype) -> int:
+    """Elements per Numba thread of the stream schedule's kernels (see :func:`_split`).
+
+    F(2x2): the transformed kernels of ``SPLIT_KCHUNK`` blocks of output
+    channels; F(4x4): the gathered weights of one block (``9 L`` per input
+    channel).
+    """
+    L = lanes(dtype)
+    Cp = -(-C // L) * L
+    if m == 2:
+        return 16 * _apart(SPLIT_KCHUNK * Cp * L, L)
+    return 9 * L * (-(-C // _KT_CHANNELS) * _KT_CHANNELS)
+
+
 def transform_weights(w, m):
     """``U = G w G^T`` of ``(K, C, 3, 3)`` weights in this path's layout, zero-padded.
 
@@ -491,7 +634,8 @@ def plan(p, m):
     three parallel loops; the products are split by output channels, so U is
     read once per slice) or ``"stream"`` (split, one slice, and each product
     job transforms its own output channels' kernels: no U is prepared or
-    kept); ``nb`` images are packed at a time.
+    kept; F(2x2), and F(4x4) on at most :data:`STREAM4_MAX_TILES` tiles);
+    ``nb`` images are packed at a time.
 
     The path takes ``groups == 1`` calls with output rows of at most
     :data:`MAX_Q` whose packed input and blocked output for one image fit
@@ -499,13 +643,15 @@ def plan(p, m):
     slice of at most :data:`SPLIT_SLICE_BYTES` and U is at least
     :data:`SPLIT_MIN_U_RATIO` times that slice (deep layers on small maps:
     streaming U once per item would dominate), or when U is over
-    :data:`MAX_U_BYTES`; otherwise it fuses.  A split F(2x2) call whose tiles
-    all fit one slice streams (:data:`STREAM_KERNELS`): its kernel transform
-    (additions only, see :data:`F2_SCALE`) then costs about a quarter of its
-    products, less than reading a kept U that outweighs the tiles (and less
-    than the exact weight check of the weight cache, which reads the weights
-    and their snapshot besides: on ResNet-50's 512-channel layer, 35.6 MB a
-    call, more than the last-level cache).
+    :data:`MAX_U_BYTES`; otherwise it fuses.  A split call whose tiles all
+    fit one slice streams (:data:`STREAM_KERNELS`; F(4x4) only on at most
+    :data:`STREAM4_MAX_TILES` tiles, as its transform is redone for every
+    group of 4 tiles): its kernel transform (additions and doublings, see
+    :data:`F2_SCALE`, :data:`F4_SCALE`) then costs less than reading a kept
+    U that outweighs the tiles (and less than the exact weight check of the
+    weight cache, which reads the weights and their snapshot besides: on
+    ResNet-50's 512-channel layer, 35.6 MB a call for F(2x2), more than the
+    last-level cache).
 
     F(4x4) with at most ``winograd_few.MAX_CG`` input channels goes to the
     tile-row path instead, whose few-channel schedule does not pad the
@@ -529,7 +675,8 @@ def plan(p, m):
     calls_tiles = p.N * tiles_h * tiles_w
     if (calls_tiles <= slice_tiles and u_bytes >= SPLIT_MIN_U_RATIO * calls_tiles * per_tile) \
             or u_bytes > MAX_U_BYTES:
-        if STREAM_KERNELS and m == 2 and calls_tiles <= slice_tiles and nb == p.N:
+        if STREAM_KERNELS and calls_tiles <= slice_tiles and nb == p.N \
+                and (m == 2 or calls_tiles <= STREAM4_MAX_TILES):
             return "stream", int(calls_tiles), nb
         return "split", int(min(slice_tiles, total)), nb
     T = max(MIN_ITEM_TILES, ITEM_BYTES // per_tile)
@@ -561,8 +708,11 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None, fresh_u=False):
     L = lanes(p.dtype)
     dt = p.dtype
     AT, Gm, BT = transform_matrices(m)
+    stream = mode == "stream"
     if m == 2:  # U holds G' w G'^T (F2_SCALE)
         AT = AT * np.array(F2_SCALE)
+    elif stream:  # the products use G' w G'^T (F4_SCALE)
+        AT = AT * np.array(F4_SCALE)
     AT, BT = AT.astype(dt), BT.astype(dt)
     KB = -(-p.K // L)
     bias_p = padded_bias(bias, 1, p.K, KB * L, dt)
@@ -572,15 +722,20 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None, fresh_u=False):
     pr = tiles_w * m + 2 - p.W - pl
     CB = -(-p.C // L)
     A2 = (m + 2) ** 2
-    stream = mode == "stream"
     Uf = np.ascontiguousarray(U, dtype=dt).reshape(-1)
     wlwork = _kt_scratch(dt)
-    uwork = _scratch.per_thread("winograd_vec.Ut", dt, A2 * _apart(SPLIT_KCHUNK * CB * L * L, L)) \
-        if stream else wlwork
+    if stream:
+        uwork = _scratch.per_thread("winograd_vec.Ut", dt, stream_scratch(p.C, m, dt))
+    else:
+        uwork = wlwork
     twork = _scratch.per_thread("winograd_vec.T", dt, L)[:, :L]
     if mode == "fused":
         vwork = _scratch.per_thread("winograd_vec.V", dt, A2 * _apart(T_item * CB * L, L))
         mwork = _scratch.per_thread("winograd_vec.M", dt, A2 * _apart(T_item * KB * L, L))
+    elif stream and m == 4:  # V by channel block and group of tiles (_split)
+        vbuf = _scratch.buffer("winograd_vec.V", dt,
+                               A2 * CB * -(-T_item // STREAM4_TILES) * STREAM4_TILES * L)
+        mbuf = _scratch.buffer("winograd_vec.M", dt, A2 * _apart(T_item * KB * L, L))
     else:
         vbuf = _scratch.buffer("winograd_vec.V", dt, A2 * _apart(T_item * CB * L, L))
         mbuf = _scratch.buffer("winograd_vec.M", dt, A2 * _apart(T_item * KB * L, L))
@@ -605,7 +760,7 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None, fresh_u=False):
                 T = min(T_item, total - s0)
                 calls.append((_split, (m, xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB,
                                       p.K, p.P, p.Q, tiles_h, tiles_w,
-                                      vbuf[:A2 * _apart(T * CB * L, L)],
+                                      vbuf if stream else vbuf[:A2 * _apart(T * CB * L, L)],
                                       mbuf[:A2 * _apart(T * KB * L, L)], twork, SPLIT_KCHUNK, p.C, Gm,
                                       uwork, wlwork, stream, fresh_u)))
         t1 = t2 = t3 = clock()
