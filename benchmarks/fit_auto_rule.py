@@ -7,6 +7,10 @@ the hit rates in its docstring were measured::
         --json benchmarks/results/auto_rule_data.json
     python benchmarks/fit_auto_rule.py --from-json benchmarks/results/auto_rule_data.json
 
+``--only SET`` measures one named set, ``--layers NAME,...`` a few shapes from
+any set (stored as the set ``changed``: after a change to a kernel or the
+rule, the shapes whose choice moved).
+
 The first command times every algorithm (interleaved rounds, medians; see
 :mod:`fastconv.bench.runner`) and stores the medians; the second re-scores the
 current ``auto_rule`` on stored data, so candidate rules can be compared
@@ -195,6 +199,57 @@ HELDOUT8_SHAPES = [
     Layer("c4_k192_h34_3x3", 1, 4, 34, 34, 192, 3, 3, padding=1),
 ]
 
+#: Deep layers on small maps, measured after F(4x4) got its stream schedule (kernels
+#: transformed inside the products; 2026-11-26, night): the data that fitted the stream
+#: terms of clause 2b's cost model (fastconv.cpu.STREAM4_GROUP_COST, STREAM4_FIXED_COST).
+SMALL_SHAPES = [
+    Layer("c128_k128_h7_3x3", 1, 128, 7, 7, 128, 3, 3, padding=1),
+    Layer("n2_c128_k128_h4_3x3", 2, 128, 4, 4, 128, 3, 3, padding=1),
+    Layer("n4_c128_k128_h3_3x3", 4, 128, 3, 3, 128, 3, 3, padding=1),
+    Layer("c256_k256_h5_3x3", 1, 256, 5, 5, 256, 3, 3, padding=1),
+    Layer("n2_c256_k256_h4_3x3", 2, 256, 4, 4, 256, 3, 3, padding=1),
+    Layer("c256_k256_h8_3x3", 1, 256, 8, 8, 256, 3, 3, padding=1),
+    Layer("n2_c256_k256_h3_3x3", 2, 256, 3, 3, 256, 3, 3, padding=1),
+    Layer("c512_k512_h6_3x3", 1, 512, 6, 6, 512, 3, 3, padding=1),
+    Layer("n2_c512_k512_h5_3x3", 2, 512, 5, 5, 512, 3, 3, padding=1),
+    Layer("n2_c512_k512_h8_3x3", 2, 512, 8, 8, 512, 3, 3, padding=1),
+    Layer("n4_c512_k512_h3_3x3", 4, 512, 3, 3, 512, 3, 3, padding=1),
+    Layer("c512_k512_h3_3x3", 1, 512, 3, 3, 512, 3, 3, padding=1),
+    Layer("c1024_k1024_h7_3x3", 1, 1024, 7, 7, 1024, 3, 3, padding=1),
+    Layer("n2_c1024_k1024_h4_3x3", 2, 1024, 4, 4, 1024, 3, 3, padding=1),
+    Layer("c384_k192_h7_3x3", 1, 384, 7, 7, 192, 3, 3, padding=1),
+    Layer("c192_k384_h6_3x3", 1, 192, 6, 6, 384, 3, 3, padding=1),
+]
+
+#: A ninth held-out set, defined with that cost model and measured once, blind.
+HELDOUT9_SHAPES = [
+    Layer("n3_c256_k256_h5_3x3", 3, 256, 5, 5, 256, 3, 3, padding=1),
+    Layer("c448_k448_h7_3x3", 1, 448, 7, 7, 448, 3, 3, padding=1),
+    Layer("n2_c384_k384_h6_3x3", 2, 384, 6, 6, 384, 3, 3, padding=1),
+    Layer("c640_k640_h4_3x3", 1, 640, 4, 4, 640, 3, 3, padding=1),
+    Layer("n2_c768_k768_h3_3x3", 2, 768, 3, 3, 768, 3, 3, padding=1),
+    Layer("c320_k640_h7_3x3", 1, 320, 7, 7, 640, 3, 3, padding=1),
+    Layer("c160_k160_h8_3x3", 1, 160, 8, 8, 160, 3, 3, padding=1),
+    Layer("n4_c192_k192_h4_3x3", 4, 192, 4, 4, 192, 3, 3, padding=1),
+    Layer("c896_k896_h6_3x3", 1, 896, 6, 6, 896, 3, 3, padding=1),
+    Layer("n2_c128_k256_h7_3x3", 2, 128, 7, 7, 256, 3, 3, padding=1),
+]
+
+#: A tenth held-out set, defined after the F(4x4) stream arm of clause 2b was fitted on
+#: ``small`` and ``heldout9`` (which is training data from then on), measured once, blind.
+HELDOUT10_SHAPES = [
+    Layer("n3_c128_k128_h4_3x3", 3, 128, 4, 4, 128, 3, 3, padding=1),
+    Layer("c224_k224_h5_3x3", 1, 224, 5, 5, 224, 3, 3, padding=1),
+    Layer("n2_c160_k320_h6_3x3", 2, 160, 6, 6, 320, 3, 3, padding=1),
+    Layer("c1024_k512_h7_3x3", 1, 1024, 7, 7, 512, 3, 3, padding=1),
+    Layer("n4_c256_k256_h4_3x3", 4, 256, 4, 4, 256, 3, 3, padding=1),
+    Layer("c512_k512_h5_3x3", 1, 512, 5, 5, 512, 3, 3, padding=1),
+    Layer("n2_c192_k192_h3_3x3", 2, 192, 3, 3, 192, 3, 3, padding=1),
+    Layer("c128_k256_h8_3x3", 1, 128, 8, 8, 256, 3, 3, padding=1),
+    Layer("n2_c640_k640_h7_3x3", 2, 640, 7, 7, 640, 3, 3, padding=1),
+    Layer("c96_k96_h7_3x3", 1, 96, 7, 7, 96, 3, 3, padding=1),
+]
+
 NEAR = 1.05
 
 
@@ -204,7 +259,8 @@ def sets() -> dict:
             "heldout2": HELDOUT2_SHAPES, "heldout3": HELDOUT3_SHAPES,
             "heldout4": HELDOUT4_SHAPES, "heldout5": HELDOUT5_SHAPES, "few": FEW_SHAPES,
             "heldout6": HELDOUT6_SHAPES, "heldout7": HELDOUT7_SHAPES,
-            "heldout8": HELDOUT8_SHAPES}
+            "heldout8": HELDOUT8_SHAPES, "small": SMALL_SHAPES, "heldout9": HELDOUT9_SHAPES,
+            "heldout10": HELDOUT10_SHAPES}
 
 
 def measure(layers, repeat, min_round_s=0.0, cpu_time=False, progress=True) -> list:
@@ -275,6 +331,9 @@ def main(argv=None) -> int:
                          "stall from another process spoils one sample, not a whole round)")
     ap.add_argument("--only", choices=tuple(sets()), default=None,
                     help="measure one set (default: the suite and the other shapes)")
+    ap.add_argument("--layers", default=None,
+                    help="measure these shapes (comma-separated names from any set) as the set "
+                         "'changed', e.g. the shapes whose auto choice a rule change moved")
     ap.add_argument("--stat", choices=("mins", "medians"), default="mins",
                     help="score on the fastest round (default: robust to load from other "
                          "processes, which only ever adds time) or on the median")
@@ -295,8 +354,17 @@ def main(argv=None) -> int:
             data = json.load(f)
     else:
         data = {}
+        if args.layers:
+            wanted = args.layers.split(",")
+            every = {layer.name: layer for layers in sets().values() for layer in layers}
+            unknown = [name for name in wanted if name not in every]
+            if unknown:
+                ap.error(f"unknown shape names: {', '.join(unknown)}")
+            data["changed"] = measure([every[name] for name in wanted], args.repeat,
+                                      args.min_round_s, args.cpu_time)
         for key, layers in sets().items():
-            if args.only == key or (args.only is None and key in ("suite", "other")):
+            if args.only == key or (args.only is None and not args.layers
+                                    and key in ("suite", "other")):
                 data[key] = measure(layers, args.repeat, args.min_round_s, args.cpu_time)
         from fastconv.bench.machine import machine_info
         data["machine"] = machine_info()["fastconv"]
@@ -306,7 +374,7 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(data, f, indent=1, default=str)
-    for key in sets():
+    for key in (*sets(), "changed"):
         if key in data:
             score(data[key], f"{key} ({len(data[key])} shapes, {args.stat})", args.stat)
     return 0

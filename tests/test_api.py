@@ -157,13 +157,17 @@ def test_auto_never_raises_and_winograd_alias():
 
 
 @pytest.mark.parametrize("x_shape, C, expected", [
-    ((1, 512, 7, 7), 512, "winograd_f2x2_3x3"),   # one 7x7 image: few tiles, F(2x2)
-    ((2, 256, 7, 7), 256, "winograd_f4x4_3x3"),   # two images: the tiles outweigh U
-    ((1, 384, 6, 6), 384, "winograd_f2x2_3x3"),
+    ((1, 512, 7, 7), 512, "winograd_f4x4_3x3"),   # one 7x7 image: F(4x4) streams its kernels
+    ((2, 256, 7, 7), 256, "winograd_f4x4_3x3"),   # two images (8 tiles): still streams
+    ((4, 256, 7, 7), 256, "winograd_f4x4_3x3"),   # 16 tiles: reads U, and the tiles outweigh it
+    ((1, 384, 6, 6), 384, "winograd_f4x4_3x3"),
     ((1, 256, 14, 14), 256, "winograd_f4x4_3x3"),
     ((1, 64, 56, 56), 64, "winograd_f4x4_3x3"),
-    ((1, 512, 4, 4), 512, "winograd_f2x2_3x3"),     # under 6x6, but 256 channels or more
-    ((1, 128, 4, 4), 128, "direct"),                # under 6x6
+    ((1, 512, 4, 4), 512, "winograd_f2x2_3x3"),     # one 4x4 tile: F(2x2)'s 4 tiles cost less
+    ((1, 1024, 3, 3), 1024, "winograd_f2x2_3x3"),   # under 6x6, but 256 channels or more
+    ((1, 128, 4, 4), 128, "direct"),                # under 6x6, one tile
+    ((4, 128, 3, 3), 128, "winograd_f4x4_3x3"),     # ... but four: the stream arm
+    ((2, 128, 5, 5), 128, "direct"),                # 8 tiles on 5x5 maps: mostly padding
     ((1, 512, 2, 2), 512, "direct"),                # under 3x3
     ((1, 96, 11, 11), 96, "direct"),                # few channels on a small map
     ((1, 64, 28, 28), 64, "direct"),                # stride 2 below
@@ -174,6 +178,19 @@ def test_auto_rule_3x3_clauses(x_shape, C, expected):
     stride = 2 if expected == "direct" and x_shape[2] == 28 else 1
     p = normalize(x_shape, (C, C, 3, 3), None, np.float32, padding=1, stride=stride)
     assert auto_rule(p) == expected
+
+
+@pytest.mark.parametrize("x_shape, C, expected", [
+    ((1, 16, 8, 8), 16, "winograd_f4x4_3x3"),      # 8x8 and more: F(4x4)
+    ((1, 512, 7, 7), 512, "winograd_f4x4_3x3"),    # F(4x4) streams its kernels
+    ((1, 16, 7, 7), 16, "winograd_f2x2_3x3"),      # no stream schedule: the cost model's F(2x2)
+    ((1, 512, 3, 3), 512, "winograd_f2x2_3x3"),    # one 4x4 tile
+])
+def test_winograd_alias_tile_size(x_shape, C, expected):
+    """algorithm="winograd": F(4x4) from 8x8 outputs, below that the small-map cost model."""
+    from fastconv.cpu import winograd_rule
+    p = normalize(x_shape, (C, C, 3, 3), None, np.float32, padding=1)
+    assert winograd_rule(p) == expected
 
 
 @pytest.mark.parametrize("x_shape, K, expected", [

@@ -27,11 +27,17 @@ output map's shorter side), in this order:
       ``Cg >= 256`` (3x3 to 5x5 maps over 512 to 1024 channels: F(2x2)
       1.03x-1.53x faster than ``direct``), on the channel-vectorised
       path (maps up to 60 outputs wide, :mod:`fastconv.cpu.winograd_vec`):
-      F(4x4) or F(2x2) by a two-term cost model
-      (:func:`small_map_winograd`: products per tile against reading the
-      transformed weights once).  ResNet-50's 14x14 layer: F(4x4), 1.7x
-      faster than ``direct``; its 7x7 layer over 512 channels: F(2x2), 1.3x;
-      two 7x7 maps over 256 channels: F(4x4);
+      F(4x4) or F(2x2) by a cost model (:func:`small_map_winograd`:
+      products per tile against reading the transformed weights once, or,
+      where F(4x4) transforms its kernels inside the products -- the stream
+      schedule, up to 8 tiles -- its cost per group of 4 tiles).  ResNet-50's
+      14x14 layer: F(4x4), 1.7x faster than ``direct``; its 7x7 layer over
+      512 channels: F(4x4) streaming, 2.3x (F(2x2) 1.5x); one 4x4 map over
+      512 channels: F(2x2).  Last arm (:data:`STREAM4_OVER_DIRECT`): from
+      128 channels on maps of 3x3 and more, F(4x4) where it streams and
+      ``direct``'s ``9 N P Q`` products per pair of channels are at least
+      1.3x its modelled cost (four 3x3 maps over 128 channels: 1.2x faster
+      than ``direct``);
    c. ``Cg`` = 2 to 4: Winograd F(4x4) on its few-channel schedule
       (:mod:`fastconv.cpu.winograd_few`) where :func:`few_channel_winograd`
       holds -- maps at least 33 wide and ``Kg >= 40``, or ``Kg >= 20`` from
@@ -90,10 +96,25 @@ blocked 1x1 path for two threads, the 19 other shapes were measured again
 map, F(2x2) now 1.53x faster than ``direct``); with ``heldout``'s 1024
 channels on 3x3 and ``heldout5``'s 768 on 5x5 (so ``heldout5`` is training
 data from here on) that gave the ``small >= 3`` arm of clause 2b: 19/19
-there, 9/10 on ``heldout5`` (the 11x11 miss stands).
+there, 9/10 on ``heldout5`` (the 11x11 miss stands).  F(4x4)'s stream
+schedule (2026-11-26, night) moved the F(2x2)/F(4x4) line: its cost terms
+(:data:`STREAM4_GROUP_COST`, :data:`STREAM4_FIXED_COST`) and the stream arm
+of clause 2b were fitted on 16 deep small-map shapes (``small``: 12/16
+fastest, 14/16 within 5% before the stream arm, 14/16 and 16/16 after) and
+on ``heldout9``, measured blind with the cost terms alone (8/10 fastest,
+9/10 within 5%; its one loss, 1.83x, four 4x4 maps over 192 channels,
+led to the stream arm: 9/10 and 10/10 after); the eight stored shapes
+whose choice the change moved were measured again
+(``auto_rule_stream4_changed.json``: 8/8 fastest, among them
+``resnet50_3x3_512``, now F(4x4), and the 6x6 to 8x8 maps over 320-768
+channels).  ``heldout10``, defined after that and measured once, blind:
+8/10 fastest and within 5%, worst 1.22x (one 7x7 map over 96 channels,
+where F(4x4) streaming beats ``direct``: below 128 channels the stream arm
+does not reach), and 1.07x (a 5x5 map over 224 channels).
 Data: ``benchmarks/results/auto_rule_fit.json``, ``auto_rule_heldout.json``,
-``auto_rule_heldout2.json`` to ``auto_rule_heldout8.json``, ``auto_rule_few.json``,
-``auto_rule_other_stream.json``.  Like
+``auto_rule_heldout2.json`` to ``auto_rule_heldout10.json``, ``auto_rule_few.json``,
+``auto_rule_other_stream.json``, ``auto_rule_small.json``,
+``auto_rule_stream4_changed.json``.  Like
 :func:`scipy.signal.choose_conv_method` this is a cost model for one machine:
 on another one, with other thread counts, or to settle a close call, measure
 with ``fastconv.tuning.choose(..., measure=True)`` (``algorithm="tuned"``).
@@ -106,19 +127,48 @@ from . import direct, im2col, winograd, winograd_few, winograd_vec
 
 
 def winograd_rule(p) -> str:
-    """F(4x4, 3x3), or F(2x2, 3x3) on outputs smaller than 8x8.
+    """F(4x4, 3x3) on outputs at least 8x8; below, the tile size :func:`small_map_winograd` picks.
 
-    On small maps with many channels (7x7 and 4x4 outputs, 256-512 channels)
-    F(2x2) measured up to 2x faster: 4x4 tiles leave a 7-wide map one
-    partial tile per row and the 6x6 transforms cost more per output.
+    On small maps with many channels F(2x2) measured up to 2x faster when
+    F(4x4) had to read its transformed weights (4x4 tiles leave a 7-wide map
+    one partial tile per row and the 6x6 transforms cost more per output);
+    where F(4x4) transforms its kernels inside the products (the stream
+    schedule, :mod:`fastconv.cpu.winograd_vec`) it wins from about 4 tiles
+    (ResNet-50's 7x7 layer over 512 channels: 0.70 ms, F(2x2) 1.1 ms).
     """
-    return "winograd_f4x4_3x3" if min(p.P, p.Q) >= 8 else "winograd_f2x2_3x3"
+    if min(p.P, p.Q) >= 8:
+        return "winograd_f4x4_3x3"
+    return small_map_winograd(p)
 
 
 #: Clause 2b's cost model: reading the transformed weights once costs as much as the
 #: products of this many tiles (fitted: between 5.6 and 7.6 separates every measured
 #: F(2x2) / F(4x4) winner on maps under 16x16).
 U_READ_TILES = 6.7
+#: ... and F(4x4) in the stream schedule (kernels transformed inside the products, in
+#: groups of 4 tiles): the cost of one group and the fixed cost (gathering the weights),
+#: in the same unit, the products of one tile for one of the alpha^2 elements (fitted on
+#: ``auto_rule_small.json``; a group's 144 products cost about 1.1x as much as in the
+#: split schedule).
+STREAM4_GROUP_COST = 160
+STREAM4_FIXED_COST = 48
+
+
+#: Clause 2b's stream arm: from 128 channels, F(4x4)'s stream schedule beats ``direct``
+#: when ``direct``'s 9 N P Q products per pair of channels are at least this many times
+#: its modelled cost (fitted on ``auto_rule_small.json`` and ``auto_rule_heldout9.json``:
+#: 1.38x and more won by 1.1x-2.1x, 1.22x and less lost by 6-15%).
+STREAM4_OVER_DIRECT = 1.3
+
+
+def stream4_cost(p):
+    """F(4x4)'s modelled cost on ``p`` in its stream schedule (see :func:`small_map_winograd`),
+    or None where it would not stream."""
+    vec = winograd_vec.plan(p, 4)
+    if vec is None or vec[0] != "stream":
+        return None
+    tiles4 = p.N * -(-p.P // 4) * -(-p.Q // 4)
+    return STREAM4_GROUP_COST * -(-tiles4 // winograd_vec.STREAM4_TILES) + STREAM4_FIXED_COST
 
 
 def small_map_winograd(p) -> str:
@@ -126,14 +176,22 @@ def small_map_winograd(p) -> str:
 
     Per pair of channels, F(m x m) costs ``alpha^2 * (tiles + U_READ_TILES)``:
     ``alpha^2`` products per tile, plus streaming its ``alpha^2`` transformed
-    weights once per call (the split schedule).  F(4x4) has 2.25x fewer
-    products per output but 2.25x more weights and more partial tiles, so
-    F(2x2) wins on few tiles (7x7 maps of one image, 6x6, 8-10 wide maps)
-    and F(4x4) once the batch or the map adds tiles.
+    weights once per call (the split schedule; F(2x2)'s stream schedule
+    transforms them for about as much).  F(4x4) has 2.25x fewer products per
+    output but 2.25x more weights and more partial tiles, so F(2x2) wins on
+    few tiles (7x7 maps of one image, 6x6, 8-10 wide maps) and F(4x4) once
+    the batch or the map adds tiles -- unless F(4x4) takes the stream
+    schedule (at most ``winograd_vec.STREAM4_MAX_TILES`` tiles), where it
+    reads no transformed weights and costs ``STREAM4_GROUP_COST`` per group
+    of 4 tiles plus ``STREAM4_FIXED_COST``: then it wins from 2 tiles up
+    (two 3x3 or 4x4 maps, one 5x5 to 8x8), F(2x2) on one tile.
     """
     tiles4 = p.N * -(-p.P // 4) * -(-p.Q // 4)
     tiles2 = p.N * -(-p.P // 2) * -(-p.Q // 2)
-    if 36 * (tiles4 + U_READ_TILES) < 16 * (tiles2 + U_READ_TILES):
+    cost4 = stream4_cost(p)
+    if cost4 is None:
+        cost4 = 36 * (tiles4 + U_READ_TILES)
+    if cost4 < 16 * (tiles2 + U_READ_TILES):
         return "winograd_f4x4_3x3"
     return "winograd_f2x2_3x3"
 
@@ -169,6 +227,10 @@ def auto_rule(p) -> str:
                             or (small >= 3 and p.Cg >= 256))
                 and winograd_vec.plan(p, 4) is not None):
             return small_map_winograd(p)
+        if p.Cg >= 128 and small >= 3:
+            cost4 = stream4_cost(p)
+            if cost4 is not None and 9 * p.N * p.P * p.Q >= STREAM4_OVER_DIRECT * cost4:
+                return "winograd_f4x4_3x3"
     return "direct"
 
 
