@@ -412,21 +412,28 @@ def test_prepare_run_prepared_snapshot(rng):
     assert np.isnan(y[0, :3, 0, 0]).all() and np.isfinite(y[0, 3:]).all()
 
 
-def test_thread_independent_and_concurrent(rng):
+@pytest.mark.parametrize("m,x_shape,mode", [(4, (2, 8, 33, 30), "fused"),
+                                             (4, (1, 128, 7, 7), "stream"),
+                                             (2, (1, 128, 7, 7), "stream")])
+def test_thread_independent_and_concurrent(rng, m, x_shape, mode):
     import numba
-    x, w, b = random_problem(rng, (2, 8, 33, 30), (8, 8, 3, 3), np.float32)  # fused path
-    ref = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f4x4_3x3")
+    C = x_shape[1]
+    x, w, b = random_problem(rng, x_shape, (C, C, 3, 3), np.float32)
+    assert winograd_vec.plan(normalize(x.shape, w.shape, b.shape, np.float32, padding=1), m)[0] \
+        == mode
+    alg = f"winograd_f{m}x{m}_3x3"
+    ref = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
     old = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f4x4_3x3")
+        one = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
     finally:
         numba.set_num_threads(old)
     np.testing.assert_array_equal(one, ref)
     results = [None] * 4
 
     def work(i):
-        results[i] = fastconv.conv2d(x, w, b, padding=1, algorithm="winograd_f4x4_3x3")
+        results[i] = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
