@@ -6,11 +6,12 @@ measure the cold compile, and a second time for the warm-cache cost::
     PYTHONPATH=src python benchmarks/cold_compile.py   # cold: compiles everything
     PYTHONPATH=src python benchmarks/cold_compile.py   # warm: loads from the cache
 
-Every CPU algorithm runs on six layer kinds (3x3 on a wide and on a small
-map, 3x3 over 256 channels on a 7x7 map, 1x1, 5x5 over 3 channels,
-depthwise 3x3) in float32 and float64, which reaches every path: blocked,
-pointwise and width direct kernels, im2col, and both Winograd paths (the
-channel-vectorised one in its fused and split schedules).
+Every CPU algorithm runs on seven layer kinds (3x3 on a wide and on a small
+map, 3x3 over 256 channels on one and on four 7x7 maps, 1x1, 5x5 over 3
+channels, depthwise 3x3) in float32 and float64, which reaches every path:
+blocked, pointwise and width direct kernels, im2col, and both Winograd
+paths (the channel-vectorised one in its fused, split and stream
+schedules).
 """
 
 import time
@@ -23,7 +24,7 @@ import fastconv  # noqa: E402
 t1 = time.perf_counter()
 rng = np.random.default_rng(0)
 CASES = [((1, 64, 56, 56), (64, 64, 3, 3), 1), ((1, 64, 14, 14), (64, 64, 3, 3), 1),
-         ((1, 256, 7, 7), (256, 256, 3, 3), 1),
+         ((1, 256, 7, 7), (256, 256, 3, 3), 1), ((4, 256, 7, 7), (256, 256, 3, 3), 1),
          ((1, 64, 28, 28), (128, 64, 1, 1), 0), ((1, 3, 32, 32), (8, 3, 5, 5), 0),
          ((1, 32, 20, 20), (32, 1, 3, 3), 1)]
 for dt in (np.float32, np.float64):
