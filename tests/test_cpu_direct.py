@@ -281,6 +281,23 @@ def test_input_blocked_layout(rng, dtype, contiguous):
     np.testing.assert_array_equal(xb.reshape(expect.shape), expect)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("Vc", [2, 3, 4, 5])
+@pytest.mark.parametrize("W", [7, 16, 17, 40])
+def test_input_blocked_few_channels(rng, dtype, Vc, W):
+    """2-4 channels per block go through register interleaves (rows of whole vectors, the
+    last one overlapping), other counts and rows shorter than a vector element by element:
+    the same layout either way."""
+    N, H, G = 2, 3, 2
+    x = rng.standard_normal((N, G * Vc, H, W)).astype(dtype)
+    pt, pb, pl, pr = 1, 0, 2, 1
+    xb, CB, Hp, Wp = pack_input_blocked(x, G, Vc, (pt, pb, pl, pr))
+    assert (CB, Hp, Wp) == (1, H + pt + pb, W + pl + pr)
+    xp = np.zeros((N, G, Vc, Hp, Wp), dtype)
+    xp[:, :, :, pt:pt + H, pl:pl + W] = x.reshape(N, G, Vc, H, W)
+    np.testing.assert_array_equal(xb.reshape(N, G, Hp, Wp, Vc), xp.transpose(0, 1, 3, 4, 2))
+
+
 @pytest.mark.parametrize("N,C,K,H,kw", [(1, 3, 64, 30, dict(stride=2, padding=3)),
                                          (1, 32, 64, 24, dict(padding=1)),
                                          (2, 16, 48, 20, dict(padding=(0, 1))),

@@ -214,6 +214,57 @@ def vtranspose(typingctx, src, si, ss, dst, di, ds):
     return types.void(src, si, ss, dst, di, ds), codegen
 
 
+@intrinsic
+def vinterleave(typingctx, src, si, ss, n, dst, di):
+    """Interleave ``n`` rows of ``L`` elements: ``dst[di + e*n + j] = src[si + j*ss + e]``.
+
+    ``n`` (a compile-time constant, 2 to ``L``) rows ``src[si + j*ss :][:L]``
+    are loaded as vectors, concatenated and permuted in registers, and stored
+    as ``n`` contiguous vectors: the channel-blocked layout of ``n`` channels
+    (a 3-channel input's rows: ``Vc = 3``) without strided scalar stores.
+    """
+    if not (_is_float_array(src) and _is_float_array(dst) and src.dtype == dst.dtype
+            and all(isinstance(a, types.Integer) for a in (si, ss, di))
+            and isinstance(n, types.IntegerLiteral)):
+        return None
+    L = VECTOR_BYTES * 8 // src.dtype.bitwidth
+    count = n.literal_value
+    if not 2 <= count <= L:
+        return None
+    align = src.dtype.bitwidth // 8
+
+    def codegen(context, builder, sig, args):
+        s, d = args[0], args[4]
+        si_, ss_, di_ = (context.cast(builder, args[k], sig.args[k], types.int64)
+                         for k in (1, 2, 5))
+        vt = ir.VectorType(context.get_value_type(sig.args[0].dtype), L)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+
+        def ptr(arrty, arr, idx):
+            return builder.bitcast(_element_ptr(context, builder, arrty, arr, idx), vt.as_pointer())
+
+        parts = [builder.load(ptr(sig.args[0], s, builder.add(si_, builder.mul(
+            ss_, ir.Constant(i64, j)))), align=align) for j in range(count)]
+        # concatenate pairwise (rows stay in order; an odd one out is padded with undef)
+        while len(parts) > 1:
+            width = parts[0].type.count
+            if len(parts) % 2:
+                parts.append(ir.Constant(parts[0].type, ir.Undefined))
+            mask = ir.Constant(ir.VectorType(i32, 2 * width), list(range(2 * width)))
+            parts = [builder.shuffle_vector(parts[k], parts[k + 1], mask)
+                     for k in range(0, len(parts), 2)]
+        whole = parts[0]
+        undef = ir.Constant(whole.type, ir.Undefined)
+        for q in range(count):  # output vector q: elements k = q*L .. q*L + L - 1
+            idx = [(k % count) * L + k // count for k in range(q * L, q * L + L)]
+            v = builder.shuffle_vector(whole, undef, ir.Constant(ir.VectorType(i32, L), idx))
+            builder.store(v, ptr(sig.args[4], d, builder.add(di_, ir.Constant(i64, q * L))),
+                          align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, si, ss, n, dst, di), codegen
+
+
 @numba.njit(**JIT)
 def all_finite(v, tmp):
     """True if every lane of the vector ``v`` is finite (``tmp``: scratch for one vector).
@@ -458,7 +509,8 @@ def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
         c0 = g * Cg + cb * Vc
         o = base + pl * Vc
         w0 = 0
-        if vmax == Vc == VECTOR_BYTES // x.itemsize and xf.size:
+        L = VECTOR_BYTES // x.itemsize
+        if vmax == Vc == L and xf.size:
             # Vc whole channels of one vector: Vc x Vc blocks (channels x pixels) transposed
             # in registers (3x3 stride-2 ResNet-50 layer: 0.114 -> 0.067 ms).
             src = ((n * C + c0) * H + hi) * W
@@ -469,6 +521,18 @@ def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
                 # (56-wide rows of the strided 3x3 ResNet-50 layer: 0.103 -> 0.073 ms)
                 vtranspose(xf, src + W - Vc, H * W, xb, o + (W - Vc) * Vc, Vc)
                 w0 = W
+        elif vmax == Vc and 2 <= Vc <= 4 and W >= L and xf.size:
+            # a few channels (an RGB input, Vc = 3): rows of L pixels interleaved in registers
+            src = ((n * C + c0) * H + hi) * W
+            while w0 < W:
+                w0 = min(w0, W - L)  # the last L pixels overlap the previous ones
+                if Vc == 3:
+                    vinterleave(xf, src + w0, H * W, 3, xb, o + w0 * Vc)
+                elif Vc == 2:
+                    vinterleave(xf, src + w0, H * W, 2, xb, o + w0 * Vc)
+                else:
+                    vinterleave(xf, src + w0, H * W, 4, xb, o + w0 * Vc)
+                w0 += L
         for v in range(vmax):
             xb[o + w0 * Vc + v:o + v + (W - 1) * Vc + 1:Vc] = x[n, c0 + v, hi, w0:]
         for v in range(vmax, Vc):
