@@ -168,6 +168,9 @@ def test_auto_never_raises_and_winograd_alias():
     ((1, 128, 4, 4), 128, "direct"),                # under 6x6, one tile
     ((4, 128, 3, 3), 128, "winograd_f4x4_3x3"),     # ... but four: the stream arm
     ((2, 128, 5, 5), 128, "direct"),                # 8 tiles on 5x5 maps: mostly padding
+    ((1, 96, 7, 7), 96, "winograd_f4x4_3x3"),       # 64-127 channels: one group of tiles ...
+    ((2, 96, 7, 7), 96, "direct"),                  # ... not two
+    ((1, 64, 7, 7), 64, "direct"),                  # ... and at least 8192 pairs of channels
     ((1, 512, 2, 2), 512, "direct"),                # under 3x3
     ((1, 96, 11, 11), 96, "direct"),                # few channels on a small map
     ((1, 64, 28, 28), 64, "direct"),                # stride 2 below

@@ -37,7 +37,10 @@ output map's shorter side), in this order:
       128 channels on maps of 3x3 and more, F(4x4) where it streams and
       ``direct``'s ``9 N P Q`` products per pair of channels are at least
       1.3x its modelled cost (four 3x3 maps over 128 channels: 1.2x faster
-      than ``direct``);
+      than ``direct``); from 64 channels with at least 8192 pairs of
+      channels, on one group of at most 4 tiles, at least 2x
+      (:data:`STREAM4_OVER_DIRECT_64`: one 7x7 or 8x8 map over 80-112
+      channels, 1.15x-1.33x);
    c. ``Cg`` = 2 to 4: Winograd F(4x4) on its few-channel schedule
       (:mod:`fastconv.cpu.winograd_few`) where :func:`few_channel_winograd`
       holds -- maps at least 33 wide and ``Kg >= 40``, or ``Kg >= 20`` from
@@ -110,10 +113,20 @@ whose choice the change moved were measured again
 channels).  ``heldout10``, defined after that and measured once, blind:
 8/10 fastest and within 5%, worst 1.22x (one 7x7 map over 96 channels,
 where F(4x4) streaming beats ``direct``: below 128 channels the stream arm
-does not reach), and 1.07x (a 5x5 map over 224 channels).
+did not reach), and 1.07x (a 5x5 map over 224 channels).  That led to the
+arm's 64-channel part, fitted on 12 shapes of 64-112 channels (``small64``:
+10/12 -> 12/12) and ``heldout10``; ``heldout11``, blind: 8/10 fastest,
+9/10 within 5%, worst 1.18x (two 7x7 maps over 96 channels, where the
+arm's F(4x4) lost: two groups of tiles redo the kernel transform), so the
+part was limited to one group; ``heldout12``, blind after that: 8/10
+fastest and within 5%, worst 1.25x and 1.20x, both F(4x4) wins the arm
+leaves to ``direct`` (80 channels, 6400 pairs; two 6x6 maps), while its
+four F(4x4) picks there won by 1.2x-1.33x.  Below about 0.15 ms (these
+shapes) the run-to-run spread is 10-20%, the size of most of these
+differences.
 Data: ``benchmarks/results/auto_rule_fit.json``, ``auto_rule_heldout.json``,
-``auto_rule_heldout2.json`` to ``auto_rule_heldout10.json``, ``auto_rule_few.json``,
-``auto_rule_other_stream.json``, ``auto_rule_small.json``,
+``auto_rule_heldout2.json`` to ``auto_rule_heldout12.json``, ``auto_rule_few.json``,
+``auto_rule_other_stream.json``, ``auto_rule_small.json``, ``auto_rule_small64.json``,
 ``auto_rule_stream4_changed.json``.  Like
 :func:`scipy.signal.choose_conv_method` this is a cost model for one machine:
 on another one, with other thread counts, or to settle a close call, measure
@@ -157,8 +170,16 @@ STREAM4_FIXED_COST = 48
 #: Clause 2b's stream arm: from 128 channels, F(4x4)'s stream schedule beats ``direct``
 #: when ``direct``'s 9 N P Q products per pair of channels are at least this many times
 #: its modelled cost (fitted on ``auto_rule_small.json`` and ``auto_rule_heldout9.json``:
-#: 1.38x and more won by 1.1x-2.1x, 1.22x and less lost by 6-15%).
+#: 1.38x and more won by 1.1x-2.1x, 1.22x and less lost by 6-15%) ...
 STREAM4_OVER_DIRECT = 1.3
+#: ... and from 64 channels, where the call's fixed costs weigh more, on one group of tiles
+#: (at most 4), when that ratio is at least ``STREAM4_OVER_DIRECT_64`` and there are at
+#: least ``STREAM4_MIN_PAIRS_64`` pairs of channels (``auto_rule_small64.json``,
+#: ``auto_rule_heldout10.json`` and ``auto_rule_heldout11.json``: one 7x7 or 8x8 map over
+#: 80-112 channels won by 1.15x-1.22x; 64 x 64 channels tied or lost, as did ratios of
+#: 1.56 and less and two images, whose two groups of tiles redo the kernel transform).
+STREAM4_OVER_DIRECT_64 = 2.0
+STREAM4_MIN_PAIRS_64 = 8192
 
 
 def stream4_cost(p):
@@ -227,9 +248,15 @@ def auto_rule(p) -> str:
                             or (small >= 3 and p.Cg >= 256))
                 and winograd_vec.plan(p, 4) is not None):
             return small_map_winograd(p)
-        if p.Cg >= 128 and small >= 3:
+        if p.Cg >= 64 and small >= 3:
             cost4 = stream4_cost(p)
-            if cost4 is not None and 9 * p.N * p.P * p.Q >= STREAM4_OVER_DIRECT * cost4:
+            if p.Cg >= 128:
+                need = STREAM4_OVER_DIRECT
+            elif p.Cg * p.Kg >= STREAM4_MIN_PAIRS_64 and tiles4 <= winograd_vec.STREAM4_TILES:
+                need = STREAM4_OVER_DIRECT_64
+            else:
+                need = None
+            if need is not None and cost4 is not None and 9 * p.N * p.P * p.Q >= need * cost4:
                 return "winograd_f4x4_3x3"
     return "direct"
 
