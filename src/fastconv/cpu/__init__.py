@@ -248,16 +248,16 @@ def auto_rule(p) -> str:
                             or (small >= 3 and p.Cg >= 256))
                 and winograd_vec.plan(p, 4) is not None):
             return small_map_winograd(p)
-        if p.Cg >= 64 and small >= 3:
-            cost4 = stream4_cost(p)
-            if p.Cg >= 128:
-                need = STREAM4_OVER_DIRECT
-            elif p.Cg * p.Kg >= STREAM4_MIN_PAIRS_64 and tiles4 <= winograd_vec.STREAM4_TILES:
-                need = STREAM4_OVER_DIRECT_64
-            else:
-                need = None
-            if need is not None and cost4 is not None and 9 * p.N * p.P * p.Q >= need * cost4:
-                return "winograd_f4x4_3x3"
+        # the stream arm: F(4x4) transforming its kernels inside the products
+        need = None
+        if small >= 3 and p.Cg >= 128:
+            need = STREAM4_OVER_DIRECT
+        elif (small >= 3 and p.Cg >= 64 and p.Cg * p.Kg >= STREAM4_MIN_PAIRS_64
+              and tiles4 <= winograd_vec.STREAM4_TILES):
+            need = STREAM4_OVER_DIRECT_64
+        cost4 = stream4_cost(p) if need is not None else None
+        if cost4 is not None and 9 * p.N * p.P * p.Q >= need * cost4:
+            return "winograd_f4x4_3x3"
     return "direct"
 
 
