@@ -17,6 +17,7 @@ import pytest
 
 import fastconv
 from fastconv import reference
+from fastconv.accuracy import error_bound
 from fastconv._params import normalize
 from fastconv.cpu import direct
 
@@ -257,6 +258,30 @@ def test_unpack_blocked_output(N, G, Kg, P, Q, dtype, pixel_major, rng):
                                   pixel_major)
     expect = yb.transpose(0, 1, 2, 4, 3).reshape(N, G, KBp * V, P, Q)[:, :, :Kg]
     np.testing.assert_array_equal(y, expect.reshape(N, G * Kg, P, Q))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,K,H,W,G,kw", [
+    (2, 20, 40, 9, 23, 1, dict(padding=1)),            # a partial block of output channels
+    (1, 8, 24, 30, 30, 2, dict(stride=2, padding=2)),  # groups, stride, several pixel tiles
+    (3, 6, 16, 14, 14, 1, {}),                         # LeNet-5 C3-like: NCHW read in place
+])
+def test_blocked_unpack_fused_or_separate(rng, monkeypatch, dtype, N, C, K, H, W, G, kw):
+    """The blocked driver's tasks writing NCHW themselves give the same bits as the separate
+    unpacking pass, and both hold the error bound."""
+    R = 3 if C != 6 else 5
+    x, w, b = random_problem(rng, (N, C, H, W), (K, C // G, R, R), dtype)
+    p = normalize(x.shape, w.shape, b.shape, dtype, groups=G, **kw)
+    out = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(direct, "FUSE_UNPACK", fuse)
+        y = np.full((N, K, p.P, p.Q), np.nan, dtype)
+        direct.run(x, w, b, p, y, path="blocked")
+        out[fuse] = y
+    np.testing.assert_array_equal(out[True], out[False])
+    ref = reference.conv2d(x, w, b, groups=G, **kw)
+    bound = error_bound("direct", x, w, b, groups=G, **kw)
+    assert (np.abs(out[True] - ref) <= bound).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
