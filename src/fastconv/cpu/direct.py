@@ -236,25 +236,33 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
 def _unpack_task(yb, ybase, ykb, yf, ydst, PQ, kb0, NKB, Kg, t_begin, t_end, V):
     # yf[ydst + (kb * V + l) * PQ + t] = yb[ybase + (kb - kb0) * ykb + t * V + l] for the
     # output-channel blocks kb0 .. kb0 + NKB - 1 (real channels only) and the pixels
-    # t_begin .. t_end - 1 of one task: V x V register transposes, the ragged end by one
-    # overlapping the pixels before it (the same values again), else element by element.
+    # t_begin .. t_end - 1 of one task.
     for i in range(NKB):
         nl = min(V, Kg - (kb0 + i) * V)
         if nl <= 0:
             break
-        src = ybase + i * ykb
-        dst = ydst + (kb0 + i) * V * PQ
-        t = t_begin
-        if nl == V:
-            while t + V <= t_end:
-                vtranspose(yb, src + t * V, V, yf, dst + t, PQ)
-                t += V
-            if t < t_end and t_end - t_begin >= V:
-                vtranspose(yb, src + (t_end - V) * V, V, yf, dst + t_end - V, PQ)
-                t = t_end
-        for lane in range(nl):
-            for tt in range(t, t_end):
-                sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
+        _unpack_block(yb, ybase + i * ykb, yf, ydst + (kb0 + i) * V * PQ, PQ, nl,
+                      t_begin, t_end, V)
+
+
+@numba.njit(**JIT)
+def _unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V):
+    # yf[dst + l * PQ + t] = yb[src + t * V + l] for l < nl and t0 <= t < t1: V x V register
+    # transposes when the block has all V lanes, the ragged end by one more overlapping the
+    # pixels before it (the same values again) when there are V of them, else element by
+    # element -- raw loads and stores: Numba's signed indexing would add wraparound checks
+    # that defeat vectorisation.
+    t = t0
+    if nl == V:
+        while t + V <= t1:
+            vtranspose(yb, src + t * V, V, yf, dst + t, PQ)
+            t += V
+        if t < t1 and t1 - t0 >= V:
+            vtranspose(yb, src + (t1 - V) * V, V, yf, dst + t1 - V, PQ)
+            t = t1
+    for lane in range(nl):
+        for tt in range(t, t1):
+            sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
 
 
 def blocked_driver(NKB: int, NPX: int, V: int):
@@ -303,22 +311,8 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
         n, g = ng // G, ng % G
         t0 = tile * UNPACK_TILE
         t1 = min(PQ, t0 + UNPACK_TILE)
-        src = (ng * KBp + kb) * PQ * V
-        dst = (n * K + g * Kg + kb * V) * PQ
-        nlanes = min(V, Kg - kb * V)
-        t = t0
-        if nlanes == V:
-            while t + V <= t1:
-                vtranspose(yb, src + t * V, V, yf, dst + t, PQ)
-                t += V
-            if t < t1 and t1 - t0 >= V:  # the tile's last V pixels, overlapping
-                vtranspose(yb, src + (t1 - V) * V, V, yf, dst + t1 - V, PQ)
-                t = t1
-        # Raw loads and stores: Numba's signed indexing would add wraparound
-        # checks that defeat vectorisation.
-        for lane in range(nlanes):
-            for tt in range(t, t1):
-                sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
+        _unpack_block(yb, (ng * KBp + kb) * PQ * V, yf, (n * K + g * Kg + kb * V) * PQ, PQ,
+                      min(V, Kg - kb * V), t0, t1, V)
 
 
 def blocked_plan(p, N=None):
