@@ -33,6 +33,24 @@ def _cuda():
     return cuda
 
 
+# Every kernel specialisation launched in this module, checked at the end against the list the
+# compile check (python -m fastconv check --cuda-compile) compiles.
+LAUNCHED: set = set()
+
+
+@pytest.fixture(autouse=True)
+def _record_launches(monkeypatch):
+    from fastconv.cuda import _runtime
+
+    inner = _runtime._LAUNCHERS[_runtime._state.get("mode") or "simulator"]
+
+    def recording(spec, *args):
+        LAUNCHED.add(spec)
+        return inner(spec, *args)
+
+    monkeypatch.setitem(_runtime._LAUNCHERS, _runtime._state.get("mode") or "simulator", recording)
+
+
 def dev(a):
     return None if a is None else _cuda().to_device(np.ascontiguousarray(a))
 
@@ -277,3 +295,33 @@ def test_winograd_workspace_chunks(rng, monkeypatch, algorithm, m):
     A2 = (m + 2) ** 2
     monkeypatch.setattr(SETTINGS, "workspace_bytes", 4 * A2 * (3 * 4 + 3 * (3 + 4)))
     check(run(algorithm, x, w, b, padding=1), ref_conv2d(x, w, b, padding=1), algorithm, np.float32)
+
+
+def test_connections_table(rng):
+    """LeNet-5's C3 table on the GPU: unconnected weights read as zero, NaN in them included."""
+    from fastconv import lenet5_c3_table
+
+    table = lenet5_c3_table()
+    x, w, b = random_problem(rng, (2, 6, 9, 9), (16, 6, 3, 3))
+    w0 = w.copy()
+    w[~table] = np.nan  # never read: the table disconnects these pairs
+    yr = ref_conv2d(x, w0 * table[:, :, None, None], b, padding=1)
+    for algorithm in ALGORITHMS:
+        wd = dev(w)
+        y = host(fastconv.cuda.conv2d(dev(x), wd, dev(b), padding=1, algorithm=algorithm,
+                                      connections=table))
+        check(y, yr, algorithm, np.float32)
+        assert np.array_equal(host(wd), w, equal_nan=True)  # the weights are untouched
+    with pytest.raises(ValueError, match="connections must have shape"):
+        fastconv.cuda.conv2d(dev(x), dev(w0), connections=table[:, :5])
+
+
+def test_every_launched_kernel_is_compile_checked():
+    """Runs last: what this module launched is a subset of the compile check's list."""
+    from fastconv.cuda.compile_check import specializations
+
+    assert LAUNCHED, "no kernel launch was recorded"
+    known = {(s.name, tuple(sorted(s.constants.items()))) for s in specializations()}
+    launched = {(s.name, tuple(sorted(s.constants.items()))) for s in LAUNCHED}
+    launched = {k for k in launched if k[0] != "_probe_kernel"}
+    assert launched <= known, sorted(launched - known)

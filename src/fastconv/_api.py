@@ -8,23 +8,7 @@ from . import _config
 from ._aligned import empty_aligned
 from ._dispatch import check_out, resolve
 from ._params import ConvParams, connection_mask, parse_arrays
-
-
-def _is_device_array(a) -> bool:
-    if type(a) is np.ndarray:
-        return False
-    if getattr(a, "__cuda_ndarray__", False):  # numba's CUDA simulator arrays
-        return True
-    if hasattr(a, "__cuda_array_interface__"):
-        return True
-    # torch CUDA tensors and other DLPack producers that say they live on a GPU
-    dev = getattr(a, "__dlpack_device__", None)
-    if dev is not None:
-        try:
-            return int(dev()[0]) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
-        except Exception:
-            return False
-    return False
+from ._placement import is_device_array as _is_device_array
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
@@ -113,11 +97,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     """
     if _is_device_array(x) or _is_device_array(w) or (bias is not None and _is_device_array(bias)):
         from .cuda import conv2d as cuda_conv2d
-        if connections is not None:
-            raise ValueError("connections= is not supported for CUDA arrays yet; mask the weights "
-                             "instead: w * connections-derived mask")
         return cuda_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
-                           groups=groups, layout=layout, algorithm=algorithm, out=out)
+                           groups=groups, layout=layout, algorithm=algorithm, out=out,
+                           connections=connections)
 
     x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, layout=layout)

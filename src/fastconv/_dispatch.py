@@ -103,10 +103,8 @@ def resolve(name, params: ConvParams, device: str = "cpu") -> Algorithm:
                         f"got {name!r}")
     _ensure_loaded(device)
     if name == AUTO:
-        if device != "cpu":  # not memoised: one process may use several GPUs
-            return get(device, auto_choice(params, device))
-        # The CPU rule depends on the shapes only: decided once per ConvParams (see its memo).
-        return params.remembered("auto", lambda: get(device, auto_choice(params, device)))
+        # Both rules depend on the shapes only: decided once per ConvParams (see its memo).
+        return params.remembered(("auto", device), lambda: get(device, auto_choice(params, device)))
     if name == TUNED and device == "cpu":
         from .tuning import tuned_algorithm
         return get(device, tuned_algorithm(params))

@@ -32,41 +32,50 @@ Algorithms (``fastconv.algorithms("cuda")``)
 
 The ``auto`` rule (:func:`auto_rule`)
 -------------------------------------
-1. few multiply-adds per output (``Cg * R * S < 32``: depthwise, 1-3 input
-   channels): ``direct`` (an implicit GEMM would waste most of its 128-row
-   tiles);
-2. 3x3, stride 1, dilation 1 with at least 64 input and 64 output channels
-   per group: Winograd, F(4x4) unless the output is smaller than 4x4;
-3. everything else: ``im2col``.
+A few comparisons on the call's shape, every threshold in one table
+(:mod:`fastconv.cuda.auto`, where the clauses are explained): ``direct`` for
+short reductions and small layers, Winograd F(4x4) (F(2x2) on outputs under
+4x4) for large 3x3 stride-1 layers with enough channels, ``im2col``
+otherwise.  How the thresholds were fitted on GPU timings, and how to refit
+them, is in ``docs/cuda_auto.md``.
 
-The thresholds follow the published cuDNN/Lavin & Gray trade-offs; they have
-not yet been fitted on a GPU (``benchmarks/gpu_check.py`` writes the timings
-that will fit them).
+How a call runs
+---------------
+Arguments are described as :class:`~fastconv.cuda._views.DevView` objects
+(address, shape, strides, dtype) read from the caller's library, never
+converted to numba device arrays.  Every kernel is a
+:class:`~fastconv.cuda._runtime.KernelSpec` compiled for one fixed
+signature, and launched by a launcher chosen once per process
+(:mod:`fastconv.cuda._runtime`): on a GPU the parameters are packed straight
+into numba's kernel ABI and sent with ``cuda.core`` (checked at start-up
+on a probe kernel; numba's own launch path is the fallback), and a repeated
+call replays its recorded launches with the new addresses
+(:mod:`fastconv.cuda._replay`).  Allocations go through the caller's
+framework (torch's caching allocator, CuPy's pool) on its current stream.
+Non-finite detection happens on the device: nothing in a call waits for the
+GPU.
 
-What has been verified, and what has not
-----------------------------------------
-Verified under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``,
-``tests/test_cuda_kernels.py``, run by ``tests/test_cuda.py`` in a subprocess
-with 4 x 4 thread blocks, 2 x 2 register tiles and 4-deep K-slices so that
-multi-block grids, partial tiles and many slices per output run): every
-kernel against ``fastconv.reference.conv2d`` for stride, asymmetric/"same"/
-"full" padding, dilation, groups, depthwise (with channel multipliers), bias,
-NHWC, unbatched input, float32/float64, mixed dtypes, non-contiguous input,
-``out=`` (NCHW and NHWC), an empty batch, NaN/inf propagation (including the
-Winograd fallback on an overflowing transform), the Winograd error bound of
-:func:`fastconv.accuracy.error_bound`, split-K, Winograd workspace chunking,
-the shared-memory-overflow fallback of ``direct``, and the argument errors
-(mixed host/device, bad ``out``, dtypes).  The simulator runs kernels as
-Python threads, so it checks indexing, barriers and shared-memory logic; it
-does not check speed, occupancy, register spilling, the torch/CuPy interop
-(no CUDA torch here), or races that Python's scheduling happens to hide.
-
-Not yet measured on a GPU (this code was written in a session without one):
-the throughput of every kernel against cuDNN, whether the register tiles stay
-in registers (no local-memory spills), compile times, the torch/CuPy stream
-and allocator paths, and the thresholds of the ``auto`` rule.
-``benchmarks/gpu_check.py`` is the one-shot script that checks all of this
-on a GPU and writes the numbers to fit the rule with.
+Checking without a GPU
+----------------------
+``python -m fastconv check --cuda-compile`` compiles every specialisation
+the dispatcher can launch to PTX under the GPU's real typing (the simulator
+never type-checks) and assembles it with ``ptxas`` (registers, local memory,
+shared memory; it fails on local memory in a register-blocked kernel) and
+checks each kernel's parameter list against the launcher's packing
+(:mod:`fastconv.cuda.compile_check`).  ``tests/test_cuda_kernels.py`` runs
+every kernel under numba's simulator (``NUMBA_ENABLE_CUDASIM=1``, started by
+``tests/test_cuda.py`` in a subprocess with 4 x 4 thread blocks, 2 x 2
+register tiles and 4-deep K-slices so that multi-block grids, partial tiles
+and many slices per output run) against ``fastconv.reference.conv2d``: stride,
+asymmetric/"same"/"full" padding, dilation, groups, depthwise, bias, NHWC,
+unbatched input, float32/float64, mixed dtypes, non-contiguous input,
+``out=``, ``connections=``, an empty batch, NaN/inf propagation (including
+the Winograd fallback on an overflowing transform), the Winograd error bound,
+split-K, workspace chunking and the argument errors.
+``tests/test_cuda_replay.py`` checks that replayed launches carry exactly
+the parameters of the ordinary path.  Speed, occupancy and the torch/CuPy
+stream and allocator paths need a GPU: ``benchmarks/gpu_check.py`` is the
+one script that measures them.
 """
 
 from __future__ import annotations
@@ -74,8 +83,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._dispatch import Algorithm, register_algorithm, register_alias, resolve
-from .._params import FLOAT_DTYPES, normalize
+from .._params import FLOAT_DTYPES, connection_mask, normalize
 from . import direct, implicit_gemm, winograd
+from .auto import auto_rule, winograd_rule
 from ._runtime import Context, status as _status
 
 __all__ = ["conv2d", "status", "auto_rule", "winograd_rule"]
@@ -96,25 +106,10 @@ def status() -> dict:
     return _status()
 
 
-def winograd_rule(p) -> str:
-    """F(4x4, 3x3) unless the output is too small to fill 4x4 tiles."""
-    return "winograd_f4x4_3x3" if min(p.P, p.Q) >= 4 else "winograd_f2x2_3x3"
-
-
-def auto_rule(p) -> str:
-    """The CUDA ``auto`` choice for ``p`` (see the module docstring)."""
-    if p.Cg * p.R * p.S < 32:
-        return "direct"
-    if winograd.supports(p) is None and p.Cg >= 64 and p.Kg >= 64:
-        return winograd_rule(p)
-    return "im2col"
-
-
 def _with_ctx(fn):
     def run(x, w, bias, params, y, ctx=None):
         if ctx is None:
-            from ._runtime import cuda_module
-            ctx = Context(stream=cuda_module().default_stream())
+            ctx = Context()
         return fn(x, w, bias, params, y, ctx)
     run.__name__ = getattr(fn, "__name__", "run")
     run.__doc__ = fn.__doc__
@@ -132,19 +127,16 @@ register_algorithm(Algorithm("winograd_f4x4_3x3", "cuda", winograd.supports, _wi
 register_alias("cuda", "winograd", winograd_rule)
 
 
-def _flat(arr):
-    from ._arrays import reshape
-    return reshape(arr, (int(np.prod(arr.shape, dtype=np.int64)),))
-
-
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-           algorithm="auto", out=None):
+           algorithm="auto", out=None, connections=None):
     """2-D multi-channel convolution (cross-correlation) of CUDA arrays.
 
     Same arguments and result as :func:`fastconv.conv2d`, for arrays that
     live on a GPU: numba device arrays, CuPy arrays, torch CUDA tensors, or
     any object with ``__cuda_array_interface__`` (or DLPack on a CUDA
-    device).  ``x``, ``w``, ``bias`` and ``out`` must all be on the GPU.
+    device).  ``x``, ``w``, ``bias`` and ``out`` must all be on the GPU;
+    ``connections`` is a host table (it is copied to the GPU once per
+    distinct table and kept).
 
     Returns
     -------
@@ -176,8 +168,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     """
     from . import _arrays, _runtime
 
-    _arrays.check_placement({"x": x, "w": w, "bias": bias})
-    if not _arrays.is_device_array(x):
+    if not (_arrays.is_device_array(x) and _arrays.is_device_array(w)
+            and (bias is None or _arrays.is_device_array(bias))):
+        _arrays.check_placement({"x": x, "w": w, "bias": bias})
         raise TypeError(f"x must be a CUDA array for fastconv.cuda.conv2d, got "
                         f"{type(x).__name__}; use fastconv.conv2d for host arrays")
     if out is not None and not _arrays.is_device_array(out):
@@ -186,73 +179,83 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     _runtime.require()
     _arrays.check_same_gpu({"x": x, "w": w, "bias": bias, "out": out})
     with _arrays.device_of(x):
-        return _run(x, w, bias, out, dict(stride=stride, padding=padding, dilation=dilation,
-                                          groups=groups, layout=layout), algorithm)
+        return _run(x, w, bias, out, stride, padding, dilation, groups, layout, algorithm,
+                    connections)
 
 
-def _run(x, w, bias, out, kw, algorithm):
-    from . import _arrays
+def _run(x, w, bias, out, stride, padding, dilation, groups, layout, algorithm, connections):
+    from . import _arrays, _replay, _runtime
 
-    args = {"x": _arrays.DeviceArg(x, "x"), "w": _arrays.DeviceArg(w, "w")}
-    if bias is not None:
-        args["bias"] = _arrays.DeviceArg(bias, "bias")
-    for name, a in args.items():
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}; "
+    xv, wv = _arrays.view_of(x, "x"), _arrays.view_of(w, "w")
+    bv = None if bias is None else _arrays.view_of(bias, "bias")
+    for name, v in (("x", xv), ("w", wv), ("bias", bv)):
+        if v is not None and v.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64, got {v.dtype}; "
                             f"cast explicitly, e.g. {name}.astype(np.float32)")
-    dtype = np.result_type(*(a.dtype for a in args.values()))
-    xa, wa, ba = args["x"], args["w"], args.get("bias")
-    p = normalize(xa.shape, wa.shape, None if ba is None else ba.shape, dtype, **kw)
+    dtype = np.result_type(*(v.dtype for v in (xv, wv, bv) if v is not None))
+    p = normalize(xv.shape, wv.shape, None if bv is None else bv.shape, dtype, stride=stride,
+                  padding=padding, dilation=dilation, groups=groups, layout=layout)
+    mask = None if connections is None else connection_mask(connections, p)
     alg = resolve(algorithm, p, "cuda")
-    oa = None
+    ov = None
     if out is not None:
-        oa = _arrays.DeviceArg(out, "out")
-        if oa.shape != p.output_shape:
-            raise ValueError(f"out must have shape {p.output_shape}, got {oa.shape}")
-        if oa.dtype != p.dtype:
-            raise ValueError(f"out must have dtype {p.dtype}, got {oa.dtype}")
-        if _arrays.read_only(out):
+        ov = _arrays.view_of(out, "out")
+        if ov.shape != p.output_shape:
+            raise ValueError(f"out must have shape {p.output_shape}, got {ov.shape}")
+        if ov.dtype != p.dtype:
+            raise ValueError(f"out must have dtype {p.dtype}, got {ov.dtype}")
+        if ov.readonly:
             raise ValueError("out must be writeable, got a read-only CUDA array")
-    return _execute(alg, xa, wa, ba, oa, p, _arrays.context_for(x))
+    ctx = _arrays.context_for(x, xv)
+    if ov is None and mask is None and _runtime._state.get("mode") == "fast":
+        # The launches of a repeated call are recorded once and replayed (see _replay).
+        key = ("cuda_plan", alg.name, ctx.device, xv.strides, xv.dtype.str, wv.strides,
+               wv.dtype.str, None if bv is None else (bv.strides, bv.dtype.str),
+               _replay.settings_key())
+        plan = p.remembered(key, lambda: _replay.record(_execute, alg, xv, wv, bv, p, ctx.device))
+        return plan.replay(xv, wv, bv, ctx).owner
+    result = _execute(alg, xv, wv, bv, ov, p, ctx, mask)
+    return out if out is not None else result.owner
 
 
-def _execute(alg, xa, wa, ba, oa, p, ctx):
+def _execute(alg, xv, wv, bv, ov, p, ctx, mask=None):
+    """Run a resolved CUDA algorithm on device views and lay out its result (a DevView)."""
     from . import _arrays as A
+    from ._connections import masked_weights
 
     dtype = p.dtype
     shape4 = (p.N, p.K, p.P, p.Q)
-    xv = xa.arr if p.batched else A.reshape_any(xa.arr, (1,) + xa.shape)
+    x4 = xv if p.batched else xv.expand(4)
     if p.layout == "NHWC":
-        xv = A.permute(xv, (0, 3, 1, 2))
-    xc = A.as_contiguous(xv, dtype, ctx)
-    wc = A.as_contiguous(wa.arr, dtype, ctx)
-    bc = None if ba is None else A.as_contiguous(ba.arr, dtype, ctx)
+        x4 = x4.permute((0, 3, 1, 2))
+    xc = A.as_contiguous(x4, dtype, ctx)
+    wc = A.as_contiguous(wv, dtype, ctx)
+    if mask is not None:
+        wc = masked_weights(wc, mask, p, ctx)
+    bc = None if bv is None else A.as_contiguous(bv, dtype, ctx)
     reads = [a for a in (xc, wc, bc) if a is not None]
-    direct_out = (oa is not None and p.layout == "NCHW" and A.is_c_contiguous(oa.arr)
-                  and not any(A.overlaps(oa.arr, a) for a in reads))
+    direct_out = (ov is not None and p.layout == "NCHW" and ov.is_c_contiguous()
+                  and not any(ov.overlaps(a) for a in reads))
     if direct_out:
-        result = oa.arr
-        y4 = A.reshape(oa.arr, shape4)
-    elif oa is None and p.layout == "NCHW":
+        result = ov
+        y4 = ov.reshape(shape4)
+    elif ov is None and p.layout == "NCHW":
         result = ctx.empty(p.output_shape, dtype)
-        y4 = A.reshape(result, shape4)
+        y4 = result.reshape(shape4)
     else:
         result = None
         y4 = ctx.empty(shape4, dtype)
     if p.N:
-        alg.run(_flat(xc), _flat(wc), None if bc is None else _flat(bc), p, _flat(y4), ctx)
+        alg.run(xc.flat(), wc.flat(), None if bc is None else bc.flat(), p, y4.flat(), ctx)
     if result is None:
-        if oa is not None:
-            dst = A.reshape_any(oa.arr, (1,) + oa.shape) if not p.batched else oa.arr
+        if ov is not None:
+            result = ov
+            dst = ov.expand(4)
         else:
             result = ctx.empty(p.output_shape, dtype)
-            dst = A.reshape(result, (p.N,) + tuple(p.output_shape[-3:]))
+            dst = result.reshape((p.N,) + tuple(p.output_shape[-3:]))
         if p.layout == "NHWC":
-            dst = A.permute(dst, (0, 3, 1, 2))
+            dst = dst.permute((0, 3, 1, 2))
         if p.N:
             A.copy4d(y4, dst, ctx)
-    if oa is not None:
-        return oa.obj
-    if xa.kind in ("torch", "cupy"):
-        return A.owner(result)
     return result

@@ -1,12 +1,14 @@
-"""Zero-copy interop between CUDA array libraries and numba device arrays.
+"""Zero-copy interop between CUDA array libraries and fastconv's device views.
 
 Accepted device arrays: numba ``DeviceNDArray`` (and the simulator's
 ``FakeCUDAArray``), CuPy arrays, torch CUDA tensors, and anything else with
 ``__cuda_array_interface__``; objects that only speak DLPack on a CUDA device
-are imported through CuPy or torch (whichever is installed).  Views are taken
-with ``sync=False``: instead of synchronising the producer's stream from the
-host, every kernel of the call is launched on the caller's current stream
-(torch's or CuPy's), which orders it after the producer on the device.
+are imported through CuPy or torch (whichever is installed).  Each is
+described once as a :class:`~fastconv.cuda._views.DevView` (address, shape,
+byte strides, dtype) read from the library's own attributes, without
+synchronising the producer's stream from the host: every kernel of the call
+is launched on the caller's current stream (torch's or CuPy's), which orders
+it after the producer on the device.
 
 Results are allocated by the caller's framework (``torch.empty`` /
 ``cupy.empty``: its caching allocator, its stream semantics) and returned as
@@ -15,13 +17,15 @@ that framework's array; numba in gives numba out.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._runtime import (
-    CUDA_JIT, bind_cuda, cdiv, Context, cuda_module, launch, simulator, threads_1d,
+    Context, KernelSpec, arg_types, array_type, bind_cuda, cdiv, launch, simulator, threads_1d,
 )
-
-_DLPACK_CUDA = (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+from .._placement import is_device_array
+from ._views import DevView
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
@@ -32,30 +36,10 @@ def _bind():
     return bind_cuda(globals())
 
 
-
-def is_device_array(obj) -> bool:
-    if obj is None:
-        return False
-    if getattr(obj, "__cuda_ndarray__", False):  # numba arrays, including the simulator's
-        return True
-    try:
-        if hasattr(obj, "__cuda_array_interface__"):
-            return True
-    except Exception:  # torch raises for tensors that require grad
-        return True
-    dev = getattr(obj, "__dlpack_device__", None)
-    if dev is not None:
-        try:
-            return int(dev()[0]) in _DLPACK_CUDA
-        except Exception:
-            return False
-    return False
-
-
 def _kind(obj) -> str:
-    mod = type(obj).__module__.split(".")[0]
     if getattr(obj, "__cuda_ndarray__", False):
         return "numba"
+    mod = type(obj).__module__.split(".")[0]
     if mod == "torch":
         return "torch"
     if mod == "cupy":
@@ -68,22 +52,57 @@ def _describe(obj) -> str:
     return f"{t.__module__.split('.')[0]}.{t.__name__}"
 
 
-class DeviceArg:
-    """One argument: the caller's object, its library, and a numba view of it."""
+@functools.lru_cache(maxsize=None)
+def _torch_dtypes():
+    import torch
+    table = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+             torch.float16: np.dtype(np.float16), torch.int32: np.dtype(np.int32),
+             torch.int64: np.dtype(np.int64), torch.uint8: np.dtype(np.uint8),
+             torch.int8: np.dtype(np.int8), torch.int16: np.dtype(np.int16),
+             torch.bool: np.dtype(np.bool_)}
+    return table, {v: k for k, v in table.items()}
 
-    def __init__(self, obj, name):
-        self.obj = obj
-        self.name = name
-        self.kind = _kind(obj)
-        self.arr = _as_numba(obj, self.kind, name)
 
-    @property
-    def shape(self):
-        return tuple(int(d) for d in self.arr.shape)
+def view_of(obj, name: str) -> DevView:
+    """Describe the caller's device array ``obj`` (argument ``name``) as a DevView (no copy)."""
+    kind = _kind(obj)
+    if kind == "torch":
+        return _torch_view(obj, name)
+    if kind == "numba" and simulator():
+        return DevView.of_host(obj._ary, owner=obj, kind="numba")
+    if kind == "cupy":
+        return DevView(obj.data.ptr, obj.shape, obj.strides, obj.dtype, owner=obj, kind="cupy")
+    if not hasattr(obj, "__cuda_array_interface__"):
+        obj = _from_dlpack(obj, name)
+        return view_of(obj, name)
+    try:
+        desc = obj.__cuda_array_interface__
+    except Exception as exc:
+        raise TypeError(f"{name} could not be viewed as a CUDA array ({_describe(obj)}): {exc}") from None
+    if desc.get("mask") is not None:
+        raise TypeError(f"{name} is a masked CUDA array; pass the data without a mask")
+    try:
+        dtype = np.dtype(desc["typestr"])
+    except TypeError:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {desc['typestr']!r}") from None
+    ptr, readonly = desc["data"]
+    return DevView(ptr or 0, desc["shape"], desc.get("strides"), dtype, owner=obj, kind=kind,
+                   readonly=readonly)
 
-    @property
-    def dtype(self):
-        return np.dtype(self.arr.dtype)
+
+def _torch_view(t, name):
+    if not t.is_cuda:
+        raise TypeError(f"{name} is a torch tensor on {t.device}, not on a CUDA device")
+    to_np, _ = _torch_dtypes()
+    dtype = to_np.get(t.dtype)
+    if dtype is None:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {t.dtype}; "
+                        f"cast explicitly, e.g. {name}.float()")
+    if simulator():  # no CUDA tensors exist under the simulator; kept for completeness
+        raise TypeError(f"{name}: torch CUDA tensors cannot be used under the CUDA simulator")
+    item = dtype.itemsize
+    return DevView(t.data_ptr(), t.shape, tuple(s * item for s in t.stride()), dtype, owner=t,
+                   kind="torch")
 
 
 def _from_dlpack(obj, name):
@@ -100,27 +119,12 @@ def _from_dlpack(obj, name):
                         f"importing it needs CuPy or torch, neither is installed") from None
 
 
-def _as_numba(obj, kind, name):
-    if kind == "numba":
-        return obj
-    _bind()
-    if kind == "torch":
-        if obj.requires_grad:
-            obj = obj.detach()
-        if not obj.is_cuda:
-            raise TypeError(f"{name} is a torch tensor on {obj.device}, not on a CUDA device")
-    if not hasattr(obj, "__cuda_array_interface__"):
-        obj = _from_dlpack(obj, name)
-    try:
-        return cuda.as_cuda_array(obj, sync=False)
-    except Exception as exc:
-        raise TypeError(f"{name} could not be viewed as a CUDA array ({_describe(obj)}): {exc}") from None
-
-
 def check_placement(args: dict) -> None:
     """Raise TypeError when some arguments live on the host and others on the GPU."""
     dev = {k: v for k, v in args.items() if v is not None and is_device_array(v)}
-    host = {k: v for k, v in args.items() if v is not None and not is_device_array(v)}
+    if len(dev) == sum(v is not None for v in args.values()):
+        return
+    host = {k: v for k, v in args.items() if v is not None and k not in dev}
     if dev and host:
         d = ", ".join(f"{k} ({_describe(v)})" for k, v in dev.items())
         h = ", ".join(f"{k} ({_describe(v)})" for k, v in host.items())
@@ -150,41 +154,51 @@ def check_same_gpu(args: dict) -> None:
         raise ValueError(f"arguments are on different GPUs ({text}); move them to one device")
 
 
+_gpu_count: list = []
+
+
 def device_of(obj):
-    """A context manager selecting the GPU that ``obj`` lives on (torch/CuPy), else a no-op."""
+    """A context manager selecting the GPU that ``obj`` lives on (torch/CuPy), else a no-op.
+
+    On a machine with one GPU that is always device 0, whose context numba
+    keeps current, so nothing needs switching.
+    """
     import contextlib
 
     _bind()
     kind = _kind(obj)
     if simulator() or kind not in ("torch", "cupy"):
         return contextlib.nullcontext()
-    if kind == "torch":
-        index = obj.device.index
-        return cuda.gpus[index if index is not None else 0]
-    return cuda.gpus[obj.device.id]
+    if not _gpu_count:
+        _gpu_count.append(len(cuda.gpus))
+    index = _device_index(obj) or 0
+    if _gpu_count[0] == 1 and index == 0:
+        return contextlib.nullcontext()
+    return cuda.gpus[index]
 
 
-def context_for(obj) -> Context:
+def context_for(obj, view: DevView) -> Context:
     """The launch context of a call whose ``x`` is ``obj``: the caller's stream and allocator.
 
     Call it inside :func:`device_of`'s context (streams belong to a device).
     """
-    _bind()
-    kind = _kind(obj)
+    kind = view.kind
     if simulator() or kind not in ("torch", "cupy"):
-        return Context(stream=cuda.default_stream())
+        _bind()
+        device = 0 if simulator() else int(cuda.get_current_device().id)
+        return Context(stream=0, device=device)
     if kind == "torch":
         import torch
 
         dev = obj.device
-        ptr = torch.cuda.current_stream(dev).cuda_stream
-        tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
-                  np.dtype(np.int32): torch.int32}
+        index = dev.index if dev.index is not None else 0
+        _, to_torch = _torch_dtypes()
 
         def empty(shape, dtype):
-            return _keep(torch.empty(shape, dtype=tdtype[np.dtype(dtype)], device=dev))
+            t = torch.empty(shape, dtype=to_torch[dtype], device=dev)
+            return DevView(t.data_ptr(), shape, None, dtype, owner=t, kind="torch")
 
-        return _ctx(ptr, empty)
+        return Context(stream=torch.cuda.current_stream(dev).cuda_stream, device=index, empty=empty)
     import cupy
 
     dev_id = obj.device.id
@@ -193,165 +207,66 @@ def context_for(obj) -> Context:
 
     def empty(shape, dtype):
         with cupy.cuda.Device(dev_id):
-            return _keep(cupy.empty(shape, dtype=dtype))
+            a = cupy.empty(shape, dtype=dtype)
+        return DevView(a.data.ptr, shape, None, dtype, owner=a, kind="cupy")
 
-    return _ctx(ptr, empty)
-
-
-def _keep(framework_array):
-    view = cuda_module().as_cuda_array(framework_array, sync=False)
-    view._fastconv_owner = framework_array  # the result returned to the caller
-    return view
-
-
-def _ctx(ptr, empty):
-    stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()
-    return Context(stream=stream, empty=empty)
-
-
-def owner(view):
-    """The framework object behind a view made by a Context (or the view itself)."""
-    return getattr(view, "_fastconv_owner", view)
-
-
-def permute(arr, axes):
-    """A strided view of a numba device array with its axes permuted (no copy)."""
-    axes = tuple(axes)
-    if axes == tuple(range(len(axes))):
-        return arr
-    if simulator():
-        return arr.transpose(axes)
-    _bind()
-    desc = dict(arr.__cuda_array_interface__)
-    strides = desc.get("strides") or _c_strides(arr.shape, np.dtype(arr.dtype).itemsize)
-    desc["shape"] = tuple(arr.shape[a] for a in axes)
-    desc["strides"] = tuple(strides[a] for a in axes)
-    desc.pop("stream", None)
-    return cuda.from_cuda_array_interface(desc, owner=arr, sync=False)
-
-
-def reshape(arr, shape):
-    """A contiguous array's view with a new shape."""
-    return arr.reshape(*shape) if not simulator() else arr.reshape(shape)
-
-
-def _c_strides(shape, itemsize):
-    strides, acc = [], itemsize
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= int(d)
-    return tuple(reversed(strides))
-
-
-def is_c_contiguous(arr) -> bool:
-    return bool(arr.is_c_contiguous())
-
-
-def byte_extent(arr):
-    """(first byte, one past the last byte) an array may touch, for overlap checks."""
-    if simulator():
-        a = arr._ary
-        lo, hi = np.byte_bounds(a) if hasattr(np, "byte_bounds") else np.lib.array_utils.byte_bounds(a)
-        return lo, hi
-    desc = arr.__cuda_array_interface__
-    ptr = desc["data"][0]
-    itemsize = np.dtype(arr.dtype).itemsize
-    strides = desc.get("strides") or _c_strides(arr.shape, itemsize)
-    lo = hi = ptr
-    for d, s in zip(arr.shape, strides):
-        if d == 0:
-            return ptr, ptr
-        if s > 0:
-            hi += (d - 1) * s
-        else:
-            lo += (d - 1) * s
-    return lo, hi + itemsize
-
-
-def overlaps(a, b) -> bool:
-    alo, ahi = byte_extent(a)
-    blo, bhi = byte_extent(b)
-    return alo < bhi and blo < ahi
-
-
-def read_only(obj) -> bool:
-    try:
-        desc = obj.__cuda_array_interface__
-    except Exception:
-        return False
-    return bool(desc.get("data", (0, False))[1])
+    return Context(stream=ptr, device=dev_id, empty=empty)
 
 
 # --- copies ----------------------------------------------------------------
 
-_COPY_CACHE: dict = {}
+@functools.lru_cache(maxsize=None)
+def _copy_kernel(src_dtype: str, dst_dtype: str) -> KernelSpec:
+    _bind()
+
+    def copy4d_kernel(src, dst, D1, D2, D3, total):
+        """dst[a, b, c, d] = src[a, b, c, d] (cast to dst's dtype); any strides.
+
+        One thread per element, grid-stride; the last axis is the fastest
+        so that at least one side of a layout change is coalesced.
+        """
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < total:
+            d = i % D3
+            t = i // D3
+            c = t % D2
+            t = t // D2
+            b = t % D1
+            a = t // D1
+            dst[a, b, c, d] = src[a, b, c, d]
+            i += step
+
+    return KernelSpec(copy4d_kernel, arg_types(copy4d_kernel, src=array_type(src_dtype, 4, "A"),
+                                               dst=array_type(dst_dtype, 4, "A")),
+                      dict(src=src_dtype, dst=dst_dtype))
 
 
-def _copy_kernel():
-    k = _COPY_CACHE.get("copy4d")
-    if k is None:
-        _bind()
-
-        def copy4d_kernel(src, dst, D1, D2, D3, total):
-            """dst[a, b, c, d] = src[a, b, c, d] (cast to dst's dtype); any strides.
-
-            One thread per element, grid-stride; the last axis is the fastest
-            so that at least one side of a layout change is coalesced.
-            """
-            i = cuda.grid(1)
-            step = cuda.gridsize(1)
-            while i < total:
-                d = i % D3
-                t = i // D3
-                c = t % D2
-                t = t // D2
-                b = t % D1
-                a = t // D1
-                dst[a, b, c, d] = src[a, b, c, d]
-                i += step
-
-        k = cuda.jit(**CUDA_JIT)(copy4d_kernel)
-        _COPY_CACHE["copy4d"] = k
-    return k
+def specializations():
+    """Every copy kernel the dispatcher can launch: float32/float64 to float32/float64."""
+    for s in ("<f4", "<f8"):
+        for d in ("<f4", "<f8"):
+            yield _copy_kernel(s, d)
 
 
-def copy4d(src, dst, ctx: Context):
-    """Copy (and cast) one 4-D device array into another of the same shape, on the device."""
-    shape = tuple(int(d) for d in dst.shape)
+def copy4d(src: DevView, dst: DevView, ctx: Context) -> DevView:
+    """Copy (and cast) one 4-D device view into another of the same shape, on the device."""
+    shape = dst.shape
     total = shape[0] * shape[1] * shape[2] * shape[3]
     if total == 0:
         return dst
     threads = threads_1d()
     blocks = min(cdiv(total, threads), 65535 * 4)
-    launch(_copy_kernel(), (blocks,), (threads,), ctx)(src, dst, shape[1], shape[2], shape[3], total)
+    launch(_copy_kernel(src.dtype.str, dst.dtype.str), (blocks,), (threads,), ctx,
+           (src, dst, shape[1], shape[2], shape[3], total))
     return dst
 
 
-def as_contiguous(arr, dtype, ctx: Context):
-    """``arr`` if C-contiguous of ``dtype``, else a contiguous device copy (any rank <= 4)."""
+def as_contiguous(view: DevView, dtype, ctx: Context) -> DevView:
+    """``view`` if C-contiguous of ``dtype``, else a contiguous device copy (any rank <= 4)."""
     dtype = np.dtype(dtype)
-    if np.dtype(arr.dtype) == dtype and is_c_contiguous(arr):
-        return arr
-    shape = tuple(int(d) for d in arr.shape)
-    out = ctx.empty(shape, dtype)
-    pad = (1,) * (4 - len(shape))
-    copy4d(reshape_any(arr, pad + shape), reshape(out, pad + shape), ctx)
+    if view.dtype == dtype and view.is_c_contiguous():
+        return view
+    out = ctx.empty(view.shape, dtype)
+    copy4d(view.expand(4), out.expand(4), ctx)
     return out
-
-
-def reshape_any(arr, shape):
-    """Prepend unit axes to a possibly strided array (a view, no copy)."""
-    shape = tuple(shape)
-    extra = len(shape) - len(arr.shape)
-    if extra == 0:
-        return arr
-    if simulator():
-        return arr[(None,) * extra] if extra else arr
-    _bind()
-    desc = dict(arr.__cuda_array_interface__)
-    itemsize = np.dtype(arr.dtype).itemsize
-    strides = desc.get("strides") or _c_strides(arr.shape, itemsize)
-    desc["shape"] = shape
-    desc["strides"] = (itemsize,) * extra + tuple(strides)
-    desc.pop("stream", None)
-    return cuda.from_cuda_array_interface(desc, owner=arr, sync=False)

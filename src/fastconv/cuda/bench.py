@@ -77,17 +77,19 @@ def profile_phases(name, x, w, b, layer, dtype=np.float32, repeat: int = 3) -> d
     """Median seconds of each phase of one algorithm (Winograd: scan, transforms, GEMM)."""
     from numba import cuda
 
-    from . import _flat
-    from ._runtime import Context
+    from ._arrays import view_of
+    from ._runtime import Context, _current_device_id
 
     p = layer.params(dtype)
     alg = resolve(name, p, "cuda")
     y = cuda.device_array((p.N, p.K, p.P, p.Q), dtype=p.dtype)
+    xv, wv, yv = view_of(x, "x").flat(), view_of(w, "w").flat(), view_of(y, "y").flat()
+    bv = None if b is None else view_of(b, "bias").flat()
     runs = []
     for _ in range(repeat):
-        ctx = Context(stream=cuda.default_stream(), events=[])
+        ctx = Context(stream=0, device=_current_device_id(cuda), events=[])
         ctx.mark("start")
-        alg.run(_flat(x), _flat(w), None if b is None else _flat(b), p, _flat(y), ctx)
+        alg.run(xv, wv, bv, p, yv, ctx)
         ctx.mark("end")
         ctx.events[-1][1].synchronize()
         phases = {}

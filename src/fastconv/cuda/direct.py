@@ -18,9 +18,10 @@ of shared memory, which is every practical one):
 dilations): one thread per output pixel and ``KB`` channels, reading x
 through the L1 cache.
 
-Both take a ``flag`` and ``gated``: with ``gated=1`` a block exits unless
-``flag[0] != 0``.  Winograd uses this to recompute a call directly when its
-device-side check finds a non-finite value, without a host round trip.
+Both take a ``flag``, ``gated`` and ``epoch``: with ``gated=1`` a block exits
+unless ``flag[0] == epoch``.  Winograd uses this to recompute a call directly
+when its transforms find a non-finite value, without a host round trip (see
+:func:`fastconv.cuda._runtime.next_epoch`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import functools
 import numpy as np
 
 from ._runtime import (
-    CUDA_JIT, SETTINGS, SHARED_BYTES, bind_cuda, cdiv, dummy, launch, nbtype, threads_1d,
+    SETTINGS, SHARED_BYTES, KernelSpec, arg_types, array_type, bind_cuda, cdiv, dummy, launch,
+    nbtype, threads_1d,
 )
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
@@ -64,11 +66,11 @@ def _tiled(dtype_str: str, TB: int, KB: int, RQ: int):
     TQ = TB * RQ
     NACC = KB * RQ
 
-    def direct_tiled_kernel(x, w, bias, y, flag, gated, has_bias, C, H, W, K, Cg, Kg, R, S, P, Q,
-                            sh, sw, pt, pl, dh, dw, qtiles, kblocks, groups, PH, PW):
+    def direct_tiled_kernel(x, w, bias, y, flag, gated, epoch, has_bias, C, H, W, K, Cg, Kg, R, S,
+                            P, Q, sh, sw, pt, pl, dh, dw, qtiles, kblocks, groups, PH, PW):
         """Layout: flat C-contiguous NCHW x, KCRS w, NKPQ y.  Grid: (qtiles * kblocks * groups * N,
         ptiles); block (TB, TB); dynamic shared memory (PH * PW + KB * R * S) elements."""
-        if gated != 0 and flag[0] == 0:
+        if gated != 0 and flag[0] != epoch:
             return
         smem = cuda.shared.array(0, nb)
         tx = cuda.threadIdx.x
@@ -143,7 +145,8 @@ def _tiled(dtype_str: str, TB: int, KB: int, RQ: int):
                         if q < Q:
                             y[ybase + q] = acc[kk * RQ + jq] + b
 
-    return cuda.jit(**CUDA_JIT)(direct_tiled_kernel)
+    return KernelSpec(direct_tiled_kernel, _args(direct_tiled_kernel, dtype_str),
+                      dict(TB=TB, KB=KB, RQ=RQ, dtype=dtype_str), register_blocked=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -151,10 +154,10 @@ def _global(dtype_str: str, KB: int):
     _bind()
     nb = nbtype(dtype_str)
 
-    def direct_global_kernel(x, w, bias, y, flag, gated, has_bias, C, H, W, K, Cg, Kg, R, S, P, Q,
-                             sh, sw, pt, pl, dh, dw, kblocks, groups, total):
+    def direct_global_kernel(x, w, bias, y, flag, gated, epoch, has_bias, C, H, W, K, Cg, Kg, R, S,
+                             P, Q, sh, sw, pt, pl, dh, dw, kblocks, groups, total):
         """One thread per (n, group, KB channels, p, q) with q fastest; x and w from global memory."""
-        if gated != 0 and flag[0] == 0:
+        if gated != 0 and flag[0] != epoch:
             return
         i = cuda.grid(1)
         if i >= total:
@@ -195,7 +198,29 @@ def _global(dtype_str: str, KB: int):
                     b = bias[kc]
                 y[((n * K + kc) * P + p) * Q + q] = acc[kk] + b
 
-    return cuda.jit(**CUDA_JIT)(direct_global_kernel)
+    return KernelSpec(direct_global_kernel, _args(direct_global_kernel, dtype_str),
+                      dict(KB=KB, dtype=dtype_str),
+                      register_blocked=True)
+
+
+def _args(fn, dtype_str):
+    """x, w, bias, y: flat arrays of the call's dtype; flag: int64; the rest int64 scalars."""
+    a = array_type(dtype_str)
+    return arg_types(fn, x=a, w=a, bias=a, y=a, flag=array_type(np.int64))
+
+
+def kb_values():
+    """Every KB :func:`_choose_kb` can return under the current settings."""
+    return sorted({_choose_kb(kg) for kg in range(1, SETTINGS.direct_k + 1)})
+
+
+def specializations():
+    """Every kernel specialisation :func:`run` can launch under the current settings."""
+    TB, RQ = SETTINGS.block, SETTINGS.direct_q
+    for dt in ("<f4", "<f8"):
+        for KB in kb_values():
+            yield _tiled(dt, TB, KB, RQ)
+            yield _global(dt, KB)
 
 
 def patch_shape(p, TB=None, RQ=None):
@@ -208,30 +233,30 @@ def patch_shape(p, TB=None, RQ=None):
     return PH, PW
 
 
-def run(x, w, bias, p, y, ctx, flag=None):
-    """Direct convolution of flat device arrays; ``flag`` set gates it (see the module docstring)."""
+def run(x, w, bias, p, y, ctx, flag=None, epoch=0):
+    """Direct convolution of flat device arrays; ``flag`` gates it (see the module docstring)."""
     TB, RQ = SETTINGS.block, SETTINGS.direct_q
     KB = _choose_kb(p.Kg)
     itemsize = np.dtype(p.dtype).itemsize
     kblocks = cdiv(p.Kg, KB)
     PH, PW = patch_shape(p, TB, RQ)
     gated = 0 if flag is None else 1
-    flag = dummy(np.int32, ctx) if flag is None else flag
+    flag = dummy(np.int64, ctx) if flag is None else flag
     has_bias = 0 if bias is None else 1
     bias = w if bias is None else bias
     sh, sw = p.stride
     dh, dw = p.dilation
     pt, _, pl, _ = p.padding
-    common = (x, w, bias, y, flag, gated, has_bias, p.C, p.H, p.W, p.K, p.Cg, p.Kg, p.R, p.S,
+    common = (x, w, bias, y, flag, gated, epoch, has_bias, p.C, p.H, p.W, p.K, p.Cg, p.Kg, p.R, p.S,
               p.P, p.Q, sh, sw, pt, pl, dh, dw)
     shared = (PH * PW + KB * p.R * p.S) * itemsize
     if shared <= SHARED_BYTES:
         qtiles = cdiv(p.Q, TB * RQ)
         grid = (qtiles * kblocks * p.groups * p.N, cdiv(p.P, TB))
         kern = _tiled(p.dtype.str, TB, KB, RQ)
-        launch(kern, grid, (TB, TB), ctx, shared)(*common, qtiles, kblocks, p.groups, PH, PW)
+        launch(kern, grid, (TB, TB), ctx, common + (qtiles, kblocks, p.groups, PH, PW), shared)
     else:
         total = p.N * p.groups * kblocks * p.P * p.Q
         threads = threads_1d()
-        launch(_global(p.dtype.str, KB), (cdiv(total, threads),), (threads,), ctx)(
-            *common, kblocks, p.groups, total)
+        launch(_global(p.dtype.str, KB), (cdiv(total, threads),), (threads,), ctx,
+               common + (kblocks, p.groups, total))

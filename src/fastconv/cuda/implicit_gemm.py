@@ -49,7 +49,9 @@ import functools
 
 import numpy as np
 
-from ._runtime import CUDA_JIT, SETTINGS, bind_cuda, cdiv, launch, nbtype, threads_1d
+from ._runtime import (
+    SETTINGS, KernelSpec, arg_types, array_type, bind_cuda, cdiv, launch, nbtype, threads_1d,
+)
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
@@ -78,6 +80,7 @@ def _kernel(dtype_str: str, TB: int, RTM: int, RTN: int, BK: int):
     i32 = numba.int32
     i64 = numba.int64
     BM = TB * RTM
+    BMP = BM + 1               # As row length: shared-array shapes must be constants, not expressions
     BN = TB * RTN
     NT = TB * TB
     ROWS_B = NT // BN          # B rows loaded per pass (one column per thread)
@@ -96,7 +99,7 @@ def _kernel(dtype_str: str, TB: int, RTM: int, RTN: int, BK: int):
         y[split * split_stride:]; with one split that is the result itself (plus bias when
         has_bias; the split-K epilogue adds it otherwise).
         """
-        As = cuda.shared.array((BK, BM + 1), nb)
+        As = cuda.shared.array((BK, BMP), nb)
         Bs = cuda.shared.array((BK, BN), nb)
         # The (c, r, s) decomposition of the taps of the next slice, done once per block by BK
         # threads instead of twice per element by every thread (64-bit division is slow).
@@ -224,11 +227,21 @@ def _kernel(dtype_str: str, TB: int, RTM: int, RTN: int, BK: int):
             cuda.syncthreads()
 
         ybase = split * split_stride
+        # The store loop must unroll completely, or acc (indexed by jj) moves to local memory:
+        # its pixel decomposition divides through a reciprocal (a few instructions; exact after
+        # the one-step correction for any jo < 2**52) instead of a 64-bit integer division.
+        inv_pq = 1.0 / PQ
         for jj in range(RTN):
             jo = j0 + tx + jj * TB
             if jo < NPQ:
-                no = jo // PQ
+                no = int(jo * inv_pq)
                 pqo = jo - no * PQ
+                if pqo < 0:
+                    no -= 1
+                    pqo += PQ
+                elif pqo >= PQ:
+                    no += 1
+                    pqo -= PQ
                 for i in range(RTM):
                     m = m0 + ty + i * TB
                     if m < Kg:
@@ -237,7 +250,9 @@ def _kernel(dtype_str: str, TB: int, RTM: int, RTN: int, BK: int):
                             b = bias[wbase + m]
                         y[ybase + (no * K + wbase + m) * PQ + pqo] = acc[i * RTN + jj] + b
 
-    return cuda.jit(**CUDA_JIT)(implicit_gemm_kernel)
+    a = array_type(dtype_str)
+    return KernelSpec(implicit_gemm_kernel, arg_types(implicit_gemm_kernel, x=a, w=a, bias=a, y=a),
+                      dict(dtype=dtype_str, TB=TB, RTM=RTM, RTN=RTN, BK=BK), register_blocked=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -258,15 +273,25 @@ def _epilogue_kernel(dtype_str: str):
             y[i] = acc
             i += step
 
-    return cuda.jit(**CUDA_JIT)(splitk_bias_kernel)
+    a = array_type(dtype_str)
+    return KernelSpec(splitk_bias_kernel, arg_types(splitk_bias_kernel, parts=a, bias=a, y=a),
+                      dict(dtype=dtype_str))
 
 
-def _sm_count() -> int:
-    try:
-        dev = cuda.get_current_device()
-        return int(getattr(dev, "MULTIPROCESSOR_COUNT"))
-    except Exception:  # the simulator
-        return 1
+_sm_counts: dict = {}
+
+
+def _sm_count(device: int = 0) -> int:
+    """Streaming multiprocessors of GPU ``device`` (1 under the simulator); cached."""
+    n = _sm_counts.get(device)
+    if n is None:
+        try:
+            n = int(getattr(cuda.gpus[device], "MULTIPROCESSOR_COUNT", 0)) or int(
+                cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        except Exception:  # the simulator
+            n = 1
+        _sm_counts[device] = n
+    return n
 
 
 def _row_tile(Kg: int, TB: int, RT: int, BK: int) -> int:
@@ -291,8 +316,31 @@ def col_tile(dtype) -> int:
     return RT
 
 
-def plan(p):
+def row_tiles(dtype) -> list:
+    """Every row tile :func:`_row_tile` can choose for ``dtype`` under the current settings."""
+    TB, BK = SETTINGS.block, SETTINGS.bk
+    RT = col_tile(dtype)
+    return sorted({_row_tile(kg, TB, RT, BK) for kg in range(1, TB * RT + 1)})
+
+
+def specializations():
+    """Every kernel specialisation :func:`run` can launch under the current settings."""
+    TB, BK = SETTINGS.block, SETTINGS.bk
+    for dt in ("<f4", "<f8"):
+        RT = col_tile(dt)
+        for RTM in row_tiles(dt):
+            yield _kernel(dt, TB, RTM, RT, BK)
+        yield _epilogue_kernel(dt)
+
+
+def plan(p, device: int = 0):
     """(RTM, splits, kchunk) for ``p``: row tile and split-K factor (see the module docstring)."""
+    sms = _sm_count(device)
+    return p.remembered(("cuda_implicit_gemm", sms, SETTINGS.block, SETTINGS.regtile, SETTINGS.bk,
+                         SETTINGS.splitk), lambda: _plan(p, sms))
+
+
+def _plan(p, sms):
     TB, BK = SETTINGS.block, SETTINGS.bk
     RT = col_tile(p.dtype)
     RTM = _row_tile(p.Kg, TB, RT, BK)
@@ -301,7 +349,7 @@ def plan(p):
     if SETTINGS.splitk > 0:
         splits = SETTINGS.splitk
     else:
-        target = 2 * _sm_count()
+        target = 2 * sms
         splits = 1
         if blocks < target:
             splits = max(1, min(cdiv(target, blocks), CRS // (4 * BK), 32))
@@ -313,7 +361,7 @@ def plan(p):
 def run(x, w, bias, p, y, ctx):
     TB, BK = SETTINGS.block, SETTINGS.bk
     RT = col_tile(p.dtype)
-    RTM, splits, kchunk = plan(p)
+    RTM, splits, kchunk = plan(p, ctx.device)
     sh, sw = p.stride
     dh, dw = p.dilation
     pt, _, pl, _ = p.padding
@@ -323,12 +371,12 @@ def run(x, w, bias, p, y, ctx):
     direct = splits == 1
     parts = y if direct else ctx.workspace("implicit_gemm_parts", splits * total, p.dtype)
     has_bias = 1 if (bias is not None and direct) else 0
-    launch(_kernel(p.dtype.str, TB, RTM, RT, BK), grid, (TB, TB), ctx)(
-        x, w, w if bias is None else bias, parts, has_bias, p.C, p.H, p.W, p.K, p.Cg, p.Kg, p.R, p.S, p.P, p.Q,
-        sh, sw, pt, pl, dh, dw, NPQ, p.groups, kchunk, total)
+    launch(_kernel(p.dtype.str, TB, RTM, RT, BK), grid, (TB, TB), ctx,
+           (x, w, w if bias is None else bias, parts, has_bias, p.C, p.H, p.W, p.K, p.Cg, p.Kg, p.R,
+            p.S, p.P, p.Q, sh, sw, pt, pl, dh, dw, NPQ, p.groups, kchunk, total))
     if not direct:
         threads = threads_1d()
         blocks = min(cdiv(total, threads), 65535)
-        launch(_epilogue_kernel(p.dtype.str), (blocks,), (threads,), ctx)(
-            parts, splits, total, w if bias is None else bias, 0 if bias is None else 1,
-            p.K, p.P * p.Q, y)
+        launch(_epilogue_kernel(p.dtype.str), (blocks,), (threads,), ctx,
+               (parts, splits, total, w if bias is None else bias, 0 if bias is None else 1,
+                p.K, p.P * p.Q, y))

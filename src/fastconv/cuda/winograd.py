@@ -23,11 +23,13 @@ T_chunk)`` elements; tiles are processed in chunks so that it stays under
 ``FASTCONV_CUDA_WORKSPACE_MB``.
 
 Non-finite values: a transform mixes a whole tile, so one inf would turn
-its neighbours into NaN.  ``nonfinite_kernel`` sets a device flag when x or w
-holds NaN/inf (a grid-stride scan, nothing copied to the host), and the output
-transform sets it when a result is non-finite (a transform overflowed); the
-gated direct kernel then recomputes the whole call exactly, still without a
-host round trip (its blocks exit at once when the flag is clear).
+its neighbours into NaN.  The weight transform flags weights that hold
+NaN/inf, the input transform flags tiles whose patch holds one, and the
+output transform flags non-finite results (a transform overflowed); each
+writes the call's epoch into a device flag, nothing is copied to the host.
+The gated direct kernel then recomputes the whole call exactly, still
+without a host round trip (its blocks exit at once unless the flag holds
+this call's epoch, see :func:`fastconv.cuda._runtime.next_epoch`).
 
 Constraints: 3x3 kernels, stride 1, dilation 1; any padding, groups, dtype.
 Error bound: :func:`fastconv.winograd_math.error_bound`.
@@ -43,7 +45,9 @@ import numpy as np
 from ..winograd_math import transform_matrices
 from . import direct
 from .implicit_gemm import _row_tile, col_tile
-from ._runtime import CUDA_JIT, SETTINGS, bind_cuda, cdiv, launch, nbtype, threads_1d
+from ._runtime import (
+    SETTINGS, KernelSpec, arg_types, array_type, bind_cuda, cdiv, launch, nbtype, threads_1d,
+)
 
 # numba.cuda, bound on first use.  Kernels must see it as a module global:
 # the CUDA simulator swaps module globals that are numba.cuda for its fake.
@@ -65,37 +69,6 @@ def supports(p):
 
 
 @functools.lru_cache(maxsize=None)
-def _nonfinite_kernel():
-    _bind()
-
-    def nonfinite_kernel(a, n, flag):
-        """flag[0] = 1 if any of a[:n] is NaN or inf.  Grid-stride; the flag is a benign race."""
-        i = cuda.grid(1)
-        step = cuda.gridsize(1)
-        found = False
-        while i < n:
-            v = a[i]
-            if math.isinf(v) or math.isnan(v):
-                found = True
-            i += step
-        if found:
-            flag[0] = 1
-
-    return cuda.jit(**CUDA_JIT)(nonfinite_kernel)
-
-
-@functools.lru_cache(maxsize=None)
-def _zero_flag_kernel():
-    _bind()
-
-    def zero_flag_kernel(flag):
-        if cuda.grid(1) == 0:
-            flag[0] = 0
-
-    return cuda.jit(**CUDA_JIT)(zero_flag_kernel)
-
-
-@functools.lru_cache(maxsize=None)
 def _transform_kernels(dtype_str: str, m: int):
     _bind()
     nb = nbtype(dtype_str)
@@ -108,8 +81,10 @@ def _transform_kernels(dtype_str: str, m: int):
     A2 = ALPHA * ALPHA
     M_OUT = m
 
-    def winograd_weight_kernel(w, U, Cg, Kg, groups):
-        """U[((xi*groups + g)*Cg + c)*Kg + k] = (G w[g*Kg+k, c] G^T)[xi]; w flat KCRS (3x3)."""
+    def winograd_weight_kernel(w, U, flag, epoch, Cg, Kg, groups):
+        """U[((xi*groups + g)*Cg + c)*Kg + k] = (G w[g*Kg+k, c] G^T)[xi]; w flat KCRS (3x3).
+
+        flag[0] = epoch when w[k, c] holds NaN or inf."""
         i = cuda.grid(1)
         if i >= groups * Cg * Kg:
             return
@@ -119,6 +94,13 @@ def _transform_kernels(dtype_str: str, m: int):
         c = t % Cg
         g = t // Cg
         base = ((g * Kg + k) * Cg + c) * 9
+        bad = False
+        for e in range(9):
+            v = w[base + e]
+            if math.isinf(v) or math.isnan(v):
+                bad = True
+        if bad:
+            flag[0] = epoch
         tmp = cuda.local.array((ALPHA, 3), nb)
         for a in range(ALPHA):
             for s in range(3):
@@ -133,8 +115,11 @@ def _transform_kernels(dtype_str: str, m: int):
                     acc += tmp[a, s] * Gm[b, s]
                 U[(((a * ALPHA + b) * groups + g) * Cg + c) * Kg + k] = acc
 
-    def winograd_input_kernel(x, V, C, H, W, Cg, groups, pt, pl, tiles_h, tiles_w, t0, Tc):
-        """V[((xi*groups + g)*Cg + c)*Tc + t] = (B^T d B)[xi] for tile t0 + t of channel g*Cg + c."""
+    def winograd_input_kernel(x, V, flag, epoch, C, H, W, Cg, groups, pt, pl, tiles_h, tiles_w, t0,
+                              Tc):
+        """V[((xi*groups + g)*Cg + c)*Tc + t] = (B^T d B)[xi] for tile t0 + t of channel g*Cg + c.
+
+        flag[0] = epoch when the tile's patch d holds NaN or inf."""
         i = cuda.grid(1)
         if i >= C * Tc:
             return
@@ -152,6 +137,7 @@ def _transform_kernels(dtype_str: str, m: int):
         w0 = tw * M_OUT - pl
         xbase = (n * C + cc) * H * W
         d = cuda.local.array((ALPHA, ALPHA), nb)
+        bad = False
         for a in range(ALPHA):
             ih = h0 + a
             for b in range(ALPHA):
@@ -159,7 +145,11 @@ def _transform_kernels(dtype_str: str, m: int):
                 v = nb(0)
                 if ih >= 0 and ih < H and iw >= 0 and iw < W:
                     v = x[xbase + ih * W + iw]
+                    if math.isinf(v) or math.isnan(v):
+                        bad = True
                 d[a, b] = v
+        if bad:
+            flag[0] = epoch
         tmp = cuda.local.array((ALPHA, ALPHA), nb)
         for a in range(ALPHA):
             for b in range(ALPHA):
@@ -176,9 +166,10 @@ def _transform_kernels(dtype_str: str, m: int):
                     acc += tmp[a, l] * Bm[b, l]
                 V[(a * ALPHA + b) * stride_xi + base] = acc
 
-    def winograd_output_kernel(Mw, y, bias, has_bias, flag, K, Kg, groups, P, Q, tiles_h, tiles_w,
-                               t0, Tc):
-        """y[n, k, th*m + i, tw*m + j] = (A^T M A)[i, j] + bias[k]; flags non-finite results."""
+    def winograd_output_kernel(Mw, y, bias, has_bias, flag, epoch, K, Kg, groups, P, Q, tiles_h,
+                               tiles_w, t0, Tc):
+        """y[n, k, th*m + i, tw*m + j] = (A^T M A)[i, j] + bias[k]; flag[0] = epoch on a
+        non-finite result (an overflowing transform)."""
         i = cuda.grid(1)
         if i >= K * Tc:
             return
@@ -220,11 +211,17 @@ def _transform_kernels(dtype_str: str, m: int):
                             bad = True
                         y[ybase + q] = v
         if bad:
-            flag[0] = 1
+            flag[0] = epoch
 
-    return (cuda.jit(**CUDA_JIT)(winograd_weight_kernel),
-            cuda.jit(**CUDA_JIT)(winograd_input_kernel),
-            cuda.jit(**CUDA_JIT)(winograd_output_kernel))
+    a = array_type(dtype_str)
+    f = array_type(np.int64)
+    consts = dict(dtype=dtype_str, ALPHA=ALPHA, M_OUT=M_OUT)
+    return (KernelSpec(winograd_weight_kernel, arg_types(winograd_weight_kernel, w=a, U=a, flag=f),
+                       consts),
+            KernelSpec(winograd_input_kernel, arg_types(winograd_input_kernel, x=a, V=a, flag=f),
+                       consts),
+            KernelSpec(winograd_output_kernel,
+                       arg_types(winograd_output_kernel, Mw=a, y=a, bias=a, flag=f), consts))
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,13 +317,22 @@ def _gemm_kernel(dtype_str: str, TB: int, RTM: int, RT: int, BK: int):
                     if jo < Tc:
                         Mw[mbase + mo * Tc + jo] = acc[i * RT + jj]
 
-    return cuda.jit(**CUDA_JIT)(winograd_gemm_kernel)
+    a = array_type(dtype_str)
+    return KernelSpec(winograd_gemm_kernel, arg_types(winograd_gemm_kernel, U=a, V=a, Mw=a),
+                      dict(dtype=dtype_str, TB=TB, RTM=RTM, RT=RT, BK=BK), register_blocked=True)
 
 
-def _scan_nonfinite(a, n, flag, ctx):
-    threads = threads_1d()
-    blocks = max(1, min(cdiv(n, threads * 8), 4096))
-    launch(_nonfinite_kernel(), (blocks,), (threads,), ctx)(a, n, flag)
+def specializations():
+    """Every kernel specialisation :func:`run_tiles` can launch under the current settings."""
+    from .implicit_gemm import row_tiles
+
+    TB, BK = SETTINGS.block, SETTINGS.bk
+    for dt in ("<f4", "<f8"):
+        for m in (2, 4):
+            yield from _transform_kernels(dt, m)
+        RT = col_tile(dt)
+        for RTM in row_tiles(dt):
+            yield _gemm_kernel(dt, TB, RTM, RT, BK)
 
 
 def run_tiles(x, w, bias, p, y, ctx, m):
@@ -350,32 +356,27 @@ def run_tiles(x, w, bias, p, y, ctx, m):
     has_bias = 0 if bias is None else 1
     bias_arg = w if bias is None else bias
 
+    epoch = ctx.epoch()
+    U, V, Mw, flag = ctx.workspaces("winograd", ((A2 * Cg * p.K, dtype), (A2 * p.C * Tc, dtype),
+                                                 (A2 * p.K * Tc, dtype), (1, np.int64)))
     ctx.mark("start")
-    flag = ctx.workspace("winograd_flag", 1, np.int32)
-    launch(_zero_flag_kernel(), (1,), (1,), ctx)(flag)
-    _scan_nonfinite(x, p.N * p.C * p.H * p.W, flag, ctx)
-    _scan_nonfinite(w, p.K * Cg * 9, flag, ctx)
-
-    U = ctx.workspace("winograd_U", A2 * Cg * p.K, dtype)
-    V = ctx.workspace("winograd_V", A2 * p.C * Tc, dtype)
-    Mw = ctx.workspace("winograd_M", A2 * p.K * Tc, dtype)
-    ctx.mark("non-finite scan")
     threads = threads_1d()
-    launch(wk, (cdiv(G * Cg * Kg, threads),), (threads,), ctx)(w, U, Cg, Kg, G)
+    launch(wk, (cdiv(G * Cg * Kg, threads),), (threads,), ctx, (w, U, flag, epoch, Cg, Kg, G))
     ctx.mark("kernel transform")
     for t0 in range(0, T, Tc):
         n_t = min(Tc, T - t0)
-        launch(ik, (cdiv(p.C * n_t, threads),), (threads,), ctx)(
-            x, V, p.C, p.H, p.W, Cg, G, pt, pl, tiles_h, tiles_w, t0, n_t)
+        launch(ik, (cdiv(p.C * n_t, threads),), (threads,), ctx,
+               (x, V, flag, epoch, p.C, p.H, p.W, Cg, G, pt, pl, tiles_h, tiles_w, t0, n_t))
         ctx.mark("input transform")
         grid = (cdiv(n_t, TB * RT), cdiv(Kg, TB * RTM), A2 * G)
-        launch(gk, grid, (TB, TB), ctx)(U, V, Mw, Cg, Kg, n_t)
+        launch(gk, grid, (TB, TB), ctx, (U, V, Mw, Cg, Kg, n_t))
         ctx.mark("GEMM")
-        launch(ok, (cdiv(p.K * n_t, threads),), (threads,), ctx)(
-            Mw, y, bias_arg, has_bias, flag, p.K, Kg, G, p.P, p.Q, tiles_h, tiles_w, t0, n_t)
+        launch(ok, (cdiv(p.K * n_t, threads),), (threads,), ctx,
+               (Mw, y, bias_arg, has_bias, flag, epoch, p.K, Kg, G, p.P, p.Q, tiles_h, tiles_w,
+                t0, n_t))
         ctx.mark("output transform")
-    # Exact recomputation when a non-finite value was seen (no-op blocks otherwise).
-    direct.run(x, w, bias, p, y, ctx, flag=flag)
+    # Exact recomputation when a transform saw a non-finite value (no-op blocks otherwise).
+    direct.run(x, w, bias, p, y, ctx, flag=flag, epoch=epoch)
     ctx.mark("non-finite fallback")
 
 
