@@ -88,9 +88,18 @@ def check(argv=None) -> int:
     from fastconv._dispatch import get
     from fastconv._params import normalize
 
+    argv = list(argv or [])
+    if "--cuda-compile" in argv:
+        from fastconv.cuda.compile_check import main as compile_main
+        return compile_main([a for a in argv if a != "--cuda-compile"])
     ap = argparse.ArgumentParser(prog="python -m fastconv check",
-                                 description="Self-test: every algorithm against the float64 reference.")
+                                 description="Self-test: every algorithm against the float64 "
+                                             "reference.  With --cuda-compile: compile every CUDA "
+                                             "kernel without a GPU (see python -m fastconv check "
+                                             "--cuda-compile --help).")
     ap.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
+    ap.add_argument("--cuda-compile", action="store_true",
+                    help="compile every CUDA kernel to PTX (and assemble it) instead")
     args = ap.parse_args(argv)
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     rng = np.random.default_rng(2024)
@@ -143,6 +152,7 @@ def main(argv=None) -> int:
         print("usage: python -m fastconv {info,check,bench} [options]\n\n"
               "  info   versions, CPU features, threading layer, algorithms, CUDA status\n"
               "  check  self-test: every algorithm vs the float64 reference, with error bounds\n"
+              "         (--cuda-compile: compile every CUDA kernel without a GPU)\n"
               "  bench  the benchmark suite against PyTorch (see --help)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])
