@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
-"""One-shot GPU check of fastconv's CUDA backend: correctness, then speed against cuDNN.
+"""One-shot GPU check of fastconv's CUDA backend: correctness, call overhead, speed against cuDNN.
 
-Written in a session without a GPU, for the first session that has one.  It
-must finish in under 6 minutes on one H100 including numba-cuda's JIT (it
-watches its own clock and skips the remaining timing layers past
-``--budget-s``).  Everything it finds goes to ``$OUT/gpu_check.json``; a
-summary goes to stdout.
+The one prepared script a session with a GPU runs.  It watches its own clock:
+no new timing layer is started past ``--budget-s`` seconds (default 300)
+since its start, so with numba-cuda's JIT included it fits one device call.
+Everything it finds goes to ``$OUT/gpu_check.json`` (rewritten after each
+phase, so a run cut short still leaves the phases it finished); a log and
+the summary go to stdout.
 
 How to run it with the device tool
 ----------------------------------
 numba-cuda 0.30 cannot compile kernels with numpy >= 2.5 (``module 'numpy'
-has no attribute 'row_stack'``) and the device machine has numpy 2.5.2, so
-carry numpy 2.4.4 for its Python 3.12.  On this (CPU) machine, from the
-repository root, once (``.whl/`` is git-ignored)::
+has no attribute 'row_stack'``), so carry a numpy 2.4 wheel for the device
+machine's Python 3.12 if it has numpy >= 2.5.  On this (CPU) machine, from
+the repository root, once (``.whl/`` is git-ignored)::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 \
@@ -28,30 +29,83 @@ the 64 MiB carry limit).  Then one device call, ``carry=[".whl"]``,
       && export PYTHONPATH=/tmp/site:src \
       && python3 benchmarks/gpu_check.py --out "$OUT"
 
-``--quick`` halves the random configurations and times 6 layers only (for a
-rerun with little device time left).
+Options: ``--quick`` (24 random configurations instead of 48, and the 6
+"quick" layers instead of all 18 at each batch, for a rerun with little
+device time left), ``--configs N``, ``--budget-s S``, and ``--smoke`` (tiny
+shapes, a tiny timing layer and 3-call overhead loops: a test of the script
+itself on a CPU machine, under numba's CUDA simulator)::
 
-What it checks
---------------
-1. Environment: fastconv.cuda.status() (device, compute capability,
-   numba-cuda version), numpy/torch/cupy versions.
-2. Differential correctness of every CUDA algorithm on seeded random
-   configurations (stride, asymmetric padding, dilation, groups, depthwise,
-   NCHW/NHWC, float32/float64, bias, unbatched) against torch's float64
-   convolution on the GPU, with the test suite's tolerance table; input kinds
-   rotate through numba arrays, torch tensors (also channels_last, i.e.
-   non-contiguous, and on a non-default stream) and CuPy arrays when
-   installed, and the result's kind is checked.  NaN/inf propagation and
-   ``out=`` are checked against fastconv.reference on small shapes.
-3. Registers, local memory (spills) and shared memory of every compiled
+    NUMBA_ENABLE_CUDASIM=1 FASTCONV_CUDA_BLOCK=4 FASTCONV_CUDA_REGTILE=2 FASTCONV_CUDA_BK=4 \
+      FASTCONV_CUDA_DIRECT_K=2 FASTCONV_CUDA_DIRECT_Q=2 \
+      python benchmarks/gpu_check.py --smoke --out /tmp/gpucheck_smoke --configs 4
+
+The pure-Python parts (failure isolation, summaries, targets) are tested by
+``tests/test_gpu_check.py``.
+
+What it checks, in this order
+-----------------------------
+1. Environment: ``fastconv.cuda.status()`` (device, compute capability,
+   numba-cuda version), numpy/numba/scipy/torch/cupy versions.
+2. Correctness: every CUDA algorithm on seeded random configurations
+   (stride, asymmetric padding, dilation, groups, depthwise, NCHW/NHWC,
+   float32/float64, bias, unbatched) against torch's float64 convolution on
+   the GPU, with the test suite's tolerance table; input kinds rotate through
+   numba arrays, torch tensors (also channels_last, i.e. non-contiguous, and
+   on a non-default stream) and CuPy arrays when installed, and the result's
+   kind is checked.  NaN/inf propagation, ``out=`` and a non-contiguous numba
+   view are checked against ``fastconv.reference`` on small shapes.  Then the
+   registers, local memory (spills) and shared memory of every compiled
    kernel, from numba-cuda.
-4. The benchmark suite (18 layers of ``conv_layers.json``) at batch 32 and
-   batch 1: median time of every algorithm and of cuDNN (TF32 off,
-   cudnn.benchmark=True) with CUDA events, TFLOP/s, ratio to cuDNN, Winograd
-   phases, and how often ``auto`` picked the fastest.
+3. Per-call host overhead: 3x3, padding 1, N=1 problems (C=K=8 on 8x8,
+   C=K=16 on 16x16, C=K=64 on 56x56), every CUDA algorithm and ``auto``
+   through ``fastconv.conv2d``, and cuDNN (``torch.nn.functional.conv2d``),
+   on torch CUDA float32 tensors; fastconv also on numba device arrays and
+   CuPy arrays.  Three warm-up calls and a synchronisation, then 300 calls
+   back to back with ``time.perf_counter()`` around the loop and no
+   synchronisation inside it (host time per call), then a synchronisation
+   (wall time per call, including it).  Where the GPU work of a call takes
+   longer than its host time, the launch queue can fill and make the loop
+   wait for the GPU: compare ``host_us`` with ``wall_us``.  The target is a
+   host time of at most 25 us per ``fastconv.conv2d`` call on torch tensors;
+   each fastconv row says whether it meets it.
+4. Timing at batch 32, then 5. at batch 1: the 18 layers of
+   ``conv_layers.json`` (6 with ``--quick``).  On each layer every CUDA
+   algorithm that supports it, ``auto``'s choice and cuDNN (TF32 off,
+   ``cudnn.benchmark=True``) are timed with CUDA events through
+   ``fastconv.conv2d`` into a preallocated ``out=`` (the method of
+   :mod:`fastconv.cuda.bench`: two untimed calls, a calibrated number of
+   back-to-back calls per round, 5 rounds interleaved, the median), and each
+   result is checked against torch's float64 result.  Each candidate is
+   timed on its own: one that fails (compilation, launch, a wrong shape)
+   leaves an error row (algorithm, stage, error, short traceback) and the
+   others' rows, the auto pick and the hit statistics stay.  Winograd phases
+   on 3x3 stride-1 layers.  Batch 32 stops starting layers early enough to
+   leave batch 1 part of the budget (up to 75 s).
 
-Exit status: 0 when every correctness check passed, 1 otherwise (timings are
-reported either way), 2 when the CUDA backend cannot run at all.
+Output (``gpu_check.json``)
+---------------------------
+``versions``, ``argv``, ``status``, ``input_kinds``;
+``correctness``: ``random`` and ``special`` (one record per check, ``ok``
+and the error or ``rel_err``/``tol``), ``failures``, ``checks``;
+``kernel_resources``: one record per compiled kernel signature;
+``overhead``: rows ``{problem, kind, algorithm, host_us, wall_us}`` (plus
+``meets_target`` on fastconv rows, or ``error``/``stage``/``traceback``),
+``overhead_skipped_for_time``;
+``timing``: ``batch32`` and ``batch1`` (``rows``: per layer and candidate
+``median_ms``, ``tflops``, ``ratio_vs_cudnn`` (>1 = faster than cuDNN),
+``max_rel_error``, ``auto``, ``phases_ms``, or an error row;
+``skipped_for_time``) and ``batch32_summary``/``batch1_summary``
+(geometric mean vs cuDNN per algorithm, best algorithm per layer,
+``auto_hits``, ``auto_near_hits`` (within 5 % of the best),
+``auto_geomean_ratio_vs_cudnn``, ``failures``);
+``targets``: the issue's targets computed from the run, each ``{value,
+target, met, note}`` (``met`` null when the run could not tell):
+``correctness_failures`` (0), ``worst_fastconv_host_overhead_us_torch``
+(<= 25 us), ``auto_geomean_vs_cudnn_batch1`` (>= 0.3x),
+``auto_hits_batch32`` (>= 16/18); ``wall_s``.
+
+Exit status: 0 when every correctness check passed, 1 otherwise (timings and
+targets are reported either way), 2 when the CUDA backend cannot run at all.
 """
 
 from __future__ import annotations
@@ -195,15 +249,19 @@ def kind_ok(y, kind) -> bool:
     return isinstance(y, torch.Tensor) and y.is_cuda
 
 
-def conv2d(*args, **kwargs):
-    """The public front end; under the simulator (a smoke test of this script) fastconv.cuda's,
+def front_end():
+    """The function every fastconv call of this script goes through: the public front end
+    ``fastconv.conv2d``; under the simulator (a smoke test of this script) ``fastconv.cuda``'s,
     because fastconv.conv2d does not recognise the simulator's arrays as device arrays."""
-    import fastconv
-    import fastconv.cuda
-
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
-        return fastconv.cuda.conv2d(*args, **kwargs)
-    return fastconv.conv2d(*args, **kwargs)
+        import fastconv.cuda
+        return fastconv.cuda.conv2d
+    import fastconv
+    return fastconv.conv2d
+
+
+def conv2d(*args, **kwargs):
+    return front_end()(*args, **kwargs)
 
 
 def check_random(configs, kinds, have_torch) -> list:
@@ -378,64 +436,411 @@ def _all_dispatchers():
                 and getattr(o.py_func, "__module__", "").startswith("fastconv")]
 
 
-# --- timing ---------------------------------------------------------------------------------------
+# --- per-call host overhead -----------------------------------------------------------------------
 
-def time_suite(layer_names, batch, repeat, budget_s, layers=None) -> dict:
-    from fastconv.bench.layers import select_layers
+#: (label, N, C = K, H = W) of the overhead problems; every one is a 3x3 convolution, padding 1.
+OVERHEAD_PROBLEMS = (("N1 C=K=8 8x8", 1, 8, 8), ("N1 C=K=16 16x16", 1, 16, 16),
+                     ("N1 C=K=64 56x56", 1, 64, 56))
+SMOKE_OVERHEAD_PROBLEMS = (("N1 C=K=4 4x4", 1, 4, 4),)
+#: The issue's target for the host time of one fastconv.conv2d call on torch CUDA tensors.
+OVERHEAD_TARGET_US = 25.0
+CUDNN = "cudnn"  # the name of cuDNN's rows (torch.nn.functional.conv2d)
+
+
+def error_entry(exc, stage: str) -> dict:
+    """What a failed candidate leaves in the report: the error, where, a short traceback."""
+    return {"error": f"{type(exc).__name__}: {exc}"[:500], "stage": stage,
+            "traceback": traceback.format_exc()[-1500:]}
+
+
+def host_and_wall(fn, sync, number: int, warmup: int = 3) -> tuple:
+    """(host, wall) microseconds per call of ``number`` back-to-back calls of ``fn``.
+
+    ``warmup`` calls and a synchronisation first; then ``time.perf_counter()`` around the
+    Python loop with no synchronisation inside it (host: the time the caller's thread spends
+    per call), then ``sync()`` (wall: including the final synchronisation, i.e. until the GPU
+    has finished the queued work).
+    """
+    for _ in range(warmup):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    t1 = time.perf_counter()
+    sync()
+    t2 = time.perf_counter()
+    return (t1 - t0) / number * 1e6, (t2 - t0) / number * 1e6
+
+
+def _syncer(kind):
+    if kind.startswith("torch"):
+        import torch
+        return torch.cuda.synchronize
+    if kind == "cupy":
+        import cupy
+        return cupy.cuda.runtime.deviceSynchronize
+    from numba import cuda
+    return cuda.synchronize
+
+
+def overhead(kinds, number: int = 300, warmup: int = 3, problems=OVERHEAD_PROBLEMS,
+             deadline: float = float("inf")) -> tuple:
+    """Host and wall time per call on small problems, for every CUDA algorithm, ``auto`` and
+    (on torch tensors) cuDNN.  Returns (rows, problems skipped for time)."""
+    from fastconv._dispatch import supported
+    from fastconv._params import normalize
+
+    f = front_end()
+    rows, skipped = [], []
+    rng = np.random.default_rng(11)
+    for label, N, C, H in problems:
+        if elapsed() > deadline:
+            skipped.append(label)
+            continue
+        p = normalize((N, C, H, H), (C, C, 3, 3), (C,), np.float32, padding=1)
+        algs = sorted(a.name for a in supported("cuda", p)) + ["auto"]
+        x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+        w = (rng.standard_normal((C, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+        b = rng.standard_normal(C).astype(np.float32)
+        for kind in kinds:
+            try:
+                xd, wd, bd = (to_kind(a, kind) for a in (x, w, b))
+                sync = _syncer(kind)
+            except Exception as exc:
+                rows.append({"problem": label, "kind": kind, "algorithm": None,
+                             **error_entry(exc, "setup")})
+                continue
+            calls = {a: (lambda a: lambda: f(xd, wd, bd, padding=1, algorithm=a))(a) for a in algs}
+            if kind == "torch":
+                import torch.nn.functional as F
+                calls[CUDNN] = lambda: F.conv2d(xd, wd, bd, padding=1)
+            for alg, fn in calls.items():
+                row = {"problem": label, "kind": kind, "algorithm": alg}
+                try:
+                    row["host_us"], row["wall_us"] = host_and_wall(fn, sync, number, warmup)
+                    if alg != CUDNN:
+                        row["meets_target"] = row["host_us"] <= OVERHEAD_TARGET_US
+                except Exception as exc:
+                    row.update(error_entry(exc, "overhead"))
+                rows.append(row)
+    return rows, skipped
+
+
+def overhead_table(rows) -> list:
+    """Compact lines: one per (problem, kind), each entry ``algorithm host/wall us``, fastconv
+    entries marked ok / MISS against OVERHEAD_TARGET_US."""
+    lines, groups = [], {}
+    for r in rows:
+        groups.setdefault((r["problem"], r["kind"]), []).append(r)
+    for (problem, kind), rs in groups.items():
+        cells = []
+        for r in rs:
+            if "error" in r:
+                cells.append(f"{r['algorithm']} FAILED ({r['error'][:60]})")
+                continue
+            mark = "" if r["algorithm"] == CUDNN else (" ok" if r["meets_target"] else " MISS")
+            cells.append(f"{r['algorithm']} {r['host_us']:.1f}/{r['wall_us']:.1f}{mark}")
+        lines.append(f"  {problem:17s} {kind:6s} " + " | ".join(cells))
+    return lines
+
+
+# --- timing -----------------------------------------------------------------------------------------
+
+class cudnn_settings:
+    """TF32 off, cudnn.benchmark on (as fastconv.cuda.bench.run_suite), restored on exit."""
+
+    def __enter__(self):
+        from fastconv.cuda import bench
+
+        self.torch, self.saved = bench._torch(), None
+        if self.torch is not None:
+            b = self.torch.backends
+            self.saved = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark)
+            b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+            b.cudnn.benchmark = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            b = self.torch.backends
+            b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark = self.saved
+        return False
+
+
+def time_candidates(calls, per_call, repeat: int, *, check=None, min_round_s: float = 0.02,
+                    max_number: int = 1000) -> tuple:
+    """Time each candidate of ``calls`` (name -> zero-argument callable), failures isolated.
+
+    As :func:`fastconv.cuda.bench.bench_layer`: two untimed calls (JIT, autotuning),
+    ``check(name, result)`` on the second one's result, one call to calibrate ``number`` (calls
+    per round, a round lasting at least ``min_round_s``), then ``repeat`` rounds with the
+    candidates interleaved; ``per_call(fn, number)`` gives the seconds per call of one round.
+    A candidate that raises anywhere is dropped from then on with an error entry; the others
+    carry on.
+
+    Returns
+    -------
+    measured : dict name -> {"times": [s per call, one per round], "number", "max_rel_error"}
+    errors : dict name -> :func:`error_entry`
+    """
+    measured, errors = {}, {}
+    for name, fn in calls.items():
+        stage = "warm-up"
+        try:
+            fn()
+            y = fn()
+            stage = "check"
+            err = float("nan") if check is None else float(check(name, y))
+            stage = "calibration"
+            t1 = per_call(fn, 1)
+            # The simulator's events return -1: one call per round there.
+            number = 1 if t1 <= 0 else int(min(max_number, max(1, np.ceil(min_round_s / t1))))
+            measured[name] = {"times": [], "number": number, "max_rel_error": err}
+        except Exception as exc:
+            errors[name] = error_entry(exc, stage)
+    for _ in range(repeat):
+        for name in list(measured):
+            try:
+                measured[name]["times"].append(per_call(calls[name], measured[name]["number"]))
+            except Exception as exc:
+                errors[name] = error_entry(exc, "timing")
+                del measured[name]
+    return measured, errors
+
+
+def layer_rows(layer: str, N: int, flops: int, measured: dict, errors: dict, auto: str) -> dict:
+    """Rows of one layer from :func:`time_candidates`' results (cuDNN under the name CUDNN).
+
+    One row per measured candidate (median ms, TFLOP/s, ratio to cuDNN, >1 = faster than
+    cuDNN), one error row per failed one; ``best`` is the fastest fastconv algorithm that ran,
+    ``auto_hit`` whether ``auto`` (which must have run) is it.
+    """
+    medians = {n: float(np.median(m["times"])) for n, m in measured.items() if m["times"]}
+    cud = medians.get(CUDNN)
+    rows = []
+    for name, med in medians.items():
+        rows.append({"layer": layer, "N": N, "algorithm": name, "auto": name == auto,
+                     "median_ms": med * 1e3, "tflops": flops / med / 1e12 if med else None,
+                     "ratio_vs_cudnn": cud / med if cud is not None and med else None,
+                     "max_rel_error": measured[name]["max_rel_error"],
+                     "number": measured[name]["number"], "phases_ms": {}})
+    for name, e in errors.items():
+        rows.append({"layer": layer, "N": N, "algorithm": name, "auto": name == auto, **e})
+    algs = {n: m for n, m in medians.items() if n != CUDNN}
+    best = min(algs, key=algs.get) if algs else None
+    return {"rows": rows, "best": best, "auto": auto,
+            "auto_hit": best is not None and best == auto and auto in medians,
+            "failed": sorted(errors)}
+
+
+def time_layer(layer, repeat: int, phases: bool) -> dict:
+    """Every CUDA algorithm that supports ``layer``, ``auto``'s choice and cuDNN, each timed
+    (and checked against torch's float64 result) on its own: see :func:`time_candidates`."""
+    from numba import cuda
+
+    from fastconv._dispatch import algorithms as all_algorithms
+    from fastconv._dispatch import auto_choice
     from fastconv.cuda import bench
+
+    f = front_end()
+    p = layer.params(np.float32)
+    names = [a for a in all_algorithms("cuda") if a not in ("auto", "winograd")]
+    chosen, unsupported = bench._concrete(names, p)
+    auto = auto_choice(p, "cuda")
+    if auto not in chosen:
+        chosen.append(auto)
+    x, w, b = layer.arrays(np.float32, 0)
+    kw = layer.conv_kwargs
+    xd, wd, bd = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
+    yd = {n: cuda.device_array(p.output_shape, dtype=np.float32) for n in chosen}
+    calls = {n: (lambda n: lambda: f(xd, wd, bd, algorithm=n, out=yd[n], **kw))(n) for n in chosen}
+    torch, ref = bench._torch(), None
+    if torch is not None:
+        import torch.nn.functional as F
+
+        tx, tw, tb = (torch.from_numpy(a).cuda() for a in (x, w, b))
+        with torch.no_grad():
+            ref = F.conv2d(tx.double(), tw.double(), tb.double(), **kw).cpu().numpy()
+
+        def cudnn():
+            with torch.no_grad():
+                return F.conv2d(tx, tw, tb, **kw)
+        calls[CUDNN] = cudnn
+
+    def check(name, y):
+        if ref is None:
+            return float("nan")
+        yh = to_host(y)
+        return float(np.max(np.abs(yh - ref)) / (np.max(np.abs(ref)) or 1.0))
+
+    measured, errors = time_candidates(calls, bench._Timer().per_call, repeat, check=check)
+    out = layer_rows(layer.name, layer.N, p.flops, measured, errors, auto)
+    out["unsupported"] = unsupported
+    if phases:
+        for r in out["rows"]:
+            if r["algorithm"].startswith("winograd") and "error" not in r:
+                try:
+                    r["phases_ms"] = {k: v * 1e3 for k, v in
+                                      bench.profile_phases(r["algorithm"], xd, wd, bd, layer).items()}
+                except Exception as exc:
+                    r["phases_error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return out
+
+
+def time_suite(layer_names, batch, repeat, deadline, layers=None) -> dict:
+    """Time the layers (default: all of conv_layers.json) at ``batch``; no new layer is started
+    past ``deadline`` (seconds since the start of the script)."""
+    from fastconv.bench.layers import select_layers
 
     if layers is None:
         layers = select_layers(layer_names) if layer_names else select_layers()
     done, skipped = [], []
-    for layer in layers:
-        if elapsed() > budget_s:
-            skipped.append(layer.name)
-            continue
-        try:
-            res = bench.run_suite([layer], repeat=repeat, batch=batch,
-                                  phases=layer.R == 3 and layer.stride == 1)
-            done.extend(bench.rows(res))
-            r = res.layers[0]
-            cud = r.measurements.get(bench.CUDNN)
-            best = r.measurements[r.best]
-            log(f"  N={batch} {layer.name:20s} best {r.best:18s} {best.gflops / 1e3:6.2f} TFLOP/s"
-                + (f", cuDNN {cud.gflops / 1e3:6.2f} TFLOP/s, best/cuDNN {cud.median / best.median:5.2f}x"
-                   if cud else "") + f", auto={r.auto}{' (hit)' if r.auto_hit else ''}")
-        except Exception as exc:
-            done.append({"layer": layer.name, "N": batch, "error": f"{type(exc).__name__}: {exc}",
-                         "traceback": traceback.format_exc()[-2000:]})
-            log(f"  {layer.name}: FAILED {type(exc).__name__}: {exc}")
+    with cudnn_settings():
+        for layer in layers:
+            if elapsed() > deadline:
+                skipped.append(layer.name)
+                continue
+            layer = layer.with_batch(batch)
+            try:
+                res = time_layer(layer, repeat, phases=layer.R == 3 and layer.stride == 1
+                                 and layer.dilation == 1)
+            except Exception as exc:  # the layer's setup failed: nothing of it was timed
+                done.append({"layer": layer.name, "N": batch, "algorithm": None,
+                             **error_entry(exc, "setup")})
+                log(f"  N={batch} {layer.name:20s} FAILED {type(exc).__name__}: {exc}")
+                continue
+            done.extend(res["rows"])
+            log("  " + layer_line(layer.name, batch, res))
     return {"batch": batch, "rows": done, "skipped_for_time": skipped}
 
 
+def layer_line(name, batch, res) -> str:
+    by = {r["algorithm"]: r for r in res["rows"] if "error" not in r}
+    cud, best, auto = by.get(CUDNN), by.get(res["best"]), by.get(res["auto"])
+    s = f"N={batch} {name:20s}"
+    if best:
+        s += f" best {best['algorithm']:18s} {best['tflops'] or 0:6.2f} TFLOP/s"
+    if cud:
+        s += f", cuDNN {cud['tflops'] or 0:6.2f} TFLOP/s"
+    if best and cud:
+        s += f", best/cuDNN {best['ratio_vs_cudnn'] or 0:5.2f}x"
+    s += f", auto={res['auto']}{' (hit)' if res['auto_hit'] else ''}"
+    if auto and cud:
+        s += f" {auto['ratio_vs_cudnn'] or 0:5.2f}x cuDNN"
+    for r in res["rows"]:
+        if "error" in r:
+            s += f"; {r['algorithm']} FAILED ({r['stage']}) {r['error'][:80]}"
+        elif "phases_error" in r:
+            s += f"; {r['algorithm']} phases failed: {r['phases_error'][:80]}"
+    return s
+
+
+def _geomean(values):
+    values = [v for v in values if v is not None and v > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else None
+
+
 def summarise(timing: dict) -> dict:
+    """Per-algorithm geometric-mean speed vs cuDNN, best per layer, auto's hits and its
+    geometric mean vs cuDNN, and the failures, from a :func:`time_suite` result."""
     rows = [r for r in timing["rows"] if "error" not in r]
     per_alg: dict = {}
     for r in rows:
-        if r["algorithm"] != "cudnn" and r.get("ratio_vs_cudnn"):
-            per_alg.setdefault(r["algorithm"], []).append(r["ratio_vs_cudnn"])
-    geo = {a: float(np.exp(np.mean(np.log(v)))) for a, v in per_alg.items()}
+        if r["algorithm"] != CUDNN:
+            per_alg.setdefault(r["algorithm"], []).append(r.get("ratio_vs_cudnn"))
+    geo = {a: _geomean(v) for a, v in per_alg.items()}
     best = {}
     for r in rows:
-        if r["algorithm"] == "cudnn":
+        if r["algorithm"] == CUDNN:
             continue
         cur = best.get(r["layer"])
         if cur is None or r["median_ms"] < cur["median_ms"]:
             best[r["layer"]] = r
-    auto = {r["layer"]: r["algorithm"] for r in rows if r.get("auto")}
+    auto = {r["layer"]: r for r in rows if r.get("auto")}
+    auto_ratios = [r.get("ratio_vs_cudnn") for r in auto.values()]
     return {
         "geomean_ratio_vs_cudnn_per_algorithm": geo,
         "best_per_layer": {k: {"algorithm": v["algorithm"], "tflops": v["tflops"],
                                "ratio_vs_cudnn": v["ratio_vs_cudnn"]} for k, v in best.items()},
-        "auto_hits": sum(auto.get(k) == v["algorithm"] for k, v in best.items()),
+        "auto_hits": sum(k in auto and auto[k]["algorithm"] == v["algorithm"]
+                         for k, v in best.items()),
+        "auto_near_hits": sum(k in auto and auto[k]["median_ms"] <= 1.05 * v["median_ms"]
+                              for k, v in best.items()),
+        "auto_geomean_ratio_vs_cudnn": _geomean(auto_ratios),
+        "auto_layers_vs_cudnn": sum(1 for v in auto_ratios if v is not None and v > 0),
         "layers": len(best),
+        "layers_skipped_for_time": len(timing.get("skipped_for_time", ())),
+        "failures": [{"layer": r["layer"], "algorithm": r.get("algorithm"), "stage": r.get("stage"),
+                      "error": r["error"]} for r in timing["rows"] if "error" in r],
     }
+
+
+# --- the issue's targets ------------------------------------------------------------------------
+
+SUITE_LAYERS = 18
+AUTO_HITS_TARGET = 16
+AUTO_B1_TARGET = 0.3
+
+
+def compute_targets(report: dict) -> dict:
+    """The issue's targets, each ``{value, target, met, note}``; ``met`` is None when the run
+    did not measure enough to tell."""
+    out = {}
+    corr = report.get("correctness") or {}
+    f = corr.get("failures")
+    out["correctness_failures"] = {
+        "value": f, "target": "0", "met": None if f is None else f == 0,
+        "note": f"{corr.get('checks', 0)} checks"}
+
+    rows = [r for r in report.get("overhead") or () if r.get("kind") == "torch"
+            and r.get("algorithm") != CUDNN]
+    ok = [r for r in rows if "error" not in r]
+    failed = len(rows) - len(ok)
+    worst = max(ok, key=lambda r: r["host_us"]) if ok else None
+    out["worst_fastconv_host_overhead_us_torch"] = {
+        "value": None if worst is None else round(worst["host_us"], 2),
+        "target": f"<= {OVERHEAD_TARGET_US:g} us",
+        "met": None if worst is None else bool(worst["host_us"] <= OVERHEAD_TARGET_US and not failed),
+        "note": ("no fastconv call timed on torch CUDA tensors" if worst is None else
+                 f"{worst['algorithm']} on {worst['problem']}; {len(ok)} rows"
+                 + (f", {failed} calls failed" if failed else ""))}
+
+    timing = report.get("timing") or {}
+    s1 = timing.get("batch1_summary")
+    g = None if s1 is None else s1.get("auto_geomean_ratio_vs_cudnn")
+    out["auto_geomean_vs_cudnn_batch1"] = {
+        "value": None if g is None else round(g, 4), "target": f">= {AUTO_B1_TARGET:g}x",
+        "met": None if g is None else bool(g >= AUTO_B1_TARGET),
+        "note": ("batch 1 not timed" if s1 is None else
+                 f"over {s1['auto_layers_vs_cudnn']} layers (>1 = faster than cuDNN)")}
+
+    s32 = timing.get("batch32_summary")
+    if s32 is None:
+        out["auto_hits_batch32"] = {"value": None, "target": f">= {AUTO_HITS_TARGET}/{SUITE_LAYERS}",
+                                    "met": None, "note": "batch 32 not timed"}
+    else:
+        hits, n = s32["auto_hits"], s32["layers"]
+        misses_allowed = SUITE_LAYERS - AUTO_HITS_TARGET
+        met = True if hits >= AUTO_HITS_TARGET else False if n - hits > misses_allowed else None
+        out["auto_hits_batch32"] = {
+            "value": f"{hits}/{n}", "target": f">= {AUTO_HITS_TARGET}/{SUITE_LAYERS}", "met": met,
+            "note": f"{n} of {SUITE_LAYERS} layers timed" + (", not enough to tell" if met is None
+                                                             else "")}
+    return out
+
+
+def targets_lines(targets: dict) -> list:
+    verdict = {True: "met", False: "MISSED", None: "n/a"}
+    return [f"  {k:40s} {v['value']!s:>10}  (target {v['target']})  {verdict[v['met']]}"
+            f"  [{v['note']}]" for k, v in targets.items()]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-check-out"))
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="24 random configurations, 6 timing layers at each batch")
     ap.add_argument("--budget-s", type=float, default=300.0,
                     help="stop starting new timing layers after this many seconds (default 300)")
     ap.add_argument("--configs", type=int, default=None, help="random configurations (default 48)")
@@ -445,7 +850,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu_check.json")
-    report = {"versions": versions(), "argv": sys.argv[1:]}
+    report = {"versions": versions(), "argv": sys.argv[1:] if argv is None else list(argv)}
 
     def save():
         report["wall_s"] = elapsed()
@@ -467,16 +872,17 @@ def main(argv=None) -> int:
         have_torch = torch.cuda.is_available()
     except Exception:
         pass
-    kinds = ["numba"]
-    if have_torch:
-        kinds += ["torch", "torch_channels_last"]
+    have_cupy = False
     try:
         import cupy  # noqa: F401
-        kinds.append("cupy")
+        have_cupy = True
     except Exception:
         pass
+    kinds = ["numba"] + (["torch", "torch_channels_last"] if have_torch else []) \
+        + (["cupy"] if have_cupy else [])
     report["input_kinds"] = kinds
 
+    # 1. correctness
     n_cfg = args.configs or (24 if args.quick else 48)
     configs = random_configs(np.random.default_rng(2026), n_cfg, dim=5 if args.smoke else 40)
     log(f"correctness: {n_cfg} random configurations x supported algorithms, kinds {kinds}")
@@ -493,28 +899,61 @@ def main(argv=None) -> int:
         log(f"  {r['kernel']:28s} regs {r.get('registers')!s:>4} local {r.get('local_bytes')!s:>5} B "
             f"shared {r.get('shared_bytes')!s:>6} B  {r.get('constants')} {r.get('signature', '')[:50]}")
     save()
+    if args.smoke:  # the simulator is slow, and its timings mean nothing anyway
+        args.budget_s = max(args.budget_s, elapsed() + 600)
 
+    # 2. per-call host overhead
+    okinds = ["numba"] if args.smoke else \
+        (["torch"] if have_torch else []) + ["numba"] + (["cupy"] if have_cupy else [])
+    st = report["status"]
+    log(f"overhead: host / wall us per call ({'3 calls' if args.smoke else '300 calls'} back to "
+        f"back; fastconv target <= {OVERHEAD_TARGET_US:g} us host on torch tensors), kinds "
+        f"{okinds}, on {st.get('device')} cc {st.get('compute_capability')} numba-cuda "
+        f"{st.get('numba_cuda_version')}; status {st}")
+    with cudnn_settings():
+        rows, oskipped = overhead(okinds, number=3 if args.smoke else 300,
+                                  warmup=1 if args.smoke else 3,
+                                  problems=SMOKE_OVERHEAD_PROBLEMS if args.smoke else OVERHEAD_PROBLEMS,
+                                  deadline=args.budget_s)
+    report["overhead"] = rows
+    report["overhead_skipped_for_time"] = oskipped
+    for line in overhead_table(rows):
+        log(line)
+    save()
+
+    # 3. batch 32, then 4. batch 1; batch 32 leaves part of the budget to batch 1
     quick_layers = ["lenet5_c3", "resnet50_stem", "resnet50_3x3_64", "resnet50_3x3_s2",
                     "resnet50_1x1_exp", "mobilenet_dw_s1"]
     layer_names = quick_layers if args.quick else None
-    report["timing"] = {}
-    log("timing: batch 32 (TF32 off) ...")
     tiny = None
     if args.smoke:
         from fastconv.bench.layers import Layer
         tiny = [Layer("smoke_3x3", 1, 4, 5, 5, 4, 3, 3, padding=1),
                 Layer("smoke_s2", 1, 3, 6, 6, 2, 3, 3, stride=2)]
-        args.budget_s = max(args.budget_s, elapsed() + 600)
-    report["timing"]["batch32"] = time_suite(layer_names, 1 if args.smoke else 32, 1 if args.smoke else 5,
-                                             args.budget_s, layers=tiny)
+    reserve_b1 = min(75.0, 0.3 * max(0.0, args.budget_s - elapsed()))
+    report["timing"] = {}
+    log(f"timing: batch {1 if args.smoke else 32} (TF32 off) until "
+        f"{args.budget_s - reserve_b1:.0f} s ...")
+    report["timing"]["batch32"] = time_suite(layer_names, 1 if args.smoke else 32,
+                                             1 if args.smoke else 5,
+                                             args.budget_s - reserve_b1, layers=tiny)
     report["timing"]["batch32_summary"] = summarise(report["timing"]["batch32"])
     save()
-    if elapsed() < args.budget_s and not args.smoke:
-        log("timing: batch 1 ...")
-        report["timing"]["batch1"] = time_suite(layer_names or quick_layers, 1, 5, args.budget_s + 30)
-        report["timing"]["batch1_summary"] = summarise(report["timing"]["batch1"])
-        save()
-    log(f"summary batch 32: {json.dumps(report['timing']['batch32_summary']['geomean_ratio_vs_cudnn_per_algorithm'])}")
+    log(f"timing: batch 1 until {args.budget_s:.0f} s ...")
+    report["timing"]["batch1"] = time_suite(layer_names, 1, 1 if args.smoke else 5, args.budget_s,
+                                            layers=tiny[:1] if tiny else None)
+    report["timing"]["batch1_summary"] = summarise(report["timing"]["batch1"])
+    for b in ("batch32", "batch1"):
+        s = report["timing"][f"{b}_summary"]
+        log(f"summary {b}: {s['layers']} layers timed, {s['layers_skipped_for_time']} skipped for "
+            f"time, {len(s['failures'])} failed candidates; auto hits {s['auto_hits']}/{s['layers']}; "
+            f"geomean vs cuDNN {json.dumps(s['geomean_ratio_vs_cudnn_per_algorithm'])}")
+
+    report["targets"] = compute_targets(report)
+    save()
+    log("targets:")
+    for line in targets_lines(report["targets"]):
+        print(line, flush=True)
     log(f"wrote {path}")
     return 0 if not bad else 1
 
