@@ -85,6 +85,7 @@ CUDA_JIT = _config.CUDA_JIT
 SHARED_BYTES = 48 * 1024
 
 _lock = threading.Lock()
+_ptx_lock = threading.Lock()
 _state: dict = {}
 
 
@@ -184,9 +185,25 @@ class KernelSpec:
         return k
 
     def ptx(self, cc):
-        """PTX for compute capability ``cc`` under the same typing as a GPU (no GPU needed)."""
+        """PTX for compute capability ``cc`` under the same typing as a GPU (no GPU needed).
+
+        numba-cuda types a jitable helper called by a kernel (the shared GEMM
+        slice of :mod:`fastconv.cuda._gemm_tile`) by compiling it for the
+        current GPU's compute capability; without a GPU that lookup fails, so
+        for this compilation it answers ``cc``.  The helper is inlined into the
+        kernel's IR, and the kernel itself is compiled for ``cc``.
+        """
+        from unittest import mock
+
         from numba import cuda
-        ptx, _ = cuda.compile_ptx(self.fn, self.argtypes, cc=cc, fastmath=CUDA_JIT.get("fastmath", False))
+        from numba.cuda import dispatcher
+
+        class _Target:
+            compute_capability = tuple(cc)
+
+        with _ptx_lock, mock.patch.object(dispatcher, "get_current_device", lambda: _Target):
+            ptx, _ = cuda.compile_ptx(self.fn, self.argtypes, cc=cc,
+                                      fastmath=CUDA_JIT.get("fastmath", False))
         return ptx
 
     def __repr__(self):

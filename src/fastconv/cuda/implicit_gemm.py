@@ -22,7 +22,8 @@ Blocking (``TB = FASTCONV_CUDA_BLOCK``, ``RT = FASTCONV_CUDA_REGTILE``,
   the current one is multiplied (one shared buffer, two barriers per slice);
 * each thread keeps an ``RTM x RT`` accumulator tile in registers (8 x 8 = 64
   FMAs per 16 shared loads; float64 halves ``RT`` to stay within 255
-  registers); its rows and columns are ``TB`` apart, so a
+  registers), multiplied slice by slice by the product Winograd's GEMM uses
+  too (:mod:`fastconv.cuda._gemm_tile`); its rows and columns are ``TB`` apart, so a
   warp reads consecutive shared words (no bank conflicts; ``As`` reads are
   broadcasts) and writes consecutive output pixels (coalesced stores);
 * each thread gathers ``B`` for one fixed output pixel, so the pixel's
@@ -49,6 +50,7 @@ import functools
 
 import numpy as np
 
+from ._gemm_tile import slice_product
 from ._runtime import (
     SETTINGS, KernelSpec, arg_types, array_type, bind_cuda, cdiv, launch, nbtype, threads_1d,
 )
@@ -88,6 +90,7 @@ def _kernel(dtype_str: str, TB: int, RTM: int, RTN: int, BK: int):
     ROWS_A = NT // BK          # A rows (output channels) loaded per pass
     A_PER = BM // ROWS_A       # A elements per thread per slice
     NACC = RTM * RTN
+    gemm_slice = slice_product(dtype_str, TB, RTM, RTN, BK)
     FAR = -(1 << 30)           # a tap offset that puts every pixel outside the image
 
     def implicit_gemm_kernel(x, w, bias, y, has_bias, C, H, W, K, Cg, Kg, R, S, P, Q, sh, sw, pt, pl, dh, dw,
@@ -109,8 +112,6 @@ def _kernel(dtype_str: str, TB: int, RTM: int, RTN: int, BK: int):
         a_pf = cuda.local.array(A_PER, nb)
         b_pf = cuda.local.array(B_PER, nb)
         acc = cuda.local.array(NACC, nb)
-        a_reg = cuda.local.array(RTM, nb)
-        b_reg = cuda.local.array(RTN, nb)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * TB + tx
@@ -216,14 +217,7 @@ def _kernel(dtype_str: str, TB: int, RTM: int, RTN: int, BK: int):
                     if ih >= 0 and ih < H and iw >= 0 and iw < W:
                         v = x[xpix + tap_off[nxt, kk]]
                     b_pf[l] = v
-            for kk in range(BK):
-                for i in range(RTM):
-                    a_reg[i] = As[kk, ty + i * TB]
-                for jj in range(RTN):
-                    b_reg[jj] = Bs[kk, tx + jj * TB]
-                for i in range(RTM):
-                    for jj in range(RTN):
-                        acc[i * RTN + jj] += a_reg[i] * b_reg[jj]
+            gemm_slice(As, Bs, acc, ty, tx)
             cuda.syncthreads()
 
         ybase = split * split_stride

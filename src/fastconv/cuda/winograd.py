@@ -10,8 +10,9 @@ Four kernels per call, every intermediate in device memory (Lavin & Gray
    image), one thread per (channel, tile) with the tile fastest;
 3. ``winograd_gemm_kernel``: ``alpha^2 * groups`` independent GEMMs
    ``M[xi, g] = U[xi, g]^T V[xi, g]`` (Kg x Cg times Cg x tiles), tiled like
-   :mod:`fastconv.cuda.implicit_gemm` (shared-memory slices, ``RT x RT``
-   register tiles, register prefetch); both operands are read along their
+   :mod:`fastconv.cuda.implicit_gemm` (shared-memory slices multiplied by the
+   same register-tiled slice product, :mod:`fastconv.cuda._gemm_tile`;
+   register prefetch); both operands are read along their
    contiguous axis, so the loads are coalesced and the stores to shared
    memory conflict-free;
 4. ``winograd_output_kernel``: ``y = A^T M A`` plus bias, one thread per
@@ -44,6 +45,7 @@ import numpy as np
 
 from ..winograd_math import transform_matrices
 from . import direct
+from ._gemm_tile import slice_product
 from .implicit_gemm import _row_tile, col_tile
 from ._runtime import (
     SETTINGS, KernelSpec, arg_types, array_type, bind_cuda, cdiv, launch, nbtype, threads_1d,
@@ -236,6 +238,7 @@ def _gemm_kernel(dtype_str: str, TB: int, RTM: int, RT: int, BK: int):
     ROWS_B = NT // BN
     B_PER = BK // ROWS_B
     NACC = RTM * RT
+    gemm_slice = slice_product(dtype_str, TB, RTM, RT, BK)
 
     def winograd_gemm_kernel(U, V, Mw, Cg, Kg, Tc):
         """Mw[z, k, t] = sum_c U[z, c, k] V[z, c, t] for z = xi*groups + g (grid z).
@@ -248,8 +251,6 @@ def _gemm_kernel(dtype_str: str, TB: int, RTM: int, RT: int, BK: int):
         a_pf = cuda.local.array(A_PER, nb)
         b_pf = cuda.local.array(B_PER, nb)
         acc = cuda.local.array(NACC, nb)
-        a_reg = cuda.local.array(RTM, nb)
-        b_reg = cuda.local.array(RT, nb)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * TB + tx
@@ -299,14 +300,7 @@ def _gemm_kernel(dtype_str: str, TB: int, RTM: int, RT: int, BK: int):
                     if j < Tc and c < Cg:
                         v = V[vbase + c * Tc + j]
                     b_pf[l] = v
-            for kk in range(BK):
-                for i in range(RTM):
-                    a_reg[i] = As[kk, ty + i * TB]
-                for jj in range(RT):
-                    b_reg[jj] = Bs[kk, tx + jj * TB]
-                for i in range(RTM):
-                    for jj in range(RT):
-                        acc[i * RT + jj] += a_reg[i] * b_reg[jj]
+            gemm_slice(As, Bs, acc, ty, tx)
             cuda.syncthreads()
         mbase = z * Kg * Tc
         for i in range(RTM):
