@@ -52,21 +52,20 @@ nitpicky = False
 # The API pages of optional or still-growing modules are generated here, so a
 # module that is absent (or does not import without its framework) is left
 # out with a note in the build log instead of a warning that -W turns into
-# an error.  Each entry: (module, title); for the framework adapters the
-# public name ``fastconv.X`` is preferred to ``fastconv.interop.X``.
+# an error.  Each entry: (module, title).
 OPTIONAL_MODULES = [
     ("fastconv.accuracy", "Error bounds"),
     ("fastconv.grad", "Gradients and transposed convolution"),
     ("fastconv.plan", "Plans"),
     ("fastconv.tuning", "Autotuning"),
-    (("fastconv.torch", "fastconv.interop.torch"), "PyTorch"),
-    (("fastconv.jax", "fastconv.interop.jax"), "JAX"),
-    (("fastconv.dask", "fastconv.interop.dask"), "Dask"),
+    ("fastconv.torch", "PyTorch"),
+    ("fastconv.jax", "JAX"),
+    ("fastconv.dask", "Dask"),
     ("fastconv.cuda", "CUDA"),
 ]
 # Documented on the hand-written pages, or not part of the API.
 NOT_OPTIONAL = {"fastconv.reference", "fastconv.lenet", "fastconv.winograd_math",
-                "fastconv.errors", "fastconv.cpu", "fastconv.bench", "fastconv.interop"}
+                "fastconv.errors", "fastconv.cpu", "fastconv.bench"}
 
 
 def _importable(name: str) -> bool:
@@ -82,13 +81,10 @@ def _write_optional_api() -> None:
     import pkgutil
 
     entries, seen = [], set()
-    for names, title in OPTIONAL_MODULES:
-        names = (names,) if isinstance(names, str) else names
-        seen.update(names)
-        for name in names:
-            if _importable(name):
-                entries.append((name, title))
-                break
+    for name, title in OPTIONAL_MODULES:
+        seen.add(name)
+        if _importable(name):
+            entries.append((name, title))
     # public modules nobody listed yet still get a page section
     for info in pkgutil.iter_modules(fastconv.__path__, "fastconv."):
         name = info.name

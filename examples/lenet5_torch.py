@@ -38,6 +38,7 @@ import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 
 import fastconv.torch as fct
 from fastconv.lenet import lenet5_c3_table
@@ -135,11 +136,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     epochs = 3 if args.quick else args.epochs
     torch.set_num_threads(args.threads)
-    try:  # fastconv's im2col uses NumPy's BLAS; hold it to the same thread count
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
+    # fastconv's im2col uses NumPy's BLAS; hold it to the same thread count
+    threadpool_limits(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
 
     torch.manual_seed(args.seed)

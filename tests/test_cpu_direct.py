@@ -24,6 +24,10 @@ from fastconv.cpu import direct
 from conftest import TOLERANCE, random_problem, rel_err
 from fastconv.cpu._blocked import lanes, pack_input_blocked, pack_input_phases, pack_weights_blocked
 
+# The grid runs every kernel path (blocked, width, pointwise, depthwise, simple) per dtype, each
+# its own specialisation: with a cold Numba cache the module took 161 s, mostly compiling.
+pytestmark = pytest.mark.jit
+
 
 def _params(x, w, b, **kw):
     return normalize(x.shape, w.shape, None if b is None else b.shape, x.dtype, **kw)

@@ -15,6 +15,10 @@ from fastconv.winograd_math import error_bound, transform_matrices
 
 from conftest import TOLERANCE, random_problem, rel_err
 
+# Every path (fused, few-channel, channel-vectorised, stream) in both dtypes is its own
+# specialisation: with a cold Numba cache the module took 204 s, most tests 5-15 s of compiling.
+pytestmark = pytest.mark.jit
+
 ALGS = ("winograd_f2x2_3x3", "winograd_f4x4_3x3")
 
 

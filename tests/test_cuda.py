@@ -104,6 +104,7 @@ def test_unavailable_cuda_is_a_clear_error(monkeypatch):
         fastconv.cuda.conv2d(x, np.ones((1, 1, 3, 3), np.float32))
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(MODE != "subprocess", reason="runs only where no GPU or simulator is active")
 def test_kernels_under_the_simulator():
     env = dict(os.environ, **SIM_ENV)

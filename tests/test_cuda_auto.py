@@ -148,6 +148,7 @@ def test_thresholds_can_be_replaced():
         "winograd_f2x2_3x3"
 
 
+@pytest.mark.subprocess
 def test_import_does_not_load_numba_cuda():
     code = ("import sys, fastconv.cuda.auto; "
             "sys.exit('numba.cuda imported' if 'numba.cuda' in sys.modules else 0)")

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(
     reason="compiling needs the real CUDA target, not the simulator")
 
 
+@pytest.mark.subprocess
 def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
     from fastconv.cuda.compile_check import specializations
 

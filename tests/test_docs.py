@@ -144,6 +144,7 @@ def test_error_table_rejects_an_error_above_its_bound(monkeypatch):
         main([os.devnull])
 
 
+@pytest.mark.subprocess
 def test_sphinx_build_has_no_warnings(tmp_path):
     pytest.importorskip("sphinx")
     pytest.importorskip("numpydoc")

@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
+pytestmark = pytest.mark.subprocess
+
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "lenet5_torch.py"
 
 

@@ -3,12 +3,15 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "fastconv", *args], capture_output=True, text=True,
                           timeout=600)
 
 
+@pytest.mark.subprocess
 def test_info():
     r = run("info")
     assert r.returncode == 0, r.stderr
@@ -16,6 +19,7 @@ def test_info():
         assert field in r.stdout
 
 
+@pytest.mark.subprocess
 def test_check_passes():
     r = run("check", "--dtype", "float64")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -23,6 +27,7 @@ def test_check_passes():
     assert "winograd_f4x4_3x3" in r.stdout and "FAIL" not in r.stdout
 
 
+@pytest.mark.subprocess
 def test_usage():
     r = run("frobnicate")
     assert r.returncode == 2 and "usage" in r.stdout

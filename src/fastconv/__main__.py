@@ -47,13 +47,10 @@ def info(argv=None) -> int:
     print(f"fastmath        {_config.FASTMATH}; cache {_config.CACHE}; "
           f"workspace {_config.WORKSPACE_BYTES // 2**20} MiB")
     print(f"algorithms      {', '.join(fastconv.algorithms())}")
-    try:
-        from threadpoolctl import threadpool_info
-        for pool in threadpool_info():
-            print(f"blas            {pool.get('internal_api')} {pool.get('version')} "
-                  f"kernel={pool.get('architecture')} threads={pool.get('num_threads')}")
-    except ImportError:
-        print("blas            (install threadpoolctl to see the BLAS kernel)")
+    from threadpoolctl import threadpool_info
+    for pool in threadpool_info():
+        print(f"blas            {pool.get('internal_api')} {pool.get('version')} "
+              f"kernel={pool.get('architecture')} threads={pool.get('num_threads')}")
     try:
         from fastconv import cuda
         st = cuda.status()

@@ -45,8 +45,10 @@ __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "conv_
 
 
 # --------------------------------------------------------------------------
-# Array operations the derivations need, for NumPy arrays and torch tensors
-# (the torch adapter runs the same derivations on CUDA tensors).
+# Array operations the derivations need.  They run on NumPy arrays here; an
+# adapter passes its own ``ops`` with the same five operations to run them on
+# its tensors (fastconv.torch does, for CUDA tensors), so no framework is
+# imported by this module.
 # --------------------------------------------------------------------------
 
 class _NumpyOps:
@@ -66,31 +68,13 @@ class _NumpyOps:
     def contiguous(a):
         return np.ascontiguousarray(a)
 
-
-class _TorchOps:
     @staticmethod
-    def zeros(shape, like):
-        import torch
-        return torch.zeros(shape, dtype=like.dtype, device=like.device)
-
-    @staticmethod
-    def permute(a, axes):
-        return a.permute(*axes)
-
-    @staticmethod
-    def flip_hw(a):
-        return a.flip((2, 3))
-
-    @staticmethod
-    def contiguous(a):
-        return a.contiguous()
+    def result(y, like):
+        """:func:`fastconv.conv2d`'s result as the kind of array ``like`` is."""
+        return y
 
 
-def _ops(a):
-    return _NumpyOps if isinstance(a, np.ndarray) else _TorchOps
-
-
-def _conv2d(x, w, bias, *, stride, padding, dilation, groups, algorithm, what):
+def _conv2d(x, w, bias, *, stride, padding, dilation, groups, algorithm, what, ops):
     """The forward call that does the work, with errors naming the derived convolution."""
     from ._api import conv2d
     try:
@@ -100,29 +84,26 @@ def _conv2d(x, w, bias, *, stride, padding, dilation, groups, algorithm, what):
         raise UnsupportedError(f"{what} runs a derived convolution (kernel "
                                f"{tuple(w.shape[2:])}, stride {stride}, dilation {dilation}); "
                                f"{exc}") from None
-    if not isinstance(x, np.ndarray) and not isinstance(y, type(x)):
-        # torch tensors in, whatever the backend returned (NumPy on CPU, a
-        # CUDA array interface object on a GPU) back to a torch tensor.
-        import torch
-        y = torch.as_tensor(y, device=x.device)
-    return y
+    return ops.result(y, x)
 
 
 # --------------------------------------------------------------------------
 # The two derivations, on batched NCHW arrays with normalised integers.
 # --------------------------------------------------------------------------
 
-def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algorithm, what):
+def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algorithm, what,
+                     ops=_NumpyOps):
     """``grad_x`` (N, C, H, W) of the convolution ``(x -> gy)``, for ``out_hw = (H, W)``.
 
     ``gy`` is (N, K, P, Q), ``w`` is (K, C/groups, R, S).  ``P`` need not be
     the forward output size of ``H``: rows of ``gy`` beyond it are ignored and
     missing rows count as zero, which is what the transposed convolution needs
-    when ``output_padding >= stride``.
+    when ``output_padding >= stride``.  ``ops`` holds the array operations
+    (:class:`_NumpyOps` for NumPy arrays; an adapter passes its own).
     """
     if algorithm == "auto" and tuple(stride) != (1, 1) and _polyphase_pays(gy, w, out_hw, dilation, groups):
-        return _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, what)
-    ops = _ops(gy)
+        return _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, what,
+                                     ops)
     N, K, P, Q = gy.shape
     Kw, Cg, R, S = w.shape
     H, W = out_hw
@@ -153,7 +134,7 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
     wt = ops.permute(w.reshape(G, Kg, Cg, R, S), (0, 2, 1, 3, 4)).reshape(G * Cg, Kg, R, S)
     wt = ops.contiguous(ops.flip_hw(wt))
     return _conv2d(buf, wt, bias, stride=1, padding=0, dilation=(dh, dw), groups=G,
-                   algorithm=algorithm, what=what)
+                   algorithm=algorithm, what=what, ops=ops)
 
 
 def _phases(n_out, pad_lo, k, s, d, n_in):
@@ -192,10 +173,11 @@ def _polyphase_pays(gy, w, out_hw, dilation, groups):
 
     The zero-inserted convolution is a stride-1 R x S one; when the CPU
     ``auto`` rule would run it with Winograd (3x3, dilation 1, >= 16
-    channels per group) its cheaper multiplies outweigh the inserted zeros
-    (measured 3x faster than the phases for a 3x3 stride-2 64->128 layer).
-    Otherwise the phases win by up to ``stride**2`` (LeNet-5 C3 at stride 2:
-    1.2 ms against 15 ms, float32).  Other devices keep the single call.
+    channels per group) its cheaper multiplies outweigh the inserted zeros,
+    and the phases, whose sub-kernels are smaller than 3x3, cannot use
+    Winograd.  Otherwise the phases win by skipping the inserted zeros, up to
+    all but ``1 / stride**2`` of the single call's products.  Other devices
+    keep the single call.
     """
     if not isinstance(gy, np.ndarray):
         return False
@@ -212,7 +194,8 @@ def _polyphase_pays(gy, w, out_hw, dilation, groups):
     return not auto_choice(p, "cpu").startswith("winograd")
 
 
-def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, what):
+def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, what,
+                          ops=_NumpyOps):
     """``grad_x`` for stride > 1 as ``sh * sw`` stride-1 convolutions, one per output phase.
 
     The zero-inserted route spends ``(1 - 1/(sh*sw))`` of its multiply-adds
@@ -223,7 +206,6 @@ def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, w
     named algorithm keeps the single zero-inserted convolution, whose kernel
     is the forward ``R x S``).
     """
-    ops = _ops(gy)
     N, K, P, Q = gy.shape
     _, Cg, R, S = w.shape
     H, W = out_hw
@@ -238,7 +220,7 @@ def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, w
             sub = ops.contiguous(ops.flip_hw(wt[:, :, taps_h][:, :, :, taps_w]))
             part = _conv2d(ops.contiguous(gy[:, :, lo_h:hi_h, lo_w:hi_w]), sub, None, stride=1,
                            padding=((top, bottom), (left, right)), dilation=(ddh, ddw),
-                           groups=G, algorithm="auto", what=what)
+                           groups=G, algorithm="auto", what=what, ops=ops)
             gx[:, :, h0:h0 + (Mh - 1) * stride[0] + 1:stride[0],
                w0:w0 + (Mw - 1) * stride[1] + 1:stride[1]] = part
     if bias is not None:
@@ -246,9 +228,8 @@ def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, w
     return gx
 
 
-def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what):
+def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what, ops=_NumpyOps):
     """``grad_w`` (K, C/groups, R, S) of the convolution ``(x -> gy)``; x (N,C,H,W), gy (N,K,P,Q)."""
-    ops = _ops(x)
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape
     R, S = RS
@@ -275,11 +256,10 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
         # The derived convolution has a large (P x Q) kernel and a tiny
         # (R x S) output, a shape the forward "auto" rule is not made for: it
         # would pick im2col, whose unfold then copies (N*P*Q, R*S) in R*S-long
-        # pieces.  The direct loop nest measured 2-4x faster here (LeNet-5
-        # C1/C3 and a 64-channel 28x28 3x3 layer, batch 32-64, float32).
+        # pieces.  The direct loop nest needs no unfold.
         algorithm = "direct"
     out = _conv2d(xt, gt, None, stride=(dh, dw), padding=((top, bottom), (left, right)),
-                  dilation=(sh, sw), groups=G, algorithm=algorithm, what=what)
+                  dilation=(sh, sw), groups=G, algorithm=algorithm, what=what, ops=ops)
     # out is (Cg, K, R, S); grad_w[k, c] = out[c, k].
     return ops.contiguous(ops.permute(out, (1, 0, 2, 3)))
 
@@ -365,8 +345,8 @@ def conv2d_grad_input(grad_y, w, x_shape, *, stride=1, padding=0, dilation=1, gr
     split by phase ``(h + pad) % stride`` into ``stride_h * stride_w``
     stride-1 convolutions with the sub-kernels that reach each phase (the
     polyphase or sub-pixel form of the transposed convolution), unless the
-    zero-inserted one would run as Winograd, which measured faster.  Both
-    forms add the same products.
+    zero-inserted one would run as Winograd, whose cheaper multiplies
+    outweigh the inserted zeros.  Both forms add the same products.
 
     Examples
     --------

@@ -1,10 +1,442 @@
-"""fastconv for PyTorch: ``import fastconv.torch``.
+"""PyTorch adapter: fastconv kernels as PyTorch custom operators and an ``nn.Conv2d`` drop-in.
 
-The public face of :mod:`fastconv.interop.torch` (importing it imports
-torch and registers the ``fastconv::`` operators): :func:`conv2d`,
-:func:`conv_transpose2d`, :class:`Conv2d` and :func:`convert`.
+Three operators are registered with :func:`torch.library.custom_op`, each
+with a fake (meta) implementation so they trace under :func:`torch.compile`
+without graph breaks:
+
+``fastconv::conv2d(Tensor x, Tensor w, Tensor? bias, SymInt[] stride, SymInt[] padding, SymInt[] dilation, SymInt groups, str algorithm) -> Tensor``
+``fastconv::conv2d_grad_input(Tensor grad_y, Tensor w, SymInt[] x_size, ...same...) -> Tensor``
+``fastconv::conv2d_grad_weight(Tensor x, Tensor grad_y, SymInt[] w_size, ...same...) -> Tensor``
+
+``padding`` is always the 4-list ``(top, bottom, left, right)``; the Python
+wrappers below turn every padding form of :func:`fastconv.conv2d` (and
+PyTorch's ``"same"``/``"valid"``) into it.  The operators take NCHW tensors
+only (PyTorch's own convolution layout; channels-last tensors are accepted
+and read through their strides).
+
+``conv2d`` has autograd registered (input, weight and bias gradients through
+the two gradient operators), and so do the two gradient operators (each is
+linear in both tensor arguments, so their derivatives are again these three
+operators): second derivatives (``gradgradcheck``, double backward) work.
+
+CPU tensors reach the Numba kernels as NumPy views (``Tensor.numpy()``,
+no copy; fastconv itself makes the one contiguous copy a kernel needs);
+CUDA tensors are passed to :func:`fastconv.conv2d`, which forwards them to
+the CUDA backend (:class:`fastconv.CudaUnavailableError` if it cannot run).
+Supported dtypes are float32 and float64.
 """
 
-from .interop.torch import Conv2d, conv2d, conv_transpose2d, convert
+import numbers
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import grad as _grad
+from ._api import conv2d as _np_conv2d
+from ._params import _padding, _pair
 
 __all__ = ["conv2d", "conv_transpose2d", "Conv2d", "convert"]
+
+Tensor = torch.Tensor
+_FLOATS = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------
+# Tensor <-> array plumbing
+# --------------------------------------------------------------------------
+
+def _np(t: Tensor) -> np.ndarray:
+    """A CPU tensor as a NumPy view of the same memory (no copy)."""
+    return t.detach().resolve_conj().resolve_neg().numpy()
+
+
+def _device_check(*ts) -> str:
+    kind = ts[0].device.type
+    if kind not in ("cpu", "cuda"):
+        raise RuntimeError(f"fastconv runs on CPU and CUDA tensors, got a tensor on {ts[0].device}")
+    return kind
+
+
+def _as_tensor(y, like: Tensor) -> Tensor:
+    if isinstance(y, Tensor):
+        return y
+    if isinstance(y, np.ndarray):
+        return torch.from_numpy(y)
+    return torch.as_tensor(y, device=like.device)  # __cuda_array_interface__ / DLPack
+
+
+def _kw(stride, padding, dilation, groups):
+    return dict(stride=(int(stride[0]), int(stride[1])),
+                padding=((int(padding[0]), int(padding[1])), (int(padding[2]), int(padding[3]))),
+                dilation=(int(dilation[0]), int(dilation[1])), groups=int(groups))
+
+
+def _out_size(size, pad_lo, pad_hi, k, s, d):
+    return (size + pad_lo + pad_hi - d * (k - 1) - 1) // s + 1
+
+
+class _TorchOps:
+    """The array operations of :mod:`fastconv.grad`'s derivations, on torch tensors.
+
+    CPU tensors reach those derivations as NumPy views; CUDA tensors stay
+    tensors, and this is what the derivations do to them (see ``_NumpyOps``
+    in :mod:`fastconv.grad` for the NumPy twin).
+    """
+
+    @staticmethod
+    def zeros(shape, like):
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def permute(a, axes):
+        return a.permute(*axes)
+
+    @staticmethod
+    def flip_hw(a):
+        return a.flip((2, 3))
+
+    @staticmethod
+    def contiguous(a):
+        return a.contiguous()
+
+    @staticmethod
+    def result(y, like):
+        # Whatever the backend returned (a CUDA array interface object on a
+        # GPU) back to a torch tensor.
+        return y if isinstance(y, Tensor) else torch.as_tensor(y, device=like.device)
+
+
+# --------------------------------------------------------------------------
+# The three operators
+# --------------------------------------------------------------------------
+
+@torch.library.custom_op("fastconv::conv2d", mutates_args=())
+def _conv2d_op(x: Tensor, w: Tensor, bias: Optional[Tensor], stride: List[int],
+               padding: List[int], dilation: List[int], groups: int, algorithm: str) -> Tensor:
+    kw = _kw(stride, padding, dilation, groups)
+    if _device_check(x) == "cpu":
+        y = _np_conv2d(_np(x), _np(w), None if bias is None else _np(bias), algorithm=algorithm, **kw)
+        return torch.from_numpy(y)
+    y = _np_conv2d(x.detach(), w.detach(), None if bias is None else bias.detach(),
+                   algorithm=algorithm, **kw)
+    return _as_tensor(y, x)
+
+
+@_conv2d_op.register_fake
+def _conv2d_fake(x, w, bias, stride, padding, dilation, groups, algorithm):
+    N, _, H, W = x.shape
+    K, _, R, S = w.shape
+    P = _out_size(H, padding[0], padding[1], R, stride[0], dilation[0])
+    Q = _out_size(W, padding[2], padding[3], S, stride[1], dilation[1])
+    return x.new_empty((N, K, P, Q))
+
+
+@torch.library.custom_op("fastconv::conv2d_grad_input", mutates_args=())
+def _grad_input_op(grad_y: Tensor, w: Tensor, x_size: List[int], stride: List[int],
+                   padding: List[int], dilation: List[int], groups: int, algorithm: str) -> Tensor:
+    # grad_y may have fewer rows than the forward output of x_size (they
+    # count as zero): conv_transpose2d with output_padding >= stride needs it.
+    kw = _kw(stride, padding, dilation, groups)
+    pads = (kw["padding"][0] + kw["padding"][1])
+    hw = (int(x_size[2]), int(x_size[3]))
+    if _device_check(grad_y) == "cpu":
+        gx = _grad._input_grad_nchw(_np(grad_y), _np(w), hw, pads, kw["stride"], kw["dilation"],
+                                    kw["groups"], None, algorithm, "conv2d_grad_input")
+        return torch.from_numpy(np.ascontiguousarray(gx))
+    gx = _grad._input_grad_nchw(grad_y.detach(), w.detach(), hw, pads, kw["stride"],
+                                kw["dilation"], kw["groups"], None, algorithm, "conv2d_grad_input",
+                                ops=_TorchOps)
+    return _as_tensor(gx, grad_y)
+
+
+@_grad_input_op.register_fake
+def _grad_input_fake(grad_y, w, x_size, stride, padding, dilation, groups, algorithm):
+    return grad_y.new_empty(tuple(x_size))
+
+
+@torch.library.custom_op("fastconv::conv2d_grad_weight", mutates_args=())
+def _grad_weight_op(x: Tensor, grad_y: Tensor, w_size: List[int], stride: List[int],
+                    padding: List[int], dilation: List[int], groups: int, algorithm: str) -> Tensor:
+    kw = _kw(stride, padding, dilation, groups)
+    pads = (kw["padding"][0] + kw["padding"][1])
+    RS = (int(w_size[2]), int(w_size[3]))
+    if _device_check(x) == "cpu":
+        gw = _grad._weight_grad_nchw(_np(x), _np(grad_y), RS, pads, kw["stride"], kw["dilation"],
+                                     kw["groups"], algorithm, "conv2d_grad_weight")
+        return torch.from_numpy(np.ascontiguousarray(gw))
+    gw = _grad._weight_grad_nchw(x.detach(), grad_y.detach(), RS, pads, kw["stride"],
+                                 kw["dilation"], kw["groups"], algorithm, "conv2d_grad_weight",
+                                 ops=_TorchOps)
+    return _as_tensor(gw, x)
+
+
+@_grad_weight_op.register_fake
+def _grad_weight_fake(x, grad_y, w_size, stride, padding, dilation, groups, algorithm):
+    return x.new_empty(tuple(w_size))
+
+
+# --------------------------------------------------------------------------
+# Autograd: every operator is linear in each tensor argument, so each
+# derivative is one of the three operators again.
+# --------------------------------------------------------------------------
+
+def _cfg_context(ctx, cfg):
+    ctx.cfg = tuple(cfg)
+
+
+def _conv2d_setup(ctx, inputs, output):
+    x, w, bias, *cfg = inputs
+    ctx.save_for_backward(x, w)
+    ctx.has_bias = bias is not None
+    _cfg_context(ctx, cfg)
+
+
+def _conv2d_backward(ctx, grad_y):
+    x, w = ctx.saved_tensors
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gx = torch.ops.fastconv.conv2d_grad_input(grad_y, w, list(x.shape), *ctx.cfg)
+    if ctx.needs_input_grad[1]:
+        gw = torch.ops.fastconv.conv2d_grad_weight(x, grad_y, list(w.shape), *ctx.cfg)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = grad_y.sum((0, 2, 3))
+    return gx, gw, gb, None, None, None, None, None
+
+
+def _forward_to(x, w, y_shape, cfg):
+    """conv2d(x, w) with exactly y_shape's P x Q outputs.
+
+    The gradient operators accept a ``grad_y`` with more or fewer rows than
+    the forward output of ``x`` (rows beyond the input read zeros, as in a
+    transposed convolution with ``output_padding``); their adjoint is the
+    forward convolution with the bottom/right zero padding extended (or the
+    result cropped) to that many rows.
+    """
+    stride, padding, dilation, groups, algorithm = cfg
+    P, Q = y_shape[2], y_shape[3]
+    H, W = x.shape[2], x.shape[3]
+    R, S = w.shape[2], w.shape[3]
+    need_b = (P - 1) * stride[0] + (R - 1) * dilation[0] + 1 - H - padding[0]
+    need_r = (Q - 1) * stride[1] + (S - 1) * dilation[1] + 1 - W - padding[2]
+    pads = [padding[0], max(padding[1], need_b), padding[2], max(padding[3], need_r)]
+    y = torch.ops.fastconv.conv2d(x, w, None, stride, pads, dilation, groups, algorithm)
+    return y[:, :, :P, :Q]
+
+
+def _grad_input_setup(ctx, inputs, output):
+    grad_y, w, x_size, *cfg = inputs
+    ctx.save_for_backward(grad_y, w)
+    _cfg_context(ctx, cfg)
+
+
+def _grad_input_backward(ctx, gg):
+    # grad_x = A_w^T grad_y; <A_w^T gy, gg> = <gy, A_w gg>.
+    grad_y, w = ctx.saved_tensors
+    d_gy = d_w = None
+    if ctx.needs_input_grad[0]:
+        # conv2d(gg) may have more rows than grad_y (transposed conv with
+        # output_padding >= stride): those rows did not take part.
+        d_gy = _forward_to(gg, w, grad_y.shape, ctx.cfg)
+    if ctx.needs_input_grad[1]:
+        d_w = torch.ops.fastconv.conv2d_grad_weight(gg, grad_y, list(w.shape), *ctx.cfg)
+    return d_gy, d_w, None, None, None, None, None, None
+
+
+def _grad_weight_setup(ctx, inputs, output):
+    x, grad_y, w_size, *cfg = inputs
+    ctx.save_for_backward(x, grad_y)
+    _cfg_context(ctx, cfg)
+
+
+def _grad_weight_backward(ctx, gg):
+    # grad_w = B_x^T grad_y with B_x w = conv2d(x, w); <B_x^T gy, gg> = <gy, conv2d(x, gg)>.
+    x, grad_y = ctx.saved_tensors
+    d_x = d_gy = None
+    if ctx.needs_input_grad[0]:
+        d_x = torch.ops.fastconv.conv2d_grad_input(grad_y, gg, list(x.shape), *ctx.cfg)
+    if ctx.needs_input_grad[1]:
+        d_gy = _forward_to(x, gg, grad_y.shape, ctx.cfg)
+    return d_x, d_gy, None, None, None, None, None, None
+
+
+_conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
+_grad_input_op.register_autograd(_grad_input_backward, setup_context=_grad_input_setup)
+_grad_weight_op.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
+
+
+# --------------------------------------------------------------------------
+# Functional API
+# --------------------------------------------------------------------------
+
+def _check_tensors(x, w, bias, what):
+    for name, t in (("input", x), ("weight", w), ("bias", bias)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{what}: {name} must be float32 or float64, got {t.dtype}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{what}: input, weight and bias must have one dtype; got input "
+                            f"{x.dtype}, {name} {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{what}: input, weight and bias must be on one device; got input "
+                             f"on {x.device}, {name} on {t.device}")
+    if w.dim() != 4:
+        raise ValueError(f"{what}: weight must be 4-D, got shape {tuple(w.shape)}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"{what}: input must be 4-D (N, C, H, W) or 3-D (C, H, W), "
+                         f"got shape {tuple(x.shape)}")
+
+
+def _check_algorithm(algorithm):
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a string such as 'auto', got {algorithm!r}")
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto"):
+    """``torch.nn.functional.conv2d`` computed by fastconv's kernels.
+
+    Parameters
+    ----------
+    input : Tensor, shape (N, C, H, W) or (C, H, W)
+    weight : Tensor, shape (K, C/groups, R, S)
+    bias : Tensor, shape (K,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (ph, pw), ((top, bottom), (left, right)), or str
+        As :func:`fastconv.conv2d`: ``"valid"``, ``"same"`` (for stride 1
+        exactly PyTorch's rule; for larger strides the TF/JAX rule, which
+        PyTorch does not offer), ``"full"``, or asymmetric pads.
+    groups : int
+    algorithm : str
+        ``"auto"`` or one of :func:`fastconv.algorithms`; it also names the
+        kernel that runs the derived convolutions of the backward pass.
+
+    Returns
+    -------
+    Tensor, shape (N, K, P, Q) (or (K, P, Q))
+        Differentiable (twice) with respect to input, weight and bias.
+
+    Notes
+    -----
+    NCHW only, as PyTorch's convolution; float32/float64 CPU or CUDA tensors.
+    Works under :func:`torch.compile` (``fullgraph=True``): the call is one
+    opaque ``fastconv::conv2d`` node.
+    """
+    _check_tensors(input, weight, bias, "conv2d")
+    _check_algorithm(algorithm)
+    batched = input.dim() == 4
+    x = input if batched else input.unsqueeze(0)
+    _, _, H, W = x.shape
+    _, _, R, S = weight.shape
+    s = _pair(stride, "stride", 1)
+    d = _pair(dilation, "dilation", 1)
+    if not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    pads = _padding(padding, R, S, H, W, s, d)
+    if x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(f"conv2d: input has {x.shape[1]} channels but weight.shape[1] * groups "
+                         f"= {weight.shape[1]} * {groups}; weight must be (K, C/groups, R, S)")
+    if weight.shape[0] % groups:
+        raise ValueError(f"conv2d: groups={groups} must divide the output channels "
+                         f"{weight.shape[0]} (weight.shape[0])")
+    if H + pads[0] + pads[1] < (R - 1) * d[0] + 1 or W + pads[2] + pads[3] < (S - 1) * d[1] + 1:
+        raise ValueError(f"conv2d: kernel {R}x{S} (dilation {d}) is larger than the padded input "
+                         f"{H}x{W} + padding {pads}")
+    y = torch.ops.fastconv.conv2d(x, weight, bias, list(s), list(pads), list(d), int(groups),
+                                  algorithm)
+    return y if batched else y.squeeze(0)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, algorithm="auto"):
+    """``torch.nn.functional.conv_transpose2d`` (same argument order) computed by fastconv.
+
+    ``weight`` is (C_in, K/groups, R, S).  ``padding`` also takes the
+    asymmetric ``((top, bottom), (left, right))`` form and ``"same"`` /
+    ``"valid"`` / ``"full"`` as :func:`fastconv.grad.conv_transpose2d`.
+    Runs as the ``fastconv::conv2d_grad_input`` operator, so it is
+    differentiable (twice) and compiles like :func:`conv2d`.
+    """
+    _check_tensors(input, weight, bias, "conv_transpose2d")
+    _check_algorithm(algorithm)
+    batched = input.dim() == 4
+    x = input if batched else input.unsqueeze(0)
+    out_shape, pads, s, d, _ = _grad._transpose_params(
+        tuple(x.shape), tuple(weight.shape), None if bias is None else tuple(bias.shape),
+        stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
+        groups=groups, layout="NCHW")
+    y = torch.ops.fastconv.conv2d_grad_input(x, weight, list(out_shape), list(s), list(pads),
+                                             list(d), int(groups), algorithm)
+    if bias is not None:
+        y = y + bias.view(1, -1, 1, 1)
+    return y if batched else y.squeeze(0)
+
+
+# --------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------
+
+class Conv2d(torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` whose forward and backward run fastconv's kernels.
+
+    Same constructor, parameters (``weight``, ``bias``), initialisation,
+    ``state_dict`` keys and ``padding_mode`` handling (``'zeros'``,
+    ``'reflect'``, ``'replicate'``, ``'circular'``) as ``torch.nn.Conv2d``,
+    of which it is a subclass, plus ``algorithm=`` (see :func:`conv2d`).
+    float32/float64 only.
+
+    Examples
+    --------
+    >>> import torch, fastconv.torch
+    >>> conv = fastconv.torch.Conv2d(3, 8, 3, padding="same", algorithm="im2col")
+    >>> conv(torch.randn(2, 3, 16, 16)).shape
+    torch.Size([2, 8, 16, 16])
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
+                 dtype=None, *, algorithm="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
+                         device=device, dtype=dtype)
+        _check_algorithm(algorithm)
+        self.algorithm = algorithm
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        else:
+            padding = self.padding
+        return conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                      algorithm=self.algorithm)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.algorithm == "auto" else f"{text}, algorithm={self.algorithm!r}"
+
+
+def convert(model, algorithm="auto"):
+    """Make every ``torch.nn.Conv2d`` in ``model`` run on fastconv, in place; returns ``model``.
+
+    Each ``nn.Conv2d`` (including ``model`` itself) becomes a
+    :class:`Conv2d` with the given ``algorithm``; modules that already are
+    :class:`Conv2d` get the new ``algorithm``.  The modules are converted
+    where they stand, so their parameters (the same ``Parameter`` objects:
+    an optimizer built before the call keeps working), buffers, hooks and
+    ``state_dict`` keys are untouched.  Subclasses of ``nn.Conv2d`` other
+    than :class:`Conv2d` are left alone (their ``forward`` may differ).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_algorithm(algorithm)
+    for m in model.modules():
+        if type(m) is torch.nn.Conv2d:
+            m.__class__ = Conv2d
+        if isinstance(m, Conv2d):
+            m.algorithm = algorithm
+    return model

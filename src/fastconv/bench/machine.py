@@ -5,7 +5,7 @@
 plus a ``fastconv`` section with what decides convolution speed: the CPU
 model and core count, the Numba threading layer and thread count, numpy /
 numba / scipy / torch versions, the BLAS library and the kernel it
-selected (``threadpoolctl.threadpool_info()`` when installed), and whether
+selected (``threadpoolctl.threadpool_info()``), and whether
 ``OPENBLAS_CORETYPE`` forces a kernel.
 """
 
@@ -55,19 +55,17 @@ def cpu_flags() -> list:
 
 def blas_info() -> list:
     """BLAS libraries loaded by numpy: threadpoolctl's view, else ``numpy.show_config``."""
-    try:
-        from threadpoolctl import threadpool_info
-        info = [dict(d) for d in threadpool_info() if d.get("user_api") == "blas"]
-        if info:
-            return info
-    except Exception:
-        pass
-    try:
+    from threadpoolctl import threadpool_info
+
+    info = [dict(d) for d in threadpool_info() if d.get("user_api") == "blas"]
+    if info:
+        return info
+    try:  # threadpoolctl found no BLAS library: what numpy was built with
         import numpy as np
         cfg = np.show_config(mode="dicts")
         blas = cfg.get("Build Dependencies", {}).get("blas", {})
         return [{"internal_api": blas.get("name"), "version": blas.get("version"),
-                 "architecture": None, "source": "numpy.show_config (threadpoolctl not installed)"}]
+                 "architecture": None, "source": "numpy.show_config (threadpoolctl found no BLAS)"}]
     except Exception:
         return []
 

@@ -4,23 +4,23 @@ Winograd needs ``alpha^2 * groups`` independent products ``M[i] = U[i] @ V[i]``.
 Handing them one by one to a multi-threaded BLAS synchronises the BLAS
 threads several times per product, and alternating those threads with
 Numba's between the transform phases makes two busy-waiting thread pools
-compete for the same cores (on a 2-core machine under load this was measured
-to cost 10-100x).  Instead :func:`batched_matmul` runs the products in one
-Numba parallel loop, each a single-threaded BLAS call (``np.dot`` in nopython
+compete for the same cores (on a machine with few cores, or under load, each
+pool's spinning threads steal the time the other's need).  Instead
+:func:`batched_matmul` runs the products in one Numba parallel loop, each a single-threaded BLAS call (``np.dot`` in nopython
 mode calls SciPy's BLAS), so one thread pool does all the work and a sum is
 never split across threads.
 
 Single-threaded BLAS: while :func:`single_threaded_blas` is active, the BLAS
 library SciPy (hence Numba) calls is limited to one thread through
-``threadpoolctl`` when it is installed -- a process-wide setting, restored
+``threadpoolctl`` (a runtime dependency) -- a process-wide setting, restored
 when the last concurrent fastconv call leaves; other threads calling SciPy's
-BLAS meanwhile run single-threaded too.  Without ``threadpoolctl`` the BLAS
-keeps its threads (still correct; slower when it nests them).
+BLAS meanwhile run single-threaded too.  Where threadpoolctl cannot find that
+library the BLAS keeps its threads (still correct; slower when it nests them).
 
 :func:`panel_gemm` is the exception: a register-blocked GEMM micro-kernel in
 Numba for the thin products of the channel-vectorised Winograd path (a few
-to a few hundred tiles times hundreds of channels), where OpenBLAS reached
-28-140 GFLOP/s and this kernel 200-225 (two threads, float32).
+to a few hundred tiles times hundreds of channels), where a BLAS call's
+packing and dispatch cost as much as the arithmetic.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def batched_matmul(A, B, C):
 #: Register tile of :func:`panel_gemm`: ``PANEL_ROWS`` rows of ``M`` times
 #: ``PANEL_VECS`` vectors of its columns = 24 vector accumulators (of the 32
 #: zmm registers); each step over the inner dimension loads ``PANEL_VECS``
-#: vectors of ``U`` and broadcasts ``PANEL_ROWS`` elements of ``V``.
-#: Measured against 8 x 3: 5-70% faster on the Winograd shapes.
+#: vectors of ``U`` and broadcasts ``PANEL_ROWS`` elements of ``V`` (6 x 4 rather
+#: than 8 x 3: 6 broadcasts instead of 8 per 24 FMAs, and 64 float32 output channels
+#: per panel).
 PANEL_ROWS = 6
 PANEL_VECS = 4
 _PANEL_ACC = PANEL_ROWS * PANEL_VECS
@@ -147,8 +148,8 @@ def grouped_matmul(A, B, C):
     of rows of ``C`` so that even one product keeps every thread busy.  BLAS's
     own threads are never woken: after a multi-threaded OpenBLAS call its
     workers busy-wait for about 2**28 cycles (tens of milliseconds), and on a
-    2-core machine that was measured to slow the next convolution -- ours or
-    PyTorch's -- 3-4x.
+    machine with few cores they slow the next convolution -- ours or
+    PyTorch's -- while they spin.
     """
     nb, G, M = C.shape[0], C.shape[1], C.shape[2]
     if C.size == 0:
@@ -157,8 +158,7 @@ def grouped_matmul(A, B, C):
         C[...] = 0
         return
     # One row block per thread when there are fewer products than threads:
-    # every job packs all of B[b, g] again, so smaller blocks only add packing
-    # (measured: 128-row blocks 1.3-1.8x faster than 32-row ones).
+    # every job packs all of B[b, g] again, so smaller blocks only add packing.
     threads = max(1, numba.get_num_threads())
     nrb = max(1, min(-(-M // ROW_ALIGN), -(-threads // (nb * G))))
     rb = -(-M // nrb)
@@ -175,17 +175,17 @@ _state = {"depth": 0, "limiter": None, "controller": False}
 def _controller():
     """threadpoolctl controller of the BLAS that Numba's np.dot calls, or None."""
     if _state["controller"] is False:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
+        from threadpoolctl import ThreadpoolController
+
         ctl = None
         try:
-            import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
-            from threadpoolctl import ThreadpoolController
-
             sel = ThreadpoolController().select(user_api="blas")
             libs = [c for c in sel.lib_controllers if "scipy" in c.filepath.lower()]
             if libs:
                 sel.lib_controllers = libs
                 ctl = sel
-        except Exception:  # threadpoolctl missing or unable to inspect this process
+        except Exception:  # threadpoolctl unable to inspect this process
             ctl = None
         _state["controller"] = ctl
     return _state["controller"]

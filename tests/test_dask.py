@@ -213,12 +213,14 @@ def test_errors_when_building_the_graph():
         fd.conv2d(x, np.ones((4, 3, 9, 9)))
 
 
+@pytest.mark.subprocess
 def test_import_does_not_import_dask():
-    code = ("import sys, fastconv, fastconv.dask, fastconv.interop.dask; "
+    code = ("import sys, fastconv, fastconv.dask; "
             "assert 'dask' not in sys.modules, 'dask imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.subprocess
 def test_distributed_local_cluster():
     """Two worker processes on loopback, one Numba thread each, same result as in-process."""
     distributed = pytest.importorskip("distributed")
@@ -273,7 +275,7 @@ def test_numba_threads_set_inside_each_task_and_restored(monkeypatch):
                   dilation=st.integers(1, 3), data=st.data())
 def test_tile_arithmetic_one_axis(length, stride, R, dilation, data):
     """The tiling rule, checked along one axis with a dilated, strided 1-D correlation in NumPy."""
-    from fastconv.interop.dask import _out_chunks, _tile_chunks
+    from fastconv.dask import _out_chunks, _tile_chunks
 
     reach = (R - 1) * dilation + 1
     assume(reach <= length)
