@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ import fastconv
 from fastconv import _dispatch, tuning
 from fastconv._params import normalize
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE_3x3 = dict(x_shape=(1, 16, 12, 12), w_shape=(16, 16, 3, 3))
 SHAPE_5x5 = dict(x_shape=(2, 3, 11, 11), w_shape=(4, 3, 5, 5))
 
@@ -79,6 +84,54 @@ def test_cache_persists_across_processes_and_is_keyed(cache_dir, monkeypatch):
         tuning.choose(**SHAPE_3x3, padding=0, measure=True)
 
 
+# Runs in a fresh interpreter: tuning.measure is replaced by a counter that answers `times`.
+_FRESH_PROCESS = r"""
+import json, sys
+import numpy as np
+from fastconv import tuning
+
+calls = []
+def fake_measure(p, repeat=3):
+    calls.append(p.key())
+    return json.loads(sys.argv[2])
+tuning.measure = fake_measure
+x_shape, w_shape = (1, 16, 12, 12), (16, 16, 3, 3)
+if sys.argv[1] == "choose":
+    name, times = tuning.choose(x_shape, w_shape, padding=1, measure=True)
+else:  # algorithm="tuned", resolved without running a kernel
+    import fastconv
+    name, times = fastconv.plan(np.ones(w_shape, np.float32), x_shape=x_shape, padding=1,
+                                algorithm="tuned").algorithm, None
+print(json.dumps({"name": name, "times": times, "measured": len(calls)}))
+"""
+
+
+def _fresh_process(cache_dir, how, times):
+    env = dict(os.environ, **{tuning.CACHE_ENV: str(cache_dir)})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, how, json.dumps(times)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("how", ["choose", "tuned"])
+def test_a_fresh_process_uses_the_stored_winner(cache_dir, how):
+    """The first lookup of a process loads the CPU algorithms before validating the entry.
+
+    It used to read the registry before anything had filled it, so every stored
+    winner looked stale to ``choose(..., measure=True)`` in a new process: it
+    measured again and overwrote the entry.
+    """
+    stored = {"direct": 1e-3, "im2col": 2e-3}
+    first = _fresh_process(cache_dir, "choose", stored)
+    assert first == {"name": "direct", "times": stored, "measured": 1}
+    again = _fresh_process(cache_dir, how, {"im2col": 1e-4})
+    assert again == {"name": "direct", "times": stored if how == "choose" else None,
+                     "measured": 0}
+
+
 def test_refresh_measures_again(cache_dir, monkeypatch):
     tuning.choose(**SHAPE_5x5, measure=True)
     monkeypatch.setattr(tuning, "measure", lambda p, repeat=3: {"direct": 2.0, "im2col": 1.0})
@@ -134,6 +187,7 @@ def _write_many(path, i):
         tuning._write(path, f"proc{i}-{j}", {"algorithm": "direct", "times": {"direct": 1.0}})
 
 
+@pytest.mark.subprocess
 def test_concurrent_processes_never_corrupt_the_file(cache_dir):
     path = tuning.cache_path()
     ctx = mp.get_context("spawn")  # fork after JAX/OpenMP threads started could deadlock

@@ -4,7 +4,7 @@
 is to ``scipy.signal.convolve``: with ``measure=False`` it returns the
 ``auto`` rule's choice (no timing); with ``measure=True`` it times every
 algorithm that supports the configuration and returns the fastest with the
-times.  Measured winners are stored in a JSON file, so a configuration is
+times.  The winners are stored in a JSON file, so a configuration is
 timed once per machine, not once per process:
 
 * location: ``$FASTCONV_CACHE_DIR/tuning.json``, else
@@ -16,7 +16,7 @@ timed once per machine, not once per process:
   file, merges its entry and replaces the file atomically (temporary file +
   ``os.replace``), so readers never see a partial file; two processes tuning
   at the same moment may each keep only their own entry (the other is then
-  measured again later), never a corrupt file;
+  timed again later), never a corrupt file;
 * a corrupt or unreadable file is ignored with a ``RuntimeWarning`` and
   rewritten on the next store; an unwritable directory keeps the results in
   memory for the process only.
@@ -54,7 +54,7 @@ _WARNED: set = set()
 
 
 def cache_path() -> Path:
-    """Where measured winners are stored (see the module docstring)."""
+    """Where the timed winners are stored (see the module docstring)."""
     root = os.environ.get(CACHE_ENV)
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME")
@@ -63,7 +63,7 @@ def cache_path() -> Path:
 
 
 def cache_key(p: ConvParams) -> str:
-    """The string a measured winner is stored under (machine, versions, threads, params)."""
+    """The string a timed winner is stored under (machine, versions, threads, params)."""
     import numba
 
     import fastconv
@@ -129,16 +129,19 @@ def _lookup(path: Path, key: str):
 
 
 def _valid(entry, p: ConvParams) -> bool:
-    from . import _dispatch
+    from ._dispatch import get
 
     if not isinstance(entry, dict) or not isinstance(entry.get("algorithm"), str):
         return False
-    alg = _dispatch._REGISTRY.get(("cpu", entry["algorithm"]))
-    return alg is not None and alg.supports(p) is None
+    try:
+        alg = get("cpu", entry["algorithm"])  # loads the CPU algorithms on a process's first call
+    except ValueError:  # not (or no longer) a registered kernel name
+        return False
+    return alg.supports(p) is None
 
 
 def clear_cache(disk: bool = False) -> None:
-    """Forget measured choices in memory; with ``disk=True`` also delete the cache file."""
+    """Forget the timed choices in memory; with ``disk=True`` also delete the cache file."""
     with _LOCK:
         _MEMORY.clear()
         if disk:
@@ -192,7 +195,7 @@ def measure(p: ConvParams, *, repeat: int = 3, seed: int = 0) -> dict:
 
 
 def tune(p: ConvParams, *, refresh: bool = False, repeat: int = 3):
-    """The measured fastest CPU algorithm for ``p`` and the times, from the cache when present.
+    """The fastest CPU algorithm for ``p`` by timing, and the times, from the cache when present.
 
     Returns ``(name, times)``; ``times`` maps algorithm names to seconds.
     ``refresh=True`` measures again and overwrites the stored winner.
@@ -213,7 +216,7 @@ def tune(p: ConvParams, *, refresh: bool = False, repeat: int = 3):
 
 
 def tuned_algorithm(p: ConvParams) -> str:
-    """The algorithm ``conv2d(..., algorithm="tuned")`` runs: measured once, then cached."""
+    """The algorithm ``conv2d(..., algorithm="tuned")`` runs: timed once, then cached."""
     return tune(p)[0]
 
 
@@ -260,7 +263,7 @@ def choose(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, layou
     ...     "winograd_f2x2_3x3", "im2col", "direct")
     True
     """
-    from ._dispatch import auto_choice
+    from ._dispatch import AUTO, concrete
     from ._params import FLOAT_DTYPES
 
     try:
@@ -274,5 +277,5 @@ def choose(x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1, layou
     p = normalize(x_shape, w_shape, None, dt, stride=stride, padding=padding,
                   dilation=dilation, groups=groups, layout=layout)
     if not measure:
-        return auto_choice(p, "cpu"), None
+        return concrete(AUTO, p, "cpu"), None
     return tune(p, refresh=refresh, repeat=repeat)

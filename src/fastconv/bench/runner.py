@@ -17,9 +17,9 @@ Method (the same for every candidate):
    The statistic reported is the median per call.
 3. Every candidate's result is checked against a float64 numpy im2col
    oracle (``max |y - y_ref| / max |y_ref|``), so a wrong fast kernel shows.
-4. The ratio to PyTorch uses the two medians measured in this process.
+4. The ratio to PyTorch uses the two medians timed in this process.
 
-``auto``'s time is the time of the algorithm it chooses (always measured).
+``auto``'s time is the time of the algorithm it chooses (always timed).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from .peers import REFERENCE_MAX_FLOPS, numpy_im2col, torch_available, torch_con
 
 PEERS = ("torch", "numpy_im2col", "scipy_reference")
 #: Candidates that call a multi-threaded BLAS.  OpenBLAS's workers busy-wait
-#: for about 2**28 cycles (~0.07 s) after each call; on a 2-core machine they
-#: slowed whatever ran next 3-4x (fastconv and torch alike), so the runner
-#: waits ``BLAS_PARK_S`` after such a candidate until they park.
+#: for about 2**28 cycles (~0.07 s) after each call; on a machine with few cores
+#: they steal cores from whatever runs next (fastconv and torch alike), so the
+#: runner waits ``BLAS_PARK_S`` after such a candidate until they park.
 BLAS_THREADED = frozenset({"numpy_im2col"})
 BLAS_PARK_S = 0.15
 #: Within this factor of the fastest algorithm, ``auto`` counts as a near hit
-#: (the run-to-run noise of a shared 2-core machine is about this size).
+#: (differences this small are within the run-to-run spread of a shared machine).
 NEAR_HIT = 1.05
 
 
@@ -80,7 +80,7 @@ class LayerResult:
 
     @property
     def best(self) -> str:
-        """The fastest fastconv algorithm measured on this layer."""
+        """The fastest fastconv algorithm timed on this layer."""
         return min(self.algorithms(), key=lambda m: m.median).name
 
     @property
@@ -138,10 +138,9 @@ def _geomean(values) -> float:
 
 def concrete_algorithms(device: str = "cpu") -> list:
     """Registered kernel names on ``device`` (aliases such as ``winograd`` excluded)."""
-    from .. import _dispatch
+    from .._dispatch import registered
 
-    _dispatch._ensure_loaded(device)
-    return sorted(n for (d, n) in _dispatch._REGISTRY if d == device)
+    return list(registered(device))
 
 
 def check_algorithms(names, device: str = "cpu") -> list:
@@ -157,15 +156,14 @@ def check_algorithms(names, device: str = "cpu") -> list:
     return list(names)
 
 
-def _resolve_names(names, params) -> tuple:
+def concrete_names(names, params, device: str = "cpu") -> tuple:
     """Concrete algorithms to time on ``params`` and the reasons the others were skipped."""
-    from .. import _dispatch
+    from .._dispatch import concrete, get
 
     chosen, skipped = [], {}
     for name in names:
-        if ("cpu", name) in _dispatch._ALIASES:
-            name = _dispatch._ALIASES[("cpu", name)](params)
-        reason = _dispatch.get("cpu", name).supports(params)
+        name = concrete(name, params, device)
+        reason = get(device, name).supports(params)
         if reason is not None:
             skipped[name] = reason
         elif name not in chosen:
@@ -228,7 +226,7 @@ def bench_layer(layer: Layer, *, algorithms=None, repeat: int = 5, dtype=np.floa
 
     p = layer.params(dtype)
     names = concrete_algorithms() if algorithms is None else list(algorithms)
-    chosen, unsupported = _resolve_names(names, p)
+    chosen, unsupported = concrete_names(names, p)
     auto = auto_choice(p, "cpu")
     if auto not in chosen:  # auto's time is its algorithm's time: always measure it
         chosen.append(auto)
@@ -297,7 +295,7 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
     ``measure_peak`` also measures the machine's FMA peak with the run's
     threads (:func:`fastconv.bench.peak.fma_peak`, about a second), recorded
     as ``machine_info["fastconv"]["fma_peak_gflops"]``.
-    ``threads`` sets Numba's, BLAS's (threadpoolctl, when installed) and
+    ``threads`` sets Numba's, BLAS's (through threadpoolctl) and
     torch's thread counts for the run; None keeps the current ones.
     ``progress(step, label)`` is called after each round with the layer's name.
     ``cpu_time=True`` times with the process's CPU clock instead of the wall
@@ -320,13 +318,11 @@ def run_suite(layers, *, algorithms=None, repeat: int = 5, dtype=np.float32, pee
     old_threads = numba.get_num_threads()
     limit = contextlib.nullcontext()
     if threads is not None:
+        import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS, so it is limited too)
+        from threadpoolctl import threadpool_limits
+
         numba.set_num_threads(int(threads))
-        try:
-            import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS, so it is limited too)
-            from threadpoolctl import threadpool_limits
-            limit = threadpool_limits(int(threads))
-        except ImportError:
-            pass
+        limit = threadpool_limits(int(threads))
     # torch gets the same thread count as the Numba kernels, so the ratio compares like with like.
     torch_threads = int(threads) if threads is not None else numba.get_num_threads()
     try:

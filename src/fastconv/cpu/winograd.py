@@ -763,9 +763,9 @@ def profile_phases(x, w, bias, p, y, m=None):
     less a run stopped after the input transform).  ``m`` (2 or
     4) defaults to :func:`fastconv.cpu.winograd_rule`.
     """
-    if m is None:
-        from . import winograd_rule
-        m = 2 if winograd_rule(p).endswith("f2x2_3x3") else 4
+    if m is None:  # what algorithm="winograd" runs (the registry reads winograd_rule)
+        from .._dispatch import concrete
+        m = 2 if concrete("winograd", p, "cpu").endswith("f2x2_3x3") else 4
     times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
     x = np.ascontiguousarray(x, dtype=p.dtype)
     w = np.ascontiguousarray(w, dtype=p.dtype)

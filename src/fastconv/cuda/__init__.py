@@ -82,7 +82,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._dispatch import Algorithm, register_algorithm, register_alias, resolve
+from .._algorithm import Algorithm
+from .._dispatch import resolve
 from .._params import FLOAT_DTYPES, connection_mask, normalize
 from . import direct, implicit_gemm, winograd
 from .auto import auto_rule, winograd_rule
@@ -116,15 +117,18 @@ def _with_ctx(fn):
     return run
 
 
-register_algorithm(Algorithm("direct", "cuda", direct.supports, _with_ctx(direct.run),
-                             "shared-memory tiled direct convolution; every configuration"))
-register_algorithm(Algorithm("im2col", "cuda", implicit_gemm.supports, _with_ctx(implicit_gemm.run),
-                             "implicit GEMM (im2col gathered into shared memory); every configuration"))
-register_algorithm(Algorithm("winograd_f2x2_3x3", "cuda", winograd.supports, _with_ctx(winograd.run_f2x2),
-                             "Winograd F(2x2,3x3); 3x3, stride 1, dilation 1"))
-register_algorithm(Algorithm("winograd_f4x4_3x3", "cuda", winograd.supports, _with_ctx(winograd.run_f4x4),
-                             "Winograd F(4x4,3x3); 3x3, stride 1, dilation 1"))
-register_alias("cuda", "winograd", winograd_rule)
+# Read by fastconv._dispatch when CUDA is first used (see its BACKENDS).
+ALGORITHMS = (
+    Algorithm("direct", "cuda", direct.supports, _with_ctx(direct.run),
+              "shared-memory tiled direct convolution; every configuration"),
+    Algorithm("im2col", "cuda", implicit_gemm.supports, _with_ctx(implicit_gemm.run),
+              "implicit GEMM (im2col gathered into shared memory); every configuration"),
+    Algorithm("winograd_f2x2_3x3", "cuda", winograd.supports, _with_ctx(winograd.run_f2x2),
+              "Winograd F(2x2,3x3); 3x3, stride 1, dilation 1"),
+    Algorithm("winograd_f4x4_3x3", "cuda", winograd.supports, _with_ctx(winograd.run_f4x4),
+              "Winograd F(4x4,3x3); 3x3, stride 1, dilation 1"),
+)
+ALIASES = {"winograd": winograd_rule}
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",

@@ -26,25 +26,15 @@ from __future__ import annotations
 import numpy as np
 
 from .._dispatch import auto_choice, resolve
-from ..bench.runner import LayerResult, Measurement, SuiteResult
+from ..bench.runner import LayerResult, Measurement, SuiteResult, concrete_names
 
 CUDNN = "torch"  # the peer's key: the shared report code computes "ratio vs torch" from it
 CUDNN_LABEL = "cuDNN via torch.nn.functional.conv2d, TF32 off, cudnn.benchmark=True"
 
 
 def _concrete(names, p):
-    from .. import _dispatch
-
-    chosen, skipped = [], {}
-    for name in names:
-        if ("cuda", name) in _dispatch._ALIASES:
-            name = _dispatch._ALIASES[("cuda", name)](p)
-        reason = _dispatch.get("cuda", name).supports(p)
-        if reason is not None:
-            skipped[name] = reason
-        elif name not in chosen:
-            chosen.append(name)
-    return chosen, skipped
+    """Concrete CUDA algorithms to time on ``p`` and the reasons the others were skipped."""
+    return concrete_names(names, p, "cuda")
 
 
 class _Timer:

@@ -1,0 +1,25 @@
+"""The record a backend lists for each of its algorithms.
+
+Kept apart from :mod:`fastconv._dispatch` so that a backend can build its
+``ALGORITHMS`` table without importing the dispatcher that loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One kernel: ``supports(params)`` returns None or the reason it cannot run the call."""
+
+    name: str
+    device: str
+    supports: Callable
+    run: Callable
+    summary: str = ""
+    # Optional split for inference plans: prepare(w, params) -> packed weights
+    # (e.g. Winograd-transformed), run_prepared(x, packed, bias, params, y).
+    prepare: Optional[Callable] = None
+    run_prepared: Optional[Callable] = None
