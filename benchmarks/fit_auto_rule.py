@@ -1,7 +1,7 @@
 """Measure every CPU algorithm on the suite's 18 layers and on other shapes, and score ``auto``.
 
 This is how the rule in :func:`fastconv.cpu.auto_rule` was fitted and how
-the hit rates in its docstring were measured::
+the hit rates in ``docs/cpu_auto.md`` were measured::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/fit_auto_rule.py \
         --json benchmarks/results/auto_rule_data.json

@@ -3,8 +3,9 @@
 NumPy aligns large allocations to 16 bytes only.  A 64-byte vector load or
 store that straddles two cache lines costs two accesses, so the CPU kernels'
 work arrays, prepared weights and the results fastconv allocates start on a
-64-byte boundary (measured: the Winograd products of a 512-channel 7x7 layer
-ran 20% slower with the transformed weights 32 bytes off a cache line).
+64-byte boundary.  This matters most where a kernel streams a large operand
+with full-width loads, e.g. the Winograd products reading the transformed
+weights.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Every CPU call of Winograd transforms its kernels (``U = G w G^T``: 36
 values per 3x3 kernel for F(4x4, 3x3), four times the weights) and every
 call of the blocked direct kernel repacks them.  For inference -- the same
-weights, call after call -- that work is the same each time; on ResNet-50's
-3x3 layers over 256 or 512 channels it cost more than the convolution.
+weights, call after call -- that work is the same each time, and on deep 3x3
+layers (256 or 512 channels on small maps) it can cost more than the
+convolution.
 :func:`fastconv.plan` is the explicit way to do it once; this cache does it
 for plain :func:`fastconv.conv2d` calls.
 
@@ -14,10 +15,9 @@ only if the array's current contents are **bitwise equal** to the snapshot
 taken when the entry was built.  Writing into the array (``w[...] = ...``,
 an optimiser step, a new array at a recycled address) therefore makes the
 next call rebuild; a result never depends on the cache (tests compare
-every path with and without it).  The comparison reads the weights once,
-which costs a fraction of the transform it saves (a 9.4 MB weight tensor:
-0.13 ms to compare with two threads vs 0.65 ms to repack or 5 ms to
-Winograd-transform).
+every path with and without it).  The comparison reads the weights once
+and does one XOR per word, a fraction of the work of repacking or
+Winograd-transforming them.
 
 Admission: an entry is made on the second sighting of unchanged weights --
 when a call misses and finds the array's contents as they were at the
@@ -26,17 +26,15 @@ change between calls (training steps, or arrays made for one call, such as
 the rearranged kernels of :mod:`fastconv.grad`) are prepared for the call
 alone, with no snapshot and no entry, into reused work arrays
 (:func:`prepared_empty`); inference pays one extra preparation, on its
-first call.  F(4x4) on ResNet-50's 256-channel layer with new weights every
-call went from 3.7 to 1.4 ms with this, a vectorised kernel transform and
-its products shared out like the transform (PyTorch 1.1 ms).
+first call, and training pays no snapshot copy and no comparison.
 
 Bounds: entries are evicted least-recently-used beyond
 ``FASTCONV_WEIGHT_CACHE_MB`` (default 256; ``0`` disables the cache), and
 weights smaller than ``MIN_BYTES`` are not cached (preparing them costs
 about as much as looking them up).  Weights below ``SERIAL_BYTES`` are
 compared by NumPy in the calling thread: waking the Numba pool costs more
-than the comparison (LeNet-5 C3's 9.6 KB of weights: a cache hit saves a
-10 us packing call).  :func:`clear` empties it.  Lookups are
+than the comparison (LeNet-5 C3's 9.6 KB of weights are compared serially,
+and a cache hit still saves a packing call).  :func:`clear` empties it.  Lookups are
 thread-safe; two threads missing at once may both build, and one result is
 kept.
 """
@@ -58,8 +56,8 @@ MIN_BYTES = 4 * 1024
 SERIAL_BYTES = 256 * 1024
 #: Arrays whose last checksum is remembered (the admission hint of WeightCache.get).
 SEEN_KEYS = 256
-#: Weights below this are compared as two ``bytes`` copies (a C ``memcmp``):
-#: 0.3 us for LeNet-5 C3's 9.6 KB against 3.6 us for ``np.array_equal``.
+#: Weights below this are compared as two ``bytes`` copies (a C ``memcmp``), which on
+#: small arrays has far less overhead than ``np.array_equal``.
 BYTES_COMPARE_MAX = 64 * 1024
 
 _CHUNK = 1 << 16  # elements per parallel comparison job
@@ -75,7 +73,7 @@ def _same_bits(a, b):
         lo = job * _CHUNK
         hi = min(n, lo + _CHUNK)
         # An OR of XORs over 0-based views: vectorises (indexing a[i] with a signed
-        # i would add wraparound checks that block it; measured 8x slower).
+        # i would add wraparound checks that block it).
         av, bv = a[lo:hi], b[lo:hi]
         acc = av[0] ^ bv[0]
         for i in range(1, hi - lo):

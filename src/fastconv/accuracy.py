@@ -3,7 +3,7 @@
 Each function returns an array of the result's shape (NCHW, batched) that
 bounds ``|y_algorithm - y_exact|`` elementwise to first order in the unit
 roundoff ``u`` of the call's dtype.  ``python -m fastconv check`` and the
-tests compare measured errors against these.
+tests compare the errors they observe against these.
 
 Direct and im2col (any summation order, e.g. BLAS blocking)::
 

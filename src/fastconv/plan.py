@@ -84,7 +84,7 @@ class ConvPlan:
             runner = self._alg
         # ww and bb are private copies that nothing writes to.  They stay flagged writeable:
         # the kernels are compiled for writeable arrays, so execute() would copy read-only
-        # ones on every call (9.4 MB for a 512-channel 3x3 layer: measured +0.7 ms per call).
+        # ones on every call (9.4 MB for a 512-channel 3x3 layer).
         return ww, bb, runner
 
     def update(self, w, bias=_KEEP):

@@ -29,10 +29,9 @@ point with unit roundoff ``u``, to first order::
 (each transform is a short dot product whose rounding is bounded
 componentwise; ``|A^T| X |A| <= ||A^T||_inf^2 max|X|`` and likewise for the
 other two).  :func:`error_constant` gives ``beta``: 81 for F(2,3) and 36100
-for F(4,3). The worst case grows with ``beta``; measured on random data (docs,
-algorithms page) F(4,3) in float32 is 1.4-6x less accurate than a direct
-sum and F(2,3) about as accurate.  ``tests/test_winograd_math.py`` holds the
-bound on random data.
+for F(4,3). The worst case grows with ``beta``; the errors seen on random
+data are in the error table of the docs' algorithms page.
+``tests/test_winograd_math.py`` holds the bound on random data.
 """
 
 from __future__ import annotations

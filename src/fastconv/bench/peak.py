@@ -1,12 +1,12 @@
-"""The machine's measured fp32 FMA peak: the yardstick for "percent of peak".
+"""The machine's fp32 FMA peak, timed on the machine: the yardstick for "percent of peak".
 
 A spec-sheet peak (cores x FMA pipes x lanes x 2 x clock) says what the
 silicon could do; a virtual machine, a power limit or a narrower FMA path
-can make the real one smaller (on the 2-core EPYC VM of the 2026-11-26
-runs, 117 GFLOP/s per core measured against the 265 the Zen 5 spec sheet
-implies).  :func:`fma_peak` runs, on every thread, a loop of independent
-512-bit vector FMAs on registers only (24 accumulators: more than
-latency x pipes, so the FMA units never wait) and reports the FLOP rate.
+can make the real one smaller (``docs/benchmarks.md`` gives an example:
+less than half the spec-sheet figure).  :func:`fma_peak` runs, on every
+thread, a loop of independent 512-bit vector FMAs on registers only (24
+accumulators: more than latency x pipes, so the FMA units never wait) and
+reports the FLOP rate.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _fma_loop(buf, iters):
 
 
 def fma_peak(threads=None, dtype=np.float32, seconds=0.2) -> float:
-    """Measured FMA peak in GFLOP/s with ``threads`` Numba threads (default: all)."""
+    """The FMA peak timed with ``threads`` Numba threads (default: all)."""
     threads = numba.get_num_threads() if threads is None else int(threads)
     L = lanes(dtype)
     buf = np.zeros((threads, (ACCUMULATORS + 2) * L), dtype=dtype)

@@ -30,7 +30,7 @@ def short(name: str) -> str:
 
 
 def _fmt(v, spec=None, missing="-") -> str:
-    """Numbers for the table; GFLOP/s keep 3 significant digits below 100 (depthwise layers run at ~1)."""
+    """Numbers for the table; GFLOP/s keep 3 significant digits below 100 (slow layers, such as depthwise ones)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return missing
     if spec is None:

@@ -3,10 +3,9 @@
 A kernel's scratch (packed input, blocked output, im2col columns, Winograd's
 ``V`` and ``M``) of a few MiB allocated with ``np.empty`` on every call comes
 from fresh pages -- glibc maps large blocks with ``mmap`` -- and the first
-write to each 4 KiB page costs a page fault.  On the ResNet-50 stem (a 3.2 MB
-blocked output) that was measured to vary the direct kernel between 134 and
-179 GFLOP/s from one process to the next, with glibc's dynamic mmap threshold
-deciding which blocks come fresh.  These helpers keep one buffer per (name,
+write to each 4 KiB page costs a page fault.  Whether a block comes fresh
+depends on glibc's dynamic mmap threshold, so the cost varies from one
+process to the next.  These helpers keep one buffer per (name,
 dtype) per Python thread, grown on demand, and hand out views of it.
 
 Every array handed out here starts on a 64-byte boundary

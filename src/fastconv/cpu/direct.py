@@ -87,7 +87,7 @@ SIMPLE_MAX_MACS = 4096
 # registers of AVX-512.
 # The first choice is the widest; narrower ones are taken when they waste
 # fewer pixel slots on the tiles of a small map (LeNet's 10x10 outputs: 20
-# pixels per block instead of 24 measured 1.2x faster).
+# pixels per block, five blocks with no empty slot, instead of 24).
 BLOCKED_NPX = {1: (24, 20, 16), 2: (12, 10, 8), 4: (6, 5, 4)}
 # Per-micro-kernel-call overhead (accumulator loads/stores, offsets), in pixel slots.
 CALL_OVERHEAD_PX = 2
@@ -95,8 +95,8 @@ CALL_OVERHEAD_PX = 2
 # Per-output overheads of the two SIMD paths, in multiply-adds (choose_path).
 BLOCKED_OVERHEAD = 24
 WIDTH_OVERHEAD = 4
-# The width path's micro-kernel loads one input vector per NKO <= 4 FMAs;
-# measured at about 3/4 of the blocked micro-kernel's rate on full lanes.
+# The width path's micro-kernel loads one input vector per NKO <= 4 FMAs, so on full
+# lanes it runs at a fraction of the blocked micro-kernel's rate: this fraction.
 WIDTH_SPEED = 0.75
 
 # Unpadded 1x1 kernels over at least this many channels per group take the pointwise path
@@ -278,9 +278,7 @@ TILES_OUTER = True
 UNPACK_TILE = 64  # pixels per task: V x 64 elements stay in L1
 #: Each task of the blocked driver writes its own outputs to NCHW when it is done, instead
 #: of a separate pass over the blocked output (_unpack_blocked_output) afterwards: one
-#: parallel loop less and the outputs read from the task's cache.  Measured, the two in
-#: random order in one process: 0-3% faster on ResNet-50's stem, 1x1 and strided layers,
-#: LeNet-5 C3 and four 28x28 maps 64 -> 256 (0.966-1.002 of the time).
+#: parallel loop less and the outputs read from the task's cache.
 FUSE_UNPACK = True
 
 
@@ -289,18 +287,17 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
     """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time.
 
     Full ``V x V`` blocks (V channels by V pixels) are transposed in
-    registers (:func:`vtranspose`: LeNet-5 C3's output 17 -> 9 us, the
-    ResNet-50 stem's 125 -> 50 us), a tile's ragged end by one more block
-    overlapping the previous one (it rewrites the same values; ResNet-50's
-    strided 3x3 layer 20 -> 11 us); the rest element by element.
+    registers (:func:`vtranspose`, instead of ``V * V`` scalar moves), a
+    tile's ragged end by one more block overlapping the previous one (it
+    rewrites the same values, still in vector moves); the rest element by
+    element.
 
     The tasks are shared out like the kernel's that wrote ``yb``, so each
     core unpacks what it computed: by pixel tiles (``pixel_major``: the
     driver's tiles within one image, the fused Winograd schedule) or by
-    channel blocks.  The other way, each core read half its blocks from the
-    other core's cache, and when the VM's two vCPUs sat on different core
-    complexes the ResNet-50 stem ran at 145-150 GFLOP/s instead of 190-205
-    (measured in the same processes).
+    channel blocks.  The other way, each core would read half its blocks
+    from the other core's cache, which is slow where the cores sit on
+    different core complexes (as a VM's vCPUs may).
     """
     Kg = K // G
     PQ = P * Q
@@ -384,7 +381,7 @@ def _run_blocked(x, w, bias, p, y):
         ntiles, tile_px = blocked_plan(p, N=nb)[4:6]
     drv = blocked_driver(NKB, NPX, V)
     # Without padding, and when the channel blocks cover the channels exactly, the
-    # kernel reads NCHW in place (LeNet-5 C3: the packing pass was a sixth of the call).
+    # kernel reads NCHW in place (on small layers the packing pass is a large share of the call).
     in_place = READ_NCHW_IN_PLACE and p.padding == (0, 0, 0, 0) and CB * Vc == p.Cg
     # Within an image, share the work out by pixel tiles when the activations outweigh the
     # weights (each core then packs, computes and unpacks the same rows), else by blocks
@@ -442,9 +439,8 @@ def _choose_path(p, threads) -> str:
     V = lanes(p.dtype)
     if serves_1x1(p):
         # With several threads the blocked kernel scales better when the output channels
-        # fill its vectors: two threads, ResNet-50's 1x1 layers 1.1x-1.5x the pointwise
-        # kernel (equal on 14x14 maps over 1024 channels), while one thread runs the
-        # pointwise kernel 1.0x-1.3x faster; 24 output channels: pointwise 1.2x.
+        # fill its vectors; with one thread, or output channels that leave its vectors
+        # part-empty, the pointwise kernel (no packing, no unpacking) is ahead.
         if threads > 1 and p.Kg % V == 0:
             return "blocked"
         return "pointwise"

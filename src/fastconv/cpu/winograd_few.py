@@ -2,10 +2,11 @@
 
 With ``Cg`` = 1 to 4 input channels per group (an RGB image layer such as
 VGG-16 conv1_1), the ``alpha^2`` products ``M = U V`` of the tile-row path
-(:mod:`fastconv.cpu.winograd`) are GEMMs with a reduction only ``Cg`` deep:
-BLAS runs them at a third of the machine's speed, and ``M`` (36 values per
-tile and output channel) is written and read back once more by the output
-transform, which then dominates the call (VGG-16 conv1_1: 1.5 of 1.8 ms).
+(:mod:`fastconv.cpu.winograd`) are GEMMs with a reduction only ``Cg`` deep,
+which BLAS runs far below the machine's peak (each output element costs a
+load and a store for ``Cg`` multiply-adds), and ``M`` (36 values per tile
+and output channel) is written and read back once more by the output
+transform, which then dominates the call.
 
 Here one job takes 16 (8 for float64) neighbouring tiles of a tile row -- a
 vector of tiles, the contiguous axis of ``V`` -- and :data:`NK` = 4 output
@@ -13,8 +14,8 @@ channels, and
 
 1. forms each column ``b`` of ``M`` in registers: ``M[a, b] = sum_c U[a, b, c] V[a, b, c]``
    (``6 Cg`` fused multiply-adds per column and channel; each vector of ``V``
-   loaded serves the 4 channels, whose weights are broadcast from memory --
-   1.8x faster than one channel per job, which was bound by its loads);
+   loaded serves the 4 channels, whose weights are broadcast from memory;
+   with one channel per job the loads of ``V`` would bound the job);
 2. applies ``A^T`` down the column at once (the row pass of the output
    transform) and keeps the ``4 x 6`` results per channel on the stack;
 3. applies ``A`` across them, adds the bias, and writes the ``4 x 4``
@@ -30,9 +31,7 @@ outputs into a running sum; a sum that is not finite -- a NaN or inf
 output, or (harmlessly) a sum that overflows -- makes the call fall back to
 ``direct``, as on the other Winograd paths.
 
-VGG-16 conv1_1 (3 -> 64 channels, 224x224): 95 -> 150-224 GFLOP/s over
-five benchmark runs, 1.1x-1.45x ``direct``.  Vectors of tiles stay within a
-tile row, so maps under 33 outputs wide (8 tiles or fewer a row) leave at
+Vectors of tiles stay within a tile row, so maps under 33 outputs wide (8 tiles or fewer a row) leave at
 least half of each vector empty; :func:`fastconv.cpu.few_channel_winograd`
 keeps ``auto`` off them.
 """

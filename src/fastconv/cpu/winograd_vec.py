@@ -2,9 +2,9 @@
 
 The tile-row path of :mod:`fastconv.cpu.winograd` vectorises its transforms
 along a row of tiles: 7 tiles on a 28 x 28 map, half a 16-lane vector, with
-a strided gather per tile.  On ResNet-50's 3x3 layers its input and output
-transforms took as long as the GEMMs.  This path vectorises across
-channels instead, so every vector is full whatever the map size:
+a strided gather per tile, so on small maps its input and output transforms
+cost as much as the GEMMs.  This path vectorises across channels instead,
+so every vector is full whatever the map size:
 
 1. the input is packed to ``[N, CB, Hp, Wp, L]`` (``L`` = 16 float32 / 8
    float64 channels; zero padding and zero channels past ``C``:
@@ -19,11 +19,10 @@ channels instead, so every vector is full whatever the map size:
      contiguous);
    * ``alpha^2`` products ``M[a] (T x Kp) = V[a] (T x Cp) @ U[a] (Cp x Kp)``
      by a register-blocked micro-kernel (:func:`fastconv.cpu._gemm.panel_gemm`:
-     6 tiles x 64 output channels in 24 zmm accumulators; 200-225 GFLOP/s
-     on two cores where single-threaded OpenBLAS calls on these thin
-     products reached 28-140), ``U`` the kernel transform laid out
-     ``(alpha^2, KB, Cp, L)`` and zero-padded (kept by the weight cache,
-     except in the stream schedule below);
+     6 tiles x 64 output channels in 24 zmm accumulators; a BLAS call pays
+     its packing and dispatch on every one of these thin products), ``U``
+     the kernel transform laid out ``(alpha^2, KB, Cp, L)`` and zero-padded
+     (kept by the weight cache, except in the stream schedule below);
    * output transform: ``A^T M A`` for each tile and block of ``L`` output
      channels, plus the bias, written into a blocked output, then
      transposed into ``y`` (NCHW), cropped at the map's edge.
@@ -35,21 +34,18 @@ channels instead, so every vector is full whatever the map size:
    loops and the products are shared out by (``a``, block of output
    channels), so ``U`` is read once per slice (deep layers on small maps,
    where ``U`` outweighs the tiles: 38 MB of ``U`` for 4 tiles of a
-   512-channel 7x7 map; fused 147 GFLOP/s, split 307); and **stream**, a
-   split call in one slice whose products transform their own kernels from
-   the caller's KCRS weights: no transformed weights are prepared or kept,
+   512-channel 7x7 map, which the fused schedule would read once per
+   item); and **stream**, a split call in one slice whose products
+   transform their own kernels from the caller's KCRS weights: no transformed weights are prepared or kept,
    so neither the weight cache's check (weights, snapshot and ``U`` of
    ResNet-50's 512-channel layer: 35.6 MB for F(2x2), more than the 32 MB
    L3) nor new weights on every call (training) cost more than the
    transform itself.  F(2x2): each product job (4 blocks of output
    channels) transforms its kernels into a per-thread ``U`` of 2 MiB, then
-   runs its 16 products (the transform: about a third of the products).
-   F(4x4), on at most ``STREAM4_MAX_TILES`` tiles: each job (one block of
+   runs its 16 products.  F(4x4), on at most ``STREAM4_MAX_TILES`` tiles: each job (one block of
    output channels) gathers its weights, and every ``U'`` vector is
    computed where the products use it, in registers, for a group of 4
-   tiles (:func:`_make_stream4_row`); nothing of ``U`` is stored at all
-   (ResNet-50's 512-channel 7x7 layer: 0.70 ms, F(2x2) stream 1.1 ms,
-   PyTorch 1.3 ms).
+   tiles (:func:`_make_stream4_row`); nothing of ``U`` is stored at all.
 
 The kernel transform (:func:`transform_weights`) vectorises over ``L``
 output channels: each job transposes the ``L x 9`` weights of 16 input
@@ -119,13 +115,12 @@ STREAM_KERNELS = True
 STREAM4_TILES = 4
 STREAM4_MAX_TILES = 8
 #: Output rows wider than this keep the tile-row path: its transforms then run
-#: on long vectors and read NCHW directly, without the packing pass (VGG-16
-#: conv1_2, 224 wide, F(4x4): 407 GFLOP/s there vs 271 here; on 56-wide maps
-#: this path is faster for both tile sizes: F(2x2) 295 vs 179 GFLOP/s on
-#: ResNet-50's 64-channel layer).
+#: on long vectors and read NCHW directly, without the packing pass; on
+#: narrower maps its vectors are part-empty and this path wins for both tile
+#: sizes.
 MAX_Q = 60
 #: Target bytes of one item's V + M: large items read U (streamed once per item)
-#: fewer times; measured best between 1 and 8 MiB on the suite's 3x3 layers.
+#: fewer times, while V and M of one item should stay in the last-level cache.
 ITEM_BYTES = 8 * 2**20
 #: Fewest tiles per item (thinner GEMMs waste BLAS), unless the call has fewer.
 MIN_ITEM_TILES = 16
@@ -137,8 +132,7 @@ def _apart(n, L):
 
     ``n``, plus 7 vectors when ``n`` elements are a multiple of 4 KiB: the
     ``alpha^2`` vectors a transform stores or loads at once would otherwise
-    fall into one L1 set (12 ways) and evict each other (the kernel
-    transform of the stream schedule ran 2.5x slower).
+    fall into one L1 set (12 ways) and evict each other.
     """
     if (n * (VECTOR_BYTES // L)) % 4096 == 0:
         return n + 7 * L
@@ -561,9 +555,8 @@ def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q,
     else:
         # fresh_u: U was just written by this call's kernel transform (by blocks of output
         # channels): jobs by channel block first, so each core reads the U it wrote
-        # (resnet50_3x3_256 F(4x4) with new weights every call: the transform 1.33 ->
-        # 0.83 ms).  A kept U: by a first, so a core's consecutive jobs share V[a] (the
-        # same layer with kept weights 12% faster than by channels).
+        # (from its own cache, not the other core's).  A kept U: by a first, so a core's
+        # consecutive jobs share V[a].
         for job in numba.prange(A2 * nkc):
             if fresh_u:
                 kc, a = job // A2, job % A2
@@ -655,7 +648,7 @@ def plan(p, m):
 
     F(4x4) with at most ``winograd_few.MAX_CG`` input channels goes to the
     tile-row path instead, whose few-channel schedule does not pad the
-    channels to a vector (3 -> 16) and was 2-13x faster there.
+    channels to a vector (3 -> 16, mostly zeros).
     """
     if p.groups != 1 or p.Q > MAX_Q or (m == 4 and p.Cg <= winograd_few.MAX_CG):
         return None

@@ -29,7 +29,7 @@ The first clause that holds decides:
 4. ``im2col`` (implicit GEMM) otherwise: the general-purpose choice.
 
 Every threshold is an entry of :data:`THRESHOLDS`.
-``benchmarks/fit_cuda_auto.py`` scores the rule on measured timings (the
+``benchmarks/fit_cuda_auto.py`` scores the rule on stored GPU timings (the
 JSON written by ``benchmarks/gpu_check.py``) and sweeps these thresholds
 over a grid; ``docs/cuda_auto.md`` describes how they were fitted.
 
