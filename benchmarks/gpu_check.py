@@ -73,7 +73,7 @@ What it checks, in this order
    algorithm that supports it, ``auto``'s choice and cuDNN (TF32 off,
    ``cudnn.benchmark=True``) are timed with CUDA events through
    ``fastconv.conv2d`` into a preallocated ``out=`` (the method of
-   :mod:`fastconv.cuda.bench`: two untimed calls, a calibrated number of
+   :mod:`fastconv.bench.cuda`: two untimed calls, a calibrated number of
    back-to-back calls per round, 5 rounds interleaved, the median), and each
    result is checked against torch's float64 result.  Each candidate is
    timed on its own: one that fails (compilation, launch, a wrong shape)
@@ -548,10 +548,10 @@ def overhead_table(rows) -> list:
 # --- timing -----------------------------------------------------------------------------------------
 
 class cudnn_settings:
-    """TF32 off, cudnn.benchmark on (as fastconv.cuda.bench.run_suite), restored on exit."""
+    """TF32 off, cudnn.benchmark on (as fastconv.bench.cuda.run_suite), restored on exit."""
 
     def __enter__(self):
-        from fastconv.cuda import bench
+        from fastconv.bench import cuda as bench
 
         self.torch, self.saved = bench._torch(), None
         if self.torch is not None:
@@ -572,7 +572,7 @@ def time_candidates(calls, per_call, repeat: int, *, check=None, min_round_s: fl
                     max_number: int = 1000) -> tuple:
     """Time each candidate of ``calls`` (name -> zero-argument callable), failures isolated.
 
-    As :func:`fastconv.cuda.bench.bench_layer`: two untimed calls (JIT, autotuning),
+    As :func:`fastconv.bench.cuda.bench_layer`: two untimed calls (JIT, autotuning),
     ``check(name, result)`` on the second one's result, one call to calibrate ``number`` (calls
     per round, a round lasting at least ``min_round_s``), then ``repeat`` rounds with the
     candidates interleaved; ``per_call(fn, number)`` gives the seconds per call of one round.
@@ -641,7 +641,7 @@ def time_layer(layer, repeat: int, phases: bool) -> dict:
 
     from fastconv._dispatch import algorithms as all_algorithms
     from fastconv._dispatch import auto_choice
-    from fastconv.cuda import bench
+    from fastconv.bench import cuda as bench
 
     f = front_end()
     p = layer.params(np.float32)

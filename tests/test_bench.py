@@ -189,7 +189,7 @@ def test_cli_bad_arguments(argv, msg, capsys):
 
 
 def test_cli_cuda_without_cuda_support_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "fastconv.cuda.bench", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "fastconv.bench.cuda", None)  # makes the import fail
     assert cli.main(["--device", "cuda", "--layers", "lenet5_c3", "--no-progress"]) == 2
     assert "--device cuda needs" in capsys.readouterr().err
 

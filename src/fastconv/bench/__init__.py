@@ -7,7 +7,7 @@
 * :mod:`.report`: text table, pytest-benchmark-compatible JSON, PNG plot;
 * :mod:`.cli`: the command line (``main(argv) -> int``).
 
-A CUDA run is delegated to ``fastconv.cuda.bench.run_suite(layers, **options)``,
+A CUDA run is delegated to ``fastconv.bench.cuda.run_suite(layers, **options)``,
 which returns the same :class:`~.runner.SuiteResult`.
 """
 

@@ -61,16 +61,16 @@ def _split(text):
 
 
 def _cuda_runner():
-    """``fastconv.cuda.bench.run_suite``; RuntimeError saying what is missing when it cannot load.
+    """``fastconv.bench.cuda.run_suite``; RuntimeError saying what is missing when it cannot load.
 
     The CUDA runner takes the layers and the same keyword options as
     :func:`fastconv.bench.runner.run_suite` and returns a ``SuiteResult``.
     """
     try:
-        from fastconv.cuda.bench import run_suite as cuda_run_suite
+        from fastconv.bench.cuda import run_suite as cuda_run_suite
     except ImportError as exc:
         raise RuntimeError(
-            "--device cuda needs fastconv's CUDA benchmark (fastconv.cuda.bench), numba-cuda "
+            "--device cuda needs fastconv's CUDA benchmark (fastconv.bench.cuda), numba-cuda "
             f"(pip install 'fastconv[cuda]') and an NVIDIA GPU; it could not be loaded: {exc}"
         ) from None
     return cuda_run_suite

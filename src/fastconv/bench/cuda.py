@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._dispatch import auto_choice, resolve
-from ..bench.runner import LayerResult, Measurement, SuiteResult, concrete_names
+from .runner import LayerResult, Measurement, SuiteResult, concrete_names
 
 CUDNN = "torch"  # the peer's key: the shared report code computes "ratio vs torch" from it
 CUDNN_LABEL = "cuDNN via torch.nn.functional.conv2d, TF32 off, cudnn.benchmark=True"
@@ -67,8 +67,8 @@ def profile_phases(name, x, w, b, layer, dtype=np.float32, repeat: int = 3) -> d
     """Median seconds of each phase of one algorithm (Winograd: scan, transforms, GEMM)."""
     from numba import cuda
 
-    from ._arrays import view_of
-    from ._runtime import Context, _current_device_id
+    from ..cuda._arrays import view_of
+    from ..cuda._runtime import Context, _current_device_id
 
     p = layer.params(dtype)
     alg = resolve(name, p, "cuda")
@@ -187,8 +187,8 @@ def run_suite(layers, *, algorithms=None, repeat: int = 10, dtype=np.float32, pe
         No usable GPU / numba-cuda.
     """
     from .._dispatch import algorithms as all_algorithms
-    from ..bench.machine import commit_info, machine_info
-    from ._runtime import require, status
+    from ..cuda._runtime import require, status
+    from .machine import commit_info, machine_info
 
     require()
     if algorithms is not None:
