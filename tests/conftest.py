@@ -34,6 +34,18 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def cpu_settings():
+    """``fastconv._config.CPU`` (the CPU settings and thresholds), reset after the test.
+
+    A test steers a CPU path by setting a field (``cpu_settings.vec_max_q = 0``).
+    """
+    from fastconv import _config
+
+    yield _config.CPU
+    _config.CPU.reset()
+
+
 def rel_err(y, ref) -> float:
     ref = np.asarray(ref, np.float64)
     denom = np.linalg.norm(ref)

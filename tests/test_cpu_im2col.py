@@ -39,14 +39,14 @@ def test_matches_reference(rng, dtype, xs, ws, kw):
 
 
 @pytest.mark.parametrize("xs,ws,kw", [CASES[3], CASES[5], CASES[8], CASES[9]])
-def test_workspace_blocking(rng, monkeypatch, xs, ws, kw):
+def test_workspace_blocking(rng, cpu_settings, xs, ws, kw):
     """Tiny workspaces force one image per block, then row blocks; results are unchanged."""
     x, w, b = random_problem(rng, xs, ws, np.float64)
     whole = fastconv.conv2d(x, w, b, algorithm="im2col", **kw)
     p = normalize(x.shape, w.shape, b.shape, np.float64, **kw)
     rows = p.Cg * p.R * p.S
     for limit in (rows * p.P * p.Q * 8 + 1, rows * p.Q * 8 * 2, 1):
-        monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", limit)
+        cpu_settings.workspace_bytes = limit
         np.testing.assert_allclose(fastconv.conv2d(x, w, b, algorithm="im2col", **kw), whole,
                                    rtol=1e-14, atol=1e-14)
     assert rel_err(whole, reference.conv2d(x, w, b, **kw)) < TOLERANCE[("im2col", "float64")]

@@ -11,6 +11,7 @@ import fastconv
 from fastconv import reference
 from fastconv._params import normalize
 from fastconv.cpu import winograd, winograd_few, winograd_vec
+from fastconv.cpu.winograd_vec import VecPlan
 from fastconv.winograd_math import error_bound, transform_matrices
 
 from conftest import TOLERANCE, random_problem, rel_err
@@ -59,22 +60,22 @@ def test_unbatched_and_nhwc(rng):
 
 
 @pytest.mark.parametrize("alg", ALGS)
-def test_blocking_paths(rng, monkeypatch, alg):
+def test_blocking_paths(rng, cpu_settings, alg):
     """A workspace of one tile row forces many blocks; the result must not change."""
     x, w, b = random_problem(rng, (3, 8, 13, 10), (8, 8, 3, 3), np.float64)
-    monkeypatch.setattr(winograd_vec, "MAX_Q", 0)  # the tile-row path only
+    cpu_settings.vec_max_q = 0  # the tile-row path only
     whole = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
-    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 1)
+    cpu_settings.workspace_bytes = 1
     blocked = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
     np.testing.assert_array_equal(blocked, whole)
-    monkeypatch.setattr(winograd, "_BLOCK_BYTES", 3 * 36 * 16 * 3 * 8)  # a few rows per block
+    cpu_settings.tile_row_block_bytes = 3 * 36 * 16 * 3 * 8  # a few rows per block
     np.testing.assert_array_equal(fastconv.conv2d(x, w, b, padding=1, algorithm=alg), whole)
     assert rel_err(whole, reference.conv2d(x, w, b, padding=1)) < TOLERANCE[(alg, "float64")]
 
 
 @pytest.mark.parametrize("alg", ALGS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_channel_vectorised_path(rng, monkeypatch, alg, dtype):
+def test_channel_vectorised_path(rng, cpu_settings, alg, dtype):
     """Small maps take winograd_vec; items and image slices of any size give the same result."""
     x, w, b = random_problem(rng, (3, 20, 9, 11), (24, 20, 3, 3), dtype)
     m = int(alg[10])
@@ -83,27 +84,28 @@ def test_channel_vectorised_path(rng, monkeypatch, alg, dtype):
     y, _ = _check(x, w, b, alg, padding=(1, 2))
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-13)
     # one tile per item, one image per slice
-    monkeypatch.setattr(winograd_vec, "ITEM_BYTES", 1)
-    monkeypatch.setattr(winograd_vec, "MIN_ITEM_TILES", 1)
+    cpu_settings.vec_item_bytes = 1
+    cpu_settings.vec_min_item_tiles = 1
     L = 16 if dtype == np.float32 else 8
     tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
     Cp, Kp = -(-20 // L) * L, -(-24 // L) * L  # channels padded to whole vectors
     per_image = (Cp * (tiles_h * m + 2) * (tiles_w * m + 2) + Kp * p.P * p.Q) * np.dtype(dtype).itemsize
-    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 2 * per_image + 8)
-    assert winograd_vec.plan(p, m) == ("fused", 1, 1)
+    cpu_settings.workspace_bytes = 2 * per_image + 8
+    assert winograd_vec.plan(p, m) == VecPlan("fused", 1, 1)
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
     # the split mode (U read once per slice): a large U splits, here in slices of 5 tiles
-    monkeypatch.setattr(winograd_vec, "MAX_U_BYTES", 0)
-    monkeypatch.setattr(winograd_vec, "SPLIT_SLICE_BYTES", 5 * (m + 2) ** 2 * (Cp + Kp) * np.dtype(dtype).itemsize)
-    monkeypatch.setattr(winograd_vec, "SPLIT_KCHUNK", 1)
-    assert winograd_vec.plan(p, m) == ("split", 5, 1)
+    cpu_settings.vec_max_u_bytes = 0
+    cpu_settings.vec_split_slice_bytes = 5 * (m + 2) ** 2 * (Cp + Kp) * np.dtype(dtype).itemsize
+    cpu_settings.vec_split_kchunk = 1
+    assert winograd_vec.plan(p, m) == VecPlan("split", 5, 1)
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
     # ... and a call whose tiles all fit one slice splits when U outweighs them
-    monkeypatch.setattr(winograd_vec, "MAX_U_BYTES", 10 ** 12)
-    monkeypatch.setattr(winograd_vec, "SPLIT_SLICE_BYTES", 10 ** 9)
-    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 10 ** 10)
-    monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
-    assert winograd_vec.plan(p, m) == ("stream" if m == 2 else "split", 3 * tiles_h * tiles_w, 3)
+    cpu_settings.vec_max_u_bytes = 10 ** 12
+    cpu_settings.vec_split_slice_bytes = 10 ** 9
+    cpu_settings.workspace_bytes = 10 ** 10
+    cpu_settings.vec_split_min_u_ratio = 0
+    assert winograd_vec.plan(p, m) == VecPlan("stream" if m == 2 else "split",
+                                              3 * tiles_h * tiles_w, 3)
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
     # the split mode sees a non-finite output too (the call is recomputed by direct)
     xn = x.copy()
@@ -113,12 +115,12 @@ def test_channel_vectorised_path(rng, monkeypatch, alg, dtype):
     np.testing.assert_array_equal(np.isfinite(yn), np.isfinite(ref))
     ok = np.isfinite(ref)
     np.testing.assert_allclose(yn[ok], ref[ok], **tol)
-    monkeypatch.setattr(fastconv._config, "WORKSPACE_BYTES", 2 * per_image + 8)
+    cpu_settings.workspace_bytes = 2 * per_image + 8
     # the tile-row path agrees
-    monkeypatch.setattr(winograd_vec, "MAX_Q", 0)
+    cpu_settings.vec_max_q = 0
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg), y, **tol)
     # non-finite input: the whole call is recomputed by direct
-    monkeypatch.undo()
+    cpu_settings.reset()
     x[2, 7, 4, 4] = np.nan
     y = fastconv.conv2d(x, w, b, padding=(1, 2), algorithm=alg)
     ref = fastconv.conv2d(x, w, b, padding=(1, 2), algorithm="direct")
@@ -286,10 +288,10 @@ def test_channel_vectorised_kernel_transform_f2(rng, dtype, K, C):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m,shape", [(2, (2, 40, 5, 6)), (4, (2, 40, 5, 6)), (4, (1, 40, 6, 9))])
-def test_stream_mode(rng, monkeypatch, dtype, m, shape):
+def test_stream_mode(rng, cpu_settings, dtype, m, shape):
     """Deep layers on few tiles transform the kernels inside the products: within the error
     bound, nothing kept in the weight cache, the same bits as a plan, the weights untouched,
-    and a non-finite weight recomputed by direct.  F(4x4) (at most STREAM4_MAX_TILES tiles:
+    and a non-finite weight recomputed by direct.  F(4x4) (at most vec_stream4_max_tiles tiles:
     here 8, and 6 = a group of 4 and one of 2) transforms each kernel where it is used,
     G' w G'^T with the scale in the output transform."""
     from fastconv import _weight_cache
@@ -298,16 +300,16 @@ def test_stream_mode(rng, monkeypatch, dtype, m, shape):
     x, w, b = random_problem(rng, shape, (K, C, 3, 3), dtype)
     p = normalize(x.shape, w.shape, b.shape, dtype, padding=1)
     alg = f"winograd_f{m}x{m}_3x3"
-    monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
-    monkeypatch.setattr(winograd_vec, "SPLIT_KCHUNK", 2)  # several product jobs
+    cpu_settings.vec_split_min_u_ratio = 0
+    cpu_settings.vec_split_kchunk = 2  # several product jobs
     tiles = shape[0] * -(-shape[2] // m) * -(-shape[3] // m)
-    mode, T, nb = winograd_vec.plan(p, m)
-    assert (mode, T, nb) == ("stream", tiles, shape[0])
-    if m == 4:  # more tiles than STREAM4_MAX_TILES: F(4x4) keeps its prepared U
-        monkeypatch.setattr(winograd_vec, "STREAM4_MAX_TILES", tiles - 1)
-        assert winograd_vec.plan(p, 4)[0] == "split"
-        monkeypatch.undo()
-        monkeypatch.setattr(winograd_vec, "SPLIT_MIN_U_RATIO", 0)
+    vec = winograd_vec.plan(p, m)
+    assert (vec.mode, vec.tiles, vec.nb) == ("stream", tiles, shape[0])
+    if m == 4:  # more tiles than vec_stream4_max_tiles: F(4x4) keeps its prepared U
+        cpu_settings.vec_stream4_max_tiles = tiles - 1
+        assert winograd_vec.plan(p, 4).mode == "split"
+        cpu_settings.reset()
+        cpu_settings.vec_split_min_u_ratio = 0
     fastconv.clear_weight_cache()
     w0 = w.copy()
     y = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)
@@ -319,11 +321,11 @@ def test_stream_mode(rng, monkeypatch, dtype, m, shape):
     conv = fastconv.plan(w, b, x_shape=x.shape, padding=1, algorithm=alg)
     np.testing.assert_array_equal(conv(x), y)
     # the prepared U of the split mode gives the same sums, up to rounding
-    monkeypatch.setattr(winograd_vec, "STREAM_KERNELS", False)
-    assert winograd_vec.plan(p, m)[0] == "split"
+    cpu_settings.vec_stream_kernels = False
+    assert winograd_vec.plan(p, m).mode == "split"
     np.testing.assert_allclose(fastconv.conv2d(x, w, b, padding=1, algorithm=alg),
                                y, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-5)
-    monkeypatch.setattr(winograd_vec, "STREAM_KERNELS", True)
+    cpu_settings.vec_stream_kernels = True
     times = winograd.profile_phases(x, w, b, p, np.empty_like(y), m=m)
     assert set(times) == {"pack_input", "input_transform", "gemm", "output_transform"}
     wn = w.copy()
@@ -391,8 +393,8 @@ def test_profile_phases(rng):
         assert rel_err(y, reference.conv2d(x, w, b, padding=1)) < 2e-4
 
 
-def test_profile_phases_tile_row_path(rng, monkeypatch):
-    monkeypatch.setattr(winograd_vec, "MAX_Q", 0)
+def test_profile_phases_tile_row_path(rng, cpu_settings):
+    cpu_settings.vec_max_q = 0
     x, w, b = random_problem(rng, (2, 6, 10, 9), (4, 6, 3, 3), np.float32)
     p = normalize(x.shape, w.shape, b.shape, np.float32, padding=1)
     y = np.full(p.output_shape, np.nan, np.float32)
@@ -423,7 +425,7 @@ def test_thread_independent_and_concurrent(rng, m, x_shape, mode):
     import numba
     C = x_shape[1]
     x, w, b = random_problem(rng, x_shape, (C, C, 3, 3), np.float32)
-    assert winograd_vec.plan(normalize(x.shape, w.shape, b.shape, np.float32, padding=1), m)[0] \
+    assert winograd_vec.plan(normalize(x.shape, w.shape, b.shape, np.float32, padding=1), m).mode \
         == mode
     alg = f"winograd_f{m}x{m}_3x3"
     ref = fastconv.conv2d(x, w, b, padding=1, algorithm=alg)

@@ -131,11 +131,13 @@ def test_implicit_gemm_plan(monkeypatch):
     monkeypatch.setattr(SETTINGS, "bk", 8)
     monkeypatch.setattr(SETTINGS, "splitk", 0)
     small = normalize((1, 512, 7, 7), (512, 512, 3, 3), None, np.float32, padding=1)
-    RTM, splits, kchunk = implicit_gemm.plan(small)
+    pl = implicit_gemm.plan(small)
+    RTM, splits, kchunk = pl.RTM, pl.splits, pl.kchunk
     assert RTM == 8 and 1 < splits <= 32 and kchunk % 8 == 0 and splits * kchunk >= 512 * 9
     big = normalize((32, 64, 56, 56), (64, 64, 3, 3), None, np.float32, padding=1)
-    assert implicit_gemm.plan(big)[:2] == (4, 1)  # 64 channels: 64-row tiles, no split
-    assert implicit_gemm.plan(normalize((32, 3, 9, 9), (6, 3, 3, 3), None, np.float32))[0] == 2
+    pl = implicit_gemm.plan(big)
+    assert (pl.RTM, pl.splits) == (4, 1)  # 64 channels: 64-row tiles, no split
+    assert implicit_gemm.plan(normalize((32, 3, 9, 9), (6, 3, 3, 3), None, np.float32)).RTM == 2
 
 
 def test_arguments_on_different_gpus_are_an_error():

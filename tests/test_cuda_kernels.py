@@ -282,7 +282,7 @@ def test_im2col_split_k(rng, monkeypatch, bias):
     monkeypatch.setattr(SETTINGS, "splitk", 3)
     x, w, b = random_problem(rng, (1, 5, 4, 5), (6, 5, 3, 3), bias=bias)
     p = fastconv._params.normalize(x.shape, w.shape, None, np.float32, padding=1)
-    assert implicit_gemm.plan(p)[1] == 3
+    assert implicit_gemm.plan(p).splits == 3
     check(run("im2col", x, w, b, padding=1), ref_conv2d(x, w, b, padding=1), "im2col", np.float32)
 
 

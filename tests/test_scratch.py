@@ -13,14 +13,14 @@ from fastconv.cpu import _scratch
 from conftest import rel_err
 
 
-def test_reuse_bound_and_threads(monkeypatch):
+def test_reuse_bound_and_threads(cpu_settings):
     _scratch.release()
     a = _scratch.buffer("t", np.float32, 1000)
     b = _scratch.buffer("t", np.float32, 500)
     assert a.shape == (1000,) and b.shape == (500,) and np.shares_memory(a, b)
     assert not np.shares_memory(a, _scratch.buffer("u", np.float32, 10))
     assert not np.shares_memory(a, _scratch.buffer("t", np.float64, 10))  # per dtype
-    monkeypatch.setattr(_scratch, "KEEP_BYTES", 4000)
+    cpu_settings.scratch_keep_bytes = 4000
     big1, big2 = _scratch.buffer("t", np.float32, 2000), _scratch.buffer("t", np.float32, 2000)
     assert not np.shares_memory(big1, big2)  # above the bound: fresh each time, not kept
     other = []

@@ -45,7 +45,7 @@ def info(argv=None) -> int:
         print(f"cpu features    unknown ({exc})")
     print(f"threading layer {_config.THREADING_LAYER} (configured), threads {numba.get_num_threads()}")
     print(f"fastmath        {_config.FASTMATH}; cache {_config.CACHE}; "
-          f"workspace {_config.WORKSPACE_BYTES // 2**20} MiB")
+          f"workspace {_config.CPU.workspace_bytes // 2**20} MiB")
     print(f"algorithms      {', '.join(fastconv.algorithms())}")
     from threadpoolctl import threadpool_info
     for pool in threadpool_info():

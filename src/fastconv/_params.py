@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _config
+
+#: The memo entry holding the settings generation its decisions were made under.
+_GENERATION_KEY = "_config.generation"
+
 LAYOUTS = ("NCHW", "NHWC")
 PADDING_MODES = ("valid", "same", "full")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -50,7 +55,15 @@ class ConvParams:
     memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def remembered(self, key, compute):
-        """``memo[key]``, computed by ``compute()`` on first use (a per-shape decision)."""
+        """``memo[key]``, computed by ``compute()`` on first use (a per-shape decision).
+
+        The memo is emptied when a setting of :mod:`fastconv._config` has
+        changed since it was filled (:func:`fastconv._config.generation`).
+        """
+        gen = _config.generation()
+        if self.memo.get(_GENERATION_KEY) != gen:
+            self.memo.clear()
+            self.memo[_GENERATION_KEY] = gen
         value = self.memo.get(key)
         if value is None:
             value = self.memo[key] = compute()

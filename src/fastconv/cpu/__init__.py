@@ -33,12 +33,12 @@ output map's shorter side), in this order:
       schedule, up to 8 tiles -- its cost per group of 4 tiles).  So
       ResNet-50's 14x14 and 7x7 layers get F(4x4) (on 7x7 over 512
       channels, streaming) and one 4x4 map over 512 channels gets F(2x2).
-      Last arm (:data:`STREAM4_OVER_DIRECT`): from 128 channels on maps of
+      Last arm (``stream4_over_direct``): from 128 channels on maps of
       3x3 and more, F(4x4) where it streams and ``direct``'s ``9 N P Q``
       products per pair of channels are at least 1.3 times its modelled
       cost; from 64 channels with at least 8192 pairs of channels, on one
       group of at most 4 tiles, at least 2 times
-      (:data:`STREAM4_OVER_DIRECT_64`: with fewer channels the call's fixed
+      (``stream4_over_direct_64``: with fewer channels the call's fixed
       costs weigh more, and a second group of tiles would transform the
       kernels again);
    c. ``Cg`` = 2 to 4: Winograd F(4x4) on its few-channel schedule
@@ -53,6 +53,17 @@ output map's shorter side), in this order:
 ``auto`` never picks an algorithm that does not support the call: Winograd is
 chosen only where its ``supports`` accepts the call, and ``direct`` and
 ``im2col`` support every configuration.
+
+The thresholds
+--------------
+The numbers above are the defaults of the rule's thresholds.  Each is a
+field of the one table of CPU thresholds, :class:`fastconv._config.CpuSettings`
+(section "auto rule", in the order of the clauses, with a line on what each
+trades off; ``fastconv._config.CPU`` holds the values in use), and the rule
+reads them at call time.  Only ``alpha^2`` (36 products per tile for F(4x4),
+16 for F(2x2)), the ``9`` products of a 3x3 kernel and the kernels' own
+limits (``winograd_few.MAX_CG``, ``winograd_vec.STREAM4_TILES``) are written
+into the code.
 
 How it was fitted
 -----------------
@@ -73,6 +84,7 @@ the candidates with ``fastconv.tuning.choose(..., measure=True)``
 from __future__ import annotations
 
 from .._algorithm import Algorithm
+from .._config import CPU
 from . import direct, im2col, winograd, winograd_few, winograd_vec
 
 
@@ -88,63 +100,43 @@ def winograd_rule(p) -> str:
     wins from a few tiles on, ResNet-50's 7x7 layer over 512 channels among
     them.
     """
-    if min(p.P, p.Q) >= 8:
+    if min(p.P, p.Q) >= CPU.f4x4_min_side:
         return "winograd_f4x4_3x3"
     return small_map_winograd(p)
 
 
-#: Clause 2b's cost model: reading the transformed weights once costs as much as the
-#: products of this many tiles (a fitted constant: it sets where F(2x2), with fewer
-#: weights to read, gives way to F(4x4), with fewer products per output; the range
-#: the data allow is in ``docs/cpu_auto.md``).
-U_READ_TILES = 6.7
-#: ... and F(4x4) in the stream schedule (kernels transformed inside the products, in
-#: groups of 4 tiles): the cost of one group and the fixed cost (gathering the weights),
-#: in the same unit, the products of one tile for one of the alpha^2 elements (fitted on
-#: ``auto_rule_small.json``; 160 against the 4 x 36 = 144 of four tiles in the split
-#: schedule: transforming the kernels in registers adds about a ninth).
-STREAM4_GROUP_COST = 160
-STREAM4_FIXED_COST = 48
-
-
-#: Clause 2b's stream arm: from 128 channels, F(4x4)'s stream schedule beats ``direct``
-#: when ``direct``'s 9 N P Q products per pair of channels are at least this many times
-#: its modelled cost (fitted on ``auto_rule_small.json`` and one more set of deep layers on
-#: small maps, see ``docs/cpu_auto.md``; the margin above 1 covers the costs the model
-#: leaves out: packing, the output transform, the call's fixed costs) ...
-STREAM4_OVER_DIRECT = 1.3
-#: ... and from 64 channels, where the call's fixed costs weigh more, on one group of tiles
-#: (at most 4), when that ratio is at least ``STREAM4_OVER_DIRECT_64`` and there are at
-#: least ``STREAM4_MIN_PAIRS_64`` pairs of channels (fewer pairs leave too few products
-#: to repay the kernel transform, and a second group of tiles would redo it; fitted on
-#: ``auto_rule_small64.json``, see ``docs/cpu_auto.md``).
-STREAM4_OVER_DIRECT_64 = 2.0
-STREAM4_MIN_PAIRS_64 = 8192
-
-
 def stream4_cost(p):
     """F(4x4)'s modelled cost on ``p`` in its stream schedule (see :func:`small_map_winograd`),
-    or None where it would not stream."""
+    or None where it would not stream.
+
+    In the unit of :func:`small_map_winograd`'s model, the products of one
+    tile for one of the ``alpha^2`` elements: ``stream4_group_cost`` per group
+    of ``winograd_vec.STREAM4_TILES`` tiles (its kernels transformed in
+    registers, about a ninth more than the 4 x 36 products of four tiles in
+    the split schedule) plus ``stream4_fixed_cost`` (gathering the weights).
+    """
     vec = winograd_vec.plan(p, 4)
-    if vec is None or vec[0] != "stream":
+    if vec is None or vec.mode != "stream":
         return None
     tiles4 = p.N * -(-p.P // 4) * -(-p.Q // 4)
-    return STREAM4_GROUP_COST * -(-tiles4 // winograd_vec.STREAM4_TILES) + STREAM4_FIXED_COST
+    return (CPU.stream4_group_cost * -(-tiles4 // winograd_vec.STREAM4_TILES)
+            + CPU.stream4_fixed_cost)
 
 
 def small_map_winograd(p) -> str:
     """F(4x4) or F(2x2) on a map under 16x16: the one with the lower modelled cost.
 
-    Per pair of channels, F(m x m) costs ``alpha^2 * (tiles + U_READ_TILES)``:
+    Per pair of channels, F(m x m) costs ``alpha^2 * (tiles + u_read_tiles)``:
     ``alpha^2`` products per tile, plus streaming its ``alpha^2`` transformed
     weights once per call (the split schedule; F(2x2)'s stream schedule
     transforms them for about as much).  F(4x4) has 2.25x fewer products per
     output but 2.25x more weights and more partial tiles, so the model picks
     F(2x2) on few tiles (7x7 maps of one image, 6x6, 8-10 wide maps) and
     F(4x4) once the batch or the map adds tiles -- unless F(4x4) takes the
-    stream schedule (at most ``winograd_vec.STREAM4_MAX_TILES`` tiles), where
-    it reads no transformed weights and costs ``STREAM4_GROUP_COST`` per
-    group of 4 tiles plus ``STREAM4_FIXED_COST``: then the model picks it
+    stream schedule (at most ``vec_stream4_max_tiles`` tiles), where it
+    reads no transformed weights and costs ``stream4_group_cost`` per group
+    of 4 tiles plus ``stream4_fixed_cost`` (:func:`stream4_cost`; the fields
+    of :class:`fastconv._config.CpuSettings`): then the model picks it
     from 2 tiles up (two 3x3 or 4x4 maps, one 5x5 to 8x8), F(2x2) on one
     tile.
     """
@@ -152,8 +144,8 @@ def small_map_winograd(p) -> str:
     tiles2 = p.N * -(-p.P // 2) * -(-p.Q // 2)
     cost4 = stream4_cost(p)
     if cost4 is None:
-        cost4 = 36 * (tiles4 + U_READ_TILES)
-    if cost4 < 16 * (tiles2 + U_READ_TILES):
+        cost4 = 36 * (tiles4 + CPU.u_read_tiles)
+    if cost4 < 16 * (tiles2 + CPU.u_read_tiles):
         return "winograd_f4x4_3x3"
     return "winograd_f2x2_3x3"
 
@@ -168,34 +160,42 @@ def few_channel_winograd(p) -> bool:
     call's fixed costs decide); and the fused schedule (rows enough for two
     items).
     """
-    if not (p.Q >= 33 and (p.Kg >= 40 or p.Kg >= 20 and p.Q >= 100)):
+    if not (p.Q >= CPU.few_channel_q
+            and (p.Kg >= CPU.few_channel_kg
+                 or p.Kg >= CPU.few_channel_wide_kg and p.Q >= CPU.few_channel_wide_q)):
         return False
     tiles_w = -(-p.Q // 4)
     return winograd._fused_rows(p, 4, tiles_w, p.N * -(-p.P // 4)) > 0
 
 
 def auto_rule(p) -> str:
-    """The algorithm ``algorithm="auto"`` runs for ``p`` (see the module docstring)."""
+    """The algorithm ``algorithm="auto"`` runs for ``p`` (see the module docstring;
+    the thresholds are the "auto rule" fields of :class:`fastconv._config.CpuSettings`)."""
     if p.R == 1 and p.S == 1 and not p.depthwise:
         return "direct" if direct.serves_1x1(p) else "im2col"
-    if winograd.supports(p) is None and p.groups == 1 and p.Kg >= 16:
-        if 2 <= p.Cg <= winograd_few.MAX_CG and few_channel_winograd(p):
+    if winograd.supports(p) is None and p.groups == 1 and p.Kg >= CPU.winograd_min_kg:
+        if CPU.few_channel_min_cg <= p.Cg <= winograd_few.MAX_CG and few_channel_winograd(p):
             return "winograd_f4x4_3x3"
         small = min(p.P, p.Q)
-        if small >= 16 and (p.Cg >= 32 or (p.Cg >= 16 and p.N * p.P * p.Q >= 3072)):
+        if small >= CPU.large_map_side and (
+                p.Cg >= CPU.large_map_cg
+                or (p.Cg >= CPU.large_map_few_cg and p.N * p.P * p.Q >= CPU.large_map_pixels)):
             return winograd_rule(p)
         tiles4 = p.N * -(-p.P // 4) * -(-p.Q // 4)
-        if (p.Cg >= 64 and (small >= 12 or tiles4 >= 16 or (small >= 6 and p.Cg >= 128)
-                            or (small >= 3 and p.Cg >= 256))
+        if (p.Cg >= CPU.small_map_cg
+                and (small >= CPU.small_map_side or tiles4 >= CPU.small_map_tiles
+                     or (small >= CPU.small_map_deep_side and p.Cg >= CPU.small_map_deep_cg)
+                     or (small >= CPU.small_map_deeper_side and p.Cg >= CPU.small_map_deeper_cg))
                 and winograd_vec.plan(p, 4) is not None):
             return small_map_winograd(p)
         # the stream arm: F(4x4) transforming its kernels inside the products
         need = None
-        if small >= 3 and p.Cg >= 128:
-            need = STREAM4_OVER_DIRECT
-        elif (small >= 3 and p.Cg >= 64 and p.Cg * p.Kg >= STREAM4_MIN_PAIRS_64
+        if small >= CPU.stream4_side and p.Cg >= CPU.stream4_cg:
+            need = CPU.stream4_over_direct
+        elif (small >= CPU.stream4_side and p.Cg >= CPU.stream4_cg_64
+              and p.Cg * p.Kg >= CPU.stream4_pairs_64
               and tiles4 <= winograd_vec.STREAM4_TILES):
-            need = STREAM4_OVER_DIRECT_64
+            need = CPU.stream4_over_direct_64
         cost4 = stream4_cost(p) if need is not None else None
         if cost4 is not None and 9 * p.N * p.P * p.Q >= need * cost4:
             return "winograd_f4x4_3x3"

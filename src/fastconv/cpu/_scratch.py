@@ -12,9 +12,10 @@ Every array handed out here starts on a 64-byte boundary
 (:mod:`fastconv._aligned`; the kernels' prepared weights use the same
 :func:`empty_aligned`).
 
-Bounds and safety: a request above :data:`KEEP_BYTES` is served by a fresh
-array that is not kept, so what stays allocated is at most a few times
-``KEEP_BYTES`` per Python thread that ran a convolution; :func:`release`
+Bounds and safety: a request above ``CPU.scratch_keep_bytes``
+(:class:`fastconv._config.CpuSettings`) is served by a fresh array that is
+not kept, so what stays allocated is at most a few times that bound per
+Python thread that ran a convolution; :func:`release`
 frees the calling thread's buffers.  Buffers are per Python thread, so
 concurrent calls never share one; callers use a name only while no other
 use of the same name on the same thread is live, and never return a view of
@@ -29,9 +30,7 @@ import numba
 import numpy as np
 
 from .._aligned import ALIGN, empty_aligned
-
-#: Largest buffer (bytes) kept between calls.
-KEEP_BYTES = 64 * 2**20
+from .._config import CPU
 
 _local = threading.local()
 
@@ -44,7 +43,7 @@ def buffer(name: str, dtype, n: int) -> np.ndarray:
     """A 1-D work array of exactly ``n`` elements of ``dtype`` (contents undefined)."""
     dtype = np.dtype(dtype)
     n = int(n)
-    if n * dtype.itemsize > KEEP_BYTES:
+    if n * dtype.itemsize > CPU.scratch_keep_bytes:
         return empty_aligned(n, dtype)
     key = (name, dtype.str)
     store = _store()
@@ -64,7 +63,7 @@ def per_thread(name: str, dtype, n: int) -> np.ndarray:
     rows = numba.config.NUMBA_NUM_THREADS
     per_line = ALIGN // dtype.itemsize
     n = -(-int(n) // per_line) * per_line
-    if rows * n * dtype.itemsize > KEEP_BYTES:
+    if rows * n * dtype.itemsize > CPU.scratch_keep_bytes:
         return empty_aligned((rows, n), dtype)
     key = (name, dtype.str, "rows")
     store = _store()

@@ -45,24 +45,24 @@ reduced by one thread.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .._config import JIT, PJIT
+from .._config import CPU, JIT, PJIT
 from ._blocked import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
                        vbcast, vfma, vsplat, vstore, vstore_masked, vload)
 
+# Register blocking of the micro-kernel (each blocking is a compiled driver): at most this
+# many vector accumulators, and output rows and row vectors: 4 x 4 rather than 2 x 8
+# (fewer loads per FMA, less row-tail waste).
 MAX_ACCUMULATORS = 16
-# Output rows and row vectors one micro-kernel holds at most: 4 x 4 rather than
-# 2 x 8 (fewer loads per FMA, less row-tail waste).
 MAX_ROWS = 4
 MAX_VECTORS = 4
-# Horizontal strides 1 and 2 load the input straight from x (see
-# _make_width_driver); False packs every layer (tests run both).
-DIRECT_LOADS = True
 
 
 def _masked_load(context, builder, arrty, arr, idx, count, lo, hi):
@@ -398,8 +398,22 @@ def width_driver(NKO: int, NQV: int, PR: int, FIX: tuple = (0, 0, 0, 0), SWC: in
     return drv
 
 
-def width_plan(p):
-    """Register blocking ``(NKO, NQV, PR)`` for ``p``.
+@dataclass(frozen=True)
+class WidthPlan:
+    """Register blocking of the width path's micro-kernel (:func:`width_plan`).
+
+    ``NKO`` output channels of one group x ``PR`` output rows x ``NQV``
+    vectors of one row: ``NKO * PR * NQV`` accumulators; each blocking is a
+    compiled driver (:func:`width_driver`).
+    """
+
+    NKO: int
+    NQV: int
+    PR: int
+
+
+def width_plan(p) -> WidthPlan:
+    """Register blocking for ``p``.
 
     A few blockings only (each is a separate compilation): ``NKO`` in 1, 2,
     4 output channels, ``NQV`` a power of two covering the row if it can,
@@ -423,13 +437,13 @@ def width_plan(p):
     PR = 1
     while 2 * PR <= min(MAX_ROWS, p.P) and 2 * PR * NQV * NKO <= MAX_ACCUMULATORS:
         PR *= 2
-    return NKO, NQV, PR
+    return WidthPlan(NKO, NQV, PR)
 
 
 def run(x, w, bias, p, y):
     """Width-vectorised direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration)."""
     V = lanes(p.dtype)
-    NKO, NQV, PR = width_plan(p)
+    plan = width_plan(p)
     sw, dw = p.stride[1], p.dilation[1]
     Wp = p.W + p.padding[2] + p.padding[3]
     # Phases in whole vectors.  The lanes of a row's last vector past Q may
@@ -438,10 +452,10 @@ def run(x, w, bias, p, y):
     Wq = -(-(-(-Wp // sw)) // V) * V
     taps = np.array([((s * dw) % sw) * Wq + (s * dw) // sw for s in range(p.S)], dtype=np.int64)
     b = np.zeros(p.K, dtype=p.dtype) if bias is None else bias
-    PB = row_block(p, Wq, PR)
+    PB = row_block(p, Wq, plan.PR)
     # Strides 1 and 2 read x directly (no copy of the input); others pack.
-    SWC = sw if (sw <= 2 and DIRECT_LOADS) else 0
-    drv = width_driver(NKO, NQV, PR, fixed_shape(p), SWC)
+    SWC = sw if (sw <= 2 and CPU.width_direct_loads) else 0
+    drv = width_driver(plan.NKO, plan.NQV, plan.PR, fixed_shape(p), SWC)
     drv(x, w.reshape(-1), b, y, taps, p.groups, p.padding[0], p.padding[2], sw, Wq, p.R, p.S,
         p.P, p.Q, p.stride[0], p.dilation[0], dw, V, PB)
 
@@ -453,17 +467,13 @@ def fixed_shape(p):
     return (0, 0, 0, 0)
 
 
-# Bytes of one work item's packed input rows (kept in L2).
-ROW_BLOCK_BYTES = 256 * 1024
-
-
 def row_block(p, Wq, PR=1):
     """Output rows per work item (a multiple of ``PR`` below ``P``): enough items, rows in L2."""
     want = 4 * max(1, numba.get_num_threads())
     PB = max(1, min(p.P, -(-p.N * p.groups * p.P // want)))
     item = np.dtype(p.dtype).itemsize
     while PB > PR and p.Cg * ((PB - 1) * p.stride[0] + (p.R - 1) * p.dilation[0] + 1) \
-            * p.stride[1] * Wq * item > ROW_BLOCK_BYTES:
+            * p.stride[1] * Wq * item > CPU.row_block_bytes:
         PB = (PB + 1) // 2
     if PB < p.P:
         PB = -(-PB // PR) * PR

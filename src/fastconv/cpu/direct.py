@@ -67,20 +67,21 @@ values.  ``tests/test_cpu_direct.py`` holds this bound elementwise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 
 from .. import _weight_cache
-from .._config import JIT, PJIT, WORKSPACE_BYTES, parallel_section
+from .._config import CPU, JIT, PJIT, parallel_section
 from . import _scratch, depthwise, pointwise
 from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
                        stack_ints, stack_vectors, task_coords, vbcast, vfma, vload, vstore,
                        vtranspose)
 from ._layout import pad_nchw, padded_bias
 
-# Below this many multiply-adds the packing passes of the SIMD paths cost
-# more than the convolution itself.
-SIMPLE_MAX_MACS = 4096
+# The thresholds of the path choice and of the blocked path's plan (simple_max_macs and the
+# like) are fields of fastconv._config.CpuSettings ("direct schedules"), read at call time.
 
 # Register blocking of the blocked path: output-channel blocks -> pixels.
 # NKB * NPX accumulators + NKB weight vectors + 1 broadcast fit the 32 zmm
@@ -89,22 +90,6 @@ SIMPLE_MAX_MACS = 4096
 # fewer pixel slots on the tiles of a small map (LeNet's 10x10 outputs: 20
 # pixels per block, five blocks with no empty slot, instead of 24).
 BLOCKED_NPX = {1: (24, 20, 16), 2: (12, 10, 8), 4: (6, 5, 4)}
-# Per-micro-kernel-call overhead (accumulator loads/stores, offsets), in pixel slots.
-CALL_OVERHEAD_PX = 2
-
-# Per-output overheads of the two SIMD paths, in multiply-adds (choose_path).
-BLOCKED_OVERHEAD = 24
-WIDTH_OVERHEAD = 4
-# The width path's micro-kernel loads one input vector per NKO <= 4 FMAs, so on full
-# lanes it runs at a fraction of the blocked micro-kernel's rate: this fraction.
-WIDTH_SPEED = 0.75
-
-# Unpadded 1x1 kernels over at least this many channels per group take the pointwise path
-# (no packing; its micro-kernel loops over the channels, too short below this).
-POINTWISE_MIN_CG = 16
-
-# Bytes of packed weights one channel chunk may hold (kept in the 48 KiB L1).
-CHUNK_WEIGHT_BYTES = 40 * 1024
 
 
 @numba.njit(**PJIT)
@@ -132,8 +117,6 @@ def _direct_nchw(xp, w, bias, y, sh, sw, dh, dw, groups):
 # ---------------------------------------------------------------------------
 
 _DRIVERS: dict = {}
-#: The blocked path reads unpadded NCHW inputs in place (False: always pack; tests).
-READ_NCHW_IN_PLACE = True
 
 
 def _make_blocked_driver(NKB: int, NPX: int, V: int):
@@ -159,8 +142,8 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
                sh, sw, dh, dw, ntiles, tile_px, ccb, tiles_outer, yf, Kg):
         # Input element (block cb, channel c of the block, row h, column w) of image and
         # group ng is xb[(ng * CB + cb) * xcb + h * xrow + w * xcol + c * xch].
-        # With a non-empty yf (the NCHW result, flat; Kg output channels per group), each
-        # task ends by writing its outputs there too (_unpack_task), from its cache.
+        # Each task ends by writing its outputs to yf (the NCHW result, flat; Kg output
+        # channels per group) from its cache (_unpack_task): no separate unpacking pass.
         PQ = P * Q
         nkg = KBp // NKB
         ykb = PQ * V
@@ -225,9 +208,8 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
                         for j in range(NPX):
                             if j < npx:
                                 vstore(yb, ybase + i * ykb + (t0 + j) * V, sget(acc, i * NPX + j))
-            if yf.size:
-                _unpack_task(yb, ybase, ykb, yf, (n * G + g) * Kg * PQ, PQ, kb0, NKB, Kg,
-                             t_begin, t_end, V)
+            _unpack_task(yb, ybase, ykb, yf, (n * G + g) * Kg * PQ, PQ, kb0, NKB, Kg,
+                         t_begin, t_end, V)
 
     return driver
 
@@ -274,17 +256,12 @@ def blocked_driver(NKB: int, NPX: int, V: int):
     return drv
 
 
-TILES_OUTER = True
 UNPACK_TILE = 64  # pixels per task: V x 64 elements stay in L1
-#: Each task of the blocked driver writes its own outputs to NCHW when it is done, instead
-#: of a separate pass over the blocked output (_unpack_blocked_output) afterwards: one
-#: parallel loop less and the outputs read from the task's cache.
-FUSE_UNPACK = True
 
 
 @numba.njit(**PJIT)
 def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
-    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time.
+    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time (winograd_vec's output).
 
     Full ``V x V`` blocks (V channels by V pixels) are transposed in
     registers (:func:`vtranspose`, instead of ``V * V`` scalar moves), a
@@ -294,10 +271,9 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
 
     The tasks are shared out like the kernel's that wrote ``yb``, so each
     core unpacks what it computed: by pixel tiles (``pixel_major``: the
-    driver's tiles within one image, the fused Winograd schedule) or by
-    channel blocks.  The other way, each core would read half its blocks
-    from the other core's cache, which is slow where the cores sit on
-    different core complexes (as a VM's vCPUs may).
+    fused Winograd schedule) or by channel blocks.  The other way, each core
+    would read half its blocks from the other core's cache, which is slow
+    where the cores sit on different core complexes (as a VM's vCPUs may).
     """
     Kg = K // G
     PQ = P * Q
@@ -312,11 +288,31 @@ def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
                       min(V, Kg - kb * V), t0, t1, V)
 
 
-def blocked_plan(p, N=None):
+@dataclass(frozen=True)
+class BlockedPlan:
+    """Register and cache blocking of the blocked path for one call (:func:`blocked_plan`).
+
+    ``NKB`` blocks of ``V`` output channels by ``NPX`` pixels is the
+    micro-kernel's register block (a compiled driver each); ``Vc`` input
+    channels per packed channel block; ``KBp`` output-channel blocks per group,
+    padded to a multiple of ``NKB``; the ``P*Q`` pixels of an image are cut
+    into ``ntiles`` tiles of ``tile_px`` pixels (work items); the reduction
+    runs in chunks of ``ccb`` channel blocks whose packed weights stay in L1.
+    """
+
+    NKB: int
+    NPX: int
+    Vc: int
+    KBp: int
+    ntiles: int
+    tile_px: int
+    ccb: int
+
+
+def blocked_plan(p, N=None) -> BlockedPlan:
     """Register and cache blocking of the blocked path for ``p`` (batch ``N`` if given).
 
-    Returns ``(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)``; kept in ``p.memo``
-    per batch size and thread count.
+    Kept in ``p.memo`` per batch size and thread count.
     """
     N = p.N if N is None else N
     return p.remembered(("direct.blocked_plan", N, numba.get_num_threads()),
@@ -339,11 +335,11 @@ def _blocked_plan(p, N):
     # budget (a long innermost loop for 1x1 kernels), at least 16, with
     # less than one channel of zero padding per block.
     per_channel = NKB * p.R * p.S * V * item
-    target = min(128, max(16, CHUNK_WEIGHT_BYTES // per_channel))
+    target = min(128, max(16, CPU.chunk_weight_bytes // per_channel))
     CB = -(-Cg // target)
     Vc = -(-Cg // CB)
     chunk = NKB * p.R * p.S * Vc * V * item
-    ccb = max(1, min(CB, CHUNK_WEIGHT_BYTES // max(chunk, 1)))
+    ccb = max(1, min(CB, CPU.chunk_weight_bytes // max(chunk, 1)))
     ccb = -(-CB // -(-CB // ccb))  # equal chunks
     PQ = p.P * p.Q
     outer = N * p.groups * (KBp // NKB)
@@ -356,17 +352,18 @@ def _blocked_plan(p, N):
         ntiles = -(-PQ // tile_px)
         last = PQ - (ntiles - 1) * tile_px
         calls = (ntiles - 1) * (tile_px // NPX) + -(-last // NPX)
-        cost = calls * (NPX + CALL_OVERHEAD_PX)
+        cost = calls * (NPX + CPU.blocked_call_overhead_px)
         if best is None or cost < best[0]:
             best = (cost, NPX, ntiles, tile_px)
     _, NPX, ntiles, tile_px = best
-    return NKB, NPX, Vc, KBp, ntiles, tile_px, ccb
+    return BlockedPlan(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)
 
 
 def _run_blocked(x, w, bias, p, y):
     V = lanes(p.dtype)
     G = p.groups
-    NKB, NPX, Vc, KBp, ntiles, tile_px, ccb = blocked_plan(p)
+    plan = blocked_plan(p)
+    NKB, Vc, KBp = plan.NKB, plan.Vc, plan.KBp
     # Packed weights of unchanged weights come from the (content-verified) weight cache.
     wb = _weight_cache.CACHE.get(w, ("blocked", G, Vc, NKB, V),
                                  lambda snap: pack_weights_blocked(snap, G, Vc, NKB, V)[0])
@@ -376,18 +373,17 @@ def _run_blocked(x, w, bias, p, y):
     Hp, Wp = p.padded_hw
     CB = -(-p.Cg // Vc)
     per_image = (G * CB * Hp * Wp * Vc + G * KBp * p.P * p.Q * V) * np.dtype(p.dtype).itemsize
-    nb = max(1, min(p.N, WORKSPACE_BYTES // max(per_image, 1)))
-    if nb < p.N:
-        ntiles, tile_px = blocked_plan(p, N=nb)[4:6]
-    drv = blocked_driver(NKB, NPX, V)
+    nb = max(1, min(p.N, CPU.workspace_bytes // max(per_image, 1)))
+    # A batch slice keeps the call's register blocking; its pixel tiles are its own.
+    tiling = plan if nb == p.N else blocked_plan(p, N=nb)
+    drv = blocked_driver(NKB, plan.NPX, V)
     # Without padding, and when the channel blocks cover the channels exactly, the
     # kernel reads NCHW in place (on small layers the packing pass is a large share of the call).
-    in_place = READ_NCHW_IN_PLACE and p.padding == (0, 0, 0, 0) and CB * Vc == p.Cg
+    in_place = CPU.read_nchw_in_place and p.padding == (0, 0, 0, 0) and CB * Vc == p.Cg
     # Within an image, share the work out by pixel tiles when the activations outweigh the
     # weights (each core then packs, computes and unpacks the same rows), else by blocks
     # of output channels (each core reads half the weights).
-    tiles_outer = TILES_OUTER and p.Kg * p.Cg * p.R * p.S < p.C * p.H * p.W + p.K * p.P * p.Q
-    fuse = FUSE_UNPACK
+    tiles_outer = p.Kg * p.Cg * p.R * p.S < p.C * p.H * p.W + p.K * p.P * p.Q
     for n0 in range(0, p.N, nb):
         n1 = min(p.N, n0 + nb)
         if in_place:
@@ -403,11 +399,8 @@ def _run_blocked(x, w, bias, p, y):
         yb = _scratch.buffer("direct.yb", p.dtype, (n1 - n0) * G * KBp * p.P * p.Q * V)
         yf = y[n0:n1].reshape(-1)
         drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, *strides, Vc, p.R, p.S, p.P, p.Q,
-            p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, ccb,
-            tiles_outer, yf if fuse else yf[:0], p.Kg)
-        if not fuse:
-            _unpack_blocked_output(yb, yf, n1 - n0, p.K, p.P, p.Q, G, KBp, V,
-                                   tiles_outer or KBp == NKB)
+            p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], tiling.ntiles,
+            tiling.tile_px, plan.ccb, tiles_outer, yf, p.Kg)
 
 
 def _run_simple(x, w, bias, p, y):
@@ -427,14 +420,14 @@ def choose_path(p) -> str:
 
 def serves_1x1(p) -> bool:
     """True if ``p`` is a 1x1 convolution that ``direct`` runs without im2col's help:
-    unpadded, at least :data:`POINTWISE_MIN_CG` channels per group (the pointwise
+    unpadded, at least ``CPU.pointwise_min_cg`` channels per group (the pointwise
     kernel, or the blocked one reading NCHW in place)."""
-    return pointwise.supports(p) is None and p.Cg >= POINTWISE_MIN_CG
+    return pointwise.supports(p) is None and p.Cg >= CPU.pointwise_min_cg
 
 
 def _choose_path(p, threads) -> str:
     macs = p.N * p.K * p.P * p.Q * p.Cg * p.R * p.S
-    if macs <= SIMPLE_MAX_MACS:
+    if macs <= CPU.simple_max_macs:
         return "simple"
     V = lanes(p.dtype)
     if serves_1x1(p):
@@ -451,8 +444,8 @@ def _choose_path(p, threads) -> str:
     n = p.Cg * p.R * p.S
     fill_k = p.Kg / (-(-p.Kg // V) * V)
     fill_q = p.Q / (-(-p.Q // V) * V)
-    blocked = fill_k * n / (n + BLOCKED_OVERHEAD)
-    width = WIDTH_SPEED * fill_q * n / (n + WIDTH_OVERHEAD)
+    blocked = fill_k * n / (n + CPU.blocked_overhead)
+    width = CPU.width_speed * fill_q * n / (n + CPU.width_overhead)
     return "width" if width > blocked else "blocked"
 
 

@@ -116,7 +116,7 @@ def _execute(x, w, bias, p, y, t):
     itemsize = p.dtype.itemsize
     geo = (sh, sw, p.dilation[0], p.dilation[1], p.padding[0], p.padding[2])
     per_image = G * rows * PQ * itemsize
-    ws = _config.WORKSPACE_BYTES
+    ws = _config.CPU.workspace_bytes
     if per_image <= ws:
         nb = int(max(1, min(p.N, ws // per_image)))
         cols = _scratch.buffer("im2col.cols", p.dtype, nb * G * rows * PQ)

@@ -30,11 +30,13 @@ do not depend on the number of threads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
 
 from .. import _weight_cache
-from .._config import PJIT
+from .._config import CPU, PJIT
 from . import _scratch
 from ._layout import padded_bias, subsample_pointwise
 from ._blocked import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
@@ -42,8 +44,6 @@ from ._blocked import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, v
 
 NK = 4  # output channels per micro-kernel
 NV = 6  # pixel vectors per micro-kernel
-#: Output-channel blocks per work item (the pixel vectors of a block are reused by all).
-KBLOCKS_PER_ITEM = 8
 
 
 @numba.njit(**PJIT)
@@ -130,13 +130,31 @@ def supports(p):
     return None
 
 
-def plan(p, threads=None):
-    """``(KBp, nkg, kbi, npb, vpb)``: channel blocks, items over them, pixel blocks and their size."""
+@dataclass(frozen=True)
+class PointwisePlan:
+    """How the pointwise kernel shares one call out (:func:`plan`).
+
+    ``KBp`` blocks of ``NK`` output channels per group, cut into ``nkg``
+    groups of ``kbi`` blocks; the ``P*Q`` pixels, in vectors, into ``npb``
+    blocks of ``vpb`` vectors.  A work item is (image, group, channel-block
+    group, pixel block); every block of a group reuses the item's pixel
+    vectors.
+    """
+
+    KBp: int
+    nkg: int
+    kbi: int
+    npb: int
+    vpb: int
+
+
+def plan(p, threads=None) -> PointwisePlan:
+    """Channel blocks, items over them, pixel blocks and their size for ``p``."""
     L = lanes(p.dtype)
     KBp = -(-p.Kg // NK)
     nvec = -(-(p.P * p.Q) // L)
     threads = numba.get_num_threads() if threads is None else threads
-    kbi = min(KBp, KBLOCKS_PER_ITEM)
+    kbi = min(KBp, CPU.pointwise_kblocks)
     nkg = -(-KBp // kbi)
     npb = -(-nvec // NV)
     want = 4 * threads
@@ -147,7 +165,7 @@ def plan(p, threads=None):
         nkg = -(-KBp // kbi)
     vpb = -(-nvec // npb)  # equal pixel blocks
     npb = -(-nvec // vpb)
-    return KBp, nkg, kbi, npb, vpb
+    return PointwisePlan(KBp, nkg, kbi, npb, vpb)
 
 
 def run(x, w, bias, p, y):
@@ -158,11 +176,12 @@ def run(x, w, bias, p, y):
     strided = p.stride != (1, 1)
     xs = subsample_pointwise(x, p, _scratch.buffer("pointwise.xs", p.dtype, p.N * p.C * p.P * p.Q)
                              if strided else None)
-    KBp, nkg, kbi, npb, vpb = plan(p)
+    pl = plan(p)
+    KBp = pl.KBp
     wp = _weight_cache.CACHE.get(w, ("pointwise", G, NK), lambda snap: _packed(snap, G, Kg, Cg, KBp))
     bp = padded_bias(bias, G, Kg, KBp * NK, p.dtype)
     _kernel()(xs.reshape(-1), wp, bp, y.reshape(-1), lanes(p.dtype), p.N, G, Cg, Kg, KBp,
-              p.P * p.Q, nkg, kbi, npb, vpb)
+              p.P * p.Q, pl.nkg, pl.kbi, pl.npb, pl.vpb)
 
 
 def _packed(w, G, Kg, Cg, KBp):

@@ -24,12 +24,13 @@ small per-job buffer: the input is never padded as a whole.
 Two schedules, chosen from the shapes only (never from the thread count):
 
 * fused (maps with many tiles): one parallel loop over *items* of a few tile
-  rows (``V + M`` at most ``_ITEM_BYTES`` = 4 MiB, within a core's share of the
-  cache, and at least ``_MIN_ITEM_TILES`` tiles, sized to balance two threads); each item runs the input transform, its
+  rows (``V + M`` at most ``tile_row_item_bytes`` = 4 MiB, within a core's
+  share of the cache, and at least ``tile_row_min_item_tiles`` tiles, sized
+  to balance two threads); each item runs the input transform, its
   ``alpha^2 * groups`` GEMMs (single-threaded BLAS) and the output transform
   on private buffers.  The kernel transform is one parallel loop before it.
 * phase by phase (small maps, and :func:`profile_phases`): blocks of tile
-  rows (``V + M`` at most ``_BLOCK_BYTES`` = 8 MiB, last-level cache); per
+  rows (``V + M`` at most ``tile_row_block_bytes`` = 8 MiB, last-level cache); per
   block one parallel loop runs the input transform (and, for the first
   block, the kernel transform beside it), and a second one runs, per group
   and block of output channels, the GEMMs of that slice and its output
@@ -52,11 +53,14 @@ phase, one block of them is allocated, sized to fit ``FASTCONV_WORKSPACE_MB``
 alive at a time, and the fused schedule is only used when
 ``NUMBA_NUM_THREADS`` items fit ``FASTCONV_WORKSPACE_MB``; those per-thread
 ``V`` / ``M`` rows are kept between calls by each calling Python thread (at
-most ``NUMBA_NUM_THREADS * _ITEM_BYTES``, 8 MiB on two cores), so that their
+most ``NUMBA_NUM_THREADS * tile_row_item_bytes``, 8 MiB on two cores), so that their
 pages are not faulted in again on every call.  On top come the
 transformed kernel ``U`` (``alpha^2 * K * Cg`` elements) and per-job row
 buffers (``O(alpha * W)`` elements).  For VGG-16 conv1_2 at batch 32
 (C = K = 64, 224 x 224) that is at most 4 MiB per thread plus 0.6 MiB.
+
+The ``tile_row_*`` limits are fields of :class:`fastconv._config.CpuSettings`
+(``fastconv._config.CPU``), read at call time.
 
 Constraints: 3x3 kernels, stride 1, dilation 1; any padding (asymmetric
 too), groups, float32/float64.
@@ -78,21 +82,11 @@ import numpy as np
 
 from .. import _config
 from .. import _weight_cache
-from .._config import JIT, PJIT
+from .._config import CPU, JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import _scratch, direct, winograd_few, winograd_vec
 from ._blocked import lanes
 from ._gemm import batched_matmul, matmul_into, single_threaded_blas
-
-#: Target size in bytes of ``V`` plus ``M`` for one block (last-level-cache sized;
-#: ``FASTCONV_WORKSPACE_MB`` is the hard bound).
-_BLOCK_BYTES = 8 * 2**20
-#: Largest ``V`` plus ``M`` of one item of the fused path (a core's share of the cache).
-_ITEM_BYTES = 4 * 2**20
-#: Largest transformed kernel ``U`` for the fused path (half the last-level cache).
-_FUSED_MAX_U_BYTES = 16 * 2**20
-#: Fewest tiles per item of the fused path (the N of its GEMMs).
-_MIN_ITEM_TILES = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,7 +536,7 @@ class PreparedWeights:
             vec = self.vec_plan(p)
             if vec is None:
                 self.U  # noqa: B018  (builds it)
-            elif vec[0] != "stream":  # (a streaming call transforms its kernels itself)
+            elif vec.mode != "stream":  # (a streaming call transforms its kernels itself)
                 self.Uv()
 
     @property
@@ -587,26 +581,27 @@ def _block_rows(p, m, tiles_w):
     """Tile rows per block: V + M within the LLC target and the workspace bound."""
     alpha2 = (m + 2) ** 2
     per_row = alpha2 * (p.C + p.K) * tiles_w * p.dtype.itemsize
-    return max(1, min(_BLOCK_BYTES, _config.WORKSPACE_BYTES) // per_row)
+    return max(1, min(CPU.tile_row_block_bytes, CPU.workspace_bytes) // per_row)
 
 
 def _fused_rows(p, m, tiles_w, rows_total):
     """Tile rows per item of the fused path, or 0 when the phase-by-phase path is better.
 
-    Items hold at most ``_ITEM_BYTES`` of V + M and at least ``_MIN_ITEM_TILES``
-    tiles (narrower GEMMs waste BLAS).  Among those sizes the one that splits the
-    rows most evenly between two threads (Numba hands each thread one contiguous
-    range of items) wins, then the larger.  At most one item per Numba thread is
+    Items hold at most ``tile_row_item_bytes`` of V + M and at least
+    ``tile_row_min_item_tiles`` tiles (narrower GEMMs waste BLAS).  Among
+    those sizes the one that splits the rows most evenly between two threads
+    (Numba hands each thread one contiguous range of items) wins, then the
+    larger.  At most one item per Numba thread is
     alive, so the workspace is ``NUMBA_NUM_THREADS`` items.  The choice depends
     on the shapes only, never on the number of threads in use, so neither do
     the results.
     """
     per_row = (m + 2) ** 2 * (p.C + p.K) * tiles_w * p.dtype.itemsize
-    if (m + 2) ** 2 * p.K * p.Cg * p.dtype.itemsize > _FUSED_MAX_U_BYTES:
+    if (m + 2) ** 2 * p.K * p.Cg * p.dtype.itemsize > CPU.tile_row_fused_max_u_bytes:
         return 0  # every item reads all of U: with a large U, slice the GEMMs by channels
-    hi = min(_ITEM_BYTES // per_row, -(-rows_total // 2),
-             _config.WORKSPACE_BYTES // (per_row * numba.config.NUMBA_NUM_THREADS))
-    lo = max(1, -(-_MIN_ITEM_TILES // tiles_w))
+    hi = min(CPU.tile_row_item_bytes // per_row, -(-rows_total // 2),
+             CPU.workspace_bytes // (per_row * numba.config.NUMBA_NUM_THREADS))
+    lo = max(1, -(-CPU.tile_row_min_item_tiles // tiles_w))
     best, best_load = 0, None
     for rows in range(lo, hi + 1):
         items = -(-rows_total // rows)
@@ -718,9 +713,9 @@ def run_prepared(x, packed, bias, p, y, vec=False):
     if not packed.finite:
         ok = False
     elif vec is not None:
-        U = packed.w if vec[0] == "stream" else packed.Uv()
+        U = packed.w if vec.mode == "stream" else packed.Uv()
         fresh, packed.fresh = packed.fresh, False
-        ok = winograd_vec.run(x, U, bias, p, y, packed.m, *vec, fresh_u=fresh)
+        ok = winograd_vec.run(x, U, bias, p, y, packed.m, vec, fresh_u=fresh)
     else:
         ok = _execute(x, None, packed.U, packed.m, bias, p, y)
     if not ok:
@@ -732,8 +727,8 @@ def _run(x, w, bias, p, y, m):
     # (content-verified; see fastconv._weight_cache), except where the products
     # transform the kernels themselves (winograd_vec's "stream" mode).
     vec = winograd_vec.plan(p, m)
-    if vec is not None and vec[0] == "stream":
-        if not winograd_vec.run(x, w, bias, p, y, m, *vec):
+    if vec is not None and vec.mode == "stream":
+        if not winograd_vec.run(x, w, bias, p, y, m, vec):
             direct.run(x, w, bias, p, y)
         return
     packed = _weight_cache.CACHE.get(
@@ -777,13 +772,13 @@ def profile_phases(x, w, bias, p, y, m=None):
             # The call's own path.  Repeated calls with unchanged weights skip the kernel
             # transform (weight cache); it is reported all the same, except in the
             # "stream" mode, whose products transform the kernels (in "gemm").
-            if vec[0] == "stream":
+            if vec.mode == "stream":
                 Uv = w
                 del times["kernel_transform"]
             else:
                 Uv = packed.Uv()
                 times["kernel_transform"] = time.perf_counter() - t0
-            if winograd_vec.run(x, Uv, bias, p, y, m, *vec, timings=times):
+            if winograd_vec.run(x, Uv, bias, p, y, m, vec, timings=times):
                 return times
             direct.run(x, w, bias, p, y)
             return times

@@ -42,7 +42,7 @@ so every vector is full whatever the map size:
    L3) nor new weights on every call (training) cost more than the
    transform itself.  F(2x2): each product job (4 blocks of output
    channels) transforms its kernels into a per-thread ``U`` of 2 MiB, then
-   runs its 16 products.  F(4x4), on at most ``STREAM4_MAX_TILES`` tiles: each job (one block of
+   runs its 16 products.  F(4x4), on at most ``vec_stream4_max_tiles`` tiles: each job (one block of
    output channels) gathers its weights, and every ``U'`` vector is
    computed where the products use it, in registers, for a group of 4
    tiles (:func:`_make_stream4_row`); nothing of ``U`` is stored at all.
@@ -69,25 +69,28 @@ term, which the componentwise bound of
 term of every transform sum).  A non-finite output (NaN/inf input or
 weight, or overflow) makes the caller recompute the call with ``direct``.
 
-Used for ``groups == 1`` on maps at most :data:`MAX_Q` wide; otherwise the
+Used for ``groups == 1`` on maps at most ``vec_max_q`` wide; otherwise the
 tile-row path runs.  Scratch: per Numba thread one item's ``V`` and ``M``
-(fused, ``ITEM_BYTES``) or one slice's (split, ``SPLIT_SLICE_BYTES``), plus
-the packed input and the blocked output of a slice of images, all within
-``FASTCONV_WORKSPACE_MB``; the stream schedule adds per Numba thread its
-jobs' kernels (:func:`stream_scratch`): for F(2x2) transformed,
-``alpha^2 * SPLIT_KCHUNK * L * Cp`` elements (2 MiB for 512 float32
-channels), for F(4x4) gathered, ``9 L Cp`` (288 KiB for 512).
+(fused, ``vec_item_bytes``) or one slice's (split,
+``vec_split_slice_bytes``), plus the packed input and the blocked output of
+a slice of images, all within ``FASTCONV_WORKSPACE_MB``; the stream schedule
+adds per Numba thread its jobs' kernels (:func:`stream_scratch`): for F(2x2)
+transformed, ``alpha^2 * vec_split_kchunk * L * Cp`` elements (2 MiB for 512
+float32 channels), for F(4x4) gathered, ``9 L Cp`` (288 KiB for 512).  The
+``vec_*`` limits are fields of :class:`fastconv._config.CpuSettings`
+(``fastconv._config.CPU``), read at call time.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from .. import _config, _weight_cache
-from .._config import JIT, PJIT
+from .. import _weight_cache
+from .._config import CPU, JIT, PJIT
 from ..winograd_math import transform_matrices
 from ._blocked import (VECTOR_BYTES, all_finite, lanes, pack_input_blocked, sget, sset, vbcast,
                        stack_vectors, vadd, vfma, vload, vload_f64, vmul, vsplat, vstore,
@@ -97,33 +100,9 @@ from ._gemm import panel_gemm
 from ._layout import padded_bias
 from .direct import _unpack_blocked_output
 
-#: Largest transformed weights ``alpha^2 * Cp * Kp`` (bytes) of the fused
-#: mode, where every item streams all of U through the products; larger U
-#: takes the split mode.
-MAX_U_BYTES = 12 * 2**20
-#: Split mode: largest V + M of one slice of tiles, and how many times larger
-#: than the V + M of all of a call's tiles U must be for the split mode to
-#: be chosen over the fused one; output-channel blocks per product job.
-SPLIT_SLICE_BYTES = 8 * 2**20
-SPLIT_MIN_U_RATIO = 4.0
-SPLIT_KCHUNK = 4
-#: Split calls whose tiles fit one slice transform the kernels inside the products
-#: (mode "stream", :func:`plan`) instead of reading a prepared U: F(2x2) always,
-#: F(4x4) on at most ``STREAM4_MAX_TILES`` tiles (its products recompute each
-#: transformed kernel once per group of ``STREAM4_TILES`` tiles).
-STREAM_KERNELS = True
+#: F(4x4)'s stream schedule transforms each kernel once per group of this many tiles
+#: (the products' register block: 6 x STREAM4_TILES accumulators, compiled in).
 STREAM4_TILES = 4
-STREAM4_MAX_TILES = 8
-#: Output rows wider than this keep the tile-row path: its transforms then run
-#: on long vectors and read NCHW directly, without the packing pass; on
-#: narrower maps its vectors are part-empty and this path wins for both tile
-#: sizes.
-MAX_Q = 60
-#: Target bytes of one item's V + M: large items read U (streamed once per item)
-#: fewer times, while V and M of one item should stay in the last-level cache.
-ITEM_BYTES = 8 * 2**20
-#: Fewest tiles per item (thinner GEMMs waste BLAS), unless the call has fewer.
-MIN_ITEM_TILES = 16
 
 
 @numba.njit(**JIT)
@@ -585,14 +564,14 @@ def uv_bytes(K, C, m, dtype) -> int:
 def stream_scratch(C, m, dtype) -> int:
     """Elements per Numba thread of the stream schedule's kernels (see :func:`_split`).
 
-    F(2x2): the transformed kernels of ``SPLIT_KCHUNK`` blocks of output
+    F(2x2): the transformed kernels of ``vec_split_kchunk`` blocks of output
     channels; F(4x4): the gathered weights of one block (``9 L`` per input
     channel).
     """
     L = lanes(dtype)
     Cp = -(-C // L) * L
     if m == 2:
-        return 16 * _apart(SPLIT_KCHUNK * Cp * L, L)
+        return 16 * _apart(CPU.vec_split_kchunk * Cp * L, L)
     return 9 * L * (-(-C // _KT_CHANNELS) * _KT_CHANNELS)
 
 
@@ -619,26 +598,36 @@ def _kt_scratch(dtype):
     return _scratch.per_thread("winograd_vec.wl", dtype, 9 * _KT_CHANNELS * lanes(dtype))
 
 
-def plan(p, m):
-    """How this path runs ``p``: ``(mode, tiles, nb)``, or None if it does not fit.
+@dataclass(frozen=True)
+class VecPlan:
+    """How this path runs one call (:func:`plan`).
 
     ``mode`` is ``"fused"`` (one parallel loop over items of ``tiles`` tiles;
     each item streams all of U), ``"split"`` (slices of ``tiles`` tiles in
     three parallel loops; the products are split by output channels, so U is
-    read once per slice) or ``"stream"`` (split, one slice, and each product
-    job transforms its own output channels' kernels: no U is prepared or
-    kept; F(2x2), and F(4x4) on at most :data:`STREAM4_MAX_TILES` tiles);
-    ``nb`` images are packed at a time.
+    read once per slice) or ``"stream"`` (split, one slice of all the call's
+    tiles, and each product job transforms its own output channels' kernels:
+    no U is prepared or kept); ``nb`` images are packed at a time.
+    """
+
+    mode: str
+    tiles: int
+    nb: int
+
+
+def plan(p, m):
+    """How this path runs ``p`` (a :class:`VecPlan`), or None if it does not fit.
 
     The path takes ``groups == 1`` calls with output rows of at most
-    :data:`MAX_Q` whose packed input and blocked output for one image fit
-    half the workspace.  It splits when all the tiles of a call fit one
-    slice of at most :data:`SPLIT_SLICE_BYTES` and U is at least
-    :data:`SPLIT_MIN_U_RATIO` times that slice (deep layers on small maps:
-    streaming U once per item would dominate), or when U is over
-    :data:`MAX_U_BYTES`; otherwise it fuses.  A split call whose tiles all
-    fit one slice streams (:data:`STREAM_KERNELS`; F(4x4) only on at most
-    :data:`STREAM4_MAX_TILES` tiles, as its transform is redone for every
+    ``vec_max_q`` whose packed input and blocked output for one image fit
+    half the workspace (the limits are fields of
+    :class:`fastconv._config.CpuSettings`).  It splits when all the tiles of
+    a call fit one slice of at most ``vec_split_slice_bytes`` and U is at
+    least ``vec_split_min_u_ratio`` times that slice (deep layers on small
+    maps: streaming U once per item would dominate), or when U is over
+    ``vec_max_u_bytes``; otherwise it fuses.  A split call whose tiles all
+    fit one slice streams (``vec_stream_kernels``; F(4x4) only on at most
+    ``vec_stream4_max_tiles`` tiles, as its transform is redone for every
     group of 4 tiles): its kernel transform (additions and doublings, see
     :data:`F2_SCALE`, :data:`F4_SCALE`) then costs less than reading a kept
     U that outweighs the tiles (and less than the exact weight check of the
@@ -650,7 +639,7 @@ def plan(p, m):
     tile-row path instead, whose few-channel schedule does not pad the
     channels to a vector (3 -> 16, mostly zeros).
     """
-    if p.groups != 1 or p.Q > MAX_Q or (m == 4 and p.Cg <= winograd_few.MAX_CG):
+    if p.groups != 1 or p.Q > CPU.vec_max_q or (m == 4 and p.Cg <= winograd_few.MAX_CG):
         return None
     L = lanes(p.dtype)
     item = p.dtype.itemsize
@@ -659,34 +648,35 @@ def plan(p, m):
     u_bytes = A2 * Cp * Kp * item
     tiles_h, tiles_w = -(-p.P // m), -(-p.Q // m)
     per_image = (Cp * (tiles_h * m + 2) * (tiles_w * m + 2) + Kp * p.P * p.Q) * item
-    if per_image > _config.WORKSPACE_BYTES // 2:
+    half = CPU.workspace_bytes // 2
+    if per_image > half:
         return None
-    nb = max(1, min(p.N, (_config.WORKSPACE_BYTES // 2) // per_image))
+    nb = max(1, min(p.N, half // per_image))
     total = nb * tiles_h * tiles_w
     per_tile = A2 * (Cp + Kp) * item
-    slice_tiles = max(1, min(SPLIT_SLICE_BYTES, _config.WORKSPACE_BYTES // 2) // per_tile)
+    slice_tiles = max(1, min(CPU.vec_split_slice_bytes, half) // per_tile)
     calls_tiles = p.N * tiles_h * tiles_w
-    if (calls_tiles <= slice_tiles and u_bytes >= SPLIT_MIN_U_RATIO * calls_tiles * per_tile) \
-            or u_bytes > MAX_U_BYTES:
-        if STREAM_KERNELS and calls_tiles <= slice_tiles and nb == p.N \
-                and (m == 2 or calls_tiles <= STREAM4_MAX_TILES):
-            return "stream", int(calls_tiles), nb
-        return "split", int(min(slice_tiles, total)), nb
-    T = max(MIN_ITEM_TILES, ITEM_BYTES // per_tile)
+    if (calls_tiles <= slice_tiles
+            and u_bytes >= CPU.vec_split_min_u_ratio * calls_tiles * per_tile) \
+            or u_bytes > CPU.vec_max_u_bytes:
+        if CPU.vec_stream_kernels and calls_tiles <= slice_tiles and nb == p.N \
+                and (m == 2 or calls_tiles <= CPU.vec_stream4_max_tiles):
+            return VecPlan("stream", int(calls_tiles), nb)
+        return VecPlan("split", int(min(slice_tiles, total)), nb)
+    T = max(CPU.vec_min_item_tiles, CPU.vec_item_bytes // per_tile)
     # the per-thread V + M scratch stays within half the workspace bound
-    T = min(T, max(1, (_config.WORKSPACE_BYTES // 2)
-                   // (numba.config.NUMBA_NUM_THREADS * per_tile)))
+    T = min(T, max(1, half // (numba.config.NUMBA_NUM_THREADS * per_tile)))
     # every thread gets an item, then items of equal size
     threads = max(1, numba.get_num_threads())
     T = max(1, min(T, -(-total // threads)))
     T = -(-total // -(-total // T))
-    return "fused", T, nb
+    return VecPlan("fused", T, nb)
 
 
-def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None, fresh_u=False):
+def run(x, U, bias, p, y, m, plan, timings=None, fresh_u=False):
     """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite.
 
-    ``mode``, ``T_item`` and ``nb`` come from :func:`plan`; ``U`` is from
+    ``plan`` is this call's :class:`VecPlan` (from :func:`plan`); ``U`` is from
     :func:`transform_weights`, or in mode ``"stream"`` the KCRS weights
     themselves.  With ``timings``
     (a dict) the phases are timed and added into it: ``pack_input``;
@@ -698,6 +688,7 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None, fresh_u=False):
     in this call (the split schedule then shares its products out like the
     transform, see :func:`_split`).
     """
+    mode, T_item, nb = plan.mode, plan.tiles, plan.nb
     L = lanes(p.dtype)
     dt = p.dtype
     AT, Gm, BT = transform_matrices(m)
@@ -754,8 +745,9 @@ def run(x, U, bias, p, y, m, mode, T_item, nb, timings=None, fresh_u=False):
                 calls.append((_split, (m, xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB,
                                       p.K, p.P, p.Q, tiles_h, tiles_w,
                                       vbuf if stream else vbuf[:A2 * _apart(T * CB * L, L)],
-                                      mbuf[:A2 * _apart(T * KB * L, L)], twork, SPLIT_KCHUNK, p.C, Gm,
-                                      uwork, wlwork, stream, fresh_u)))
+                                      mbuf[:A2 * _apart(T * KB * L, L)], twork,
+                                      CPU.vec_split_kchunk, p.C, Gm, uwork, wlwork, stream,
+                                      fresh_u)))
         t1 = t2 = t3 = clock()
         if timings is not None:
             for kern, args in calls:

@@ -8,9 +8,9 @@ does the import, probes the target once, and raises
 :class:`fastconv.CudaUnavailableError` saying what to install or why the
 target cannot load.
 
-Settings (read once, at import; ``fastconv._config`` holds the shared ones)
----------------------------------------------------------------------------
-FASTCONV_CUDA_BLOCK (``fastconv._config.CUDA_BLOCK``)
+Settings (``SETTINGS``: :data:`fastconv._config.CUDA`, defaults from the environment)
+-------------------------------------------------------------------------------------
+FASTCONV_CUDA_BLOCK (``SETTINGS.block``)
     Threads per block edge of every tiled kernel (default 16, i.e. 256
     threads).  The simulator tests use 4 so that multi-block paths run.
 FASTCONV_CUDA_REGTILE
@@ -46,37 +46,10 @@ from ._views import DevView
 INSTALL_HINT = "pip install 'fastconv[cuda]' (numba-cuda with numpy < 2.5, and an NVIDIA driver)"
 
 
-class Settings:
-    """Block and tile sizes of the CUDA kernels (compile-time constants of each kernel)."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        """Back to the values of the FASTCONV_CUDA_* environment variables."""
-        self.block = _config.CUDA_BLOCK
-        self.regtile = _config.CUDA_REGTILE
-        self.bk = _config.CUDA_BK
-        self.direct_k = _config.CUDA_DIRECT_K
-        self.direct_q = _config.CUDA_DIRECT_Q
-        self.workspace_bytes = _config.CUDA_WORKSPACE_BYTES
-        self.splitk = _config.CUDA_SPLITK
-        TB, RT, BK = self.block, min(self.regtile, self.block), self.bk
-        # The GEMM kernels' cooperative loads assume these divisibilities
-        # (every thread loads the same number of elements of each tile).
-        while TB % RT:
-            RT -= 1
-        self.regtile = RT
-        nt = TB * TB
-        if nt % BK or (BK * RT) % TB or nt % (TB * RT):
-            raise ValueError(f"FASTCONV_CUDA_BK={BK} does not fit FASTCONV_CUDA_BLOCK={TB} and "
-                             f"FASTCONV_CUDA_REGTILE={RT}: need (BLOCK^2) % BK == 0 and "
-                             f"(BK * REGTILE) % BLOCK == 0")
-        if nt > 1024:
-            raise ValueError(f"FASTCONV_CUDA_BLOCK={TB} gives {nt} threads per block; CUDA allows 1024")
-
-
-SETTINGS = Settings()
+# The CUDA settings live in the package's one config module (fastconv._config.CUDA, a
+# dataclass with reset()); fitted and checked here, where the CUDA target is first imported.
+SETTINGS = _config.CUDA
+SETTINGS.fit()
 
 # Options of every @cuda.jit kernel, from the package's one config module.
 CUDA_JIT = _config.CUDA_JIT

@@ -47,6 +47,7 @@ grid: ``(ceil(N*P*Q / BN), ceil(Kg / BM), groups * splits)``.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -327,8 +328,23 @@ def specializations():
         yield _epilogue_kernel(dt)
 
 
-def plan(p, device: int = 0):
-    """(RTM, splits, kchunk) for ``p``: row tile and split-K factor (see the module docstring)."""
+@dataclass(frozen=True)
+class GemmPlan:
+    """Row tile and split-K of one implicit-GEMM call (:func:`plan`).
+
+    ``RTM`` rows of each thread's register tile (output channels; a compiled
+    kernel each); the reduction over ``Cg * R * S`` taps is cut into
+    ``splits`` chunks of ``kchunk`` taps (a multiple of ``BK``), computed by
+    separate blocks and added by the epilogue kernel when ``splits > 1``.
+    """
+
+    RTM: int
+    splits: int
+    kchunk: int
+
+
+def plan(p, device: int = 0) -> GemmPlan:
+    """Row tile and split-K factor for ``p`` (see the module docstring)."""
     sms = _sm_count(device)
     return p.remembered(("cuda_implicit_gemm", sms, SETTINGS.block, SETTINGS.regtile, SETTINGS.bk,
                          SETTINGS.splitk), lambda: _plan(p, sms))
@@ -349,13 +365,14 @@ def _plan(p, sms):
             splits = max(1, min(cdiv(target, blocks), CRS // (4 * BK), 32))
     splits = max(1, min(splits, cdiv(CRS, BK), 65535 // p.groups))
     kchunk = cdiv(cdiv(CRS, splits), BK) * BK
-    return RTM, cdiv(CRS, kchunk), kchunk
+    return GemmPlan(RTM, cdiv(CRS, kchunk), kchunk)
 
 
 def run(x, w, bias, p, y, ctx):
     TB, BK = SETTINGS.block, SETTINGS.bk
     RT = col_tile(p.dtype)
-    RTM, splits, kchunk = plan(p, ctx.device)
+    pl = plan(p, ctx.device)
+    RTM, splits, kchunk = pl.RTM, pl.splits, pl.kchunk
     sh, sw = p.stride
     dh, dw = p.dilation
     pt, _, pl, _ = p.padding
