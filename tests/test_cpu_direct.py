@@ -1,4 +1,4 @@
-"""Tests of the ``direct`` CPU algorithm (src/fastconv/cpu/direct.py, depthwise.py, _blocked.py).
+"""Tests of the ``direct`` CPU algorithm (src/fastconv/cpu/direct.py, depthwise.py, pointwise.py, packing.py).
 
 Every configuration is checked against the float64 scipy reference, elementwise against the
 error bound stated in :mod:`fastconv.cpu.direct`:
@@ -19,10 +19,11 @@ import fastconv
 from fastconv import reference
 from fastconv.accuracy import error_bound
 from fastconv._params import normalize
-from fastconv.cpu import direct
+from fastconv.cpu import direct, packing
+from fastconv.cpu.packing import pack_input_blocked, pack_input_phases, pack_weights_blocked
+from fastconv.cpu.simd import lanes
 
 from conftest import TOLERANCE, random_problem, rel_err
-from fastconv.cpu._blocked import lanes, pack_input_blocked, pack_input_phases, pack_weights_blocked
 
 # The grid runs every kernel path (blocked, width, pointwise, depthwise, simple) per dtype, each
 # its own specialisation: with a cold Numba cache the module took 161 s, mostly compiling.
@@ -258,7 +259,7 @@ def test_unpack_blocked_output(N, G, Kg, P, Q, dtype, pixel_major, rng):
     KBp = KB + 1  # a padding block the unpack must skip
     yb = rng.standard_normal((N, G, KBp, P * Q, V)).astype(dtype)
     y = np.full((N, G * Kg, P, Q), np.nan, dtype)
-    direct._unpack_blocked_output(yb.reshape(-1), y.reshape(-1), N, G * Kg, P, Q, G, KBp, V,
+    packing.unpack_blocked_output(yb.reshape(-1), y.reshape(-1), N, G * Kg, P, Q, G, KBp, V,
                                   pixel_major)
     expect = yb.transpose(0, 1, 2, 4, 3).reshape(N, G, KBp * V, P, Q)[:, :, :Kg]
     np.testing.assert_array_equal(y, expect.reshape(N, G * Kg, P, Q))

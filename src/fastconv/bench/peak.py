@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from .._config import PJIT
-from ..cpu._blocked import lanes, sget, sset, stack_vectors, vfma, vload, vstore
+from ..cpu.simd import lanes, sget, sset, stack_vectors, vfma, vload, vstore
 
 ACCUMULATORS = 24
 

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from .._config import JIT, PJIT
-from ._blocked import sget, sset, stack_vectors, vbcast, vfma, vload, vsplat, vstore
+from .simd import sget, sset, stack_vectors, vbcast, vfma, vload, vsplat, vstore
 
 
 @numba.njit(**JIT)

@@ -20,7 +20,7 @@ Other strides pack: each work item (image, group, block of output rows)
 copies the input rows it needs, zero-padded and split into horizontal
 stride phases, into an L2-sized buffer ``[Cg, rows, sw, Wq]`` with
 ``phase[f][i] = xpad[i * sw + f]`` (the layout of
-:func:`fastconv.cpu._blocked.pack_input_phases`; ``Wq`` a multiple of
+:func:`fastconv.cpu.packing.pack_input_phases`; ``Wq`` a multiple of
 ``V``), so the input under ``V`` consecutive outputs of tap ``s`` is
 contiguous for any stride and dilation: phase ``(s * dw) % sw`` starting
 at ``q + (s * dw) // sw``.  Rows are copied in whole vectors and only when
@@ -54,8 +54,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from .._config import CPU, JIT, PJIT
-from ._blocked import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
-                       vbcast, vfma, vsplat, vstore, vstore_masked, vload)
+from .simd import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors, vbcast,
+                   vfma, vsplat, vstore, vstore_masked, vload)
 
 # Register blocking of the micro-kernel (each blocking is a compiled driver): at most this
 # many vector accumulators, and output rows and row vectors: 4 x 4 rather than 2 x 8

@@ -73,12 +73,11 @@ import numba
 import numpy as np
 
 from .. import _weight_cache
-from .._config import CPU, JIT, PJIT, parallel_section
+from .._config import CPU, PJIT, parallel_section
 from . import _scratch, depthwise, pointwise
-from ._blocked import (lanes, pack_input_blocked, pack_weights_blocked, sget, sload, sset, sstore,
-                       stack_ints, stack_vectors, task_coords, vbcast, vfma, vload, vstore,
-                       vtranspose)
-from ._layout import pad_nchw, padded_bias
+from .packing import (pack_input_blocked, pack_weights_blocked, pad_nchw, padded_bias, task_coords,
+                      unpack_task)
+from .simd import lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
 
 # The thresholds of the path choice and of the blocked path's plan (simple_max_macs and the
 # like) are fields of fastconv._config.CpuSettings ("direct schedules"), read at call time.
@@ -143,7 +142,7 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
         # Input element (block cb, channel c of the block, row h, column w) of image and
         # group ng is xb[(ng * CB + cb) * xcb + h * xrow + w * xcol + c * xch].
         # Each task ends by writing its outputs to yf (the NCHW result, flat; Kg output
-        # channels per group) from its cache (_unpack_task): no separate unpacking pass.
+        # channels per group) from its cache (unpack_task): no separate unpacking pass.
         PQ = P * Q
         nkg = KBp // NKB
         ykb = PQ * V
@@ -208,43 +207,10 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
                         for j in range(NPX):
                             if j < npx:
                                 vstore(yb, ybase + i * ykb + (t0 + j) * V, sget(acc, i * NPX + j))
-            _unpack_task(yb, ybase, ykb, yf, (n * G + g) * Kg * PQ, PQ, kb0, NKB, Kg,
-                         t_begin, t_end, V)
+            unpack_task(yb, ybase, ykb, yf, (n * G + g) * Kg * PQ, PQ, kb0, NKB, Kg,
+                        t_begin, t_end, V)
 
     return driver
-
-
-@numba.njit(**JIT)
-def _unpack_task(yb, ybase, ykb, yf, ydst, PQ, kb0, NKB, Kg, t_begin, t_end, V):
-    # yf[ydst + (kb * V + l) * PQ + t] = yb[ybase + (kb - kb0) * ykb + t * V + l] for the
-    # output-channel blocks kb0 .. kb0 + NKB - 1 (real channels only) and the pixels
-    # t_begin .. t_end - 1 of one task.
-    for i in range(NKB):
-        nl = min(V, Kg - (kb0 + i) * V)
-        if nl <= 0:
-            break
-        _unpack_block(yb, ybase + i * ykb, yf, ydst + (kb0 + i) * V * PQ, PQ, nl,
-                      t_begin, t_end, V)
-
-
-@numba.njit(**JIT)
-def _unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V):
-    # yf[dst + l * PQ + t] = yb[src + t * V + l] for l < nl and t0 <= t < t1: V x V register
-    # transposes when the block has all V lanes, the ragged end by one more overlapping the
-    # pixels before it (the same values again) when there are V of them, else element by
-    # element -- raw loads and stores: Numba's signed indexing would add wraparound checks
-    # that defeat vectorisation.
-    t = t0
-    if nl == V:
-        while t + V <= t1:
-            vtranspose(yb, src + t * V, V, yf, dst + t, PQ)
-            t += V
-        if t < t1 and t1 - t0 >= V:
-            vtranspose(yb, src + (t1 - V) * V, V, yf, dst + t1 - V, PQ)
-            t = t1
-    for lane in range(nl):
-        for tt in range(t, t1):
-            sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
 
 
 def blocked_driver(NKB: int, NPX: int, V: int):
@@ -254,38 +220,6 @@ def blocked_driver(NKB: int, NPX: int, V: int):
     if drv is None:
         drv = _DRIVERS.setdefault(key, _make_blocked_driver(NKB, NPX, V))
     return drv
-
-
-UNPACK_TILE = 64  # pixels per task: V x 64 elements stay in L1
-
-
-@numba.njit(**PJIT)
-def _unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
-    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time (winograd_vec's output).
-
-    Full ``V x V`` blocks (V channels by V pixels) are transposed in
-    registers (:func:`vtranspose`, instead of ``V * V`` scalar moves), a
-    tile's ragged end by one more block overlapping the previous one (it
-    rewrites the same values, still in vector moves); the rest element by
-    element.
-
-    The tasks are shared out like the kernel's that wrote ``yb``, so each
-    core unpacks what it computed: by pixel tiles (``pixel_major``: the
-    fused Winograd schedule) or by channel blocks.  The other way, each core
-    would read half its blocks from the other core's cache, which is slow
-    where the cores sit on different core complexes (as a VM's vCPUs may).
-    """
-    Kg = K // G
-    PQ = P * Q
-    KB = (Kg + V - 1) // V
-    ntile = (PQ + UNPACK_TILE - 1) // UNPACK_TILE
-    for task in numba.prange(N * G * KB * ntile):
-        kb, tile, ng = task_coords(task, KB, ntile, pixel_major)
-        n, g = ng // G, ng % G
-        t0 = tile * UNPACK_TILE
-        t1 = min(PQ, t0 + UNPACK_TILE)
-        _unpack_block(yb, (ng * KBp + kb) * PQ * V, yf, (n * K + g * Kg + kb * V) * PQ, PQ,
-                      min(V, Kg - kb * V), t0, t1, V)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ import numpy as np
 from .. import _config
 from .._config import PJIT
 from . import _scratch
-from ._layout import subsample_pointwise
+from .packing import subsample_pointwise
 from ._gemm import grouped_matmul
 
 @numba.njit(**PJIT)

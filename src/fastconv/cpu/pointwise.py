@@ -38,9 +38,9 @@ import numpy as np
 from .. import _weight_cache
 from .._config import CPU, PJIT
 from . import _scratch
-from ._layout import padded_bias, subsample_pointwise
-from ._blocked import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
-                       vstore, vstore_masked)
+from .packing import padded_bias, subsample_pointwise
+from .simd import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
+                   vstore, vstore_masked)
 
 NK = 4  # output channels per micro-kernel
 NV = 6  # pixel vectors per micro-kernel

@@ -85,7 +85,7 @@ from .. import _weight_cache
 from .._config import CPU, JIT, PJIT
 from ..winograd_math import transform_matrices
 from . import _scratch, direct, winograd_few, winograd_vec
-from ._blocked import lanes
+from .simd import lanes
 from ._gemm import batched_matmul, matmul_into, single_threaded_blas
 
 

@@ -20,7 +20,7 @@ channels, and
    transform) and keeps the ``4 x 6`` results per channel on the stack;
 3. applies ``A`` across them, adds the bias, and writes the ``4 x 4``
    outputs of the 16 tiles as four interleaved rows straight into the NCHW
-   result (:func:`fastconv.cpu._blocked.vstore_interleave4`).
+   result (:func:`fastconv.cpu.simd.vstore_interleave4`).
 
 ``M`` is never stored.  The input transform and the item schedule are those
 of the tile-row path's fused schedule.  Every product and sum is one IEEE
@@ -41,8 +41,8 @@ from __future__ import annotations
 import numba
 
 from .._config import JIT
-from ._blocked import (all_finite, sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked,
-                       vsplat, vstore_interleave4)
+from .simd import (all_finite, sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked, vsplat,
+                   vstore_interleave4)
 
 #: Largest number of input channels per group this path takes.
 MAX_CG = 4

@@ -8,7 +8,7 @@ so every vector is full whatever the map size:
 
 1. the input is packed to ``[N, CB, Hp, Wp, L]`` (``L`` = 16 float32 / 8
    float64 channels; zero padding and zero channels past ``C``:
-   :func:`fastconv.cpu._blocked.pack_input_blocked`), ``Hp x Wp`` covering
+   :func:`fastconv.cpu.packing.pack_input_blocked`), ``Hp x Wp`` covering
    every tile;
 2. tiles are numbered over images and tile rows (so even a 7x7 map gives
    full work items), and three steps run on runs of ``T`` of them:
@@ -92,13 +92,11 @@ import numpy as np
 from .. import _weight_cache
 from .._config import CPU, JIT, PJIT
 from ..winograd_math import transform_matrices
-from ._blocked import (VECTOR_BYTES, all_finite, lanes, pack_input_blocked, sget, sset, vbcast,
-                       stack_vectors, vadd, vfma, vload, vload_f64, vmul, vsplat, vstore,
-                       vstore_f64, vsub, vtranspose)
 from . import _scratch, winograd_few
 from ._gemm import panel_gemm
-from ._layout import padded_bias
-from .direct import _unpack_blocked_output
+from .packing import pack_input_blocked, padded_bias, unpack_blocked_output
+from .simd import (VECTOR_BYTES, all_finite, lanes, sget, sset, stack_vectors, vadd, vbcast, vfma,
+                   vload, vload_f64, vmul, vsplat, vstore, vstore_f64, vsub, vtranspose)
 
 #: F(4x4)'s stream schedule transforms each kernel once per group of this many tiles
 #: (the products' register block: 6 x STREAM4_TILES accumulators, compiled in).
@@ -765,7 +763,7 @@ def run(x, U, bias, p, y, m, plan, timings=None, fresh_u=False):
         if bad.any():
             return False
         # shared out as the output transform: by tiles (fused) or by channel blocks (split)
-        _unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L,
+        unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L,
                                mode == "fused")
         if timings is not None:
             full = clock() - t0

@@ -1,4 +1,4 @@
-"""SIMD building blocks and blocked-layout packing for the direct CPU kernels.
+"""SIMD building blocks of the CPU kernels: a vector type and its intrinsics.
 
 Numba has no vector type, and LLVM keeps a micro-kernel's accumulators in
 registers only when it can prove they are private scalars.  A plain local
@@ -22,23 +22,7 @@ All pointer arithmetic is raw: indices are element offsets into a 1-D
 C-contiguous array, never wrapped around when negative and never bounds
 checked.  Callers guarantee they stay in range.
 
-Packing helpers (all parallel, all writing every element of their output,
-so outputs can be ``np.empty``):
-
-* :func:`pack_input_blocked` - NCHW -> ``[N, G, CB, Hp, Wp, Vc]``: zero-padded
-  spatially, channels of each group split into ``CB`` blocks of ``Vc``
-  (zero-filled past ``Cg``); the blocked kernel broadcasts one element and
-  multiplies it into a contiguous vector of output channels.
-* :func:`pack_weights_blocked` - KCRS -> ``[G, KB/NKB, CB, R, S, Vc, NKB, V]``
-  (oneDNN's "OIhw{Vc}i{V}o" with ``NKB`` output blocks interleaved): the
-  ``NKB * V`` output channels a broadcast meets are contiguous;
-  zero-filled past ``Kg`` and ``Cg``.
-* :func:`pack_input_phases` - NCHW -> ``[N, C, Hp, sw, Wq]`` with
-  ``out[..., h, f, i] = xpad[..., h, i * sw + f]``: splitting the padded rows
-  into stride phases makes the input of ``V`` consecutive outputs contiguous
-  for any horizontal stride and dilation.  The width-vectorised kernel
-  builds this layout per work item, for the rows it needs; this
-  whole-tensor version documents and tests the layout.
+The packing passes that feed these kernels are in :mod:`fastconv.cpu.packing`.
 """
 
 from __future__ import annotations
@@ -49,10 +33,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
-from .. import _weight_cache
-from .._aligned import empty_aligned
-from .._config import JIT, PJIT
-from . import _scratch
+from .._config import JIT
 
 VECTOR_BYTES = 64  # one AVX-512 register
 
@@ -407,21 +388,6 @@ vsub = _lanewise("fsub", "-")
 vmul = _lanewise("fmul", "*")
 
 
-@numba.njit(**JIT)
-def task_coords(task, nx, ny, x_fastest):
-    """``(x, y, rest)`` of a parallel loop's ``task`` numbered over ``(rest, y, x)`` with ``x``
-    fastest, or over ``(rest, x, y)`` with ``y`` fastest: the two orders in which the
-    kernels share work out between threads (see ``fastconv.cpu.direct``: each core
-    should touch what it wrote in the previous phase)."""
-    if x_fastest:
-        x = task % nx
-        rest = task // nx
-        return x, rest % ny, rest // ny
-    y = task % ny
-    rest = task // ny
-    return rest % nx, y, rest // nx
-
-
 def _literal_count(n):
     return isinstance(n, types.IntegerLiteral) and n.literal_value > 0
 
@@ -480,181 +446,6 @@ def sset(typingctx, buf, i, v):
         return context.get_dummy_value()
 
     return types.void(buf, i, v), codegen
-
-
-# ---------------------------------------------------------------------------
-# Packing
-# ---------------------------------------------------------------------------
-
-@numba.njit(**PJIT)
-def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
-    # xf: x flattened when x is C-contiguous (enables the register transposes), else empty.
-    N, C, H, W = x.shape
-    Cg = C // G
-    zero = x.dtype.type(0)
-    for task in numba.prange(N * G * CB * Hp):
-        cb, h, ng = task_coords(task, CB, Hp, rows_outer)
-        g = ng % G
-        n = ng // G
-        base = ((ng * CB + cb) * Hp + h) * Wp * Vc
-        hi = h - pt
-        # Slices, not element loops: Numba's indexing of a signed index
-        # checks for wraparound, which turns copies into gathers/scatters.
-        if hi < 0 or hi >= H:
-            xb[base:base + Wp * Vc] = zero
-            continue
-        xb[base:base + pl * Vc] = zero
-        xb[base + (pl + W) * Vc:base + Wp * Vc] = zero
-        vmax = min(Vc, Cg - cb * Vc)
-        c0 = g * Cg + cb * Vc
-        o = base + pl * Vc
-        w0 = 0
-        L = VECTOR_BYTES // x.itemsize
-        if vmax == Vc == L and xf.size:
-            # Vc whole channels of one vector: Vc x Vc blocks (channels x pixels) transposed
-            # in registers, instead of Vc * Vc scalar moves.
-            src = ((n * C + c0) * H + hi) * W
-            while w0 + Vc <= W:
-                vtranspose(xf, src + w0, H * W, xb, o + w0 * Vc, Vc)
-                w0 += Vc
-            if w0 < W and W >= Vc:  # the last Vc columns, overlapping: the same values
-                # again, but in one more register transpose instead of scalar moves
-                vtranspose(xf, src + W - Vc, H * W, xb, o + (W - Vc) * Vc, Vc)
-                w0 = W
-        elif vmax == Vc and 2 <= Vc <= 4 and W >= L and xf.size:
-            # a few channels (an RGB input, Vc = 3): rows of L pixels interleaved in registers
-            src = ((n * C + c0) * H + hi) * W
-            while w0 < W:
-                w0 = min(w0, W - L)  # the last L pixels overlap the previous ones
-                if Vc == 3:
-                    vinterleave(xf, src + w0, H * W, 3, xb, o + w0 * Vc)
-                elif Vc == 2:
-                    vinterleave(xf, src + w0, H * W, 2, xb, o + w0 * Vc)
-                else:
-                    vinterleave(xf, src + w0, H * W, 4, xb, o + w0 * Vc)
-                w0 += L
-        for v in range(vmax):
-            xb[o + w0 * Vc + v:o + v + (W - 1) * Vc + 1:Vc] = x[n, c0 + v, hi, w0:]
-        for v in range(vmax, Vc):
-            xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = zero
-
-
-def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None, rows_outer=True):
-    """NCHW ``x`` -> flat ``[N, G, CB, Hp, Wp, Vc]`` (see the module docstring).
-
-    Returns ``(xb, CB, Hp, Wp)``.  ``extra_cols`` zero columns are appended on
-    the right of every row.  With ``scratch`` (a name), ``xb`` is a reused
-    work array of :mod:`fastconv.cpu._scratch` instead of a fresh one.
-    """
-    N, C, H, W = x.shape
-    pt, pb, pl, pr = padding
-    Cg = C // G
-    CB = -(-Cg // Vc)
-    Hp, Wp = H + pt + pb, W + pl + pr + extra_cols
-    size = N * G * CB * Hp * Wp * Vc
-    xb = (empty_aligned(size, x.dtype) if scratch is None
-          else _scratch.buffer(scratch, x.dtype, size))
-    if xb.size:
-        xf = x.reshape(-1) if x.flags.c_contiguous else np.empty(0, x.dtype)
-        _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer)
-    return xb, CB, Hp, Wp
-
-
-@numba.njit(**PJIT)
-def _pack_weights_blocked(wf, wb, G, Kg, Cg, RS, KBp, CB, Vc, NKB, V):
-    # One task fills one contiguous [RS, Vc, NKB * V] tile: the weights it
-    # needs are first copied row by row (contiguous reads) into an L1-sized
-    # buffer, then written out in order.  Element loops over strided
-    # weights directly thrash the cache: rows lie Cg*R*S elements apart.
-    nkg = KBp // NKB
-    KV = NKB * V
-    L = Vc * RS
-    zero = wf.dtype.type(0)
-    for task in numba.prange(G * nkg * CB):
-        cb = task % CB
-        gkg = task // CB
-        kg = gkg % nkg
-        g = gkg // nkg
-        base = task * RS * Vc * KV
-        nk = min(KV, Kg - kg * KV)
-        nc = min(Vc, Cg - cb * Vc)
-        tmp = np.empty(KV * L, dtype=wf.dtype)
-        for kk in range(KV):
-            if kk < nk:
-                src = ((g * Kg + kg * KV + kk) * Cg + cb * Vc) * RS
-                for u in range(nc * RS):
-                    sstore(tmp, kk * L + u, sload(wf, src + u))
-                for u in range(nc * RS, L):
-                    sstore(tmp, kk * L + u, zero)
-            else:
-                for u in range(L):
-                    sstore(tmp, kk * L + u, zero)
-        for rs in range(RS):
-            for vc in range(Vc):
-                dst = base + (rs * Vc + vc) * KV
-                src = vc * RS + rs
-                for kk in range(KV):
-                    sstore(wb, dst + kk, sload(tmp, kk * L + src))
-
-
-def pack_weights_blocked(w, G, Vc, NKB, V):
-    """KCRS ``w`` -> flat ``[G, KBp/NKB, CB, R, S, Vc, NKB, V]``.
-
-    ``KBp`` is the number of ``V``-wide output-channel blocks per group,
-    rounded up to a multiple of ``NKB``; the ``NKB`` weight vectors one
-    broadcast input meets are adjacent.  Returns ``(wb, KBp)``.
-    """
-    K, Cg, R, S = w.shape
-    Kg = K // G
-    KB, CB = -(-Kg // V), -(-Cg // Vc)
-    KBp = -(-KB // NKB) * NKB
-    wb = _weight_cache.prepared_empty("blocked.wb", G * KBp * CB * R * S * Vc * V, w.dtype)
-    if wb.size:
-        _pack_weights_blocked(w.reshape(-1), wb, G, Kg, Cg, R * S, KBp, CB, Vc, NKB, V)
-    return wb, KBp
-
-
-@numba.njit(**PJIT)
-def _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq):
-    N, C, H, W = x.shape
-    zero = x.dtype.type(0)
-    for task in numba.prange(N * C * Hp):
-        h = task % Hp
-        nc = task // Hp
-        n, c = nc // C, nc % C
-        base = task * sw * Wq
-        hi = h - pt
-        if hi < 0 or hi >= H:
-            xq[base:base + sw * Wq] = zero
-            continue
-        for f in range(sw):
-            # phase f, element i holds padded column i * sw + f = input column i * sw + f - pl
-            i0 = (pl - f + sw - 1) // sw if pl > f else 0
-            i1 = (pl + W - f + sw - 1) // sw if pl + W > f else 0
-            i0 = min(i0, Wq)
-            i1 = max(i0, min(i1, Wq))
-            o = base + f * Wq
-            xq[o:o + i0] = zero
-            if i1 > i0:
-                xq[o + i0:o + i1] = x[n, c, hi, i0 * sw + f - pl:(i1 - 1) * sw + f - pl + 1:sw]
-            xq[o + i1:o + Wq] = zero
-
-
-def pack_input_phases(x, padding, sw, min_cols):
-    """NCHW ``x`` -> flat ``[N, C, Hp, sw, Wq]`` stride phases (see the module docstring).
-
-    Each phase row holds at least ``min_cols`` elements (zeros past the
-    padded input) so vector loads may run past the last output.  Returns
-    ``(xq, Hp, Wq)``.
-    """
-    N, C, H, W = x.shape
-    pt, pb, pl, pr = padding
-    Hp, Wp = H + pt + pb, W + pl + pr
-    Wq = max(-(-Wp // sw), min_cols)
-    xq = np.empty(N * C * Hp * sw * Wq, dtype=x.dtype)
-    if xq.size:
-        _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq)
-    return xq, Hp, Wq
 
 
 def _lane_mask(context, builder, n, nty, count):
