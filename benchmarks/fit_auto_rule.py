@@ -136,7 +136,7 @@ HELDOUT5_SHAPES = [
 ]
 
 #: Few input channels (3-4, and 1 for contrast), fitted after the few-channel Winograd
-#: schedule (fastconv.cpu.winograd_few) and the clause 2c it led to (2026-11-26, evening).
+#: schedule (fastconv.cpu.winograd.few) and the clause 2c it led to (2026-11-26, evening).
 FEW_SHAPES = [
     Layer("c3_k32_h224_3x3", 1, 3, 224, 224, 32, 3, 3, padding=1),
     Layer("c3_k16_h224_3x3", 1, 3, 224, 224, 16, 3, 3, padding=1),

@@ -69,7 +69,7 @@ def info(argv=None) -> int:
 CHECK_LAYERS = [
     ("lenet5_c3", (8, 6, 14, 14), (16, 6, 5, 5), {}),
     ("resnet_3x3", (2, 64, 14, 14), (64, 64, 3, 3), {"padding": 1}),
-    # deep and small: F(2x2) transforms its kernels inside the products (winograd_vec's stream)
+    # deep and small: F(2x2) transforms its kernels inside the products (winograd.vec's stream)
     ("deep_7x7", (1, 256, 7, 7), (256, 256, 3, 3), {"padding": 1}),
     ("strided_asym", (2, 16, 15, 17), (32, 16, 3, 3), {"stride": 2, "padding": ((0, 1), (1, 2))}),
     ("dilated_same", (1, 8, 20, 20), (8, 8, 3, 3), {"dilation": 2, "padding": "same"}),

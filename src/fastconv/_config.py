@@ -192,7 +192,7 @@ class CpuSettings(_Settings):
     #: algorithm="winograd": shorter side from which F(4x4)'s fewer products beat F(2x2).
     f4x4_min_side: int = 8
 
-    # --- direct schedules (fastconv.cpu.direct, depthwise, pointwise) --------------------------
+    # --- direct schedules (fastconv.cpu.direct: blocked, width, pointwise) ---------------------
     #: Most multiply-adds for the textbook loop (the SIMD paths' packing would cost more).
     simple_max_macs: int = 4096
     #: Clause 1 and direct's 1x1s: fewest channels per group for the pointwise kernel vs im2col.
@@ -216,7 +216,7 @@ class CpuSettings(_Settings):
     #: Pointwise path: output-channel blocks per item (pixel vectors reused vs more items).
     pointwise_kblocks: int = 8
 
-    # --- Winograd schedules (fastconv.cpu.winograd, winograd_vec) ------------------------------
+    # --- Winograd schedules (fastconv.cpu.winograd.tile_row, winograd.vec) ---------------------
     #: Channel-vectorised path: widest output row (full channel vectors vs the tile-row path).
     vec_max_q: int = 60
     #: Its fused mode's largest U (every item streams all of U; larger: split mode).

@@ -26,7 +26,7 @@ output map's shorter side), in this order:
       batch, or ``small >= 6`` and ``Cg >= 128``, or ``small >= 3`` and
       ``Cg >= 256`` (the deeper the layer, the fewer tiles it takes for the
       products to repay the transforms), on the channel-vectorised
-      path (maps up to 60 outputs wide, :mod:`fastconv.cpu.winograd_vec`):
+      path (maps up to 60 outputs wide, :mod:`fastconv.cpu.winograd.vec`):
       F(4x4) or F(2x2) by a cost model (:func:`small_map_winograd`:
       products per tile against reading the transformed weights once, or,
       where F(4x4) transforms its kernels inside the products -- the stream
@@ -42,7 +42,7 @@ output map's shorter side), in this order:
       costs weigh more, and a second group of tiles would transform the
       kernels again);
    c. ``Cg`` = 2 to 4: Winograd F(4x4) on its few-channel schedule
-      (:mod:`fastconv.cpu.winograd_few`) where :func:`few_channel_winograd`
+      (:mod:`fastconv.cpu.winograd.few`) where :func:`few_channel_winograd`
       holds -- maps at least 33 wide and ``Kg >= 40``, or ``Kg >= 20`` from
       100 wide -- else ``direct``.  VGG-16 conv1_1 (3 -> 64 channels,
       224x224) takes this path; one input channel is left to ``direct``;
@@ -85,7 +85,8 @@ from __future__ import annotations
 
 from .._algorithm import Algorithm
 from .._config import CPU
-from . import direct, im2col, winograd, winograd_few, winograd_vec
+from . import direct, im2col, winograd
+from .winograd import few as winograd_few, vec as winograd_vec
 
 
 def winograd_rule(p) -> str:
@@ -96,7 +97,7 @@ def winograd_rule(p) -> str:
     tile per row, F(4x4) has 2.25 times as many transformed weights to read,
     and its 6x6 transforms cost more per output); where F(4x4) transforms
     its kernels inside the products (the stream schedule,
-    :mod:`fastconv.cpu.winograd_vec`) it reads no transformed weights and
+    :mod:`fastconv.cpu.winograd.vec`) it reads no transformed weights and
     wins from a few tiles on, ResNet-50's 7x7 layer over 512 channels among
     them.
     """
@@ -165,7 +166,7 @@ def few_channel_winograd(p) -> bool:
                  or p.Kg >= CPU.few_channel_wide_kg and p.Q >= CPU.few_channel_wide_q)):
         return False
     tiles_w = -(-p.Q // 4)
-    return winograd._fused_rows(p, 4, tiles_w, p.N * -(-p.P // 4)) > 0
+    return winograd.tile_row._fused_rows(p, 4, tiles_w, p.N * -(-p.P // 4)) > 0
 
 
 def auto_rule(p) -> str:

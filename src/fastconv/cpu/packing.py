@@ -46,8 +46,8 @@ from .simd import VECTOR_BYTES, sload, sstore, vinterleave, vtranspose
 def task_coords(task, nx, ny, x_fastest):
     """``(x, y, rest)`` of a parallel loop's ``task`` numbered over ``(rest, y, x)`` with ``x``
     fastest, or over ``(rest, x, y)`` with ``y`` fastest: the two orders in which the
-    kernels share work out between threads (see :mod:`fastconv.cpu.direct`: each core
-    should touch what it wrote in the previous phase)."""
+    kernels share work out between threads (see :mod:`fastconv.cpu.direct.blocked`: each
+    core should touch what it wrote in the previous phase)."""
     if x_fastest:
         x = task % nx
         rest = task // nx
@@ -266,7 +266,7 @@ UNPACK_TILE = 64  # pixels per task: V x 64 elements stay in L1
 
 @numba.njit(**PJIT)
 def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
-    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time (winograd_vec's output).
+    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time (winograd.vec's output).
 
     Full ``V x V`` blocks (V channels by V pixels) are transposed in
     registers (:func:`vtranspose`, instead of ``V * V`` scalar moves), a

@@ -1,4 +1,4 @@
-"""Width-vectorised direct convolution: depthwise and few-output-channel layers.
+"""The width path of :mod:`fastconv.cpu.direct`: depthwise and few-output-channel layers.
 
 When a group has fewer output channels than a vector has lanes (depthwise
 convolution, channel multipliers ``K = m * C``, LeNet's 6-map first layer),
@@ -53,9 +53,9 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .._config import CPU, JIT, PJIT
-from .simd import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors, vbcast,
-                   vfma, vsplat, vstore, vstore_masked, vload)
+from ..._config import CPU, JIT, PJIT
+from ..simd import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
+                    vbcast, vfma, vsplat, vstore, vstore_masked, vload)
 
 # Register blocking of the micro-kernel (each blocking is a compiled driver): at most this
 # many vector accumulators, and output rows and row vectors: 4 x 4 rather than 2 x 8

@@ -1,4 +1,6 @@
-"""1x1 convolutions on NCHW, vectorised along the pixels: a GEMM micro-kernel with no packing.
+"""The pointwise path of :mod:`fastconv.cpu.direct`: 1x1 convolutions on NCHW.
+
+Vectorised along the pixels: a GEMM micro-kernel with no packing.
 
 A 1x1 convolution of one image and group is the matrix product
 ``y[k, :] = b[k] + sum_c w[k, c] x[c, :]`` over the ``P*Q`` pixels, and in
@@ -35,12 +37,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .. import _weight_cache
-from .._config import CPU, PJIT
-from . import _scratch
-from .packing import padded_bias, subsample_pointwise
-from .simd import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
-                   vstore, vstore_masked)
+from ... import _weight_cache
+from ..._config import CPU, PJIT
+from .. import _scratch
+from ..packing import padded_bias, subsample_pointwise
+from ..simd import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
+                    vstore, vstore_masked)
 
 NK = 4  # output channels per micro-kernel
 NV = 6  # pixel vectors per micro-kernel

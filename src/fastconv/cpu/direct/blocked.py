@@ -1,68 +1,19 @@
-"""Direct convolution on the CPU: register-blocked SIMD micro-kernels.
+"""The blocked path of :mod:`fastconv.cpu.direct`: channel-blocked, register-tiled micro-kernels.
 
-``direct`` supports every configuration (stride, dilation, any padding,
-groups, depthwise with any channel multiplier, non-square kernels, float32
-and float64, any N including 0).  A call takes one of four paths:
-
-``blocked`` (:func:`_make_blocked_driver`)
-    The oneDNN/NNPACK layout: input packed to ``[N, G, CB, Hp, Wp, Vc]``
-    (zero-padded spatially; channel blocks of ``Vc`` between 16 and 128,
-    long for 1x1 kernels), weights to ``[G, KB/NKB, CB, R, S, Vc, NKB, V]``
-    (``V`` = 16 float32 / 8 float64 output channels contiguous, the
-    ``NKB`` blocks one broadcast meets adjacent), output accumulated in
-    ``[N, G, KB, P*Q, V]`` and unpacked to NCHW by each work item as it
-    finishes.  The micro-kernel holds
-    ``NKB x NPX`` vector accumulators (4 x 6, 2 x 12 or 1 x 24: up to 24 of
-    the 32 zmm registers); for each input element it broadcasts one value
-    and issues ``NKB`` FMAs against contiguous weight vectors.  Pixels run
-    through ``P*Q`` in row-major order, so a block may span output rows and
-    any stride or dilation costs nothing extra; with unit horizontal
-    dilation the innermost loop runs over a kernel row's ``S * Vc``
-    adjacent elements.  The reduction over input channels is cut into
-    chunks whose packed weights stay in L1, the partial sums parked in the
-    blocked output between chunks.  Work items are (image, group, block of
-    ``NKB * V`` output channels, pixel tile), so both cores work at N = 1.
-    Unpadded calls whose channel blocks cover the channels exactly (no
-    zero channels) skip the input packing: the same loop nest reads NCHW in
-    place through strides.  Preferred when the output channels fill the
-    vector lanes and the reduction is long.
-``pointwise`` (:mod:`fastconv.cpu.pointwise`)
-    Unpadded 1x1 kernels over at least 16 channels per group, with one
-    thread or output channels that do not fill the vectors: a GEMM
-    micro-kernel on NCHW itself, vectorised along the pixels, with neither
-    input packing nor output unpacking.  (With several threads and full
-    vectors the blocked path, reading NCHW in place, scales better.)
-``width`` (:mod:`fastconv.cpu.depthwise`)
-    Vectorised along the output row: depthwise, channel multipliers, few
-    output channels per group or short reductions (3-channel inputs).
-    Each work item packs its own input rows (L2-resident), so no pass over
-    the whole input is added.
-``simple`` (:func:`_direct_nchw`)
-    The textbook loop nest, for tiny problems where packing would cost more
-    than it saves.
-
-:func:`choose_path` takes ``pointwise`` for the 1x1 calls it serves and
-otherwise picks with a two-line cost model (lane fill times the fraction of
-work that is multiply-adds).
-
-Summation order and error bound
--------------------------------
-Every output is one dot product ``y = b + sum_{c, r, s} w * x`` whose terms
-are added in an order fixed by the configuration alone (channel chunk,
-channel, kernel row, kernel column; the bias first).  No output's reduction
-is ever split between threads, so results do not depend on the number of
-Numba threads.  Padding zeros are real zeros that get multiplied (``inf *
-0`` gives NaN exactly as in the plain loop), and no zero weight is skipped.
-The only extra terms are ``0 * 0`` products of zero-filled channel padding.
-Multiply-adds may be fused (one rounding instead of two), which only
-tightens the classical bound (Higham, *Accuracy and Stability of Numerical
-Algorithms*, 2nd ed., sec. 3.1): with ``n = Cg*R*S + 1`` and unit roundoff
-``u`` of the dtype,
-
-    |y_hat - y| <= gamma_n * (|w| (*) |x| + |b|),   gamma_n = n u / (1 - n u),
-
-elementwise, where ``(*)`` is the same convolution applied to absolute
-values.  ``tests/test_cpu_direct.py`` holds this bound elementwise.
+The oneDNN/NNPACK layout: input packed to ``[N, G, CB, Hp, Wp, Vc]``
+(zero-padded spatially; channel blocks of ``Vc`` between 16 and 128, long
+for 1x1 kernels), weights to ``[G, KB/NKB, CB, R, S, Vc, NKB, V]`` (``V`` =
+16 float32 / 8 float64 output channels contiguous, the ``NKB`` blocks one
+broadcast meets adjacent), output accumulated in ``[N, G, KB, P*Q, V]`` and
+unpacked to NCHW by each work item as it finishes (the layouts of
+:mod:`fastconv.cpu.packing`).  The micro-kernel
+(:func:`_make_blocked_driver`) holds ``NKB x NPX`` vector accumulators and,
+for each input element, broadcasts one value and issues ``NKB`` FMAs against
+contiguous weight vectors.  :func:`blocked_plan` chooses the register
+blocking, the channel blocks, the reduction chunks and the pixel tiles;
+:func:`run` packs, slices the batch within the workspace budget and calls
+the driver.  Summation order and error bound are those of
+:mod:`fastconv.cpu.direct`.
 """
 
 from __future__ import annotations
@@ -72,15 +23,15 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .. import _weight_cache
-from .._config import CPU, PJIT, parallel_section
-from . import _scratch, depthwise, pointwise
-from .packing import (pack_input_blocked, pack_weights_blocked, pad_nchw, padded_bias, task_coords,
-                      unpack_task)
-from .simd import lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
+from ... import _weight_cache
+from ..._config import CPU, PJIT
+from .. import _scratch
+from ..packing import (pack_input_blocked, pack_weights_blocked, padded_bias, task_coords,
+                       unpack_task)
+from ..simd import lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
 
-# The thresholds of the path choice and of the blocked path's plan (simple_max_macs and the
-# like) are fields of fastconv._config.CpuSettings ("direct schedules"), read at call time.
+# The thresholds of the blocked path's plan (chunk_weight_bytes and the like) are fields of
+# fastconv._config.CpuSettings ("direct schedules"), read at call time.
 
 # Register blocking of the blocked path: output-channel blocks -> pixels.
 # NKB * NPX accumulators + NKB weight vectors + 1 broadcast fit the 32 zmm
@@ -90,30 +41,6 @@ from .simd import lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vl
 # pixels per block, five blocks with no empty slot, instead of 24).
 BLOCKED_NPX = {1: (24, 20, 16), 2: (12, 10, 8), 4: (6, 5, 4)}
 
-
-@numba.njit(**PJIT)
-def _direct_nchw(xp, w, bias, y, sh, sw, dh, dw, groups):
-    """Reference-order loop nest on a zero-padded NCHW input."""
-    N, K, P, Q = y.shape
-    Cg, R, S = w.shape[1], w.shape[2], w.shape[3]
-    Kg = K // groups
-    for nk in numba.prange(N * K):
-        n, k = nk // K, nk % K
-        c0 = (k // Kg) * Cg
-        for p in range(P):
-            for q in range(Q):
-                acc = bias[k]
-                for c in range(Cg):
-                    for r in range(R):
-                        hrow = p * sh + r * dh
-                        for s in range(S):
-                            acc += w[k, c, r, s] * xp[n, c0 + c, hrow, q * sw + s * dw]
-                y[n, k, p, q] = acc
-
-
-# ---------------------------------------------------------------------------
-# blocked path
-# ---------------------------------------------------------------------------
 
 _DRIVERS: dict = {}
 
@@ -293,7 +220,8 @@ def _blocked_plan(p, N):
     return BlockedPlan(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)
 
 
-def _run_blocked(x, w, bias, p, y):
+def run(x, w, bias, p, y):
+    """Blocked direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration)."""
     V = lanes(p.dtype)
     G = p.groups
     plan = blocked_plan(p)
@@ -335,67 +263,3 @@ def _run_blocked(x, w, bias, p, y):
         drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, *strides, Vc, p.R, p.S, p.P, p.Q,
             p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], tiling.ntiles,
             tiling.tile_px, plan.ccb, tiles_outer, yf, p.Kg)
-
-
-def _run_simple(x, w, bias, p, y):
-    xp = pad_nchw(x, *p.padding)
-    b = np.zeros(p.K, dtype=p.dtype) if bias is None else bias
-    _direct_nchw(xp, w, b, y, p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], p.groups)
-
-
-def choose_path(p) -> str:
-    """Which kernel ``run`` uses for ``p``: "simple", "pointwise", "blocked" or "width".
-
-    Kept in ``p.memo`` per number of Numba threads (the 1x1 choice depends on it).
-    """
-    threads = numba.get_num_threads()
-    return p.remembered(("direct.path", threads), lambda: _choose_path(p, threads))
-
-
-def serves_1x1(p) -> bool:
-    """True if ``p`` is a 1x1 convolution that ``direct`` runs without im2col's help:
-    unpadded, at least ``CPU.pointwise_min_cg`` channels per group (the pointwise
-    kernel, or the blocked one reading NCHW in place)."""
-    return pointwise.supports(p) is None and p.Cg >= CPU.pointwise_min_cg
-
-
-def _choose_path(p, threads) -> str:
-    macs = p.N * p.K * p.P * p.Q * p.Cg * p.R * p.S
-    if macs <= CPU.simple_max_macs:
-        return "simple"
-    V = lanes(p.dtype)
-    if serves_1x1(p):
-        # With several threads the blocked kernel scales better when the output channels
-        # fill its vectors; with one thread, or output channels that leave its vectors
-        # part-empty, the pointwise kernel (no packing, no unpacking) is ahead.
-        if threads > 1 and p.Kg % V == 0:
-            return "blocked"
-        return "pointwise"
-    # Useful fraction of the vector lanes: output channels (blocked) or
-    # output columns (width-vectorised), discounted by the per-output
-    # overhead in multiply-add units (the blocked path packs and unpacks its
-    # output; the width path stores vectors straight into NCHW).
-    n = p.Cg * p.R * p.S
-    fill_k = p.Kg / (-(-p.Kg // V) * V)
-    fill_q = p.Q / (-(-p.Q // V) * V)
-    blocked = fill_k * n / (n + CPU.blocked_overhead)
-    width = CPU.width_speed * fill_q * n / (n + CPU.width_overhead)
-    return "width" if width > blocked else "blocked"
-
-
-def supports(p):
-    return None  # every configuration
-
-
-PATHS = {"simple": _run_simple, "blocked": _run_blocked, "width": depthwise.run,
-         "pointwise": pointwise.run}
-
-
-def run(x, w, bias, p, y, path=None):
-    """Direct convolution of NCHW ``x`` into NCHW ``y``; ``path`` forces a kernel (tests)."""
-    if y.size == 0:
-        return
-    if path is None:
-        path = choose_path(p)
-    with parallel_section():
-        PATHS[path](x, w, bias, p, y)

@@ -2,7 +2,7 @@
 
 With ``Cg`` = 1 to 4 input channels per group (an RGB image layer such as
 VGG-16 conv1_1), the ``alpha^2`` products ``M = U V`` of the tile-row path
-(:mod:`fastconv.cpu.winograd`) are GEMMs with a reduction only ``Cg`` deep,
+(:mod:`fastconv.cpu.winograd.tile_row`) are GEMMs with a reduction only ``Cg`` deep,
 which BLAS runs far below the machine's peak (each output element costs a
 load and a store for ``Cg`` multiply-adds), and ``M`` (36 values per tile
 and output channel) is written and read back once more by the output
@@ -26,7 +26,7 @@ channels, and
 of the tile-row path's fused schedule.  Every product and sum is one IEEE
 operation (fused multiply-adds where the tile-row path rounds twice), so the
 error bound of :mod:`fastconv.winograd_math` holds unchanged
-(``tests/test_cpu_winograd.py`` checks it on this path).  Each job adds its
+(``tests/test_cpu_winograd_few.py`` checks it on this path).  Each job adds its
 outputs into a running sum; a sum that is not finite -- a NaN or inf
 output, or (harmlessly) a sum that overflows -- makes the call fall back to
 ``direct``, as on the other Winograd paths.
@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import numba
 
-from .._config import JIT
-from .simd import (all_finite, sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked, vsplat,
+from ..._config import JIT
+from ..simd import (all_finite, sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked, vsplat,
                    vstore_interleave4)
 
 #: Largest number of input channels per group this path takes.

@@ -1,6 +1,9 @@
-"""Winograd F(m x m, 3 x 3) convolution (Lavin & Gray 2016): transform, GEMM, inverse transform.
+"""The tile-row path of Winograd F(m x m, 3 x 3): transform, GEMM, inverse transform.
 
-Phases (timed separately by :func:`profile_phases`, as NNPACK does):
+It runs the calls that the channel-vectorised path
+(:mod:`fastconv.cpu.winograd.vec`) does not take; the front end,
+:mod:`fastconv.cpu.winograd`, chooses.  Phases (timed separately by
+:func:`fastconv.cpu.winograd.profile_phases`, as NNPACK does):
 
 1. kernel transform ``U = G w G^T`` (computed in float64, rounded once):
    ``(alpha^2, groups, Kg, Cg)``;
@@ -29,7 +32,8 @@ Two schedules, chosen from the shapes only (never from the thread count):
   to balance two threads); each item runs the input transform, its
   ``alpha^2 * groups`` GEMMs (single-threaded BLAS) and the output transform
   on private buffers.  The kernel transform is one parallel loop before it.
-* phase by phase (small maps, and :func:`profile_phases`): blocks of tile
+* phase by phase (small maps, and
+  :func:`fastconv.cpu.winograd.profile_phases`): blocks of tile
   rows (``V + M`` at most ``tile_row_block_bytes`` = 8 MiB, last-level cache); per
   block one parallel loop runs the input transform (and, for the first
   block, the kernel transform beside it), and a second one runs, per group
@@ -37,7 +41,7 @@ Two schedules, chosen from the shapes only (never from the thread count):
   transform.
 
 On F(4x4) with ``Cg <= 4`` the fused schedule runs the few-channel kernel
-of :mod:`fastconv.cpu.winograd_few` instead of BLAS products and a separate
+of :mod:`fastconv.cpu.winograd.few` instead of BLAS products and a separate
 output transform (``M`` is never stored).
 
 Either way a call synchronises the threads twice per block, the GEMMs never
@@ -62,15 +66,13 @@ buffers (``O(alpha * W)`` elements).  For VGG-16 conv1_2 at batch 32
 The ``tile_row_*`` limits are fields of :class:`fastconv._config.CpuSettings`
 (``fastconv._config.CPU``), read at call time.
 
-Constraints: 3x3 kernels, stride 1, dilation 1; any padding (asymmetric
-too), groups, float32/float64.
-
 Non-finite values: the transforms mix a whole tile, so one inf would turn its
 neighbours into NaN.  The output transform flags any tile whose (uncropped)
 result is not finite -- every non-finite input value, weight, or overflow
 reaches such a result, since every column of ``B^T``, ``G`` and ``A^T`` has a
-non-zero entry -- and the call is then recomputed by the direct kernel,
-which propagates NaN/inf exactly.  Error bound: :mod:`fastconv.winograd_math`.
+non-zero entry -- and :func:`_execute` then returns False: the front end
+recomputes the call with the direct kernel, which propagates NaN/inf exactly.
+Error bound: :mod:`fastconv.winograd_math`.
 """
 
 from __future__ import annotations
@@ -80,26 +82,16 @@ import time
 import numba
 import numpy as np
 
-from .. import _config
-from .. import _weight_cache
-from .._config import CPU, JIT, PJIT
-from ..winograd_math import transform_matrices
-from . import _scratch, direct, winograd_few, winograd_vec
-from .simd import lanes
-from ._gemm import batched_matmul, matmul_into, single_threaded_blas
+from ..._config import CPU, JIT, PJIT
+from ...winograd_math import transform_matrices
+from .. import _scratch
+from .._gemm import batched_matmul, matmul_into, single_threaded_blas
+from ..simd import lanes
+from . import few
 
 
 # ----------------------------------------------------------------------------------------------
 # Kernel transform
-
-
-def kernel_transform(w, m, dtype=None):
-    """``U = G w G^T`` of KCRS weights as a C-contiguous ``(alpha^2, groups, Kg, Cg)`` array.
-
-    ``groups`` is inferred from nothing: this returns ``(alpha^2, 1, K, Cg)``;
-    use :func:`prepare` for grouped weights.
-    """
-    return _transform_weights(np.ascontiguousarray(w), m, 1, np.dtype(dtype or w.dtype))
 
 
 _KT_CHUNK = 1024  # kernels per job of the kernel transform
@@ -153,8 +145,8 @@ def _transform_weights(w, m, groups, dtype):
 # ----------------------------------------------------------------------------------------------
 # Input transforms.  x is unpadded NCHW; V is (alpha^2, G, Cg, nrows * tiles_w) for the tile
 # rows r0 .. r0 + nrows - 1 (tile row r is image r // tiles_h, row r % tiles_h).  The unrolled
-# formulas are B^T of transform_matrices(m) (checked by tests/test_cpu_winograd.py); constants
-# come typed from `cst` so float32 code stays float32.
+# formulas are B^T of transform_matrices(m) (checked by tests/test_cpu_winograd_tile_row.py);
+# constants come typed from `cst` so float32 code stays float32.
 
 
 @numba.njit(**JIT)
@@ -479,9 +471,9 @@ def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles
 @numba.njit(**PJIT)
 def _fused_few(x, U, y, bias, cst, bad, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl,
                vwork, L, upto=2):
-    # The fused schedule for F(4x4) with Cg <= winograd_few.MAX_CG: per item the input
+    # The fused schedule for F(4x4) with Cg <= few.MAX_CG: per item the input
     # transform into V, then the products and the output transform together
-    # (fastconv.cpu.winograd_few); no M.  upto=1 stops after the input transform (timing).
+    # (fastconv.cpu.winograd.few); no M.  upto=1 stops after the input transform (timing).
     A2, G, Kg, Cg = U.shape
     C = G * Cg
     WP = tiles_w * 4 + 2
@@ -498,79 +490,12 @@ def _fused_few(x, U, y, bias, cst, bad, rows_per_item, rows_total, tiles_h, tile
                 _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
         if upto > 1:
             tmp = np.empty(L, dtype=x.dtype)
-            bad[item] = not winograd_few.products_and_output(U, V, y, bias, r0, nr, tiles_h,
-                                                              tiles_w, tmp)
+            bad[item] = not few.products_and_output(U, V, y, bias, r0, nr, tiles_h,
+                                                     tiles_w, tmp)
 
 
 # ----------------------------------------------------------------------------------------------
-# Driver
-
-
-def supports(p):
-    if not p.is_3x3_unit:
-        return (f"Winograd needs a 3x3 kernel with stride 1 and dilation 1; got "
-                f"R x S = {p.R}x{p.S}, stride={p.stride}, dilation={p.dilation}")
-    return None
-
-
-class PreparedWeights:
-    """Winograd-transformed weights for tile size ``m``, from :func:`prepare`.
-
-    ``w`` is a private copy of the spatial weights (kept for the direct
-    fallback on non-finite values).  The transforms are built on first use,
-    each in the layout of the path that needs it: :attr:`U`,
-    ``(alpha^2, groups, Kg, Cg)`` for the tile-row path, and :meth:`Uv`,
-    ``(alpha^2, KB, Cp, L)`` for the channel-vectorised one
-    (:mod:`fastconv.cpu.winograd_vec`).  ``finite`` is False when a weight
-    is NaN or inf (an overflowing transform is caught on the outputs).
-    """
-
-    __slots__ = ("m", "w", "groups", "finite", "fresh", "_U", "_Uv")
-
-    def __init__(self, m, w, groups, p=None):
-        self.m, self.w, self.groups = m, w, groups
-        self.finite = bool(np.isfinite(w).all())
-        self.fresh = True  # not used by a call yet (its transform is still in this core's cache)
-        self._U = self._Uv = None
-        if p is not None:  # build the transform the call ``p`` will use now
-            vec = self.vec_plan(p)
-            if vec is None:
-                self.U  # noqa: B018  (builds it)
-            elif vec.mode != "stream":  # (a streaming call transforms its kernels itself)
-                self.Uv()
-
-    @property
-    def U(self):
-        if self._U is None:
-            self._U = _transform_weights(self.w, self.m, self.groups, self.w.dtype)
-        return self._U
-
-    def Uv(self):
-        if self._Uv is None:
-            self._Uv = winograd_vec.transform_weights(self.w, self.m)
-        return self._Uv
-
-    def vec_plan(self, p):
-        """The channel-vectorised path's plan for ``p``, or None (tile-row path)."""
-        return winograd_vec.plan(p, self.m)
-
-    @property
-    def nbytes(self):
-        return self.w.nbytes + sum(a.nbytes for a in (self._U, self._Uv) if a is not None)
-
-
-def prepare(w, p, m):
-    """Transform KCRS weights ``w`` once for :func:`run_prepared`; a snapshot (``w`` is copied)."""
-    w = np.array(w, dtype=p.dtype, order="C", copy=True)
-    return PreparedWeights(m, w, p.groups, p)
-
-
-def prepare_f2x2(w, p):
-    return prepare(w, p, 2)
-
-
-def prepare_f4x4(w, p):
-    return prepare(w, p, 4)
+# Schedules
 
 
 def _constants(dtype):
@@ -636,8 +561,8 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
         wT = no_kernels
     U2 = U.reshape(alpha2, p.K * Cg)
     item_rows = _fused_rows(p, m, tiles_w, rows_total)
-    few = bool(item_rows) and m == 4 and Cg <= winograd_few.MAX_CG
-    if timings is not None and not few:
+    few_channels = bool(item_rows) and m == 4 and Cg <= few.MAX_CG
+    if timings is not None and not few_channels:
         item_rows = 0  # profiled phase by phase
     if wT.shape[1] and (timings is not None or item_rows):
         t0 = clock()
@@ -649,7 +574,7 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
         bad = np.zeros(-(-rows_total // item_rows), dtype=np.bool_)
         nt = item_rows * tiles_w
         vwork = _scratch.per_thread("winograd.V", dt, alpha2 * G * Cg * nt)
-        if few:
+        if few_channels:
             args = (x, U, y, b, cst, bad, item_rows, rows_total, tiles_h, tiles_w, pt, pl, vwork,
                     lanes(dt))
             if timings is not None:  # the input transform alone, then the whole call
@@ -658,7 +583,7 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
                 t1 = clock()
                 _fused_few(*args)
                 timings["input_transform"] += t1 - t0
-                # products and output transform are one step (fastconv.cpu.winograd_few)
+                # products and output transform are one step (fastconv.cpu.winograd.few)
                 del timings["gemm"], timings["output_transform"]
                 timings["gemm_and_output_transform"] = max(0.0, clock() - t1 - (t1 - t0))
             else:
@@ -699,89 +624,3 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
         if bad.any():
             return False
     return True
-
-
-def run_prepared(x, packed, bias, p, y, vec=False):
-    """Run with weights from :func:`prepare`; falls back to ``direct`` on non-finite values.
-
-    Takes the channel-vectorised path (:mod:`fastconv.cpu.winograd_vec`) when
-    it fits the call, else the tile-row path; ``vec`` is its plan when the
-    caller has it already.
-    """
-    if vec is False:
-        vec = packed.vec_plan(p)
-    if not packed.finite:
-        ok = False
-    elif vec is not None:
-        U = packed.w if vec.mode == "stream" else packed.Uv()
-        fresh, packed.fresh = packed.fresh, False
-        ok = winograd_vec.run(x, U, bias, p, y, packed.m, vec, fresh_u=fresh)
-    else:
-        ok = _execute(x, None, packed.U, packed.m, bias, p, y)
-    if not ok:
-        direct.run(x, packed.w, bias, p, y)
-
-
-def _run(x, w, bias, p, y, m):
-    # The transformed weights of unchanged weights come from the weight cache
-    # (content-verified; see fastconv._weight_cache), except where the products
-    # transform the kernels themselves (winograd_vec's "stream" mode).
-    vec = winograd_vec.plan(p, m)
-    if vec is not None and vec.mode == "stream":
-        if not winograd_vec.run(x, w, bias, p, y, m, vec):
-            direct.run(x, w, bias, p, y)
-        return
-    packed = _weight_cache.CACHE.get(
-        w, ("winograd", m, p.groups),
-        lambda snap: PreparedWeights(m, snap, p.groups, p))
-    run_prepared(x, packed, bias, p, y, vec)
-
-
-def run_f2x2(x, w, bias, p, y):
-    _run(x, w, bias, p, y, 2)
-
-
-def run_f4x4(x, w, bias, p, y):
-    _run(x, w, bias, p, y, 4)
-
-
-def profile_phases(x, w, bias, p, y, m=None):
-    """Run once, write ``y``, and return seconds per phase.
-
-    Keys: ``kernel_transform``, ``input_transform``, ``gemm``, ``output_transform``
-    (summed over blocks), plus ``pack_input`` where the channel-vectorised path
-    runs (its phases are differences of runs stopped after each phase, see
-    :func:`fastconv.cpu.winograd_vec.run`).  The tile-row path runs its phases
-    one by one here (in a normal call they share parallel loops), except on
-    few-channel layers (:mod:`fastconv.cpu.winograd_few`), whose products and
-    output transform are one step, ``gemm_and_output_transform`` (the call
-    less a run stopped after the input transform).  ``m`` (2 or
-    4) defaults to :func:`fastconv.cpu.winograd_rule`.
-    """
-    if m is None:  # what algorithm="winograd" runs (the registry reads winograd_rule)
-        from .._dispatch import concrete
-        m = 2 if concrete("winograd", p, "cpu").endswith("f2x2_3x3") else 4
-    times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
-    x = np.ascontiguousarray(x, dtype=p.dtype)
-    w = np.ascontiguousarray(w, dtype=p.dtype)
-    with _config.parallel_section():
-        t0 = time.perf_counter()
-        packed = PreparedWeights(m, w, p.groups)
-        vec = packed.vec_plan(p)
-        if vec is not None and packed.finite:
-            # The call's own path.  Repeated calls with unchanged weights skip the kernel
-            # transform (weight cache); it is reported all the same, except in the
-            # "stream" mode, whose products transform the kernels (in "gemm").
-            if vec.mode == "stream":
-                Uv = w
-                del times["kernel_transform"]
-            else:
-                Uv = packed.Uv()
-                times["kernel_transform"] = time.perf_counter() - t0
-            if winograd_vec.run(x, Uv, bias, p, y, m, vec, timings=times):
-                return times
-            direct.run(x, w, bias, p, y)
-            return times
-        if not _execute(x, w, None, m, bias, p, y, times):
-            direct.run(x, w, bias, p, y)
-    return times
