@@ -201,7 +201,7 @@ HELDOUT8_SHAPES = [
 
 #: Deep layers on small maps, measured after F(4x4) got its stream schedule (kernels
 #: transformed inside the products; 2026-11-26, night): the data that fitted the stream
-#: terms of clause 2b's cost model (fastconv._config.CpuSettings.stream4_group_cost, stream4_fixed_cost).
+#: terms of clause 2b's cost model (fastconv._config.CpuSettings.stream4_*_cost).
 SMALL_SHAPES = [
     Layer("c128_k128_h7_3x3", 1, 128, 7, 7, 128, 3, 3, padding=1),
     Layer("n2_c128_k128_h4_3x3", 2, 128, 4, 4, 128, 3, 3, padding=1),

@@ -43,6 +43,9 @@ def info(argv=None) -> int:
               f"(LLVM target: {numba.config.CPU_NAME or 'host'})")
     except Exception as exc:  # sysinfo is best-effort
         print(f"cpu features    unknown ({exc})")
+    from fastconv.cpu.target import detect
+    t = detect()
+    print(f"kernel target   {t.cpu} ({t.isa}): {t.vector_bytes}-byte vectors, {t.registers} registers")
     print(f"threading layer {_config.THREADING_LAYER} (configured), threads {numba.get_num_threads()}")
     print(f"fastmath        {_config.FASTMATH}; cache {_config.CACHE}; "
           f"workspace {_config.CPU.workspace_bytes // 2**20} MiB")

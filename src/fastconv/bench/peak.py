@@ -4,9 +4,10 @@ A spec-sheet peak (cores x FMA pipes x lanes x 2 x clock) says what the
 silicon could do; a virtual machine, a power limit or a narrower FMA path
 can make the real one smaller (``docs/benchmarks.md`` gives an example:
 less than half the spec-sheet figure).  :func:`fma_peak` runs, on every
-thread, a loop of independent 512-bit vector FMAs on registers only (24
-accumulators: more than latency x pipes, so the FMA units never wait) and
-reports the FLOP rate.
+thread, a loop of independent vector FMAs of the kernels' target width on
+registers only (:data:`fastconv.cpu.simd.ACCUMULATORS` of them: 24 with
+AVX-512's 32 registers, 12 with AVX2's 16 -- more than latency x pipes, so
+the FMA units never wait) and reports the FLOP rate.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import numba
 import numpy as np
 
 from .._config import PJIT
-from ..cpu.simd import lanes, sget, sset, stack_vectors, vfma, vload, vstore
-
-ACCUMULATORS = 24
+from ..cpu.simd import ACCUMULATORS, lanes, sget, sset, stack_vectors, vfma, vload, vstore
 
 
 @numba.njit(**PJIT)

@@ -111,16 +111,20 @@ def stream4_cost(p):
     or None where it would not stream.
 
     In the unit of :func:`small_map_winograd`'s model, the products of one
-    tile for one of the ``alpha^2`` elements: ``stream4_group_cost`` per group
-    of ``winograd_vec.STREAM4_TILES`` tiles (its kernels transformed in
-    registers, about a ninth more than the 4 x 36 products of four tiles in
-    the split schedule) plus ``stream4_fixed_cost`` (gathering the weights).
+    tile for one of the ``alpha^2`` elements: ``stream4_tile_cost`` (36) per
+    tile, plus ``stream4_group_cost`` per group of ``winograd_vec.STREAM4_TILES``
+    tiles (the register block: 4 tiles with AVX-512's registers, whose kernels
+    are transformed in registers once per group -- 16 more, about a ninth of
+    the group's 4 x 36 products), plus ``stream4_fixed_cost`` (gathering the
+    weights).
     """
     vec = winograd_vec.plan(p, 4)
     if vec is None or vec.mode != "stream":
         return None
     tiles4 = p.N * -(-p.P // 4) * -(-p.Q // 4)
-    return (CPU.stream4_group_cost * -(-tiles4 // winograd_vec.STREAM4_TILES)
+    TB = winograd_vec.STREAM4_TILES
+    groups = -(-tiles4 // TB)
+    return (groups * (CPU.stream4_tile_cost * TB + CPU.stream4_group_cost)
             + CPU.stream4_fixed_cost)
 
 
@@ -135,8 +139,9 @@ def small_map_winograd(p) -> str:
     F(2x2) on few tiles (7x7 maps of one image, 6x6, 8-10 wide maps) and
     F(4x4) once the batch or the map adds tiles -- unless F(4x4) takes the
     stream schedule (at most ``vec_stream4_max_tiles`` tiles), where it
-    reads no transformed weights and costs ``stream4_group_cost`` per group
-    of 4 tiles plus ``stream4_fixed_cost`` (:func:`stream4_cost`; the fields
+    reads no transformed weights and costs ``stream4_tile_cost`` per tile,
+    ``stream4_group_cost`` per group of ``STREAM4_TILES`` tiles and
+    ``stream4_fixed_cost`` (:func:`stream4_cost`; the fields
     of :class:`fastconv._config.CpuSettings`): then the model picks it
     from 2 tiles up (two 3x3 or 4x4 maps, one 5x5 to 8x8), F(2x2) on one
     tile.

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from .._config import JIT, PJIT
-from .simd import sget, sset, stack_vectors, vbcast, vfma, vload, vsplat, vstore
+from .simd import ACCUMULATORS, REGISTERS, sget, sset, stack_vectors, vbcast, vfma, vload, vsplat, vstore
 
 
 @numba.njit(**JIT)
@@ -66,13 +66,14 @@ def batched_matmul(A, B, C):
 
 
 #: Register tile of :func:`panel_gemm`: ``PANEL_ROWS`` rows of ``M`` times
-#: ``PANEL_VECS`` vectors of its columns = 24 vector accumulators (of the 32
-#: zmm registers); each step over the inner dimension loads ``PANEL_VECS``
-#: vectors of ``U`` and broadcasts ``PANEL_ROWS`` elements of ``V`` (6 x 4 rather
-#: than 8 x 3: 6 broadcasts instead of 8 per 24 FMAs, and 64 float32 output channels
-#: per panel).
-PANEL_ROWS = 6
-PANEL_VECS = 4
+#: ``PANEL_VECS`` vectors of its columns; each step over the inner dimension loads
+#: ``PANEL_VECS`` vectors of ``U`` and broadcasts ``PANEL_ROWS`` elements of ``V``.
+#: With AVX-512's 32 registers 6 x 4 = 24 accumulators (6 rows rather than 8: 6
+#: broadcasts instead of 8 per 24 FMAs); with 16 registers 4 x 2 = 8: the kernel's
+#: partial-tile branches keep a few more values live than accumulators + loads + one
+#: broadcast, and 6 x 2 spills two of them (benchmarks/spill_check.py).
+PANEL_ROWS = 6 if REGISTERS >= 32 else 4
+PANEL_VECS = max(1, min(ACCUMULATORS // PANEL_ROWS, 2 if REGISTERS < 32 else 4))
 _PANEL_ACC = PANEL_ROWS * PANEL_VECS
 
 

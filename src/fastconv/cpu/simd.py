@@ -7,12 +7,14 @@ accumulators of a blocked kernel would round-trip through memory on every
 multiply-add.  The intrinsics here give the kernels what C intrinsics give
 oneDNN or NNPACK:
 
-* a 64-byte vector type (16 x float32 or 8 x float64: one zmm register);
+* a vector type of one register of the target (:data:`VECTOR_BYTES`: 16 x
+  float32 or 8 x float64 in a zmm register on AVX-512, 8 or 4 in a ymm
+  register on AVX2; :mod:`fastconv.cpu.target`);
 * :func:`vload`, :func:`vstore`, :func:`vbcast` (scalar load + splat),
   :func:`vfma` (``llvm.fma``: one rounding, so it never loosens the direct
   sum's error bound) and :func:`vadd`, :func:`vsub`, :func:`vmul`;
-  :func:`vload_f64` / :func:`vstore_f64`: 8 lanes of either dtype as a
-  float64 vector (widened exactly, rounded once on the way back);
+  :func:`vload_f64` / :func:`vstore_f64`: :data:`F64_LANES` lanes of either
+  dtype as a float64 vector (widened exactly, rounded once on the way back);
 * :func:`stack_vectors` / :func:`stack_ints`: fixed-size arrays placed with
   ``alloca`` in the function's entry block.  Indexed with compile-time
   constants inside fully unrolled loops, SROA turns each element into an SSA
@@ -34,17 +36,29 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, models, register_model
 
 from .._config import JIT
+from .target import detect as detect_target
 
-VECTOR_BYTES = 64  # one AVX-512 register
+#: The machine the kernels are compiled for (:mod:`fastconv.cpu.target`).
+TARGET = detect_target()
+#: Bytes of one vector: one register of the target (64 on AVX-512, 32 on AVX2).
+VECTOR_BYTES = TARGET.vector_bytes
+#: Lanes of the float64 vectors of :func:`vload_f64` / :func:`vstore_f64`.
+F64_LANES = VECTOR_BYTES // 8
+#: Vector accumulators a register-blocked micro-kernel keeps: three quarters of the
+#: target's vector registers (24 of AVX-512's 32, 12 of AVX2's 16), the rest holding the
+#: vectors that meet them and a broadcast.  Every kernel's register block derives from it.
+ACCUMULATORS = TARGET.registers * 3 // 4
+#: The target's vector registers.
+REGISTERS = TARGET.registers
 
 
 def lanes(dtype) -> int:
-    """Vector lanes of ``dtype`` (16 for float32, 8 for float64)."""
+    """Vector lanes of ``dtype`` (16 float32 / 8 float64 on AVX-512, 8 / 4 on AVX2)."""
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 class SimdVector(types.Type):
-    """A 64-byte LLVM vector of ``dtype`` (lowered to ``<L x float|double>``)."""
+    """One target register of ``dtype`` (lowered to ``<L x float|double>``, ``L`` = :func:`lanes`)."""
 
     def __init__(self, dtype):
         self.dtype = dtype
@@ -115,11 +129,11 @@ def vstore(typingctx, arr, idx, v):
 
 @intrinsic
 def vload_f64(typingctx, arr, idx):
-    """``arr[idx : idx + 8]`` as a float64 vector (8 lanes), widened exactly from float32."""
+    """``arr[idx : idx + F64_LANES]`` as a float64 vector, widened exactly from float32."""
     if not (_is_float_array(arr) and isinstance(idx, types.Integer)):
         return None
     vty = SimdVector(types.float64)
-    src = ir.VectorType(ir.FloatType() if arr.dtype == types.float32 else ir.DoubleType(), 8)
+    src = ir.VectorType(ir.FloatType() if arr.dtype == types.float32 else ir.DoubleType(), F64_LANES)
 
     def codegen(context, builder, sig, args):
         ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])
@@ -131,11 +145,11 @@ def vload_f64(typingctx, arr, idx):
 
 @intrinsic
 def vstore_f64(typingctx, arr, idx, v):
-    """Store float64 vector ``v`` to ``arr[idx : idx + 8]``, rounded once to float32 if needed."""
+    """Store float64 vector ``v`` to ``arr[idx : idx + F64_LANES]``, rounded once to float32 if needed."""
     if not (_is_float_array(arr) and isinstance(idx, types.Integer)
             and isinstance(v, SimdVector) and v.dtype == types.float64):
         return None
-    dst = ir.VectorType(ir.FloatType() if arr.dtype == types.float32 else ir.DoubleType(), 8)
+    dst = ir.VectorType(ir.FloatType() if arr.dtype == types.float32 else ir.DoubleType(), F64_LANES)
 
     def codegen(context, builder, sig, args):
         ptr = _element_ptr(context, builder, sig.args[0], args[0], args[1])

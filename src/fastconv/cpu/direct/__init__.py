@@ -12,8 +12,9 @@ and float64, any N including 0).  A call takes one of four paths:
     ``NKB`` blocks one broadcast meets adjacent), output accumulated in
     ``[N, G, KB, P*Q, V]`` and unpacked to NCHW by each work item as it
     finishes.  The micro-kernel holds
-    ``NKB x NPX`` vector accumulators (4 x 6, 2 x 12 or 1 x 24: up to 24 of
-    the 32 zmm registers); for each input element it broadcasts one value
+    ``NKB x NPX`` vector accumulators (the target's
+    :data:`~fastconv.cpu.simd.ACCUMULATORS`: 4 x 6, 2 x 12 or 1 x 24 of
+    AVX-512's 32 registers, half as many pixels on AVX2); for each input element it broadcasts one value
     and issues ``NKB`` FMAs against contiguous weight vectors.  Pixels run
     through ``P*Q`` in row-major order, so a block may span output rows and
     any stride or dilation costs nothing extra; with unit horizontal

@@ -28,18 +28,20 @@ from ..._config import CPU, PJIT
 from .. import _scratch
 from ..packing import (pack_input_blocked, pack_weights_blocked, padded_bias, task_coords,
                        unpack_task)
-from ..simd import lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
+from ..simd import ACCUMULATORS, REGISTERS, lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
 
 # The thresholds of the blocked path's plan (chunk_weight_bytes and the like) are fields of
 # fastconv._config.CpuSettings ("direct schedules"), read at call time.
 
 # Register blocking of the blocked path: output-channel blocks -> pixels.
-# NKB * NPX accumulators + NKB weight vectors + 1 broadcast fit the 32 zmm
-# registers of AVX-512.
-# The first choice is the widest; narrower ones are taken when they waste
-# fewer pixel slots on the tiles of a small map (LeNet's 10x10 outputs: 20
-# pixels per block, five blocks with no empty slot, instead of 24).
-BLOCKED_NPX = {1: (24, 20, 16), 2: (12, 10, 8), 4: (6, 5, 4)}
+# NKB * NPX accumulators (at most the target's ACCUMULATORS: 24 of AVX-512's 32
+# registers, 12 of AVX2's 16) + NKB weight vectors + 1 broadcast <= its REGISTERS.
+# The first choice is the widest; narrower ones (5/6 and 2/3 of it) are taken when
+# they waste fewer pixel slots on the tiles of a small map (LeNet's 10x10 outputs on
+# AVX-512: 20 pixels per block, five blocks with no empty slot, instead of 24).
+_NPX_MAX = {nkb: min(ACCUMULATORS // nkb, (REGISTERS - nkb - 1) // nkb) for nkb in (1, 2, 4)}
+BLOCKED_NPX = {nkb: tuple(dict.fromkeys(max(1, n * f // 6) for f in (6, 5, 4)))
+               for nkb, n in _NPX_MAX.items()}
 
 
 _DRIVERS: dict = {}

@@ -10,7 +10,8 @@ output) and unlike im2col + BLAS (whose GEMM packs both operands on every
 call), this kernel reads ``x`` and writes ``y`` in place:
 
 * the micro-kernel holds ``NK x NV`` vector accumulators (4 output channels
-  x 6 vectors of 16 pixels = 24 zmm registers for float32); for each input
+  x ``NV`` pixel vectors: 4 x 6 = 24 of AVX-512's 32 registers, 4 x 3 of
+  AVX2's 16); for each input
   channel it loads ``NV`` pixel vectors of ``x[c, :]`` and broadcasts ``NK``
   weights, then issues ``NK * NV`` FMAs;
 * the reduction runs over all ``Cg`` input channels at once, so each output
@@ -41,11 +42,11 @@ from ... import _weight_cache
 from ..._config import CPU, PJIT
 from .. import _scratch
 from ..packing import padded_bias, subsample_pointwise
-from ..simd import (lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
+from ..simd import (ACCUMULATORS, lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
                     vstore, vstore_masked)
 
 NK = 4  # output channels per micro-kernel
-NV = 6  # pixel vectors per micro-kernel
+NV = max(1, ACCUMULATORS // NK)  # pixel vectors per micro-kernel (6 on AVX-512, 3 on AVX2)
 
 
 @numba.njit(**PJIT)

@@ -59,7 +59,10 @@ from ..simd import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, st
 
 # Register blocking of the micro-kernel (each blocking is a compiled driver): at most this
 # many vector accumulators, and output rows and row vectors: 4 x 4 rather than 2 x 8
-# (fewer loads per FMA, less row-tail waste).
+# (fewer loads per FMA, less row-tail waste).  16 on every target: with AVX2's 16
+# registers a few accumulators spill per tap (benchmarks/spill_check.py), but the
+# row blocking it allows -- each input vector used for up to 4 output rows -- saves
+# more loads than the spills add, which 8 accumulators (one row) do not.
 MAX_ACCUMULATORS = 16
 MAX_ROWS = 4
 MAX_VECTORS = 4

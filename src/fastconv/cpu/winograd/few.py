@@ -41,13 +41,15 @@ from __future__ import annotations
 import numba
 
 from ..._config import JIT
-from ..simd import (all_finite, sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked, vsplat,
+from ..simd import (ACCUMULATORS, REGISTERS, all_finite, sget, sset, stack_vectors, vadd, vbcast, vfma, vload_masked, vsplat,
                    vstore_interleave4)
 
 #: Largest number of input channels per group this path takes.
 MAX_CG = 4
-#: Output channels per job: each loaded vector of ``V`` meets this many broadcast weights.
-NK = 4
+#: Output channels per job: each loaded vector of ``V`` meets this many broadcast weights
+#: (6 NK accumulators: 4 with AVX-512's 32 registers; 1 with 16, where the transform's
+#: temporaries beside 12 accumulators spill -- benchmarks/spill_check.py).
+NK = 4 if REGISTERS >= 32 else 1
 
 
 def _make_job(CG: int):

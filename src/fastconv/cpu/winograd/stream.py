@@ -52,12 +52,14 @@ from ... import _weight_cache
 from ..._config import CPU, JIT, PJIT
 from ...winograd_math import transform_matrices
 from .. import _scratch
-from ..simd import (VECTOR_BYTES, lanes, sget, sset, stack_vectors, vadd, vbcast, vfma, vload,
+from ..simd import (ACCUMULATORS, REGISTERS, F64_LANES, VECTOR_BYTES, lanes, sget, sset, stack_vectors, vadd, vbcast, vfma, vload,
                     vload_f64, vmul, vsplat, vstore, vstore_f64, vsub, vtranspose)
 
 #: F(4x4)'s stream schedule transforms each kernel once per group of this many tiles
-#: (the products' register block: 6 x STREAM4_TILES accumulators, compiled in).
-STREAM4_TILES = 4
+#: (the products' register block: 6 x STREAM4_TILES accumulators beside the row pass's 3
+#: vectors, the 6 column values and 3 constants, compiled in: 4 tiles with AVX-512's 32
+#: registers; 1 with 16, where 2 tiles spill -- benchmarks/spill_check.py).
+STREAM4_TILES = 4 if REGISTERS >= 32 else 1
 
 
 @numba.njit(**JIT)
@@ -141,13 +143,13 @@ def _make_transform_dense(A: int):
     def transform(wl, nc, Gm, U, ubase, astride):
         # U[ubase + a * astride + i * L :][:L] = (G w_i G^T)[a] for any G (F(4x4): entries
         # such as -1/6 are inexact in float32), the three-term sums ((g0 w0 + g1 w1) + g2 w2)
-        # of both passes evaluated in float64, eight lanes at a time, and rounded once.
+        # of both passes evaluated in float64, F64_LANES lanes at a time, and rounded once.
         # Per row a of G, its three row-pass vectors are plain values and the nine inputs
         # are indexed by constants only, so everything stays in registers.
         L = _lanes_of(wl)
         w = stack_vectors(Gm, 9)
         for i in range(nc):
-            for h in range(0, L, 8):
+            for h in range(0, L, F64_LANES):
                 b = i * 9 * L + h
                 for rs in range(9):
                     sset(w, rs, vload_f64(wl, b + rs * L))
@@ -184,11 +186,11 @@ def _make_stream4_row(A: int):
     ``M[6A + b][t, k] = sum_c V[6A + b][t, c] U'[6A + b][c, k]`` for ``b < 6``,
     where each ``U'`` vector is computed from the gathered weights when it is
     needed (row pass ``G'[A] w``, then the six columns) and used by the
-    ``STREAM4_TILES`` tiles at once: 6 x 4 vector accumulators.  ``A`` is a
+    ``STREAM4_TILES`` tiles at once: 6 x ``STREAM4_TILES`` vector accumulators.  ``A`` is a
     closure constant, so each row's pass compiles to its own few additions.
     """
     TB = STREAM4_TILES
-    assert TB == 4  # 6 x 4 accumulators (stack_vectors needs the count as a literal)
+    NACC = 6 * TB  # a closure constant: stack_vectors needs the count as a literal
 
     @numba.njit(**JIT)
     def row(wl, nc, V, vbase, cbs, M, mbase, ms, Kp, nt):
@@ -196,9 +198,9 @@ def _make_stream4_row(A: int):
         # (alpha, tile t, channel c) at vbase + (c // L) * cbs + (alpha * TB + t) * L + c % L;
         # M[mbase + alpha * ms + t * Kp :][:L] for t < nt.
         L = _lanes_of(wl)
-        acc = stack_vectors(wl, 24)  # 6 * TB
+        acc = stack_vectors(wl, NACC)
         zero = vsplat(0, wl)
-        for i in range(6 * TB):
+        for i in range(NACC):
             sset(acc, i, zero)
         two, mtwo, four = vsplat(2, wl), vsplat(-2, wl), vsplat(4, wl)
         tv = stack_vectors(wl, 3)

@@ -19,7 +19,8 @@ channels instead, so every vector is full whatever the map size:
      contiguous);
    * ``alpha^2`` products ``M[a] (T x Kp) = V[a] (T x Cp) @ U[a] (Cp x Kp)``
      by a register-blocked micro-kernel (:func:`fastconv.cpu._gemm.panel_gemm`:
-     6 tiles x 64 output channels in 24 zmm accumulators; a BLAS call pays
+     6 tiles x 4 vectors of output channels in 24 accumulators on AVX-512,
+     6 x 2 on AVX2; a BLAS call pays
      its packing and dispatch on every one of these thin products), ``U``
      the kernel transform laid out ``(alpha^2, KB, Cp, L)`` and zero-padded
      (:func:`fastconv.cpu.winograd.stream.transform_weights`; kept by the

@@ -1,0 +1,109 @@
+"""Count vector-register spills in the compiled CPU micro-kernels (``inspect_asm``).
+
+Runs one small call of every register-blocked path so that its kernels are
+compiled (with Numba's on-disk cache off: cached code cannot be inspected),
+then reads the x86 assembly Numba produced for each of them.  Its hot loops
+are the innermost loops (a label and the last backward branch to it, with
+no other such loop inside) that contain fused multiply-adds; in those it
+counts the instructions that move a vector register to or from the stack
+(``%rsp``/``%rbp``-relative ``vmov*`` with an ``xmm``/``ymm``/``zmm``
+operand): a spill or its reload.  A kernel whose register block fits the
+target's registers has none.  (Moves outside the hot loops -- array
+descriptors copied through vector registers, set-up -- are not counted.)
+
+Usage (the target is Numba's: the host, or e.g. AVX2 on an AVX-512 host)::
+
+    python benchmarks/spill_check.py
+    NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= python benchmarks/spill_check.py
+
+Prints one line per kernel and exits 1 if any kernel spills.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import numpy as np
+
+os.environ["FASTCONV_CACHE"] = "0"  # before fastconv is imported: inspect_asm needs fresh code
+
+import fastconv
+from fastconv.cpu import _gemm, simd
+from fastconv.cpu.direct import blocked, pointwise, width
+from fastconv.cpu.winograd import few, stream, vec
+
+#: A vector register moved to or from a stack slot.
+_SPILL = re.compile(r"\bv?mov\w*\s+(%[xyz]mm\d+,\s*-?\d*\((%rsp|%rbp)\)|-?\d*\((%rsp|%rbp)\),\s*%[xyz]mm\d+)")
+
+#: (label, x shape, w shape, conv2d keywords, algorithm): one call per kernel family.
+CALLS = [
+    ("blocked", (1, 64, 14, 14), (64, 64, 3, 3), dict(padding=1), "direct"),
+    ("blocked-NKB1", (1, 32, 12, 12), (16, 32, 3, 3), dict(padding=1), "direct"),
+    ("width", (1, 32, 28, 28), (32, 1, 3, 3), dict(groups=32, padding=1), "direct"),
+    ("pointwise", (1, 64, 14, 14), (60, 64, 1, 1), dict(), "direct"),  # Kg: not whole vectors
+    ("winograd-vec", (1, 64, 14, 14), (64, 64, 3, 3), dict(padding=1), "winograd_f4x4_3x3"),
+    ("winograd-stream", (1, 256, 4, 4), (256, 256, 3, 3), dict(padding=1), "winograd_f4x4_3x3"),
+    ("winograd-few", (1, 3, 64, 64), (48, 3, 3, 3), dict(padding=1), "winograd_f4x4_3x3"),
+]
+
+
+def hot_loop_spills(asm: str) -> tuple:
+    """``(spills, fmas)`` in the innermost FMA loops of ``asm`` (see the module docstring)."""
+    lines = asm.splitlines()
+    labels, loops = {}, {}
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\.LBB\d+_\d+):", line)
+        if m:
+            labels[m.group(1)] = i
+        m = re.match(r"^\s+j\w+\s+(\.LBB\d+_\d+)", line)
+        if m and m.group(1) in labels:
+            loops[labels[m.group(1)]] = i  # the last backward branch to a label closes its loop
+    spans = sorted(loops.items())
+    inner = [(a, b) for a, b in spans
+             if not any((c, d) != (a, b) and a <= c and d <= b for c, d in spans)]
+    spills = fmas = 0
+    for a, b in inner:
+        body = lines[a:b + 1]
+        nf = sum("vfmadd" in line or "vfnmadd" in line for line in body)
+        if nf:
+            fmas += nf
+            spills += sum(bool(_SPILL.search(line)) for line in body)
+    return spills, fmas
+
+
+def _dispatchers():
+    """(name, dispatcher) of every compiled register-blocked kernel."""
+    out = [("_gemm.panel_gemm (inlined in vec)", _gemm.panel_gemm)]
+    out += [(f"blocked.driver{key}", d) for key, d in blocked._DRIVERS.items()]
+    out += [(f"width.driver{key[:3]}", d) for key, d in width._DRIVERS.items()]
+    out += [("pointwise.kernel", pointwise._kernel())]
+    out += [("vec._fused", vec._fused), ("vec._split", vec._split)]
+    out += [(f"stream._S4R{a}", getattr(stream, f"_S4R{a}")) for a in range(6)]
+    out += [(f"few._JOB{c}", getattr(few, f"_JOB{c}")) for c in range(1, 5)]
+    return out
+
+
+def main() -> int:
+    rng = np.random.default_rng(0)
+    for _, xs, ws, kw, alg in CALLS:
+        for dt in (np.float32, np.float64):
+            x = rng.standard_normal(xs).astype(dt)
+            w = rng.standard_normal(ws).astype(dt)
+            fastconv.conv2d(x, w, algorithm=alg, **kw)
+    t = simd.TARGET
+    print(f"target {t.cpu} ({t.isa}): {t.vector_bytes}-byte vectors, {t.registers} registers, "
+          f"{simd.ACCUMULATORS} accumulators")
+    bad = 0
+    for name, disp in _dispatchers():
+        for sig in disp.signatures:
+            spills, fmas = hot_loop_spills(disp.inspect_asm(sig))
+            dtype = next((str(a.dtype) for a in sig if hasattr(a, "dtype")), "?")
+            print(f"{name:34s} {dtype:8s} hot-loop FMAs {fmas:5d}  spills/reloads {spills}")
+            bad += spills > 0
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
