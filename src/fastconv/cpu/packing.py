@@ -1,5 +1,9 @@
 """Every pack and unpack pass of the CPU kernels, shared by direct and Winograd.
 
+``V`` and ``L`` below are vector lanes of the compile target
+(:func:`fastconv.cpu.simd.lanes`: 16 float32 on AVX-512, 8 on AVX2); the
+register transposes here move ``L x L`` blocks.
+
 Packing helpers (all parallel, all writing every element of their output,
 so outputs can be ``np.empty``):
 
