@@ -28,6 +28,7 @@ import sys
 import numpy as np
 
 from fastconv.bench.layers import Layer, load_layers
+from fastconv.bench.random_layers import random_layers, split
 from fastconv.bench.runner import bench_layer
 
 #: Shapes outside the suite: channel counts around the Winograd threshold,
@@ -308,7 +309,8 @@ def sets() -> dict:
             "heldout6": HELDOUT6_SHAPES, "heldout7": HELDOUT7_SHAPES,
             "heldout8": HELDOUT8_SHAPES, "small": SMALL_SHAPES, "heldout9": HELDOUT9_SHAPES,
             "heldout10": HELDOUT10_SHAPES, "small64": SMALL64_SHAPES,
-            "heldout11": HELDOUT11_SHAPES, "heldout12": HELDOUT12_SHAPES}
+            "heldout11": HELDOUT11_SHAPES, "heldout12": HELDOUT12_SHAPES,
+            "random_fit": split(random_layers())[0], "random_heldout": split(random_layers())[1]}
 
 
 def measure(layers, repeat, min_round_s=0.0, cpu_time=False, progress=True) -> list:
