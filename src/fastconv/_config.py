@@ -205,6 +205,8 @@ class CpuSettings(_Settings):
     width_overhead: int = 4
     #: Width path's rate on full lanes relative to the blocked path's (a load per few FMAs).
     width_speed: float = 0.75
+    #: Channels path's per-output overhead in multiply-adds (packing, unpacking) vs the width path.
+    channels_overhead: int = 12
     #: Blocked path: one micro-kernel call's overhead in pixel slots (wide blocks vs empty slots).
     blocked_call_overhead_px: int = 2
     #: Blocked path: packed weights of one channel chunk (longer reduction vs staying in L1).

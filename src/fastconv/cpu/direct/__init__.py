@@ -2,7 +2,7 @@
 
 ``direct`` supports every configuration (stride, dilation, any padding,
 groups, depthwise with any channel multiplier, non-square kernels, float32
-and float64, any N including 0).  A call takes one of four paths:
+and float64, any N including 0).  A call takes one of five paths:
 
 ``blocked`` (:mod:`fastconv.cpu.direct.blocked`)
     The oneDNN/NNPACK layout: input packed to ``[N, G, CB, Hp, Wp, Vc]``
@@ -38,13 +38,22 @@ and float64, any N including 0).  A call takes one of four paths:
     output channels per group or short reductions (3-channel inputs).
     Each work item packs its own input rows (L2-resident), so no pass over
     the whole input is added.
+``channels`` (:mod:`fastconv.cpu.direct.channels`)
+    One input channel per group (depthwise, channel multipliers), vectorised
+    over groups: ``V`` groups side by side in a vector, so the lanes are
+    full on any map size.  Each work item (image, block of ``V`` groups,
+    tile of output pixels) packs its input rows to ``[rows, Wp, V]``
+    (zero-padded) and writes its NCHW outputs by register transposes;
+    ``NPX`` pixel accumulators per register block, one weight vector per
+    tap.  Preferred on small maps, whose rows leave the width path's vectors
+    part-empty.
 ``simple`` (:mod:`fastconv.cpu.direct.simple`)
     The textbook loop nest, for tiny problems where packing would cost more
     than it saves.
 
 :func:`choose_path` takes ``pointwise`` for the 1x1 calls it serves and
-otherwise picks with a two-line cost model (lane fill times the fraction of
-work that is multiply-adds).
+otherwise picks with a short cost model (lane fill times the fraction of
+work that is multiply-adds); ``channels`` competes only where ``Cg == 1``.
 
 Summation order and error bound
 -------------------------------
@@ -72,14 +81,14 @@ import numba
 
 from ..._config import CPU, parallel_section
 from ..simd import lanes
-from . import blocked, pointwise, simple, width
+from . import blocked, channels, pointwise, simple, width
 
 # The thresholds of the path choice (simple_max_macs and the like) are fields of
 # fastconv._config.CpuSettings ("direct schedules"), read at call time.
 
 
 def choose_path(p) -> str:
-    """Which kernel ``run`` uses for ``p``: "simple", "pointwise", "blocked" or "width".
+    """Which kernel ``run`` uses for ``p``: "simple", "pointwise", "blocked", "width" or "channels".
 
     Kept in ``p.memo`` per number of Numba threads (the 1x1 choice depends on it).
     """
@@ -115,7 +124,15 @@ def _choose_path(p, threads) -> str:
     fill_q = p.Q / (-(-p.Q // V) * V)
     blocked_score = fill_k * n / (n + CPU.blocked_overhead)
     width_score = CPU.width_speed * fill_q * n / (n + CPU.width_overhead)
-    return "width" if width_score > blocked_score else "blocked"
+    choice = "width" if width_score > blocked_score else "blocked"
+    if p.Cg == 1:
+        # One input channel per group: the channels path fills its lanes with groups
+        # (any map size), packing and unpacking like the blocked path.
+        fill_g = p.groups / (-(-p.groups // V) * V)
+        channels_score = fill_g * n / (n + CPU.channels_overhead)
+        if channels_score > max(width_score, blocked_score):
+            choice = "channels"
+    return choice
 
 
 def supports(p):
@@ -123,7 +140,7 @@ def supports(p):
 
 
 PATHS = {"simple": simple.run, "blocked": blocked.run, "width": width.run,
-         "pointwise": pointwise.run}
+         "pointwise": pointwise.run, "channels": channels.run}
 
 
 def run(x, w, bias, p, y, path=None):
