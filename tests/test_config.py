@@ -18,7 +18,9 @@ from conftest import TOLERANCE, random_problem, rel_err
 def test_reset_restores_every_default(cpu_settings):
     defaults = {f.name: f.default for f in dataclasses.fields(cpu_settings)}
     for name, value in defaults.items():
-        setattr(cpu_settings, name, (not value) if isinstance(value, bool) else value * 3 + 1)
+        changed = (not value) if isinstance(value, bool) else (
+            value + "x" if isinstance(value, str) else value * 3 + 1)
+        setattr(cpu_settings, name, changed)
     assert all(getattr(cpu_settings, n) != v for n, v in defaults.items())
     cpu_settings.reset()
     assert {n: getattr(cpu_settings, n) for n in defaults} == defaults

@@ -11,6 +11,7 @@ from . import reference
 from ._api import conv2d
 from ._dispatch import algorithms
 from .errors import CudaUnavailableError, UnsupportedError
+from ._explain import explain
 from .grad import conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, conv_transpose2d
 from .lenet import lenet5_c3_parameter_count, lenet5_c3_table
 from .plan import ConvPlan, plan
@@ -18,6 +19,6 @@ from ._weight_cache import clear as clear_weight_cache
 
 __version__ = "0.1.0"
 
-__all__ = ["conv2d", "algorithms", "reference", "UnsupportedError", "CudaUnavailableError",
+__all__ = ["conv2d", "algorithms", "explain", "reference", "UnsupportedError", "CudaUnavailableError",
            "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "conv_transpose2d",
            "plan", "ConvPlan", "clear_weight_cache", "lenet5_c3_table", "lenet5_c3_parameter_count", "__version__"]

@@ -143,17 +143,37 @@ def bench(argv=None) -> int:
     return bench_main(list(argv or []))
 
 
-COMMANDS = {"info": info, "check": check, "bench": bench}
+def calibrate(argv=None) -> int:
+    """Measure the cost model's machine constants and store them (fastconv.cpu.cost)."""
+    import time
+
+    from fastconv.cpu import cost
+    from fastconv.tuning import cache_path
+
+    if argv:
+        print("usage: python -m fastconv calibrate", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    m = cost.calibrate(store=True)
+    print(f"target {m.isa}: {m.fma_rate / 1e9:.1f} G float32 multiply-adds/s per thread, "
+          f"{m.bandwidth / 1e9:.1f} GB/s, {m.call_s * 1e6:.1f} us per call, "
+          f"{m.pass_s * 1e6:.2f} us per parallel loop, {m.cache_bytes // 2**20} MiB cache")
+    print(f"stored in {cache_path()} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+COMMANDS = {"info": info, "check": check, "bench": bench, "calibrate": calibrate}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m fastconv {info,check,bench} [options]\n\n"
+        print("usage: python -m fastconv {info,check,bench,calibrate} [options]\n\n"
               "  info   versions, CPU features, threading layer, algorithms, CUDA status\n"
               "  check  self-test: every algorithm vs the float64 reference, with error bounds\n"
               "         (--cuda-compile: compile every CUDA kernel without a GPU)\n"
-              "  bench  the benchmark suite against PyTorch (see --help)")
+              "  bench  the benchmark suite against PyTorch (see --help)\n"
+              "  calibrate  measure the machine constants of auto's cost model and store them")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])
 

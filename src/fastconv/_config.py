@@ -100,6 +100,13 @@ def generation() -> int:
     return _generation
 
 
+def invalidate() -> None:
+    """Move :func:`generation` without changing a setting (after a new calibration of
+    the cost model's machine constants: memoised ``auto`` choices are recomputed)."""
+    global _generation
+    _generation += 1
+
+
 class _Settings:
     """Base of the settings dataclasses: setting a field moves :func:`generation`."""
 
@@ -137,6 +144,10 @@ class CpuSettings(_Settings):
     scratch_keep_bytes: int = 64 * 2**20
 
     # --- auto rule (fastconv.cpu.auto_rule; clauses as in its module docstring) ---------------
+    #: How ``auto`` chooses: "model" (fastconv.cpu.cost's predicted times), "rule" (the
+    #: clauses below) or "" (the rule where the target is AVX-512, which it was fitted on
+    #: and where it scores higher; the model on every other target).
+    auto_method: str = ""
     #: Clause 2: fewest output channels per group to share Winograd's input transforms.
     winograd_min_kg: int = 16
     #: Clause 2a: shorter output side of a large map (many tiles per transformed kernel) ...

@@ -4,8 +4,17 @@ This package lists ``direct``, ``im2col``, ``winograd_f2x2_3x3`` and
 ``winograd_f4x4_3x3`` in ``ALGORITHMS``, and the aliases ``winograd`` and
 ``tuned`` in ``ALIASES``; :mod:`fastconv._dispatch` reads them on first use.
 
-The ``auto`` rule (:func:`auto_rule`)
--------------------------------------
+How ``auto`` chooses (:func:`auto_rule`)
+----------------------------------------
+By one of two methods (:func:`auto_method`): the cost model of
+:mod:`fastconv.cpu.cost` (predicted seconds of every algorithm on this
+machine; the lowest wins), or the fitted rule below (:func:`fitted_rule`).
+The rule was fitted on an AVX-512 machine and is used where the target is
+AVX-512; the model everywhere else.  ``docs/cpu_auto.md`` scores both, and
+:func:`fastconv.explain` shows for one call what each would pick and why.
+
+The fitted rule
+---------------
 With ``Cg = C / groups``, ``Kg = K / groups`` and ``small = min(P, Q)`` (the
 output map's shorter side), in this order:
 
@@ -174,9 +183,33 @@ def few_channel_winograd(p) -> bool:
     return winograd.tile_row._fused_rows(p, 4, tiles_w, p.N * -(-p.P // 4)) > 0
 
 
+def auto_method() -> str:
+    """How ``auto`` chooses in this process: ``"rule"`` or ``"model"`` (``CPU.auto_method``;
+    when that is empty, the rule on an AVX-512 target and the cost model elsewhere)."""
+    method = CPU.auto_method
+    if method not in ("", "rule", "model"):
+        raise ValueError(f"fastconv._config.CPU.auto_method must be 'rule', 'model' or '', "
+                         f"got {method!r}")
+    if method:
+        return method
+    from .target import detect
+
+    return "rule" if detect().isa == "avx512" else "model"
+
+
 def auto_rule(p) -> str:
-    """The algorithm ``algorithm="auto"`` runs for ``p`` (see the module docstring;
-    the thresholds are the "auto rule" fields of :class:`fastconv._config.CpuSettings`)."""
+    """The algorithm ``algorithm="auto"`` runs for ``p``: :func:`fastconv.cpu.cost.choose`
+    or :func:`fitted_rule`, as :func:`auto_method` says."""
+    if auto_method() == "model":
+        from . import cost
+
+        return cost.choose(p)
+    return fitted_rule(p)
+
+
+def fitted_rule(p) -> str:
+    """The fitted rule (see the module docstring; the thresholds are the "auto rule"
+    fields of :class:`fastconv._config.CpuSettings`)."""
     if p.R == 1 and p.S == 1 and not p.depthwise:
         return "direct" if direct.serves_1x1(p) else "im2col"
     if winograd.supports(p) is None and p.groups == 1 and p.Kg >= CPU.winograd_min_kg:

@@ -1,0 +1,465 @@
+"""A cost model of the CPU algorithms: predicted seconds per call, from the shape and the machine.
+
+For every algorithm and the schedule it would run, :func:`terms` splits a
+call into the work it does, each part converted to seconds on this machine
+by its :class:`Machine` constants:
+
+``fma``
+    multiply-adds, counted with the zero lanes of partly filled vectors,
+    divided by the FMA rate of the threads the work can keep busy;
+``bytes``
+    memory passes that do not stay in cache (packing, unfolding, transformed
+    tiles), divided by the streaming bandwidth;
+``fixed``
+    the call itself and each parallel loop it starts.
+
+The prediction is ``sum(COEF[name] * seconds)`` over the terms: a
+``COEF`` entry says how many times slower than the machine's peak that kind
+of work runs (1 / efficiency; about 1.1-1.5 for the register-blocked
+micro-kernels, more for transforms, which do few multiply-adds per load).
+So the formulas are the algorithms' own operation counts, the machine
+constants come from :func:`calibrate`, and the ``COEF`` table holds what
+neither can know: how close each kind of loop gets to the peak.
+
+``COEF`` has one column per instruction set (the register budget changes the
+blockings, so the efficiencies differ): the values are fitted by
+``benchmarks/fit_cost_model.py`` on the timings of every algorithm on the
+fitting half of :mod:`fastconv.bench.random_layers` and the benchmark suite,
+and scored on the other half, which no fit sees; ``docs/cpu_auto.md`` gives the scores.
+Targets without a column of their own use the one with the closest vector
+width.
+
+Assumptions: the weights repeat between calls (inference, or a plan), so
+prepared weights come from the weight cache where they fit it; a call whose
+transformed weights do not fit pays their transform every time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numba
+import numpy as np
+
+from .. import _config
+from .._config import CPU, PJIT
+from . import target as _target
+from .simd import lanes
+
+#: Inverse efficiencies by instruction set (see the module docstring): each entry
+#: multiplies the seconds of one term.  Fitted by benchmarks/fit_cost_model.py, except
+#: ``direct_simple`` and ``wino_weight_transform`` (no fitting shape took those terms),
+#: ``direct_channels`` (a path added after the fit; set to ``direct_blocked``'s value) and
+#: ``call`` (every algorithm pays it, so timings cannot tell it apart; 1: the calibrated cost).
+COEF = {
+    "avx512": {
+        # direct
+        "direct_blocked": 1.12, "direct_width": 1.57, "direct_pointwise": 1.38,
+        "direct_simple": 2.0, "direct_bytes": 1.14, "direct_channels": 1.12,
+        # im2col: BLAS GEMM, its penalties for short dimensions, and the unfold
+        "gemm": 1.45, "gemm_small_k": 2.32, "gemm_small_n": 0.0, "gemm_small_m": 0.954,
+        "gemm_calls": 0.0937, "unfold_bytes": 0.712,
+        # Winograd: products, transforms, transformed-data traffic
+        "wino_products": 1.25, "wino_tile_row_products": 1.03, "wino_few_products": 0.0,
+        "wino_small_c": 0.0, "wino_small_k": 2.05, "wino_grouped": 2.43,
+        "wino_stream_kernels": 9.77, "wino_transform_2": 2.96, "wino_transform_4": 7.11,
+        "wino_few_transform": 6.83, "wino_u_bytes": 0.121, "wino_vm_bytes": 3.25,
+        "wino_weight_transform": 4.0,
+        # every algorithm
+        "call": 1.0, "passes": 14.8,
+    },
+    "avx2": {
+        # direct
+        "direct_blocked": 1.15, "direct_width": 2.86, "direct_pointwise": 1.38,
+        "direct_simple": 2.0, "direct_bytes": 1.48, "direct_channels": 1.15,
+        # im2col: BLAS GEMM, its penalties for short dimensions, and the unfold
+        "gemm": 1.5, "gemm_small_k": 2.84, "gemm_small_n": 0.478, "gemm_small_m": 1.42,
+        "gemm_calls": 0.104, "unfold_bytes": 0.601,
+        # Winograd: products, transforms, transformed-data traffic
+        "wino_products": 1.37, "wino_tile_row_products": 1.16, "wino_few_products": 1.16,
+        "wino_small_c": 0.0, "wino_small_k": 3.54, "wino_grouped": 3.65,
+        "wino_stream_kernels": 2.34, "wino_transform_2": 8.83, "wino_transform_4": 18.1,
+        "wino_few_transform": 11.7, "wino_u_bytes": 0.71, "wino_vm_bytes": 1.78,
+        "wino_weight_transform": 4.0,
+        # every algorithm
+        "call": 1.0, "passes": 17.2,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What one call's terms are divided by (:func:`calibrate` measures them).
+
+    ``fma_rate``: float32 multiply-adds per second of one thread at the FMA
+    peak (vectors of the target's width); ``bandwidth``: bytes per second
+    all threads stream from memory; ``call_s``: seconds of one ``conv2d``
+    call that does no arithmetic; ``pass_s``: seconds to start and join one
+    parallel loop; ``cache_bytes``: the last-level cache (what data stays in
+    between passes); ``source``: ``"calibrated"`` or ``"default"``.
+    """
+
+    fma_rate: float
+    bandwidth: float
+    call_s: float
+    pass_s: float
+    isa: str
+    cache_bytes: int = 8 * 2**20
+    source: str = "default"
+
+
+#: Per-thread float32 multiply-adds per second assumed before calibration, by
+#: instruction set: lanes x FMA pipes x clock of a typical part (AVX-512 server
+#: cores at 1.8 GHz, AVX2 client cores at 3.6 GHz, both with two FMA pipes;
+#: NEON cores with four 128-bit pipes at 2.6 GHz).
+DEFAULT_FMA_RATE = {"avx512": 16 * 2 * 1.8e9, "avx2": 8 * 2 * 3.6e9, "neon": 4 * 4 * 2.6e9,
+                    "sse": 4 * 2 * 3.0e9, "generic": 4 * 2 * 2.0e9}
+
+#: Bytes per second, seconds per call and per parallel loop assumed before calibration.
+DEFAULT_BANDWIDTH, DEFAULT_CALL_S, DEFAULT_PASS_S = 40e9, 15e-6, 3e-6
+
+
+def default_machine(tgt=None) -> Machine:
+    """Constants of a typical machine of this target's instruction set, used until
+    :func:`calibrate` has run: :data:`DEFAULT_FMA_RATE`, and :data:`DEFAULT_BANDWIDTH`,
+    :data:`DEFAULT_CALL_S` and :data:`DEFAULT_PASS_S` (a typical desktop's), with the
+    cache size the OS reports."""
+    tgt = tgt or _target.detect()
+    return Machine(fma_rate=DEFAULT_FMA_RATE.get(tgt.isa, DEFAULT_FMA_RATE["generic"]),
+                   bandwidth=DEFAULT_BANDWIDTH, call_s=DEFAULT_CALL_S,
+                   pass_s=DEFAULT_PASS_S, isa=tgt.isa,
+                   cache_bytes=_cache_size())
+
+
+def _cache_size() -> int:
+    """The largest CPU cache the OS reports (Linux sysfs), else 8 MiB."""
+    import glob
+
+    best = 0
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+            best = max(best, int(text.rstrip("KMG")) * scale)
+        except (OSError, ValueError):
+            continue
+    return best or 8 * 2**20
+
+
+def coefficients(isa: str) -> dict:
+    """The ``COEF`` column for ``isa`` (the nearest vector width's where it has none)."""
+    if isa in COEF:
+        return COEF[isa]
+    return COEF["avx512" if isa == "avx512" else "avx2"]
+
+
+def _balanced(items: int, threads: int) -> float:
+    """Threads a parallel loop of ``items`` equal items keeps busy, on average."""
+    if items <= 0:
+        return 1.0
+    return items / -(-items // threads)
+
+
+def _direct_terms(p, m: Machine, threads: int, rate: float, out: dict) -> None:
+    from . import direct
+    from .direct import blocked as _blocked
+
+    V = lanes(p.dtype)
+    e = p.dtype.itemsize
+    n = p.Cg * p.R * p.S
+    macs = p.N * p.K * p.P * p.Q * n
+    path = direct.choose_path(p)
+    out["path"] = path
+    io = (p.N * p.C * p.H * p.W + p.N * p.K * p.P * p.Q) * e
+    if path == "simple":
+        out["direct_simple"] = macs * V / rate
+        out["passes"] = 0
+        return
+    if path == "blocked":
+        plan = _blocked.blocked_plan(p)
+        items = p.N * p.groups * (plan.KBp // plan.NKB) * plan.ntiles
+        padded = p.N * p.groups * plan.KBp * V * p.P * p.Q * n
+        out["direct_blocked"] = padded / (rate * _balanced(items, threads))
+        in_place = p.padding == (0, 0, 0, 0) and -(-p.Cg // plan.Vc) * plan.Vc == p.Cg
+        Hp, Wp = p.padded_hw
+        packed = 0 if in_place else p.N * p.C * Hp * Wp * e * 2
+        # every pixel tile of every image reads its output channels' packed weights:
+        # from memory where they do not stay in the last-level cache
+        weights = p.K * n * e
+        if 2 * weights > m.cache_bytes:
+            weights *= p.N * plan.ntiles
+        out["direct_bytes"] = (io + packed + weights + p.N * p.K * p.P * p.Q * e) / m.bandwidth
+        out["passes"] = 1 if in_place else 2
+    elif path == "channels":
+        # lanes hold V groups (input channels); each of the Kg multipliers reuses them
+        Gp = -(-p.groups // V) * V
+        items = p.N * (Gp // V)
+        out["direct_channels"] = p.N * p.Kg * Gp * p.P * p.Q * n / (rate * _balanced(items, threads))
+        out["direct_bytes"] = io / m.bandwidth
+        out["passes"] = 1
+    elif path == "pointwise":
+        PQp = -(-(p.P * p.Q) // V) * V
+        items = p.N * p.groups * -(-p.Kg // 4)
+        out["direct_pointwise"] = (p.N * p.K * PQp * p.Cg) / (rate * _balanced(items, threads))
+        out["direct_bytes"] = io / m.bandwidth
+        out["passes"] = 1
+    else:  # width
+        Qp = -(-p.Q // V) * V
+        items = p.N * p.groups * p.P
+        out["direct_width"] = p.N * p.K * p.P * Qp * n / (rate * _balanced(items, threads))
+        out["direct_bytes"] = io / m.bandwidth
+        out["passes"] = 1
+
+
+def _im2col_terms(p, m: Machine, threads: int, rate: float, out: dict) -> None:
+    from . import im2col
+
+    V = lanes(p.dtype)
+    e = p.dtype.itemsize
+    n = p.Cg * p.R * p.S
+    PQ = p.P * p.Q
+    gemm = p.N * p.K * PQ * n / (rate * threads)
+    out["gemm"] = gemm
+    # BLAS reaches its rate on large matrices; each short dimension (output
+    # channels, reduction, pixels) costs a share of it, in vectors.
+    out["gemm_small_k"] = gemm * V / max(p.Kg, 1)
+    out["gemm_small_n"] = gemm * V / max(n, 1)
+    out["gemm_small_m"] = gemm * V / max(PQ, 1)
+    out["gemm_calls"] = p.N * p.groups * m.pass_s
+    io = (p.N * p.C * p.H * p.W + 2 * p.N * p.K * PQ) * e
+    if im2col._is_pointwise(p):
+        out["unfold_bytes"] = io / m.bandwidth
+        out["passes"] = 1
+    else:
+        out["unfold_bytes"] = (io + 2 * p.N * p.groups * n * PQ * e) / m.bandwidth
+        out["passes"] = 2
+
+
+def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict) -> None:
+    from .._weight_cache import CACHE
+    from .winograd import few, tile_row, vec as _vec
+
+    V = lanes(p.dtype)
+    e = p.dtype.itemsize
+    A2 = (mm + 2) ** 2
+    th, tw = -(-p.P // mm), -(-p.Q // mm)
+    tiles = p.N * th * tw
+    plan = _vec.plan(p, mm)
+    io = (p.N * p.C * p.H * p.W + p.N * p.K * p.P * p.Q) * e
+    key = f"wino_transform_{mm}"
+    if plan is not None:
+        Cp, Kp = -(-p.C // V) * V, -(-p.K // V) * V
+        u_bytes = A2 * Cp * Kp * e
+        out["schedule"] = f"vec/{plan.mode}"
+        if plan.mode == "stream":
+            jobs = -(-p.K // V)
+            out["wino_products"] = tiles * A2 * Cp * Kp / (rate * _balanced(jobs, threads))
+            TB = _vec.STREAM4_TILES if mm == 4 else tiles
+            groups = -(-tiles // TB)
+            # the kernels' transform, redone per group of tiles, in multiply-add units
+            out["wino_stream_kernels"] = groups * Cp * Kp * A2 / (rate * _balanced(jobs, threads))
+            out["wino_u_bytes"] = p.K * p.C * 9 * e / m.bandwidth
+            out["passes"] = 3
+        else:
+            items = -(-tiles // plan.tiles)
+            # fused: items of tiles run in parallel; split: each slice's products are
+            # shared out by blocks of output channels
+            par = items if plan.mode == "fused" else items * -(-(Kp // V) // CPU.vec_split_kchunk)
+            out["wino_products"] = tiles * A2 * Cp * Kp / (rate * _balanced(par, threads))
+            # fused: every item streams all of U; split: U is read once per slice of tiles
+            out["wino_u_bytes"] = items * u_bytes / m.bandwidth
+            out["passes"] = 1 if plan.mode == "fused" else 3 * items
+        out[key] = tiles * A2 * (Cp + Kp) / (rate * threads)
+        vm = 0 if plan.mode == "fused" else tiles * A2 * (Cp + Kp) * e * 2
+        out["wino_vm_bytes"] = (io + vm) / m.bandwidth
+    else:
+        u_bytes = A2 * p.K * p.Cg * e
+        if mm == 4 and p.Cg <= few.MAX_CG:
+            out["schedule"] = "tile_row/few"
+            tiles_v = p.N * th * -(-tw // V) * V
+            out["wino_few_products"] = tiles_v * A2 * p.Cg * p.K / (rate * threads)
+            out["wino_few_transform"] = tiles_v * A2 * (p.C + p.K) / (rate * threads)
+            out["passes"] = 1
+        else:
+            rows = tile_row._fused_rows(p, mm, tw, p.N * th)
+            out["schedule"] = "tile_row/" + ("fused" if rows else "phases")
+            out["wino_tile_row_products"] = tiles * A2 * p.Cg * p.K / (rate * threads)
+            out[key] = tiles * A2 * (p.C + p.K) / (rate * threads)
+            items = -(-(p.N * th) // rows) if rows else 1
+            out["wino_u_bytes"] = items * u_bytes / m.bandwidth
+            out["passes"] = items if rows else 3
+        # the fused schedules keep each item's transformed tiles in cache
+        vm = 0 if out["schedule"] != "tile_row/phases" else tiles * A2 * (p.C + p.K) * e * 2
+        out["wino_vm_bytes"] = (io + vm) / m.bandwidth
+    # The products' GEMMs lose speed on short channel dimensions, as BLAS does.
+    prod = sum(out.get(k, 0.0) for k in ("wino_products", "wino_tile_row_products",
+                                          "wino_few_products"))
+    out["wino_small_c"] = prod * V / p.Cg
+    out["wino_small_k"] = prod * V / p.Kg
+    # grouped calls (the tile-row path) run one group's GEMMs at a time
+    out["wino_grouped"] = prod if p.groups > 1 else 0.0
+    if plan is None or plan.mode != "stream":
+        if u_bytes > CACHE.max_bytes:  # not kept: transformed on every call
+            out["wino_weight_transform"] = p.K * p.Cg * A2 / (rate * threads)
+
+
+def terms(p, algorithm: str, machine: Machine | None = None, threads: int | None = None) -> dict:
+    """The seconds of each kind of work ``algorithm`` does on ``p`` (before ``COEF``).
+
+    Keys are ``COEF`` names (``passes`` holds the number of parallel loops,
+    ``call`` one call's fixed cost) plus ``path``/``schedule``: which kernel
+    runs.  ``algorithm`` must support ``p``.
+    """
+    m = machine or current_machine()
+    threads = numba.get_num_threads() if threads is None else int(threads)
+    rate = m.fma_rate * (4 / p.dtype.itemsize)  # float64: half the lanes
+    out: dict = {"call": m.call_s}
+    if algorithm == "direct":
+        _direct_terms(p, m, threads, rate, out)
+    elif algorithm == "im2col":
+        _im2col_terms(p, m, threads, rate, out)
+    elif algorithm in ("winograd_f2x2_3x3", "winograd_f4x4_3x3"):
+        _winograd_terms(p, 2 if algorithm == "winograd_f2x2_3x3" else 4, m, threads, rate, out)
+    else:
+        raise ValueError(f"no cost model for algorithm {algorithm!r}")
+    out["passes"] = out.get("passes", 0) * m.pass_s
+    return out
+
+
+def predict(p, algorithm: str, machine: Machine | None = None, threads: int | None = None,
+            coef: dict | None = None) -> float:
+    """Predicted seconds of one call of ``algorithm`` on ``p``."""
+    m = machine or current_machine()
+    c = coef or coefficients(m.isa)
+    return sum(c[k] * v for k, v in terms(p, algorithm, m, threads).items() if k in c)
+
+
+# --- calibration ---------------------------------------------------------------------------------
+
+_MACHINE = None
+
+
+def current_machine() -> Machine:
+    """The constants the model uses in this process: the calibrated ones stored for this
+    machine (see :func:`calibrate`), else :func:`default_machine`."""
+    global _MACHINE
+    if _MACHINE is None:
+        stored = load_calibration()
+        _MACHINE = stored if stored is not None else default_machine()
+    return _MACHINE
+
+
+def _cache_key() -> str:
+    import fastconv
+    from ..bench.machine import cpu_model
+
+    tgt = _target.detect()
+    return "|".join(["calibration", f"cpu={cpu_model()}", f"target={tgt.cpu}:{tgt.isa}",
+                     f"threads={numba.get_num_threads()}", f"numba={numba.__version__}",
+                     f"fastconv={fastconv.__version__}"])
+
+
+def load_calibration():
+    """The :class:`Machine` stored by :func:`calibrate` for this machine, target and
+    thread count, or None."""
+    from .. import tuning
+
+    entry = tuning._lookup(tuning.cache_path(), _cache_key())
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return Machine(**{k: entry[k] for k in ("fma_rate", "bandwidth", "call_s", "pass_s",
+                                                "isa", "cache_bytes")}, source="calibrated")
+    except (KeyError, TypeError):
+        return None
+
+
+@numba.njit(**PJIT)
+def _empty_loop(a):
+    for i in numba.prange(a.shape[0]):
+        a[i] += 1.0
+
+
+@numba.njit(**PJIT)
+def _copy(src, dst):
+    for i in numba.prange(src.shape[0]):
+        dst[i] = src[i]
+
+
+def _best(fn, repeat: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def calibrate(store: bool = True) -> Machine:
+    """Measure this machine's constants (about a second once the kernels are compiled)
+    and, with ``store``, keep them in the hardware-keyed cache of :mod:`fastconv.tuning`.
+
+    * ``fma_rate``: :func:`fastconv.bench.peak.fma_peak` on one thread;
+    * ``bandwidth``: a parallel copy of 64 MiB (read + write bytes);
+    * ``pass_s``: an empty parallel loop over one element per thread;
+    * ``call_s``: ``conv2d`` on a 1x1x4x4 map (the shape checks, dispatch and
+      result allocation every call pays).
+    """
+    global _MACHINE
+    import fastconv
+
+    from ..bench.peak import fma_peak
+
+    rate = fma_peak(threads=1, seconds=0.2) * 1e9 / 2  # GFLOP/s -> multiply-adds/s
+    src = np.ones(8 * 2**20, np.float64)
+    dst = np.empty_like(src)
+    _copy(src, dst)
+    bandwidth = 2 * src.nbytes / _best(lambda: _copy(src, dst), 5)
+    a = np.zeros(numba.get_num_threads())
+    _empty_loop(a)
+    pass_s = _best(lambda: _empty_loop(a), 50)
+    x = np.ones((1, 1, 4, 4), np.float32)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    fastconv.conv2d(x, w, algorithm="direct")
+    call_s = _best(lambda: fastconv.conv2d(x, w, algorithm="direct"), 50)
+    m = Machine(fma_rate=rate, bandwidth=bandwidth, call_s=call_s, pass_s=pass_s,
+                isa=_target.detect().isa, cache_bytes=_cache_size(), source="calibrated")
+    if store:
+        from .. import tuning
+
+        entry = asdict(m)
+        del entry["source"]
+        path, key = tuning.cache_path(), _cache_key()
+        with tuning._LOCK:
+            tuning._MEMORY.setdefault(str(path), {})[key] = entry
+            tuning._write(path, key, entry)
+    _MACHINE = m
+    _config.invalidate()
+    return m
+
+
+# --- choosing ------------------------------------------------------------------------------------
+
+#: The algorithms the model compares (every CPU algorithm of ``fastconv.cpu.ALGORITHMS``).
+CANDIDATES = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3")
+
+
+def predictions(p, machine: Machine | None = None) -> dict:
+    """Predicted seconds of every candidate that supports ``p`` (name -> seconds)."""
+    from .. import _dispatch
+
+    m = machine or current_machine()
+    out = {}
+    for name in CANDIDATES:
+        if _dispatch.get("cpu", name).supports(p) is None:
+            out[name] = predict(p, name, m)
+    return out
+
+
+def choose(p, machine: Machine | None = None) -> str:
+    """The candidate with the lowest predicted time (``direct`` on a tie)."""
+    pred = predictions(p, machine)
+    return min(pred, key=lambda n: (pred[n], CANDIDATES.index(n)))
