@@ -16,7 +16,8 @@ constants are calibrated in this process (:func:`fastconv.cpu.cost.calibrate`,
 not stored) unless ``--machine`` names a JSON file of them, so run this on
 the machine that took the timings.  The score of a set is how often the
 model's cheapest algorithm is the measured fastest (and within 10% of it),
-next to the same figures for the current ``auto``.
+next to the same figures for the fitted rule (:func:`fastconv.cpu.fitted_rule`;
+a shape whose rule choice was not timed counts as a miss at the slowest time).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ import sys
 import numpy as np
 from scipy.optimize import nnls
 
-from fastconv import _dispatch
 from fastconv.bench.layers import Layer
-from fastconv.cpu import cost
+from fastconv.cpu import cost, fitted_rule
 
 
 def load(specs):
@@ -70,8 +70,8 @@ def score(rows, machine, coef, stat, label, near=1.10):
         pred = {a: cost.predict(p, a, machine, coef=coef) for a in t}
         best = min(t, key=t.get)
         pick = min(pred, key=pred.get)
-        rule = _dispatch.auto_choice(p, "cpu")
-        loss, rloss = t[pick] / t[best], t.get(rule, math.nan) / t[best]
+        rule = fitted_rule(p)
+        loss, rloss = t[pick] / t[best], t.get(rule, max(t.values())) / t[best]
         hits += pick == best
         near_hits += loss <= near
         rule_hits += rule == best

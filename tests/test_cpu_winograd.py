@@ -124,3 +124,65 @@ def test_prepare_run_prepared_snapshot(rng):
     x[0, 0, 0, 0] = np.nan
     winograd.run_prepared(x, packed, b, p, y)
     assert np.isnan(y[0, :3, 0, 0]).all() and np.isfinite(y[0, 3:]).all()
+
+
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    # (x shape, K, groups, padding, dilation)
+    ((1, 8, 13, 11), 16, 1, 2, 2),
+    ((2, 5, 9, 10), 7, 1, ((1, 3), (0, 2)), 3),    # asymmetric padding, phases of unequal size
+    ((1, 4, 7, 8), 4, 2, 0, (2, 3)),               # groups, anisotropic dilation
+    ((3, 6, 12, 12), 6, 6, "same", 2),             # depthwise
+    ((1, 2, 5, 5), 3, 1, 0, 2),                    # one output pixel
+])
+def test_dilated_through_phases_matches_reference(rng, alg, dtype, case):
+    xs, K, g, pad, d = case
+    x, w, b = random_problem(rng, xs, (K, xs[1] // g, 3, 3), dtype)
+    x0 = x.copy()
+    check_conv(x, w, b, alg, padding=pad, groups=g, dilation=d)
+    np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_dilated_error_bound_and_plan(rng, m):
+    """Each output of the dilated call is one undilated Winograd output: the same bound holds,
+    and a plan (prepared weights) gives the call's result bitwise."""
+    C = 20
+    x = rng.uniform(-2, 2, (2, C, 17, 15)).astype(np.float32)
+    w = rng.uniform(-1, 1, (6, C, 3, 3)).astype(np.float32)
+    alg = f"winograd_f{m}x{m}_3x3"
+    y = fastconv.conv2d(x, w, padding=2, dilation=2, algorithm=alg)
+    ref = reference.conv2d(x, w, padding=2, dilation=2)
+    bound = error_bound(m, C, np.float32, np.abs(x).max(), np.abs(w).max())
+    err = np.abs(y.astype(np.float64) - ref).max()
+    assert 0 < err <= bound, (err, bound)
+    plan = fastconv.plan(w, x_shape=x.shape, padding=2, dilation=2, algorithm=alg)
+    np.testing.assert_array_equal(plan(x), y)
+
+
+def test_dilated_nonfinite_and_profile(rng):
+    x, w, b = random_problem(rng, (1, 4, 12, 12), (3, 4, 3, 3), np.float32)
+    x[0, 1, 5, 6] = np.nan
+    y = fastconv.conv2d(x, w, b, padding=2, dilation=2, algorithm="winograd_f4x4_3x3")
+    ref = fastconv.conv2d(x, w, b, padding=2, dilation=2, algorithm="direct")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert np.isnan(ref).sum() == 3 * 9  # the NaN reaches 9 outputs per output channel
+    ok = ~np.isnan(ref)
+    np.testing.assert_allclose(y[ok], ref[ok], rtol=1e-5, atol=1e-5)
+    x[0, 1, 5, 6] = 0.5
+    p = normalize(x.shape, w.shape, b.shape, np.float32, padding=2, dilation=2)
+    out = np.full(p.output_shape, np.nan, np.float32)
+    t = winograd.profile_phases(x, w, b, p, out, m=4)
+    assert "phases" in t and all(v >= 0 for v in t.values())
+    assert rel_err(out, reference.conv2d(x, w, b, padding=2, dilation=2)) < 2e-4
+
+
+def test_phase_params():
+    p = normalize((2, 8, 13, 11), (5, 8, 3, 3), None, np.float32, padding=(1, 2), dilation=(2, 3))
+    pp = winograd.phase_params(p)
+    assert (pp.N, pp.C, pp.K, pp.dilation, pp.padding) == (12, 8, 5, (1, 1), (0, 0, 0, 0))
+    assert (pp.H, pp.W) == (-(-15 // 2), -(-15 // 3))
+    assert pp.P * 2 >= p.P and pp.Q * 3 >= p.Q  # the phases cover every output
+    q = normalize((1, 8, 9, 9), (5, 8, 3, 3), None, np.float32, padding=1)
+    assert winograd.phase_params(q) is q

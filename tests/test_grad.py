@@ -144,8 +144,15 @@ def test_algorithm_names_and_unsupported():
         got = conv2d_grad_input(gy, w, x.shape, stride=2, padding=1, algorithm=alg)
         tol = 1e-9 if "winograd" in alg else 1e-11
         np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
+    # With dilation 2 the derived convolution is a dilated 3x3: Winograd runs it on its phases.
+    gyd = _rand(fastconv.conv2d(x, w, stride=2, padding=2, dilation=2).shape)
+    want = conv2d_grad_input(gyd, w, x.shape, stride=2, padding=2, dilation=2, algorithm="direct")
+    got = conv2d_grad_input(gyd, w, x.shape, stride=2, padding=2, dilation=2, algorithm="winograd")
+    np.testing.assert_allclose(got, want, atol=1e-9 * np.abs(want).max())
+    w5 = _rand((16, 16, 5, 5))
+    gy5 = _rand(fastconv.conv2d(x, w5, stride=2, padding=2).shape)
     with pytest.raises(fastconv.UnsupportedError, match="conv2d_grad_input"):
-        conv2d_grad_input(gy, w, x.shape, stride=2, padding=2, dilation=2, algorithm="winograd")
+        conv2d_grad_input(gy5, w5, x.shape, stride=2, padding=2, algorithm="winograd")
     # grad_weight's derived kernel is grad_y's P x Q = 4x4 map: not Winograd.
     with pytest.raises(fastconv.UnsupportedError, match="conv2d_grad_weight"):
         conv2d_grad_weight(x, gy, w.shape, stride=2, padding=1, algorithm="winograd")

@@ -1,4 +1,4 @@
-"""The command line: info, check, usage."""
+"""The command line: info, check, warmup, usage."""
 
 import subprocess
 import sys
@@ -43,3 +43,35 @@ def test_readme_usage_example_runs():
     assert blocks
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_warmup_tasks_cover_every_algorithm_and_kind():
+    from fastconv import _warmup
+    todo = _warmup.tasks()
+    assert {t[4] for t in todo} == set(_warmup.ALGORITHMS)
+    assert {t[3] for t in todo} == {"float32", "float64"}
+    # Winograd only where it applies (3x3, stride 1)
+    assert all(t[1][2:] == (3, 3) and t[2].get("stride", 1) == 1
+               for t in todo if t[4].startswith("winograd"))
+    assert len(_warmup.tasks(("float32",))) * 2 == len(todo)
+
+
+@pytest.mark.subprocess
+def test_warmup_in_worker_processes(capsys):
+    """Two spawned workers run the tasks, then the serial pass checks them; a progress bar."""
+    import io
+
+    from fastconv import _warmup
+    cases = (((1, 3, 6, 6), (4, 3, 3, 3), dict(padding=1)),)
+    err = io.StringIO()
+    r = _warmup.warmup(jobs=2, dtypes=("float32",), stream=err, cases=cases)
+    assert r["tasks"] == 4 and r["jobs"] == 2 and r["parallel_s"] > 0 and r["serial_s"] > 0
+    assert "4/4" in err.getvalue() and "warmup [" in err.getvalue()
+
+
+def test_main_warmup_arguments(capsys):
+    from fastconv.__main__ import main
+    with pytest.raises(SystemExit):
+        main(["warmup", "--jobs", "0"])
+    with pytest.raises(SystemExit):
+        main(["warmup", "--dtype", "float16"])

@@ -162,18 +162,41 @@ def calibrate(argv=None) -> int:
     return 0
 
 
-COMMANDS = {"info": info, "check": check, "bench": bench, "calibrate": calibrate}
+def warmup(argv=None) -> int:
+    """Compile the common CPU kernels into Numba's on-disk cache, in parallel processes."""
+    import argparse
+
+    from fastconv._warmup import warmup as run
+
+    ap = argparse.ArgumentParser(prog="python -m fastconv warmup",
+                                 description="compile the common CPU kernels into the cache")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="worker processes (default: the CPU count)")
+    ap.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    args = ap.parse_args(argv or [])
+    if args.jobs is not None and args.jobs < 1:
+        ap.error("--jobs must be >= 1")
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    r = run(jobs=args.jobs, dtypes=dtypes)
+    print(f"compiled {r['tasks']} tasks in {r['jobs']} processes: {r['parallel_s']:.1f} s; "
+          f"checked serially: {r['serial_s']:.1f} s")
+    return 0
+
+
+COMMANDS = {"info": info, "check": check, "bench": bench, "calibrate": calibrate,
+            "warmup": warmup}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m fastconv {info,check,bench,calibrate} [options]\n\n"
+        print("usage: python -m fastconv {info,check,bench,calibrate,warmup} [options]\n\n"
               "  info   versions, CPU features, threading layer, algorithms, CUDA status\n"
               "  check  self-test: every algorithm vs the float64 reference, with error bounds\n"
               "         (--cuda-compile: compile every CUDA kernel without a GPU)\n"
               "  bench  the benchmark suite against PyTorch (see --help)\n"
-              "  calibrate  measure the machine constants of auto's cost model and store them")
+              "  calibrate  measure the machine constants of auto's cost model and store them\n"
+              "  warmup     compile the common CPU kernels into the cache, in parallel processes")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])
 

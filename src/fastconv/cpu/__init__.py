@@ -24,7 +24,11 @@ output map's shorter side), in this order:
    packing, or, with several threads and full vectors of output channels,
    its blocked path, which scales better across threads), else ``im2col``
    (each group one GEMM, no unfold);
-2. 3x3, stride 1, dilation 1, ``groups == 1``, ``Kg >= 16``, and
+2. 3x3, stride 1, ``groups == 1``, ``Kg >= 16``, and (for a dilated kernel,
+   the clauses read the undilated call on its phases stacked in the batch,
+   :func:`fastconv.cpu.winograd.phase_params`: ``dh * dw`` times the images,
+   maps ``dh`` and ``dw`` times smaller, and leave it to ``direct`` where
+   those maps are narrower than ``dilated_min_side``)
 
    a. ``small >= 16`` and either ``Cg >= 32`` or (``Cg >= 16`` and at least
       3072 output pixels over the batch): Winograd F(4x4, 3x3)
@@ -110,6 +114,7 @@ def winograd_rule(p) -> str:
     wins from a few tiles on, ResNet-50's 7x7 layer over 512 channels among
     them.
     """
+    p = winograd.phase_params(p)
     if min(p.P, p.Q) >= CPU.f4x4_min_side:
         return "winograd_f4x4_3x3"
     return small_map_winograd(p)
@@ -210,9 +215,13 @@ def auto_rule(p) -> str:
 def fitted_rule(p) -> str:
     """The fitted rule (see the module docstring; the thresholds are the "auto rule"
     fields of :class:`fastconv._config.CpuSettings`)."""
+    p_call = p
     if p.R == 1 and p.S == 1 and not p.depthwise:
         return "direct" if direct.serves_1x1(p) else "im2col"
     if winograd.supports(p) is None and p.groups == 1 and p.Kg >= CPU.winograd_min_kg:
+        p = winograd.phase_params(p)
+        if p is not p_call and min(p.P, p.Q) < CPU.dilated_min_side:
+            return "direct"
         if CPU.few_channel_min_cg <= p.Cg <= winograd_few.MAX_CG and few_channel_winograd(p):
             return "winograd_f4x4_3x3"
         small = min(p.P, p.Q)
@@ -255,10 +264,10 @@ ALGORITHMS = (
     Algorithm("im2col", "cpu", im2col.supports, im2col.run,
               "im2col + BLAS GEMM with a bounded workspace; every configuration"),
     Algorithm("winograd_f2x2_3x3", "cpu", winograd.supports, winograd.run_f2x2,
-              "Winograd F(2x2,3x3); 3x3, stride 1, dilation 1",
+              "Winograd F(2x2,3x3); 3x3, stride 1 (dilation through its phases)",
               prepare=winograd.prepare_f2x2, run_prepared=winograd.run_prepared),
     Algorithm("winograd_f4x4_3x3", "cpu", winograd.supports, winograd.run_f4x4,
-              "Winograd F(4x4,3x3); 3x3, stride 1, dilation 1",
+              "Winograd F(4x4,3x3); 3x3, stride 1 (dilation through its phases)",
               prepare=winograd.prepare_f4x4, run_prepared=winograd.run_prepared),
 )
 ALIASES = {"winograd": winograd_rule, "tuned": tuned_rule}

@@ -56,35 +56,37 @@ from .simd import lanes
 COEF = {
     "avx512": {
         # direct
-        "direct_blocked": 1.12, "direct_width": 1.57, "direct_pointwise": 1.38,
-        "direct_simple": 2.0, "direct_bytes": 1.14, "direct_channels": 1.12,
+        "direct_blocked": 1.12, "direct_blocked_1x1": 1.18, "direct_width": 1.5,
+        "direct_pointwise": 1.39, "direct_channels": 1.12, "direct_simple": 2.0,
+        "direct_bytes": 1.09,
         # im2col: BLAS GEMM, its penalties for short dimensions, and the unfold
-        "gemm": 1.45, "gemm_small_k": 2.32, "gemm_small_n": 0.0, "gemm_small_m": 0.954,
-        "gemm_calls": 0.0937, "unfold_bytes": 0.712,
+        "gemm": 1.45, "gemm_small_k": 2.32, "gemm_small_n": 0.0, "gemm_small_m": 0.96,
+        "gemm_calls": 0.0939, "unfold_bytes": 0.72,
         # Winograd: products, transforms, transformed-data traffic
         "wino_products": 1.25, "wino_tile_row_products": 1.03, "wino_few_products": 0.0,
-        "wino_small_c": 0.0, "wino_small_k": 2.05, "wino_grouped": 2.43,
-        "wino_stream_kernels": 9.77, "wino_transform_2": 2.96, "wino_transform_4": 7.11,
-        "wino_few_transform": 6.83, "wino_u_bytes": 0.121, "wino_vm_bytes": 3.25,
+        "wino_small_c": 0.0, "wino_small_k": 2.05, "wino_grouped": 2.44,
+        "wino_stream_kernels": 9.78, "wino_transform_2": 3.04, "wino_transform_4": 7.18,
+        "wino_few_transform": 6.84, "wino_u_bytes": 0.131, "wino_vm_bytes": 3.25,
         "wino_weight_transform": 4.0,
         # every algorithm
-        "call": 1.0, "passes": 14.8,
+        "call": 1.0, "passes": 14.6,
     },
     "avx2": {
         # direct
-        "direct_blocked": 1.15, "direct_width": 2.86, "direct_pointwise": 1.38,
-        "direct_simple": 2.0, "direct_bytes": 1.48, "direct_channels": 1.15,
+        "direct_blocked": 1.16, "direct_blocked_1x1": 1.32, "direct_width": 2.82,
+        "direct_pointwise": 1.42, "direct_channels": 1.16, "direct_simple": 2.0,
+        "direct_bytes": 1.3,
         # im2col: BLAS GEMM, its penalties for short dimensions, and the unfold
-        "gemm": 1.5, "gemm_small_k": 2.84, "gemm_small_n": 0.478, "gemm_small_m": 1.42,
-        "gemm_calls": 0.104, "unfold_bytes": 0.601,
+        "gemm": 1.5, "gemm_small_k": 2.88, "gemm_small_n": 0.559, "gemm_small_m": 1.46,
+        "gemm_calls": 0.105, "unfold_bytes": 0.589,
         # Winograd: products, transforms, transformed-data traffic
-        "wino_products": 1.37, "wino_tile_row_products": 1.16, "wino_few_products": 1.16,
+        "wino_products": 1.36, "wino_tile_row_products": 1.16, "wino_few_products": 1.1,
         "wino_small_c": 0.0, "wino_small_k": 3.54, "wino_grouped": 3.65,
-        "wino_stream_kernels": 2.34, "wino_transform_2": 8.83, "wino_transform_4": 18.1,
-        "wino_few_transform": 11.7, "wino_u_bytes": 0.71, "wino_vm_bytes": 1.78,
+        "wino_stream_kernels": 2.35, "wino_transform_2": 9.02, "wino_transform_4": 18.3,
+        "wino_few_transform": 11.8, "wino_u_bytes": 0.73, "wino_vm_bytes": 1.82,
         "wino_weight_transform": 4.0,
         # every algorithm
-        "call": 1.0, "passes": 17.2,
+        "call": 1.0, "passes": 16.5,
     },
 }
 
@@ -182,7 +184,10 @@ def _direct_terms(p, m: Machine, threads: int, rate: float, out: dict) -> None:
         plan = _blocked.blocked_plan(p)
         items = p.N * p.groups * (plan.KBp // plan.NKB) * plan.ntiles
         padded = p.N * p.groups * plan.KBp * V * p.P * p.Q * n
-        out["direct_blocked"] = padded / (rate * _balanced(items, threads))
+        # 1x1 kernels run the same micro-kernel with a one-tap inner loop over a
+        # long channel block: their own efficiency
+        key = "direct_blocked_1x1" if p.R * p.S == 1 else "direct_blocked"
+        out[key] = padded / (rate * _balanced(items, threads))
         in_place = p.padding == (0, 0, 0, 0) and -(-p.Cg // plan.Vc) * plan.Vc == p.Cg
         Hp, Wp = p.padded_hw
         packed = 0 if in_place else p.N * p.C * Hp * Wp * e * 2
@@ -242,8 +247,15 @@ def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict
     from .._weight_cache import CACHE
     from .winograd import few, tile_row, vec as _vec
 
+    from . import winograd
+
     V = lanes(p.dtype)
     e = p.dtype.itemsize
+    if p.dilation != (1, 1):
+        # the phases: one pass gathers the input, one scatters the output (see
+        # fastconv.cpu.winograd), then the undilated call on them
+        out["wino_vm_bytes_phases"] = 2 * (p.N * p.C * p.H * p.W + p.N * p.K * p.P * p.Q) * e
+        p = winograd.phase_params(p)
     A2 = (mm + 2) ** 2
     th, tw = -(-p.P // mm), -(-p.Q // mm)
     tiles = p.N * th * tw
@@ -274,7 +286,7 @@ def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict
             out["passes"] = 1 if plan.mode == "fused" else 3 * items
         out[key] = tiles * A2 * (Cp + Kp) / (rate * threads)
         vm = 0 if plan.mode == "fused" else tiles * A2 * (Cp + Kp) * e * 2
-        out["wino_vm_bytes"] = (io + vm) / m.bandwidth
+        out["wino_vm_bytes"] = (io + vm + out.pop("wino_vm_bytes_phases", 0)) / m.bandwidth
     else:
         u_bytes = A2 * p.K * p.Cg * e
         if mm == 4 and p.Cg <= few.MAX_CG:
@@ -293,7 +305,7 @@ def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict
             out["passes"] = items if rows else 3
         # the fused schedules keep each item's transformed tiles in cache
         vm = 0 if out["schedule"] != "tile_row/phases" else tiles * A2 * (p.C + p.K) * e * 2
-        out["wino_vm_bytes"] = (io + vm) / m.bandwidth
+        out["wino_vm_bytes"] = (io + vm + out.pop("wino_vm_bytes_phases", 0)) / m.bandwidth
     # The products' GEMMs lose speed on short channel dimensions, as BLAS does.
     prod = sum(out.get(k, 0.0) for k in ("wino_products", "wino_tile_row_products",
                                           "wino_few_products"))

@@ -36,8 +36,22 @@ that needs it; :func:`run_f2x2` and :func:`run_f4x4` take theirs from the
 weight cache (:mod:`fastconv._weight_cache`), except in the stream
 schedule, which reads the caller's weights.
 
-Constraints: 3x3 kernels, stride 1, dilation 1; any padding (asymmetric
-too), groups, float32/float64.
+Constraints: 3x3 kernels, stride 1; any padding (asymmetric too),
+dilation, groups, float32/float64.
+
+Dilation
+--------
+A 3x3 kernel with dilation ``(dh, dw)`` at stride 1 reads, for the output
+rows ``a, a + dh, a + 2 dh, ...``, only the rows ``a, a + dh, ...`` of the
+padded input: every one of the ``dh * dw`` phases ``(a, b)`` of the output
+is an undilated 3x3 "valid" convolution of the same phase of the padded
+input.  :func:`phase_params` stacks the phases in the batch (the padded
+input rounded up to whole phases with zeros), one parallel pass gathers
+them (:func:`_gather_phases`), the undilated call runs on them with every
+path above, and a second pass scatters the phases' outputs into ``y``
+(the rounding's extra rows and columns are dropped).  Each output is the
+same dot product as in the undilated convolution, so the error bound is
+unchanged.
 
 Non-finite values: the transforms mix a whole tile, so one inf would turn
 its neighbours into NaN.  Every path reports whether all its (uncropped)
@@ -51,6 +65,7 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 
 from ... import _config
@@ -70,10 +85,66 @@ def kernel_transform(w, m, dtype=None):
 
 
 def supports(p):
-    if not p.is_3x3_unit:
-        return (f"Winograd needs a 3x3 kernel with stride 1 and dilation 1; got "
-                f"R x S = {p.R}x{p.S}, stride={p.stride}, dilation={p.dilation}")
+    if (p.R, p.S) != (3, 3) or p.stride != (1, 1):
+        return (f"Winograd needs a 3x3 kernel with stride 1; got R x S = {p.R}x{p.S}, "
+                f"stride={p.stride}")
     return None
+
+
+def phase_params(p):
+    """The undilated call that computes the dilated call ``p`` (``p`` itself without dilation):
+    its ``dh * dw`` phases stacked in the batch, unpadded (see the module docstring)."""
+    if p.dilation == (1, 1):
+        return p
+    return p.remembered(("winograd.phases",), lambda: _phase_params(p))
+
+
+def _phase_params(p):
+    from ..._params import normalize
+
+    dh, dw = p.dilation
+    Hh = -(-(p.H + p.padding[0] + p.padding[1]) // dh)
+    Wh = -(-(p.W + p.padding[2] + p.padding[3]) // dw)
+    return normalize((dh * dw * p.N, p.C, Hh, Wh), (p.K, p.Cg, 3, 3), (p.K,), p.dtype,
+                     groups=p.groups, check_memory=False)
+
+
+@numba.njit(**_config.PJIT)
+def _gather_phases(x, xph, pt, pl, dh, dw):
+    N, C, H, W = x.shape
+    Hh, Wh = xph.shape[2], xph.shape[3]
+    for job in numba.prange(dh * dw * N * C):
+        ph, c = job // C, job % C
+        a, b, n = ph // (dw * N), (ph // N) % dw, ph % N
+        for i in range(Hh):
+            h = a + i * dh - pt
+            for j in range(Wh):
+                v = 0.0
+                col = b + j * dw - pl
+                if 0 <= h < H and 0 <= col < W:
+                    v = x[n, c, h, col]
+                xph[ph, c, i, j] = v
+
+
+@numba.njit(**_config.PJIT)
+def _scatter_phases(yph, y, dh, dw):
+    N, K, P, Q = y.shape
+    for job in numba.prange(dh * dw * N * K):
+        ph, k = job // K, job % K
+        a, b, n = ph // (dw * N), (ph // N) % dw, ph % N
+        for i in range(-(-(P - a) // dh)):
+            for j in range(-(-(Q - b) // dw)):
+                y[n, k, a + i * dh, b + j * dw] = yph[ph, k, i, j]
+
+
+def _through_phases(x, p, y, run):
+    """``run(xph, pp, yph)`` on the phases of the dilated call ``p``, scattered into ``y``."""
+    pp = phase_params(p)
+    xph = np.empty((pp.N, pp.C, pp.H, pp.W), dtype=p.dtype)
+    _gather_phases(x, xph, p.padding[0], p.padding[2], p.dilation[0], p.dilation[1])
+    yph = np.empty((pp.N, pp.K, pp.P, pp.Q), dtype=p.dtype)
+    run(xph, pp, yph)
+    _scatter_phases(yph, y, p.dilation[0], p.dilation[1])
 
 
 class PreparedWeights:
@@ -125,7 +196,7 @@ class PreparedWeights:
 def prepare(w, p, m):
     """Transform KCRS weights ``w`` once for :func:`run_prepared`; a snapshot (``w`` is copied)."""
     w = np.array(w, dtype=p.dtype, order="C", copy=True)
-    return PreparedWeights(m, w, p.groups, p)
+    return PreparedWeights(m, w, p.groups, phase_params(p))
 
 
 def prepare_f2x2(w, p):
@@ -143,6 +214,9 @@ def run_prepared(x, packed, bias, p, y, vec=False):
     it fits the call, else the tile-row path; ``vec`` is its plan when the
     caller has it already.
     """
+    if p.dilation != (1, 1):
+        _through_phases(x, p, y, lambda xph, pp, yph: run_prepared(xph, packed, bias, pp, yph))
+        return
     if vec is False:
         vec = packed.vec_plan(p)
     if not packed.finite:
@@ -158,6 +232,9 @@ def run_prepared(x, packed, bias, p, y, vec=False):
 
 
 def _run(x, w, bias, p, y, m):
+    if p.dilation != (1, 1):
+        _through_phases(x, p, y, lambda xph, pp, yph: _run(xph, w, bias, pp, yph, m))
+        return
     # The transformed weights of unchanged weights come from the weight cache
     # (content-verified; see fastconv._weight_cache), except where the products
     # transform the kernels themselves (the "stream" mode of fastconv.cpu.winograd.vec).
@@ -196,9 +273,16 @@ def profile_phases(x, w, bias, p, y, m=None):
     if m is None:  # what algorithm="winograd" runs (the registry reads winograd_rule)
         from ..._dispatch import concrete
         m = 2 if concrete("winograd", p, "cpu").endswith("f2x2_3x3") else 4
-    times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
     x = np.ascontiguousarray(x, dtype=p.dtype)
     w = np.ascontiguousarray(w, dtype=p.dtype)
+    if p.dilation != (1, 1):  # the phases' profile, plus the gather and scatter passes
+        t0 = time.perf_counter()
+        inner = {}
+        _through_phases(x, p, y, lambda xph, pp, yph: inner.update(
+            profile_phases(xph, w, bias, pp, yph, m)))
+        inner["phases"] = time.perf_counter() - t0 - sum(inner.values())
+        return inner
+    times = dict(kernel_transform=0.0, input_transform=0.0, gemm=0.0, output_transform=0.0)
     with _config.parallel_section():
         t0 = time.perf_counter()
         packed = PreparedWeights(m, w, p.groups)
