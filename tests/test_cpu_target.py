@@ -36,6 +36,8 @@ def test_this_process_target_is_the_simd_width():
 
 _BLOCKING = """
     import json
+    import numpy as np
+    from fastconv._params import normalize
     from fastconv.cpu import _gemm, simd
     from fastconv.cpu.direct import blocked, pointwise, width
     from fastconv.cpu.winograd import few, stream
@@ -43,7 +45,11 @@ _BLOCKING = """
     print(json.dumps(dict(isa=t.isa, vector_bytes=t.vector_bytes, registers=t.registers,
                           npx={str(k): v for k, v in blocked.BLOCKED_NPX.items()},
                           panel=[_gemm.PANEL_ROWS, _gemm.PANEL_VECS], pointwise=[pointwise.NK, pointwise.NV],
-                          width=width.MAX_ACCUMULATORS, stream4=stream.STREAM4_TILES, few=few.NK)))
+                          width=width.MAX_ACCUMULATORS, stream4=stream.STREAM4_TILES, few=few.NK,
+                          # the output-channel blocking chosen for 1 to 10 blocks of V channels
+                          nkb=[blocked._blocked_plan(normalize((1, 32, 8, 8), (kb * t.lanes(np.float32),
+                               32, 3, 3), None, np.float32, padding=1), 1).NKB
+                               for kb in range(1, 11)])))
 """
 
 
@@ -53,11 +59,13 @@ _BLOCKING = """
 @pytest.mark.parametrize("env, expect", [
     (AVX2_ENV, dict(isa="avx2", vector_bytes=32, registers=16,
                     npx={"1": [12, 10, 8], "2": [6, 5, 4], "4": [2, 1]}, panel=[4, 2],
-                    pointwise=[4, 3], width=16, stream4=1, few=1)),
+                    pointwise=[4, 3], width=16, stream4=1, few=1,
+                    nkb=[1, 2, 2, 2, 2, 2, 2, 2, 2, 2])),
     ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""},
      dict(isa="avx512", vector_bytes=64, registers=32,
           npx={"1": [24, 20, 16], "2": [12, 10, 8], "4": [6, 5, 4]}, panel=[6, 4],
-          pointwise=[4, 6], width=16, stream4=4, few=4)),
+          pointwise=[4, 6], width=16, stream4=4, few=4,
+          nkb=[1, 2, 1, 4, 1, 2, 1, 4, 1, 2])),
 ], ids=["avx2", "avx512"])
 def test_register_blocking_follows_the_target(env, expect):
     """Each kernel's register block is sized for the target Numba compiles for, not the host."""

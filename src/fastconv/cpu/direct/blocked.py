@@ -44,6 +44,14 @@ BLOCKED_NPX = {nkb: tuple(dict.fromkeys(max(1, n * f // 6) for f in (6, 5, 4)))
                for nkb, n in _NPX_MAX.items()}
 
 
+# Relative speed of each output-channel blocking per padded block, for choosing among
+# them.  With 32 registers every blocking holds ACCUMULATORS accumulators and at most
+# about one load per multiply-add: all run the FMA units full.  With 16 registers the
+# 4-block holds only 8 accumulators (fewer independent chains than FMA latency times
+# pipes) and the 1-block issues a broadcast load for every multiply-add, so the 2-block
+# (12 accumulators) is ahead of both.
+NKB_SPEED = ({4: 1.0, 2: 1.0, 1: 1.0} if REGISTERS >= 32 else {4: 0.73, 2: 1.0, 1: 0.75})
+
 _DRIVERS: dict = {}
 
 
@@ -186,12 +194,11 @@ def _blocked_plan(p, N):
     V = lanes(p.dtype)
     Cg, Kg = p.Cg, p.Kg
     KB = -(-Kg // V)
-    # The largest register block whose padding of KB wastes little.
-    NKB = 1
-    for cand in (4, 2):
-        if KB >= cand and (-(-KB // cand) * cand - KB) * 4 <= KB:
-            NKB = cand
-            break
+    # The register block over output channels: the least time for the padded channel
+    # blocks (each padded block is V lanes of wasted multiply-adds) at the blocking's
+    # NKB_SPEED, then the widest (fewer loads per multiply-add).
+    NKB = min((c for c in (4, 2, 1) if c <= KB or c == 1),
+              key=lambda c: (-(-KB // c) * c / NKB_SPEED[c], -c))
     KBp = -(-KB // NKB) * NKB
     item = np.dtype(p.dtype).itemsize
     # Channel blocks: as long as the weights of one block fit the chunk
