@@ -26,8 +26,8 @@ import numpy as np
 from ... import _weight_cache
 from ..._config import CPU, PJIT
 from .. import _scratch
-from ..packing import (pack_input_blocked, pack_weights_blocked, padded_bias, task_coords,
-                       unpack_task)
+from ..packing import (pack_input_blocked, pack_weights_blocked, padded_bias, subsample_pointwise,
+                       task_coords, unpack_task)
 from ..simd import ACCUMULATORS, REGISTERS, lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
 
 # The thresholds of the blocked path's plan (chunk_weight_bytes and the like) are fields of
@@ -229,8 +229,24 @@ def _blocked_plan(p, N):
     return BlockedPlan(NKB, NPX, Vc, KBp, ntiles, tile_px, ccb)
 
 
+def _unit_stride(p):
+    """The stride-1 1x1 call on the pixels the strided unpadded 1x1 call ``p`` reads."""
+    from ..._params import normalize
+
+    return p.remembered(("direct.blocked.unit_stride",), lambda: normalize(
+        (p.N, p.C, p.P, p.Q), (p.K, p.Cg, 1, 1), None, p.dtype, groups=p.groups,
+        check_memory=False))
+
+
 def run(x, w, bias, p, y):
     """Blocked direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration)."""
+    if p.R == p.S == 1 and p.stride != (1, 1) and p.padding == (0, 0, 0, 0):
+        # A strided 1x1 reads every sh-th row and sw-th column: read in place, each
+        # broadcast would use a part of its cache line.  One copy of the pixels it reads
+        # (as the pointwise path makes) turns it into a stride-1 call.
+        xs = subsample_pointwise(x, p, _scratch.buffer("blocked.xs", p.dtype,
+                                                       p.N * p.C * p.P * p.Q))
+        return run(xs, w, bias, _unit_stride(p), y)
     V = lanes(p.dtype)
     G = p.groups
     plan = blocked_plan(p)
