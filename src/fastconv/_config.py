@@ -150,8 +150,8 @@ class CpuSettings(_Settings):
     auto_method: str = ""
     #: Clause 2: fewest output channels per group to share Winograd's input transforms.
     winograd_min_kg: int = 16
-    #: Clause 2, dilated: shortest side of its phases' maps (narrower: tiles mostly empty).
-    dilated_min_side: int = 6
+    #: Clause 2, dilated: shortest side of its phases' maps (narrower: not one F(4x4) tile).
+    dilated_min_side: int = 4
     #: Clause 2a: shorter output side of a large map (many tiles per transformed kernel) ...
     large_map_side: int = 16
     #: ... where this many input channels per group repay the transforms ...

@@ -56,37 +56,37 @@ from .simd import lanes
 COEF = {
     "avx512": {
         # direct
-        "direct_blocked": 1.12, "direct_blocked_1x1": 1.18, "direct_width": 1.5,
-        "direct_pointwise": 1.39, "direct_channels": 1.12, "direct_simple": 2.0,
-        "direct_bytes": 1.09,
+        "direct_blocked": 1.11, "direct_blocked_1x1": 1.18, "direct_width": 1.47,
+        "direct_pointwise": 1.35, "direct_channels": 1.11, "direct_simple": 2.0,
+        "direct_bytes": 1.03,
         # im2col: BLAS GEMM, its penalties for short dimensions, and the unfold
-        "gemm": 1.45, "gemm_small_k": 2.32, "gemm_small_n": 0.0, "gemm_small_m": 0.96,
-        "gemm_calls": 0.0939, "unfold_bytes": 0.72,
+        "gemm": 1.44, "gemm_small_k": 2.55, "gemm_small_n": 0.0, "gemm_small_m": 0.949,
+        "gemm_calls": 0.0952, "unfold_bytes": 0.492,
         # Winograd: products, transforms, transformed-data traffic
-        "wino_products": 1.25, "wino_tile_row_products": 1.03, "wino_few_products": 0.0,
-        "wino_small_c": 0.0, "wino_small_k": 2.05, "wino_grouped": 2.44,
-        "wino_stream_kernels": 9.78, "wino_transform_2": 3.04, "wino_transform_4": 7.18,
-        "wino_few_transform": 6.84, "wino_u_bytes": 0.131, "wino_vm_bytes": 3.25,
+        "wino_products": 1.21, "wino_tile_row_products": 0.961, "wino_few_products": 0.0,
+        "wino_small_c": 0.0, "wino_small_k": 1.92, "wino_grouped": 2.31,
+        "wino_stream_kernels": 9.71, "wino_transform_2": 1.38, "wino_transform_4": 7.4,
+        "wino_few_transform": 4.48, "wino_u_bytes": 0.0514, "wino_vm_bytes": 4.9,
         "wino_weight_transform": 4.0,
         # every algorithm
-        "call": 1.0, "passes": 14.6,
+        "call": 1.0, "passes": 13.3,
     },
     "avx2": {
         # direct
-        "direct_blocked": 1.16, "direct_blocked_1x1": 1.32, "direct_width": 2.82,
-        "direct_pointwise": 1.42, "direct_channels": 1.16, "direct_simple": 2.0,
-        "direct_bytes": 1.3,
+        "direct_blocked": 1.09, "direct_blocked_1x1": 1.16, "direct_width": 2.83,
+        "direct_pointwise": 1.48, "direct_channels": 1.09, "direct_simple": 2.0,
+        "direct_bytes": 1.48,
         # im2col: BLAS GEMM, its penalties for short dimensions, and the unfold
-        "gemm": 1.5, "gemm_small_k": 2.88, "gemm_small_n": 0.559, "gemm_small_m": 1.46,
-        "gemm_calls": 0.105, "unfold_bytes": 0.589,
+        "gemm": 1.66, "gemm_small_k": 1.83, "gemm_small_n": 0.0, "gemm_small_m": 3.89,
+        "gemm_calls": 0.105, "unfold_bytes": 1.11,
         # Winograd: products, transforms, transformed-data traffic
-        "wino_products": 1.36, "wino_tile_row_products": 1.16, "wino_few_products": 1.1,
-        "wino_small_c": 0.0, "wino_small_k": 3.54, "wino_grouped": 3.65,
-        "wino_stream_kernels": 2.35, "wino_transform_2": 9.02, "wino_transform_4": 18.3,
-        "wino_few_transform": 11.8, "wino_u_bytes": 0.73, "wino_vm_bytes": 1.82,
+        "wino_products": 1.34, "wino_tile_row_products": 0.961, "wino_few_products": 0.0,
+        "wino_small_c": 0.0, "wino_small_k": 3.79, "wino_grouped": 3.42,
+        "wino_stream_kernels": 2.67, "wino_transform_2": 6.89, "wino_transform_4": 17.8,
+        "wino_few_transform": 7.12, "wino_u_bytes": 1.22, "wino_vm_bytes": 4.41,
         "wino_weight_transform": 4.0,
         # every algorithm
-        "call": 1.0, "passes": 16.5,
+        "call": 1.0, "passes": 15.9,
     },
 }
 
