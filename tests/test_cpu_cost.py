@@ -127,7 +127,7 @@ def test_uncalibrated_machine_uses_the_isa_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cost, "_MACHINE", None)
     m = cost.current_machine()
-    assert m.source == "default" and m.fma_rate == cost.DEFAULT_FMA_RATE[detect().isa]
+    assert m.source == "default" and m.fma_rate == cost.DEFAULTS[detect().isa]["fma_rate"]
     assert cost.coefficients("neon") is cost.COEF["avx2"]
     assert cost.coefficients("avx512") is cost.COEF["avx512"]
 

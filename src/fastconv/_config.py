@@ -226,6 +226,8 @@ class CpuSettings(_Settings):
     chunk_weight_bytes: int = 40 * 1024
     #: Blocked path: unpadded calls read NCHW in place (False: pack, as padded calls do).
     read_nchw_in_place: bool = True
+    #: Blocked path: a strided unpadded 1x1 runs on a subsampled copy (False: read in place).
+    subsample_strided_1x1: bool = True
     #: Width path: one item's packed input rows (more rows per item vs staying in L2).
     row_block_bytes: int = 256 * 1024
     #: Width path: strides 1 and 2 load from x directly (False: pack rows, as other strides do).

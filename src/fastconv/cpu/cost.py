@@ -112,26 +112,25 @@ class Machine:
     source: str = "default"
 
 
-#: Per-thread float32 multiply-adds per second assumed before calibration, by
-#: instruction set: lanes x FMA pipes x clock of a typical part (AVX-512 server
-#: cores at 1.8 GHz, AVX2 client cores at 3.6 GHz, both with two FMA pipes;
-#: NEON cores with four 128-bit pipes at 2.6 GHz).
-DEFAULT_FMA_RATE = {"avx512": 16 * 2 * 1.8e9, "avx2": 8 * 2 * 3.6e9, "neon": 4 * 4 * 2.6e9,
-                    "sse": 4 * 2 * 3.0e9, "generic": 4 * 2 * 2.0e9}
-
-#: Bytes per second, seconds per call and per parallel loop assumed before calibration.
-DEFAULT_BANDWIDTH, DEFAULT_CALL_S, DEFAULT_PASS_S = 40e9, 15e-6, 3e-6
+#: Machine constants assumed before calibration, by instruction set: for each ISA
+#: with a ``COEF`` column, the calibration of the machine the column was fitted on
+#: (so that an uncalibrated machine chooses as scored in ``docs/cpu_auto.md``);
+#: for the others, lanes x FMA pipes x clock of a typical part (NEON: four 128-bit
+#: pipes at 2.6 GHz; SSE: two at 3 GHz) and the AVX2 machine's memory and overheads.
+#: Keys: fma_rate (per thread), bandwidth, call_s, pass_s.
+DEFAULTS = {
+    "avx512": dict(fma_rate=58.7e9, bandwidth=67.6e9, call_s=14.6e-6, pass_s=2.75e-6),
+    "avx2": dict(fma_rate=58.5e9, bandwidth=55.0e9, call_s=14.4e-6, pass_s=2.62e-6),
+    "neon": dict(fma_rate=4 * 4 * 2.6e9, bandwidth=55.0e9, call_s=14.4e-6, pass_s=2.62e-6),
+    "sse": dict(fma_rate=4 * 2 * 3.0e9, bandwidth=55.0e9, call_s=14.4e-6, pass_s=2.62e-6),
+}
 
 
 def default_machine(tgt=None) -> Machine:
-    """Constants of a typical machine of this target's instruction set, used until
-    :func:`calibrate` has run: :data:`DEFAULT_FMA_RATE`, and :data:`DEFAULT_BANDWIDTH`,
-    :data:`DEFAULT_CALL_S` and :data:`DEFAULT_PASS_S` (a typical desktop's), with the
-    cache size the OS reports."""
+    """The :data:`DEFAULTS` of this target's instruction set (SSE's for an unknown one),
+    used until :func:`calibrate` has run, with the cache size the OS reports."""
     tgt = tgt or _target.detect()
-    return Machine(fma_rate=DEFAULT_FMA_RATE.get(tgt.isa, DEFAULT_FMA_RATE["generic"]),
-                   bandwidth=DEFAULT_BANDWIDTH, call_s=DEFAULT_CALL_S,
-                   pass_s=DEFAULT_PASS_S, isa=tgt.isa,
+    return Machine(**DEFAULTS.get(tgt.isa, DEFAULTS["sse"]), isa=tgt.isa,
                    cache_bytes=_cache_size())
 
 

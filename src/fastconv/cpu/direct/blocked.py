@@ -238,12 +238,21 @@ def _unit_stride(p):
         check_memory=False))
 
 
+def _reads_in_place(p) -> bool:
+    """Whether :func:`run` reads ``p``'s NCHW input in place (no packing pass)."""
+    return (CPU.read_nchw_in_place and p.padding == (0, 0, 0, 0)
+            and -(-p.Cg // blocked_plan(p).Vc) * blocked_plan(p).Vc == p.Cg)
+
+
 def run(x, w, bias, p, y):
     """Blocked direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration)."""
-    if p.R == p.S == 1 and p.stride != (1, 1) and p.padding == (0, 0, 0, 0):
-        # A strided 1x1 reads every sh-th row and sw-th column: read in place, each
-        # broadcast would use a part of its cache line.  One copy of the pixels it reads
-        # (as the pointwise path makes) turns it into a stride-1 call.
+    if (CPU.subsample_strided_1x1 and p.R == p.S == 1 and p.stride != (1, 1)
+            and p.padding == (0, 0, 0, 0) and (REGISTERS < 32 or not _reads_in_place(p))):
+        # A strided 1x1 reads every sh-th row and sw-th column.  Where the input would be
+        # packed, packing all of it would copy the pixels it skips; with 16 registers
+        # its blocking has too few accumulators to hide the strided broadcasts of an
+        # in-place read.  One copy of the pixels it reads (as the pointwise path makes)
+        # turns it into a stride-1 call.
         xs = subsample_pointwise(x, p, _scratch.buffer("blocked.xs", p.dtype,
                                                        p.N * p.C * p.P * p.Q))
         return run(xs, w, bias, _unit_stride(p), y)
@@ -266,7 +275,7 @@ def run(x, w, bias, p, y):
     drv = blocked_driver(NKB, plan.NPX, V)
     # Without padding, and when the channel blocks cover the channels exactly, the
     # kernel reads NCHW in place (on small layers the packing pass is a large share of the call).
-    in_place = CPU.read_nchw_in_place and p.padding == (0, 0, 0, 0) and CB * Vc == p.Cg
+    in_place = _reads_in_place(p)
     # Within an image, share the work out by pixel tiles when the activations outweigh the
     # weights (each core then packs, computes and unpacks the same rows), else by blocks
     # of output channels (each core reads half the weights).
