@@ -67,7 +67,7 @@ def score(rows, machine, coef, stat, label, near=1.10):
     for r in rows:
         p = Layer(r["name"], **r["shape"]).params()
         t = {a: v for a, v in r[stat].items() if a != "torch"}
-        pred = {a: cost.predict(p, a, machine, coef=coef) for a in t}
+        pred = {a: v for a, v in cost.predictions(p, machine, coef).items() if a in t}
         best = min(t, key=t.get)
         pick = min(pred, key=pred.get)
         rule = fitted_rule(p)
@@ -78,7 +78,7 @@ def score(rows, machine, coef, stat, label, near=1.10):
         rule_near += rloss <= near
         losses.append(loss)
         rule_losses.append(rloss)
-        ratio = " ".join(f"{a[:8]}={pred[a] / t[a]:.2f}" for a in sorted(t))
+        ratio = " ".join(f"{a[:8]}={pred[a] / t[a]:.2f}" for a in sorted(pred))
         print(f"{r['name'][:40]:40s} {best:18s} {pick:18s} {loss:5.2f} {rule:18s} {rloss:5.2f}  {ratio}")
     n = len(rows)
 

@@ -458,15 +458,27 @@ def calibrate(store: bool = True) -> Machine:
 CANDIDATES = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3")
 
 
-def predictions(p, machine: Machine | None = None) -> dict:
-    """Predicted seconds of every candidate that supports ``p`` (name -> seconds)."""
+def predictions(p, machine: Machine | None = None, coef: dict | None = None) -> dict:
+    """Predicted seconds of every candidate that supports ``p`` (name -> seconds).
+
+    Winograd on a dilated call whose phases are narrower than
+    ``CPU.dilated_min_side`` (not one F(4x4) tile: most of each tile would be
+    padding, which the terms above count only in part) is not a candidate, as
+    in the fitted rule.
+    """
     from .. import _dispatch
+    from .winograd import phase_params
 
     m = machine or current_machine()
     out = {}
     for name in CANDIDATES:
-        if _dispatch.get("cpu", name).supports(p) is None:
-            out[name] = predict(p, name, m)
+        if _dispatch.get("cpu", name).supports(p) is not None:
+            continue
+        if name.startswith("winograd") and p.dilation != (1, 1):
+            pp = phase_params(p)
+            if min(pp.P, pp.Q) < CPU.dilated_min_side:
+                continue
+        out[name] = predict(p, name, m, coef=coef)
     return out
 
 
