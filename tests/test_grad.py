@@ -335,3 +335,48 @@ def test_polyphase_route_equals_zero_inserted_route(stride, dilation, padding):
     np.testing.assert_allclose(poly, zero, atol=1e-12)
     # And "auto" takes the polyphase route for these small channel counts.
     assert grad._polyphase_pays(gy, w, (13, 11), p.dilation, 2)
+
+
+@pytest.mark.parametrize("x_shape, K, kw", [
+    ((2, 6, 9, 8), 4, {}),
+    ((1, 8, 10, 11), 6, dict(stride=2)),
+    ((3, 4, 7, 9), 6, dict(stride=(2, 3), padding=(1, 2))),          # padding: zero pixels
+    ((2, 6, 5, 5), 9, dict(groups=3, padding=1, stride=2)),
+    ((1, 4, 3, 3), 2, dict(padding=3, stride=4)),                    # reads padding only
+    ((2, 5, 6, 7), 3, dict(layout="NHWC", stride=2, dilation=3)),   # dilation: no effect at 1x1
+])
+def test_weight_grad_1x1_gemm(x_shape, K, kw):
+    """The 1x1 weight gradient (one GEMM per image and group) against the derived direct
+    convolution in float64, and within its stated bound in float32."""
+    g = kw.get("groups", 1)
+    C = x_shape[3] if kw.get("layout") == "NHWC" else x_shape[1]
+    x = _rand(x_shape)
+    w_shape = (K, C // g, 1, 1)
+    gy = _rand(fastconv.conv2d(x, _rand(w_shape), **kw).shape)
+    x0, gy0 = x.copy(), gy.copy()
+    got = conv2d_grad_weight(x, gy, w_shape, **kw)
+    want = conv2d_grad_weight(x, gy, w_shape, algorithm="direct", **kw)
+    _close(got, want, np.float64)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(gy, gy0)
+    # float32: |err| <= gamma_n * sum |gy| |xs|, n = N*P*Q
+    g32 = conv2d_grad_weight(x.astype(np.float32), gy.astype(np.float32), w_shape, **kw)
+    mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
+    n = gy.size // K
+    u = np.finfo(np.float32).eps / 2
+    assert np.all(np.abs(g32 - want) <= n * u / (1 - n * u) * mag + 1e-30)
+
+
+def test_weight_grad_1x1_thread_count_independent():
+    import numba
+    from threadpoolctl import threadpool_limits
+    x = _rand((3, 32, 20, 20), np.float32)
+    gy = _rand((3, 48, 10, 10), np.float32)
+    a = conv2d_grad_weight(x, gy, (48, 32, 1, 1), stride=2)
+    with threadpool_limits(1):
+        numba.set_num_threads(1)
+        try:
+            b = conv2d_grad_weight(x, gy, (48, 32, 1, 1), stride=2)
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(a, b)

@@ -230,6 +230,13 @@ def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, w
 
 def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what, ops=_NumpyOps):
     """``grad_w`` (K, C/groups, R, S) of the convolution ``(x -> gy)``; x (N,C,H,W), gy (N,K,P,Q)."""
+    if algorithm == "auto" and ops is _NumpyOps and x.shape[0] > 0:
+        # A 1x1 layer's derived convolution is degenerate: its gradient is a GEMM
+        # (fastconv.cpu.grad_weight).
+        from .cpu import grad_weight as _gw
+
+        if tuple(RS) == (1, 1):
+            return _gw.pointwise(x, gy, pads, stride, groups)
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape
     R, S = RS
@@ -411,7 +418,10 @@ def conv2d_grad_weight(x, grad_y, w_shape, *, stride=1, padding=0, dilation=1, g
     channels are the images ``n`` (per group), its kernels are the maps of
     ``grad_y`` at dilation ``stride``, and its stride is the forward
     ``dilation``.  Only the ``(R - 1)*d + (P - 1)*s + 1`` padded rows the
-    forward call read take part.
+    forward call read take part.  With ``algorithm="auto"`` on NumPy arrays a
+    1x1 kernel's gradient is computed as a GEMM instead
+    (:func:`fastconv.cpu.grad_weight.pointwise`; the derived convolution
+    would be a P x Q kernel with a 1 x 1 output).
     """
     x = as_float_array(x, "x")
     gy = as_float_array(grad_y, "grad_y")
