@@ -380,3 +380,41 @@ def test_weight_grad_1x1_thread_count_independent():
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("x_shape, K, kw", [
+    ((2, 6, 9, 8), 4, {}),
+    ((1, 8, 10, 11), 6, dict(stride=2)),                              # odd rows: floored, zero
+    ((3, 4, 7, 9), 6, dict(stride=(2, 3), padding=(1, 2))),
+    ((2, 6, 5, 5), 9, dict(groups=3, padding=1, stride=2)),
+    ((1, 4, 3, 3), 2, dict(padding=3, stride=4)),                     # reads padding only
+    ((2, 5, 6, 7), 3, dict(layout="NHWC", stride=2)),
+])
+def test_input_grad_1x1_gemm(x_shape, K, kw):
+    """The 1x1 input gradient (one GEMM per image and group) against the derived direct
+    convolution in float64, within its bound (n = K/groups terms) in float32; and the 1x1
+    transposed convolution (bias, output padding) against the same route."""
+    g = kw.get("groups", 1)
+    C = x_shape[3] if kw.get("layout") == "NHWC" else x_shape[1]
+    w = _rand((K, C // g, 1, 1))
+    gy = _rand(fastconv.conv2d(_rand(x_shape), w, **kw).shape)
+    w0, gy0 = w.copy(), gy.copy()
+    got = conv2d_grad_input(gy, w, x_shape, **kw)
+    want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
+    _close(got, want, np.float64)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(gy, gy0)
+    g32 = conv2d_grad_input(gy.astype(np.float32), w.astype(np.float32), x_shape, **kw)
+    mag = conv2d_grad_input(np.abs(gy), np.abs(w), x_shape, algorithm="direct", **kw)
+    n = K // g
+    u = np.finfo(np.float32).eps / 2
+    assert np.all(np.abs(g32 - want) <= n * u / (1 - n * u) * mag + 1e-30)
+    if kw.get("layout") is None:
+        s = kw.get("stride", 1)
+        kwt = dict(stride=s, padding=kw.get("padding", 0), groups=g,
+                   output_padding=(s - 1) if isinstance(s, int) else (s[0] - 1, s[1] - 1))
+        wt = _rand((C, K // g, 1, 1))
+        b = _rand((K,))
+        xt = _rand((x_shape[0], C, 4, 5))
+        _close(conv_transpose2d(xt, wt, b, **kwt),
+               conv_transpose2d(xt, wt, b, algorithm="direct", **kwt), np.float64)

@@ -101,6 +101,11 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
     when ``output_padding >= stride``.  ``ops`` holds the array operations
     (:class:`_NumpyOps` for NumPy arrays; an adapter passes its own).
     """
+    if algorithm == "auto" and ops is _NumpyOps and w.shape[2:] == (1, 1) and gy.shape[0] > 0:
+        # A 1x1 layer's input gradient is a GEMM per image (fastconv.cpu.grad_gemm).
+        from .cpu import grad_gemm
+
+        return grad_gemm.pointwise_input(gy, w, out_hw, pads, stride, groups, bias)
     if algorithm == "auto" and tuple(stride) != (1, 1) and _polyphase_pays(gy, w, out_hw, dilation, groups):
         return _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, what,
                                      ops)
@@ -232,11 +237,11 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
     """``grad_w`` (K, C/groups, R, S) of the convolution ``(x -> gy)``; x (N,C,H,W), gy (N,K,P,Q)."""
     if algorithm == "auto" and ops is _NumpyOps and x.shape[0] > 0:
         # A 1x1 layer's derived convolution is degenerate: its gradient is a GEMM
-        # (fastconv.cpu.grad_weight).
-        from .cpu import grad_weight as _gw
+        # (fastconv.cpu.grad_gemm).
+        from .cpu import grad_gemm
 
         if tuple(RS) == (1, 1):
-            return _gw.pointwise(x, gy, pads, stride, groups)
+            return grad_gemm.pointwise_weight(x, gy, pads, stride, groups)
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape
     R, S = RS
@@ -420,7 +425,7 @@ def conv2d_grad_weight(x, grad_y, w_shape, *, stride=1, padding=0, dilation=1, g
     ``dilation``.  Only the ``(R - 1)*d + (P - 1)*s + 1`` padded rows the
     forward call read take part.  With ``algorithm="auto"`` on NumPy arrays a
     1x1 kernel's gradient is computed as a GEMM instead
-    (:func:`fastconv.cpu.grad_weight.pointwise`; the derived convolution
+    (:func:`fastconv.cpu.grad_gemm.pointwise_weight`; the derived convolution
     would be a P x Q kernel with a 1 x 1 output).
     """
     x = as_float_array(x, "x")

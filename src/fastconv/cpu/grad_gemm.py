@@ -1,0 +1,112 @@
+"""Gradients of 1x1 layers as GEMMs, where the derived convolution is a poor fit.
+
+:mod:`fastconv.grad` computes both gradients as convolutions.  For a 1x1
+kernel those are degenerate: the weight gradient's derived convolution has a
+P x Q kernel and a 1 x 1 output per pair of images, and the input gradient's
+is a 1x1 convolution of ``grad_y`` (strided: a zero-inserted one).  Both are
+matrix products on the pixels the forward call read:
+
+* :func:`pointwise_weight`: ``grad_w[k, c] = sum_{n,p,q} gy[n,k,p,q] * xs[n,c,p,q]``,
+  per group ``(Kg x NPQ) @ (NPQ x Cg)``;
+* :func:`pointwise_input`: ``grad_x[n, c, p*sh - pt, q*sw - pl] = sum_k
+  w[k, c] * gy[n, k, p, q]``, per image and group ``(Cg x Kg) @ (Kg x PQ)``,
+  every other pixel zero (the forward call never read it).
+
+Summation order and error bound: every entry is one dot product (``n =
+N*P*Q`` terms for the weights, ``Kg`` for the input), summed in an order
+fixed by the shapes alone (BLAS splits the two outer dimensions of a GEMM
+between threads, never the reduction; the products run through
+:func:`fastconv.cpu._gemm.grouped_matmul`, single-threaded BLAS calls in Numba's
+pool, as im2col's do), so results do not depend on the
+thread count and ``|g - g_exact| <= gamma_n * sum |a| |b|`` with ``gamma_n =
+n u / (1 - n u)`` (Higham, *Accuracy and Stability of Numerical Algorithms*,
+sec. 3.1).  ``tests/test_grad.py`` holds both.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .._config import PJIT
+from ._gemm import grouped_matmul
+
+
+@numba.njit(**PJIT)
+def _transpose_groups(a, out):
+    """``out[g] = a[g].T`` for ``a`` (G, M, N), in 32 x 32 tiles over Numba's threads."""
+    G, M, N = a.shape
+    TB = 32
+    tm, tn = (M + TB - 1) // TB, (N + TB - 1) // TB
+    for job in numba.prange(G * tm * tn):
+        g, rest = job // (tm * tn), job % (tm * tn)
+        i0, j0 = (rest // tn) * TB, (rest % tn) * TB
+        for j in range(j0, min(N, j0 + TB)):
+            for i in range(i0, min(M, i0 + TB)):
+                out[g, j, i] = a[g, i, j]
+
+
+def pointwise_weight(x, gy, pads, stride, groups):
+    """``grad_w`` (K, C/groups, 1, 1) of a 1x1 convolution; x (N,C,H,W), gy (N,K,P,Q).
+
+    ``xs`` are the input pixels the forward call read (every ``sh``-th row
+    and ``sw``-th column after padding; zero where that is padding, so those
+    output pixels are left out).
+    """
+    N, C, H, W = x.shape
+    _, K, P, Q = gy.shape
+    (sh, sw), (pt, _, pl, _) = stride, pads
+    G = groups
+    Cg, Kg = C // G, K // G
+    # Output rows/columns whose input pixel lies inside x (others read padding).
+    p0, p1 = -(-pt // sh), min(P, (H - 1 + pt) // sh + 1)
+    q0, q1 = -(-pl // sw), min(Q, (W - 1 + pl) // sw + 1)
+    gw = np.zeros((G, Kg, Cg), dtype=x.dtype)
+    if p1 <= p0 or q1 <= q0:
+        return gw.reshape(K, Cg, 1, 1)
+    xs = np.ascontiguousarray(x[:, :, p0 * sh - pt:(p1 - 1) * sh - pt + 1:sh,
+                                 q0 * sw - pl:(q1 - 1) * sw - pl + 1:sw])
+    g = np.ascontiguousarray(gy[:, :, p0:p1, q0:q1])
+    npq = (p1 - p0) * (q1 - q0)
+    # One (Kg x N*npq) @ (N*npq x Cg) product per group: gy's maps of a group side by
+    # side over the images, the read pixels transposed to rows.
+    a = np.ascontiguousarray(g.reshape(N, G, Kg, npq).transpose(1, 2, 0, 3)).reshape(G, Kg, -1)
+    b = np.empty((N, G, npq, Cg), dtype=xs.dtype)
+    _transpose_groups(xs.reshape(N * G, Cg, npq), b.reshape(N * G, npq, Cg))
+    if N > 1:
+        b = np.ascontiguousarray(b.transpose(1, 0, 2, 3))
+    grouped_matmul(a, b.reshape(1, G, N * npq, Cg), gw.reshape(1, G, Kg, Cg))
+    return gw.reshape(K, Cg, 1, 1)
+
+
+def pointwise_input(gy, w, out_hw, pads, stride, groups, bias=None):
+    """``grad_x`` (N, C, H, W) of a 1x1 convolution (plus ``bias`` per channel, for the
+    transposed convolution); gy (N, K, P, Q) may have more or fewer rows than the
+    forward output: rows whose pixel falls outside ``out_hw`` are ignored."""
+    N, K, P, Q = gy.shape
+    _, Cg, _, _ = w.shape
+    H, W = out_hw
+    (sh, sw), (pt, _, pl, _) = stride, pads
+    G = groups
+    Kg, C = K // G, Cg * G
+    p0, p1 = -(-pt // sh), min(P, (H - 1 + pt) // sh + 1)
+    q0, q1 = -(-pl // sw), min(Q, (W - 1 + pl) // sw + 1)
+    dtype = np.result_type(gy.dtype, w.dtype)
+    full = (sh, sw) == (1, 1) and (p0, p1, q0, q1) == (0, H, 0, W)
+    if p1 <= p0 or q1 <= q0:
+        gx = np.zeros((N, C, H, W), dtype=dtype)
+    else:
+        g = np.ascontiguousarray(gy[:, :, p0:p1, q0:q1]).reshape(N, G, Kg, -1)
+        wt = np.empty((G, Cg, Kg), dtype=dtype)
+        _transpose_groups(np.ascontiguousarray(w, dtype=dtype).reshape(G, Kg, Cg), wt)
+        res = np.empty((N, G, Cg, g.shape[3]), dtype=dtype)
+        grouped_matmul(wt, g.astype(dtype, copy=False), res)
+        if full:
+            gx = res.reshape(N, C, H, W)
+        else:
+            gx = np.zeros((N, C, H, W), dtype=dtype)
+            gx[:, :, p0 * sh - pt:(p1 - 1) * sh - pt + 1:sh,
+               q0 * sw - pl:(q1 - 1) * sw - pl + 1:sw] = res.reshape(N, C, p1 - p0, q1 - q0)
+    if bias is not None:
+        gx += bias.reshape(1, -1, 1, 1)
+    return gx
