@@ -514,23 +514,24 @@ def _fused_rows(p, m, tiles_w, rows_total):
 
     Items hold at most ``tile_row_item_bytes`` of V + M and at least
     ``tile_row_min_item_tiles`` tiles (narrower GEMMs waste BLAS).  Among
-    those sizes the one that splits the rows most evenly between two threads
-    (Numba hands each thread one contiguous range of items) wins, then the
-    larger.  At most one item per Numba thread is
-    alive, so the workspace is ``NUMBA_NUM_THREADS`` items.  The choice depends
-    on the shapes only, never on the number of threads in use, so neither do
-    the results.
+    those sizes the one that splits the rows most evenly between the
+    ``NUMBA_NUM_THREADS`` threads of Numba's pool (each gets whole items)
+    wins, then the larger.  At most one item per Numba thread is alive, so
+    the workspace is ``NUMBA_NUM_THREADS`` items.  The choice depends on the
+    shapes and the pool's size, never on the number of threads in use
+    (``numba.set_num_threads``), so neither do the results.
     """
     per_row = (m + 2) ** 2 * (p.C + p.K) * tiles_w * p.dtype.itemsize
     if (m + 2) ** 2 * p.K * p.Cg * p.dtype.itemsize > CPU.tile_row_fused_max_u_bytes:
         return 0  # every item reads all of U: with a large U, slice the GEMMs by channels
+    T = max(2, numba.config.NUMBA_NUM_THREADS)  # (a one-thread pool: items of half the rows)
     hi = min(CPU.tile_row_item_bytes // per_row, -(-rows_total // 2),
              CPU.workspace_bytes // (per_row * numba.config.NUMBA_NUM_THREADS))
     lo = max(1, -(-CPU.tile_row_min_item_tiles // tiles_w))
     best, best_load = 0, None
     for rows in range(lo, hi + 1):
         items = -(-rows_total // rows)
-        load = min(rows_total, -(-items // 2) * rows)  # rows of the busier of two threads
+        load = min(rows_total, -(-items // T) * rows)  # rows of the busiest thread
         if best_load is None or load <= best_load:
             best, best_load = rows, load
     return int(best)
