@@ -337,6 +337,12 @@ def test_polyphase_route_equals_zero_inserted_route(stride, dilation, padding):
     assert grad._polyphase_pays(gy, w, (13, 11), p.dilation, 2)
 
 
+def _assert_within_gamma(got32, want, mag, n):
+    """|got - want| <= gamma_n * mag elementwise, gamma_n = n u / (1 - n u) for float32."""
+    u = np.finfo(np.float32).eps / 2
+    assert np.all(np.abs(got32 - want) <= n * u / (1 - n * u) * mag + 1e-30)
+
+
 @pytest.mark.parametrize("x_shape, K, kw", [
     ((2, 6, 9, 8), 4, {}),
     ((1, 8, 10, 11), 6, dict(stride=2)),
@@ -362,9 +368,7 @@ def test_weight_grad_1x1_gemm(x_shape, K, kw):
     # float32: |err| <= gamma_n * sum |gy| |xs|, n = N*P*Q
     g32 = conv2d_grad_weight(x.astype(np.float32), gy.astype(np.float32), w_shape, **kw)
     mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
-    n = gy.size // K
-    u = np.finfo(np.float32).eps / 2
-    assert np.all(np.abs(g32 - want) <= n * u / (1 - n * u) * mag + 1e-30)
+    _assert_within_gamma(g32, want, mag, gy.size // K)
 
 
 def test_weight_grad_1x1_thread_count_independent():
@@ -406,9 +410,7 @@ def test_input_grad_1x1_gemm(x_shape, K, kw):
     np.testing.assert_array_equal(gy, gy0)
     g32 = conv2d_grad_input(gy.astype(np.float32), w.astype(np.float32), x_shape, **kw)
     mag = conv2d_grad_input(np.abs(gy), np.abs(w), x_shape, algorithm="direct", **kw)
-    n = K // g
-    u = np.finfo(np.float32).eps / 2
-    assert np.all(np.abs(g32 - want) <= n * u / (1 - n * u) * mag + 1e-30)
+    _assert_within_gamma(g32, want, mag, K // g)
     if kw.get("layout") is None:
         s = kw.get("stride", 1)
         kwt = dict(stride=s, padding=kw.get("padding", 0), groups=g,
