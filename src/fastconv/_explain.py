@@ -100,8 +100,7 @@ def explain(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layou
             candidates.append(Candidate(name, str(why)))
             continue
         terms = cost.terms(p, name, machine)
-        kernel = terms.pop("path", "") or terms.pop("schedule", "")
-        terms.pop("schedule", None)
+        kernel = terms.pop("path", "") + terms.pop("schedule", "")  # at most one is set
         candidates.append(Candidate(name, None, kernel, cost.predict(p, name, machine),
                                     measured.get(name), terms))
     model = cost.choose(p, machine)

@@ -187,7 +187,7 @@ def _direct_terms(p, m: Machine, threads: int, rate: float, out: dict) -> None:
         # long channel block: their own efficiency
         key = "direct_blocked_1x1" if p.R * p.S == 1 else "direct_blocked"
         out[key] = padded / (rate * _balanced(items, threads))
-        in_place = p.padding == (0, 0, 0, 0) and -(-p.Cg // plan.Vc) * plan.Vc == p.Cg
+        in_place = _blocked._reads_in_place(p)
         Hp, Wp = p.padded_hw
         packed = 0 if in_place else p.N * p.C * Hp * Wp * e * 2
         # every pixel tile of every image reads its output channels' packed weights:
@@ -244,17 +244,16 @@ def _im2col_terms(p, m: Machine, threads: int, rate: float, out: dict) -> None:
 
 def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict) -> None:
     from .._weight_cache import CACHE
-    from .winograd import few, tile_row, vec as _vec
-
-    from . import winograd
+    from .winograd import few, phase_params, tile_row, vec as _vec
 
     V = lanes(p.dtype)
     e = p.dtype.itemsize
+    phase_bytes = 0
     if p.dilation != (1, 1):
         # the phases: one pass gathers the input, one scatters the output (see
         # fastconv.cpu.winograd), then the undilated call on them
-        out["wino_vm_bytes_phases"] = 2 * (p.N * p.C * p.H * p.W + p.N * p.K * p.P * p.Q) * e
-        p = winograd.phase_params(p)
+        phase_bytes = 2 * (p.N * p.C * p.H * p.W + p.N * p.K * p.P * p.Q) * e
+        p = phase_params(p)
     A2 = (mm + 2) ** 2
     th, tw = -(-p.P // mm), -(-p.Q // mm)
     tiles = p.N * th * tw
@@ -285,7 +284,6 @@ def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict
             out["passes"] = 1 if plan.mode == "fused" else 3 * items
         out[key] = tiles * A2 * (Cp + Kp) / (rate * threads)
         vm = 0 if plan.mode == "fused" else tiles * A2 * (Cp + Kp) * e * 2
-        out["wino_vm_bytes"] = (io + vm + out.pop("wino_vm_bytes_phases", 0)) / m.bandwidth
     else:
         u_bytes = A2 * p.K * p.Cg * e
         if mm == 4 and p.Cg <= few.MAX_CG:
@@ -304,7 +302,7 @@ def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict
             out["passes"] = items if rows else 3
         # the fused schedules keep each item's transformed tiles in cache
         vm = 0 if out["schedule"] != "tile_row/phases" else tiles * A2 * (p.C + p.K) * e * 2
-        out["wino_vm_bytes"] = (io + vm + out.pop("wino_vm_bytes_phases", 0)) / m.bandwidth
+    out["wino_vm_bytes"] = (io + vm + phase_bytes) / m.bandwidth
     # The products' GEMMs lose speed on short channel dimensions, as BLAS does.
     prod = sum(out.get(k, 0.0) for k in ("wino_products", "wino_tile_row_products",
                                           "wino_few_products"))
@@ -424,7 +422,8 @@ def calibrate(store: bool = True) -> Machine:
 
     from ..bench.peak import fma_peak
 
-    rate = fma_peak(threads=1, seconds=0.2) * 1e9 / 2  # GFLOP/s -> multiply-adds/s
+    # fma_peak's unit is 1e9 floating-point operations per second, two per multiply-add
+    rate = fma_peak(threads=1, seconds=0.2) * 1e9 / 2
     src = np.ones(8 * 2**20, np.float64)
     dst = np.empty_like(src)
     _copy(src, dst)

@@ -46,6 +46,20 @@ def _transpose_groups(a, out):
                 out[g, j, i] = a[g, i, j]
 
 
+def _read_pixels(P, Q, H, W, pads, stride):
+    """The output pixels of a 1x1 convolution whose input pixel lies inside the
+    ``H x W`` input (the others read padding), as ``(out_index, in_index)``: slices
+    of the output's and of the input's last two axes, or None when there are none."""
+    (sh, sw), (pt, _, pl, _) = stride, pads
+    p0, p1 = -(-pt // sh), min(P, (H - 1 + pt) // sh + 1)
+    q0, q1 = -(-pl // sw), min(Q, (W - 1 + pl) // sw + 1)
+    if p1 <= p0 or q1 <= q0:
+        return None
+    return ((slice(p0, p1), slice(q0, q1)),
+            (slice(p0 * sh - pt, (p1 - 1) * sh - pt + 1, sh),
+             slice(q0 * sw - pl, (q1 - 1) * sw - pl + 1, sw)))
+
+
 def pointwise_weight(x, gy, pads, stride, groups):
     """``grad_w`` (K, C/groups, 1, 1) of a 1x1 convolution; x (N,C,H,W), gy (N,K,P,Q).
 
@@ -55,19 +69,15 @@ def pointwise_weight(x, gy, pads, stride, groups):
     """
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape
-    (sh, sw), (pt, _, pl, _) = stride, pads
     G = groups
     Cg, Kg = C // G, K // G
-    # Output rows/columns whose input pixel lies inside x (others read padding).
-    p0, p1 = -(-pt // sh), min(P, (H - 1 + pt) // sh + 1)
-    q0, q1 = -(-pl // sw), min(Q, (W - 1 + pl) // sw + 1)
     gw = np.zeros((G, Kg, Cg), dtype=x.dtype)
-    if p1 <= p0 or q1 <= q0:
+    read = _read_pixels(P, Q, H, W, pads, stride)
+    if read is None:
         return gw.reshape(K, Cg, 1, 1)
-    xs = np.ascontiguousarray(x[:, :, p0 * sh - pt:(p1 - 1) * sh - pt + 1:sh,
-                                 q0 * sw - pl:(q1 - 1) * sw - pl + 1:sw])
-    g = np.ascontiguousarray(gy[:, :, p0:p1, q0:q1])
-    npq = (p1 - p0) * (q1 - q0)
+    xs = np.ascontiguousarray(x[(..., *read[1])])
+    g = np.ascontiguousarray(gy[(..., *read[0])])
+    npq = g.shape[2] * g.shape[3]
     # One (Kg x N*npq) @ (N*npq x Cg) product per group: gy's maps of a group side by
     # side over the images, the read pixels transposed to rows.
     a = np.ascontiguousarray(g.reshape(N, G, Kg, npq).transpose(1, 2, 0, 3)).reshape(G, Kg, -1)
@@ -86,27 +96,25 @@ def pointwise_input(gy, w, out_hw, pads, stride, groups, bias=None):
     N, K, P, Q = gy.shape
     _, Cg, _, _ = w.shape
     H, W = out_hw
-    (sh, sw), (pt, _, pl, _) = stride, pads
     G = groups
     Kg, C = K // G, Cg * G
-    p0, p1 = -(-pt // sh), min(P, (H - 1 + pt) // sh + 1)
-    q0, q1 = -(-pl // sw), min(Q, (W - 1 + pl) // sw + 1)
+    read = _read_pixels(P, Q, H, W, pads, stride)
     dtype = np.result_type(gy.dtype, w.dtype)
-    full = (sh, sw) == (1, 1) and (p0, p1, q0, q1) == (0, H, 0, W)
-    if p1 <= p0 or q1 <= q0:
+    if read is None:
         gx = np.zeros((N, C, H, W), dtype=dtype)
     else:
-        g = np.ascontiguousarray(gy[:, :, p0:p1, q0:q1]).reshape(N, G, Kg, -1)
+        g = np.ascontiguousarray(gy[(..., *read[0])])
+        rows, cols = g.shape[2:]
+        g = g.reshape(N, G, Kg, -1)
         wt = np.empty((G, Cg, Kg), dtype=dtype)
         _transpose_groups(np.ascontiguousarray(w, dtype=dtype).reshape(G, Kg, Cg), wt)
         res = np.empty((N, G, Cg, g.shape[3]), dtype=dtype)
         grouped_matmul(wt, g.astype(dtype, copy=False), res)
-        if full:
+        if (rows, cols) == (H, W):  # every input pixel was read: the product is grad_x
             gx = res.reshape(N, C, H, W)
         else:
             gx = np.zeros((N, C, H, W), dtype=dtype)
-            gx[:, :, p0 * sh - pt:(p1 - 1) * sh - pt + 1:sh,
-               q0 * sw - pl:(q1 - 1) * sw - pl + 1:sw] = res.reshape(N, C, p1 - p0, q1 - q0)
+            gx[(..., *read[1])] = res.reshape(N, C, rows, cols)
     if bias is not None:
         gx += bias.reshape(1, -1, 1, 1)
     return gx

@@ -240,8 +240,10 @@ def _unit_stride(p):
 
 def _reads_in_place(p) -> bool:
     """Whether :func:`run` reads ``p``'s NCHW input in place (no packing pass)."""
-    return (CPU.read_nchw_in_place and p.padding == (0, 0, 0, 0)
-            and -(-p.Cg // blocked_plan(p).Vc) * blocked_plan(p).Vc == p.Cg)
+    if not (CPU.read_nchw_in_place and p.padding == (0, 0, 0, 0)):
+        return False
+    Vc = blocked_plan(p).Vc
+    return -(-p.Cg // Vc) * Vc == p.Cg
 
 
 def run(x, w, bias, p, y):
