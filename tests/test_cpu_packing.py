@@ -98,3 +98,19 @@ def test_input_phases_layout(rng):
         cols = xpad[..., f::sw]
         np.testing.assert_array_equal(xq[:, :, :, f, :cols.shape[-1]], cols)
         assert not xq[:, :, :, f, cols.shape[-1]:].any()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 40, 3, 3), (2, 17, 5, 2, 4), (3, 1, 6, 5, 5), (1, 4, 1, 2, 2)])
+@pytest.mark.parametrize("flip", [False, True])
+def test_swap_middle_matches_numpy(shape, flip):
+    from fastconv.cpu.packing import swap_middle
+
+    a = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    a0 = a.copy()
+    want = a.transpose(0, 2, 1, 3, 4)
+    if flip:
+        want = want[..., ::-1, ::-1]
+    got = swap_middle(a, flip)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(a, a0)

@@ -46,7 +46,7 @@ __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "conv_
 
 # --------------------------------------------------------------------------
 # Array operations the derivations need.  They run on NumPy arrays here; an
-# adapter passes its own ``ops`` with the same five operations to run them on
+# adapter passes its own ``ops`` with the same six operations to run them on
 # its tensors (fastconv.torch does, for CUDA tensors), so no framework is
 # imported by this module.
 # --------------------------------------------------------------------------
@@ -67,6 +67,13 @@ class _NumpyOps:
     @staticmethod
     def contiguous(a):
         return np.ascontiguousarray(a)
+
+    @staticmethod
+    def swap_middle(a, flip=False):
+        """``b[g, j, i] = a[g, i, j]`` of a 5-D ``(G, I, J, H, W)`` array, C-contiguous,
+        spatially flipped when ``flip``."""
+        from .cpu.packing import swap_middle
+        return swap_middle(a, flip)
 
     @staticmethod
     def result(y, like):
@@ -136,8 +143,7 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
             Lw + pw0 * sw: Lw + pw1 * sw + 1: sw] = gy[:, :, ph0:ph1 + 1, pw0:pw1 + 1]
     # Per group, the flipped kernels with input and output channels swapped:
     # wt[g*Cg + c, k] = w[g*Kg + k, c, ::-1, ::-1].
-    wt = ops.permute(w.reshape(G, Kg, Cg, R, S), (0, 2, 1, 3, 4)).reshape(G * Cg, Kg, R, S)
-    wt = ops.contiguous(ops.flip_hw(wt))
+    wt = ops.swap_middle(w.reshape(G, Kg, Cg, R, S), True).reshape(G * Cg, Kg, R, S)
     return _conv2d(buf, wt, bias, stride=1, padding=0, dilation=(dh, dw), groups=G,
                    algorithm=algorithm, what=what, ops=ops)
 
@@ -218,7 +224,7 @@ def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, w
     Kg = K // G
     gx = ops.zeros((N, G * Cg, H, W), gy)
     # Per group, kernels with input and output channels swapped (flipped per sub-kernel).
-    wt = ops.permute(w.reshape(G, Kg, Cg, R, S), (0, 2, 1, 3, 4)).reshape(G * Cg, Kg, R, S)
+    wt = ops.swap_middle(w.reshape(G, Kg, Cg, R, S)).reshape(G * Cg, Kg, R, S)
     for taps_h, Mh, ddh, lo_h, hi_h, top, bottom, h0 in _phases(H, pads[0], R, stride[0], dilation[0], P):
         for taps_w, Mw, ddw, lo_w, hi_w, left, right, w0 in _phases(W, pads[2], S, stride[1],
                                                                      dilation[1], Q):
@@ -261,9 +267,12 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
     bottom, right = need_h - top - rows, need_w - left - cols
     # Batch = input channel of the group, channels = (group, image):
     # xt[c, g*N + n] = x[n, g*Cg + c]; kernels gt[k, n] = gy[n, k].
-    xt = ops.permute(x[:, :, :rows, :cols].reshape(N, G, Cg, rows, cols), (2, 1, 0, 3, 4))
-    xt = ops.contiguous(xt).reshape(Cg, G * N, rows, cols)
-    gt = ops.contiguous(ops.permute(gy, (1, 0, 2, 3)))
+    if G == 1:
+        xt = ops.swap_middle(x[None, :, :, :rows, :cols])[0]
+    else:
+        xt = ops.permute(x[:, :, :rows, :cols].reshape(N, G, Cg, rows, cols), (2, 1, 0, 3, 4))
+        xt = ops.contiguous(xt).reshape(Cg, G * N, rows, cols)
+    gt = ops.swap_middle(gy[None])[0]
     if algorithm == "auto" and ops is _NumpyOps and P * Q >= R * S:
         # The derived convolution has a large (P x Q) kernel and a tiny
         # (R x S) output, a shape the forward "auto" rule is not made for: it
@@ -273,7 +282,7 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
     out = _conv2d(xt, gt, None, stride=(dh, dw), padding=((top, bottom), (left, right)),
                   dilation=(sh, sw), groups=G, algorithm=algorithm, what=what, ops=ops)
     # out is (Cg, K, R, S); grad_w[k, c] = out[c, k].
-    return ops.contiguous(ops.permute(out, (1, 0, 2, 3)))
+    return ops.swap_middle(out[None])[0]
 
 
 # --------------------------------------------------------------------------

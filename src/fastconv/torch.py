@@ -102,6 +102,11 @@ class _TorchOps:
         return a.contiguous()
 
     @staticmethod
+    def swap_middle(a, flip=False):
+        b = a.permute(0, 2, 1, 3, 4)
+        return (b.flip((3, 4)) if flip else b).contiguous()
+
+    @staticmethod
     def result(y, like):
         # Whatever the backend returned (a CUDA array interface object on a
         # GPU) back to a torch tensor.

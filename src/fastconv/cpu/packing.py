@@ -191,17 +191,21 @@ def pack_weights_blocked(w, G, Vc, NKB, V):
 
 @numba.njit(**PJIT)
 def _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq):
+    # Element moves through raw flat offsets (sload/sstore): a slice assignment
+    # from a strided view runs Numba's generic array copy, several times slower.
     N, C, H, W = x.shape
+    xf = x.reshape(-1)
     zero = x.dtype.type(0)
     for task in numba.prange(N * C * Hp):
         h = task % Hp
         nc = task // Hp
-        n, c = nc // C, nc % C
         base = task * sw * Wq
         hi = h - pt
         if hi < 0 or hi >= H:
-            xq[base:base + sw * Wq] = zero
+            for i in range(sw * Wq):
+                sstore(xq, base + i, zero)
             continue
+        src = (nc * H + hi) * W
         for f in range(sw):
             # phase f, element i holds padded column i * sw + f = input column i * sw + f - pl
             i0 = (pl - f + sw - 1) // sw if pl > f else 0
@@ -209,10 +213,17 @@ def _pack_input_phases(x, xq, pt, pl, Hp, sw, Wq):
             i0 = min(i0, Wq)
             i1 = max(i0, min(i1, Wq))
             o = base + f * Wq
-            xq[o:o + i0] = zero
-            if i1 > i0:
-                xq[o + i0:o + i1] = x[n, c, hi, i0 * sw + f - pl:(i1 - 1) * sw + f - pl + 1:sw]
-            xq[o + i1:o + Wq] = zero
+            for i in range(i0):
+                sstore(xq, o + i, zero)
+            s0 = src + i0 * sw + f - pl
+            if sw == 1:
+                for i in range(i1 - i0):
+                    sstore(xq, o + i0 + i, sload(xf, s0 + i))
+            else:
+                for i in range(i1 - i0):
+                    sstore(xq, o + i0 + i, sload(xf, s0 + i * sw))
+            for i in range(i1, Wq):
+                sstore(xq, o + i, zero)
 
 
 def pack_input_phases(x, padding, sw, min_cols):
@@ -333,6 +344,51 @@ def subsample_pointwise(x, p, out=None):
         return np.ascontiguousarray(view)
     out = out.reshape(view.shape)
     np.copyto(out, view)
+    return out
+
+
+#: Columns ``j`` per job of :func:`swap_middle`: their runs of ``a[g, i]`` are read
+#: as one contiguous piece (a whole cache line or more for 3x3 kernels).
+SWAP_TILE = 16
+
+
+@numba.njit(**PJIT)
+def _swap_middle(a, out, flip):
+    # out[g, j, i, l] = a[g, i, j, l], or a[g, i, j, L - 1 - l] when flip (reversing
+    # the flat H*W run flips both spatial axes).
+    G, I, J, L = a.shape
+    nt = (J + SWAP_TILE - 1) // SWAP_TILE
+    for job in numba.prange(G * nt):
+        g, t = job // nt, job % nt
+        j1 = min(J, (t + 1) * SWAP_TILE)
+        for i in range(I):
+            for j in range(t * SWAP_TILE, j1):
+                src, dst = a[g, i, j], out[g, j, i]
+                if flip:
+                    for l in range(L):
+                        dst[l] = src[L - 1 - l]
+                else:
+                    for l in range(L):
+                        dst[l] = src[l]
+
+
+def swap_middle(a: np.ndarray, flip: bool = False) -> np.ndarray:
+    """``b[g, j, i] = a[g, i, j]`` (spatially flipped when ``flip``), C-contiguous.
+
+    ``a`` is 5-D ``(G, I, J, H, W)``: the gradients' kernel and map
+    transposes (input and output channels of each group swapped, the images
+    and channels of ``grad_y`` swapped).  Each parallel job takes
+    ``SWAP_TILE`` columns ``j`` of one group, so it reads ``a`` in contiguous
+    pieces of ``SWAP_TILE x H x W``; NumPy's own strided copy moves the short
+    ``H x W`` runs one at a time, several times slower.
+    """
+    a = np.ascontiguousarray(a)
+    G, I, J, H, W = a.shape
+    if (I == 1 or J == 1) and not flip:
+        return a.reshape(G, J, I, H, W)  # the same order of elements (may be ``a`` itself)
+    out = np.empty((G, J, I, H, W), dtype=a.dtype)
+    if out.size:
+        _swap_middle(a.reshape(G, I, J, H * W), out.reshape(G, J, I, H * W), bool(flip))
     return out
 
 
