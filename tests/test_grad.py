@@ -420,3 +420,63 @@ def test_input_grad_1x1_gemm(x_shape, K, kw):
         xt = _rand((x_shape[0], C, 4, 5))
         _close(conv_transpose2d(xt, wt, b, **kwt),
                conv_transpose2d(xt, wt, b, algorithm="direct", **kwt), np.float64)
+
+
+@pytest.mark.parametrize("x_shape, R, S, kw", [
+    ((2, 5, 9, 8), 3, 3, dict(padding=1)),
+    ((1, 16, 12, 37), 3, 3, dict(stride=2, padding=1)),               # two vectors + a ragged end
+    ((3, 4, 11, 10), 5, 3, dict(stride=(2, 3), padding=((2, 0), (1, 2)), dilation=(1, 2))),
+    ((2, 3, 13, 13), 7, 7, dict(padding=3)),                           # several passes of taps
+    ((1, 6, 8, 9), 3, 3, dict(stride=2)),                              # floored rows and columns
+    ((2, 2, 3, 3), 3, 3, dict(padding=4, stride=3)),                   # windows of padding only
+])
+def test_weight_grad_depthwise(x_shape, R, S, kw):
+    """The depthwise weight gradient (a vectorised per-channel reduction) against the
+    derived direct convolution in float64, and within gamma_n, n = N*P*Q, in float32."""
+    from fastconv.cpu import grad_depthwise
+
+    C = x_shape[1]
+    kw = dict(kw, groups=C)
+    p = normalize(x_shape, (C, 1, R, S), None, np.float64, **kw)
+    x = _rand(x_shape)
+    gy = _rand(p.output_shape)
+    x0, gy0 = x.copy(), gy.copy()
+    want = conv2d_grad_weight(x, gy, (C, 1, R, S), algorithm="direct", **kw)
+    mag = conv2d_grad_weight(np.abs(x), np.abs(gy), (C, 1, R, S), algorithm="direct", **kw)
+    for dtype in (np.float64, np.float32):
+        got = grad_depthwise.depthwise_weight(x.astype(dtype), gy.astype(dtype), (R, S),
+                                              p.padding, p.stride, p.dilation)
+        assert got.shape == (C, 1, R, S) and got.dtype == dtype
+        if dtype == np.float64:
+            _close(got, want, np.float64)
+        else:
+            _assert_within_gamma(got, want, mag, p.N * p.P * p.Q)
+    # The public call (which takes this route where grad_depthwise.pays says so).
+    _close(conv2d_grad_weight(x, gy, (C, 1, R, S), **kw), want, np.float64)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(gy, gy0)
+
+
+def test_weight_grad_depthwise_nonfinite_and_threads():
+    """inf/NaN reach exactly the taps whose windows read them (not the lanes past a row's
+    end), and the result does not depend on the thread count."""
+    import numba
+    from fastconv.cpu import grad_depthwise
+
+    x = _rand((2, 16, 10, 21), np.float32)
+    gy = _rand((2, 16, 10, 21), np.float32)
+    a = grad_depthwise.depthwise_weight(x, gy, (3, 3), (1, 1, 1, 1), (1, 1), (1, 1))
+    numba.set_num_threads(1)
+    try:
+        b = grad_depthwise.depthwise_weight(x, gy, (3, 3), (1, 1, 1, 1), (1, 1), (1, 1))
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(a, b)
+    x[1, 3, 0, 20] = np.inf  # last column of the first row: read by taps r <= 1, s >= 1
+    got = grad_depthwise.depthwise_weight(x, gy, (3, 3), (1, 1, 1, 1), (1, 1), (1, 1))
+    want = conv2d_grad_weight(x.astype(np.float64), gy.astype(np.float64), (16, 1, 3, 3),
+                              padding=1, groups=16, algorithm="direct")
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    assert not np.isfinite(got[3, 0, :2, 1:]).any()
+    assert np.isfinite(got[3, 0, :2, 0]).all() and np.isfinite(got[3, 0, 2]).all()
+    assert np.isfinite(np.delete(got, 3, axis=0)).all()

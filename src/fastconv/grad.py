@@ -244,10 +244,12 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
     if algorithm == "auto" and ops is _NumpyOps and x.shape[0] > 0:
         # A 1x1 layer's derived convolution is degenerate: its gradient is a GEMM
         # (fastconv.cpu.grad_gemm).
-        from .cpu import grad_gemm
+        from .cpu import grad_depthwise, grad_gemm
 
         if tuple(RS) == (1, 1):
             return grad_gemm.pointwise_weight(x, gy, pads, stride, groups)
+        if grad_depthwise.pays(x.shape, gy.shape, RS, groups):
+            return grad_depthwise.depthwise_weight(x, gy, RS, pads, stride, dilation)
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape
     R, S = RS
