@@ -60,6 +60,12 @@ def test_opcheck_gradient_ops():
                                     groups=2).shape, grad=True))
     torch.library.opcheck(OPS.conv2d_grad_input.default, (gy, w, list(x.shape), *CFG))
     torch.library.opcheck(OPS.conv2d_grad_weight.default, (x, gy, list(w.shape), *CFG))
+    torch.library.opcheck(OPS.conv2d_backward.default, (gy, x, w, *CFG))
+    # The one-call backward equals the two single operators, also on a non-contiguous grad_y.
+    gy_t = gy.transpose(2, 3).contiguous().transpose(2, 3)
+    gx, gw = OPS.conv2d_backward(gy_t, x, w, *CFG)
+    torch.testing.assert_close(gx, OPS.conv2d_grad_input(gy, w, list(x.shape), *CFG), rtol=0, atol=0)
+    torch.testing.assert_close(gw, OPS.conv2d_grad_weight(x, gy, list(w.shape), *CFG), rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------

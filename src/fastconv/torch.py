@@ -1,12 +1,13 @@
 """PyTorch adapter: fastconv kernels as PyTorch custom operators and an ``nn.Conv2d`` drop-in.
 
-Three operators are registered with :func:`torch.library.custom_op`, each
+Four operators are registered with :func:`torch.library.custom_op`, each
 with a fake (meta) implementation so they trace under :func:`torch.compile`
 without graph breaks:
 
 ``fastconv::conv2d(Tensor x, Tensor w, Tensor? bias, SymInt[] stride, SymInt[] padding, SymInt[] dilation, SymInt groups, str algorithm) -> Tensor``
 ``fastconv::conv2d_grad_input(Tensor grad_y, Tensor w, SymInt[] x_size, ...same...) -> Tensor``
 ``fastconv::conv2d_grad_weight(Tensor x, Tensor grad_y, SymInt[] w_size, ...same...) -> Tensor``
+``fastconv::conv2d_backward(Tensor grad_y, Tensor x, Tensor w, ...same...) -> (Tensor, Tensor)``
 
 ``padding`` is always the 4-list ``(top, bottom, left, right)``; the Python
 wrappers below turn every padding form of :func:`fastconv.conv2d` (and
@@ -18,6 +19,9 @@ and read through their strides).
 the two gradient operators), and so do the two gradient operators (each is
 linear in both tensor arguments, so their derivatives are again these three
 operators): second derivatives (``gradgradcheck``, double backward) work.
+A backward that needs both the input and the weight gradient makes one
+``conv2d_backward`` call instead, which converts ``grad_y`` once for both
+(and has autograd registered too).
 
 CPU tensors reach the Numba kernels as NumPy views (``Tensor.numpy()``,
 no copy; fastconv itself makes the one contiguous copy a kernel needs);
@@ -27,7 +31,7 @@ Supported dtypes are float32 and float64.
 """
 
 import numbers
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -182,6 +186,38 @@ def _grad_weight_fake(x, grad_y, w_size, stride, padding, dilation, groups, algo
     return x.new_empty(tuple(w_size))
 
 
+@torch.library.custom_op("fastconv::conv2d_backward", mutates_args=())
+def _backward_op(grad_y: Tensor, x: Tensor, w: Tensor, stride: List[int], padding: List[int],
+                 dilation: List[int], groups: int, algorithm: str) -> Tuple[Tensor, Tensor]:
+    """Both gradients of ``conv2d(x, w)`` in one call: ``(grad_x, grad_w)``.
+
+    What the two share is done once: ``grad_y`` is made C-contiguous once
+    (autograd hands over expanded or permuted gradients, e.g. of a ``sum``),
+    and both read that copy.  The results equal the two single operators'.
+    """
+    kw = _kw(stride, padding, dilation, groups)
+    pads = (kw["padding"][0] + kw["padding"][1])
+    hw, RS = (int(x.shape[2]), int(x.shape[3])), (int(w.shape[2]), int(w.shape[3]))
+    args = (pads, kw["stride"], kw["dilation"], kw["groups"])
+    if _device_check(grad_y) == "cpu":
+        gy = np.ascontiguousarray(_np(grad_y))
+        gx = _grad._input_grad_nchw(gy, _np(w), hw, *args, None, algorithm, "conv2d_grad_input")
+        gw = _grad._weight_grad_nchw(_np(x), gy, RS, *args, algorithm, "conv2d_grad_weight")
+        return (torch.from_numpy(np.ascontiguousarray(gx)),
+                torch.from_numpy(np.ascontiguousarray(gw)))
+    gy = grad_y.detach().contiguous()
+    gx = _grad._input_grad_nchw(gy, w.detach(), hw, *args, None, algorithm, "conv2d_grad_input",
+                                ops=_TorchOps)
+    gw = _grad._weight_grad_nchw(x.detach(), gy, RS, *args, algorithm, "conv2d_grad_weight",
+                                 ops=_TorchOps)
+    return _as_tensor(gx, grad_y), _as_tensor(gw, x)
+
+
+@_backward_op.register_fake
+def _backward_fake(grad_y, x, w, stride, padding, dilation, groups, algorithm):
+    return x.new_empty(x.shape), w.new_empty(w.shape)
+
+
 # --------------------------------------------------------------------------
 # Autograd: every operator is linear in each tensor argument, so each
 # derivative is one of the three operators again.
@@ -201,10 +237,13 @@ def _conv2d_setup(ctx, inputs, output):
 def _conv2d_backward(ctx, grad_y):
     x, w = ctx.saved_tensors
     gx = gw = gb = None
-    if ctx.needs_input_grad[0]:
-        gx = torch.ops.fastconv.conv2d_grad_input(grad_y, w, list(x.shape), *ctx.cfg)
-    if ctx.needs_input_grad[1]:
-        gw = torch.ops.fastconv.conv2d_grad_weight(x, grad_y, list(w.shape), *ctx.cfg)
+    if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+        gx, gw = torch.ops.fastconv.conv2d_backward(grad_y, x, w, *ctx.cfg)
+    else:
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.fastconv.conv2d_grad_input(grad_y, w, list(x.shape), *ctx.cfg)
+        if ctx.needs_input_grad[1]:
+            gw = torch.ops.fastconv.conv2d_grad_weight(x, grad_y, list(w.shape), *ctx.cfg)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = grad_y.sum((0, 2, 3))
     return gx, gw, gb, None, None, None, None, None
@@ -266,7 +305,32 @@ def _grad_weight_backward(ctx, gg):
     return d_x, d_gy, None, None, None, None, None, None
 
 
+def _backward_setup(ctx, inputs, output):
+    grad_y, x, w, *cfg = inputs
+    ctx.save_for_backward(grad_y, x, w)
+    _cfg_context(ctx, cfg)
+
+
+def _backward_backward(ctx, ggx, ggw):
+    # (grad_x, grad_w) = (A_w^T gy, B_x^T gy): the sum of the two single operators' rules.
+    grad_y, x, w = ctx.saved_tensors
+    d_gy = d_x = d_w = None
+    if ctx.needs_input_grad[0]:
+        parts = []
+        if ggx is not None:
+            parts.append(_forward_to(ggx, w, grad_y.shape, ctx.cfg))
+        if ggw is not None:
+            parts.append(_forward_to(x, ggw, grad_y.shape, ctx.cfg))
+        d_gy = sum(parts) if parts else None
+    if ctx.needs_input_grad[1] and ggw is not None:
+        d_x = torch.ops.fastconv.conv2d_grad_input(grad_y, ggw, list(x.shape), *ctx.cfg)
+    if ctx.needs_input_grad[2] and ggx is not None:
+        d_w = torch.ops.fastconv.conv2d_grad_weight(ggx, grad_y, list(w.shape), *ctx.cfg)
+    return d_gy, d_x, d_w, None, None, None, None, None
+
+
 _conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
+_backward_op.register_autograd(_backward_backward, setup_context=_backward_setup)
 _grad_input_op.register_autograd(_grad_input_backward, setup_context=_grad_input_setup)
 _grad_weight_op.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
 
