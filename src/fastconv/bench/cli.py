@@ -5,6 +5,9 @@ Examples::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastconv bench
     python -m fastconv bench --quick --json bench.json --plot bench.png
     python -m fastconv bench --layers resnet50_3x3_64,vgg16_3_2 --algorithms im2col,winograd --phases
+    python -m fastconv bench --training --quick --json training.json
+
+``--training`` runs :mod:`fastconv.bench.training` instead of the forward benchmark.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", choices=DEVICES, default="cpu",
                     help="cpu (default) or cuda (needs fastconv's CUDA support and a GPU)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    ap.add_argument("--training", action="store_true",
+                    help="time forward + both gradients per layer and a ResNet-18 training step "
+                         "against torch autograd (float32, CPU; --repeat defaults to 5)")
+    ap.add_argument("--no-network", action="store_true",
+                    help="with --training: skip the ResNet-18 training step")
     return ap
 
 
@@ -88,6 +96,9 @@ def main(argv=None) -> int:
         for layer in load_layers():
             print(f"{layer.name:20s} {layer.describe():45s} {layer.flops / 1e9:7.3f} GFLOP")
         return 0
+    if args.training:
+        from .training import main as training_main
+        return training_main(args)
     try:
         runner = _cuda_runner() if args.device == "cuda" else run_suite
     except RuntimeError as exc:
