@@ -480,3 +480,38 @@ def test_weight_grad_depthwise_nonfinite_and_threads():
     assert not np.isfinite(got[3, 0, :2, 1:]).any()
     assert np.isfinite(got[3, 0, :2, 0]).all() and np.isfinite(got[3, 0, 2]).all()
     assert np.isfinite(np.delete(got, 3, axis=0)).all()
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((4, 8, 3, 3), (10, 8, 3, 3), dict(padding=1)),                    # 2 x 3 x 3 maps of a deep stage
+    ((2, 5, 5, 6), (7, 5, 3, 2), dict(stride=2, padding=((1, 0), (2, 1)))),  # taps not whole vectors
+    ((3, 3, 6, 6), (4, 3, 3, 3), dict(dilation=2, padding=2, stride=(1, 2))),
+    ((2, 4, 5, 4), (9, 4, 3, 3), dict(stride=3)),                      # floored rows
+    ((1, 2, 2, 2), (3, 2, 3, 3), dict(padding=3, stride=2)),           # windows of padding only
+])
+def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
+    """The small-map weight gradient (gy times the unfolded taps, panel_gemm's tiles)
+    against the derived direct convolution in float64, and within gamma_n, n = N*P*Q,
+    in float32; thread-count independent."""
+    import numba
+    from fastconv.cpu import grad_gemm
+
+    p = normalize(x_shape, w_shape, None, np.float64, **kw)
+    assert grad_gemm.tap_gemm_pays(x_shape, p.output_shape, w_shape[2:], 1)
+    x, gy = _rand(x_shape), _rand(p.output_shape)
+    x0, gy0 = x.copy(), gy.copy()
+    want = conv2d_grad_weight(x, gy, w_shape, algorithm="direct", **kw)
+    mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
+    _close(conv2d_grad_weight(x, gy, w_shape, **kw), want, np.float64)  # auto takes this route
+    got = {}
+    for threads in (numba.config.NUMBA_NUM_THREADS, 1):
+        numba.set_num_threads(threads)
+        try:
+            got[threads] = grad_gemm.tap_gemm_weight(x.astype(np.float32), gy.astype(np.float32),
+                                                     w_shape[2:], p.padding, p.stride, p.dilation)
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(got[1], got[numba.config.NUMBA_NUM_THREADS])
+    _assert_within_gamma(got[1], want, mag, p.N * p.P * p.Q)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(gy, gy0)

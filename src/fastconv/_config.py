@@ -254,6 +254,10 @@ class CpuSettings(_Settings):
     vec_item_bytes: int = 8 * 2**20
     #: Fused mode: fewest tiles per item (thinner products waste the micro-kernel).
     vec_min_item_tiles: int = 16
+    #: Weight gradient: largest N*P*Q reduced by one GEMM over the unfolded taps
+    #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_weight`) instead of the derived convolution;
+    #: beyond it the unfold (a strided write per tap and pixel) costs more than it saves.
+    grad_gemm_max_pixels: int = 256
     #: Tile-row path: target V + M of one block of tile rows (last-level cache).
     tile_row_block_bytes: int = 8 * 2**20
     #: Tile-row path, fused: most V + M of one item (a core's share of the cache).

@@ -250,6 +250,8 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
             return grad_gemm.pointwise_weight(x, gy, pads, stride, groups)
         if grad_depthwise.pays(x.shape, gy.shape, RS, groups):
             return grad_depthwise.depthwise_weight(x, gy, RS, pads, stride, dilation)
+        if grad_gemm.tap_gemm_pays(x.shape, gy.shape, RS, groups):
+            return grad_gemm.tap_gemm_weight(x, gy, RS, pads, stride, dilation)
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape
     R, S = RS

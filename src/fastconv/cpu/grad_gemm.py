@@ -1,4 +1,4 @@
-"""Gradients of 1x1 layers as GEMMs, where the derived convolution is a poor fit.
+"""Gradients as GEMMs, where the derived convolution is a poor fit.
 
 :mod:`fastconv.grad` computes both gradients as convolutions.  For a 1x1
 kernel those are degenerate: the weight gradient's derived convolution has a
@@ -12,6 +12,11 @@ matrix products on the pixels the forward call read:
   w[k, c] * gy[n, k, p, q]``, per image and group ``(Cg x Kg) @ (Kg x PQ)``,
   every other pixel zero (the forward call never read it).
 
+On small maps the weight gradient of any kernel is better done the same way:
+:func:`tap_gemm_weight` multiplies ``gy`` (K x NPQ) by the unfolded input
+(NPQ x C*R*S) with :func:`fastconv.cpu._gemm.panel_gemm`'s register tiles
+(:func:`tap_gemm_pays` says where).
+
 Summation order and error bound: every entry is one dot product (``n =
 N*P*Q`` terms for the weights, ``Kg`` for the input), summed in an order
 fixed by the shapes alone (BLAS splits the two outer dimensions of a GEMM
@@ -20,7 +25,9 @@ between threads, never the reduction; the products run through
 pool, as im2col's do), so results do not depend on the
 thread count and ``|g - g_exact| <= gamma_n * sum |a| |b|`` with ``gamma_n =
 n u / (1 - n u)`` (Higham, *Accuracy and Stability of Numerical Algorithms*,
-sec. 3.1).  ``tests/test_grad.py`` holds both.
+sec. 3.1); :func:`tap_gemm_weight`'s sums run in pixel order with one fused
+multiply-add per term (``n = N*P*Q``), split between threads by output rows and
+tap blocks only.  ``tests/test_grad.py`` holds all three.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._config import PJIT
-from ._gemm import grouped_matmul
+from .._aligned import empty_aligned
+from .._config import CPU, PJIT
+from ._gemm import PANEL_ROWS, PANEL_VECS, grouped_matmul, panel_gemm
+from .packing import swap_middle
+from .simd import lanes, sload, sstore
 
 
 @numba.njit(**PJIT)
@@ -118,3 +128,110 @@ def pointwise_input(gy, w, out_hw, pads, stride, groups, bias=None):
     if bias is not None:
         gx += bias.reshape(1, -1, 1, 1)
     return gx
+
+
+
+@numba.njit(**PJIT)
+def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, pl, L):
+    # U[(jb*NPQ + (n*P + p)*Q + q)*L + l] = x[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl] for
+    # tap j = jb*L + l = (c*R + r)*S + s (0 outside x and past the last tap): the im2col
+    # matrix (pixels x taps) with the taps in blocks of L lanes.  One job per (image, row);
+    # per tap a run over q, read along x's row and written every L elements.
+    N, C, H, W = x.shape
+    taps = C * R * S
+    NPQ = N * P * Q
+    nb = (taps + L - 1) // L
+    xf = x.reshape(-1)
+    zero = x.dtype.type(0)
+    for job in numba.prange(N * P):
+        n, p = job // P, job % P
+        pix0 = job * Q
+        for j in range(nb * L):
+            o = ((j // L) * NPQ + pix0) * L + j % L
+            c, rs = j // (R * S), j % (R * S)
+            h = p * sh + (rs // S) * dh - pt
+            if j >= taps or h < 0 or h >= H:
+                for q in range(Q):
+                    sstore(U, o + q * L, zero)
+                continue
+            off = (rs % S) * dw - pl  # input column of q: q*sw + off
+            qlo = 0 if off >= 0 else min(Q, (-off + sw - 1) // sw)
+            qhi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
+            qhi = max(qhi, qlo)
+            src = ((n * C + c) * H + h) * W + off
+            for q in range(qlo):
+                sstore(U, o + q * L, zero)
+            for q in range(qlo, qhi):
+                sstore(U, o + q * L, sload(xf, src + q * sw))
+            for q in range(qhi, Q):
+                sstore(U, o + q * L, zero)
+
+
+@numba.njit(**PJIT)
+def _tap_gemm(V, U, M, K, NPQ, nb, Kp, L, TR, JB):
+    # M[k, j] = sum_pix V[k, pix] U[pix, j] (V: K rows of NPQ; U: tap blocks as above; M: K x Kp),
+    # one job per TR rows of M and JB tap blocks; each sum runs over pix in order.
+    nt = (K + TR - 1) // TR
+    njb = (nb + JB - 1) // JB
+    for job in numba.prange(nt * njb):
+        t, b = job // njb, job % njb
+        k0 = t * TR
+        panel_gemm(V, k0 * NPQ, U, 0, M, k0 * Kp, min(TR, K - k0), NPQ, b * JB,
+                   min(nb, (b + 1) * JB), Kp, L)
+
+
+def tap_gemm_pays(x_shape, gy_shape, RS, groups) -> bool:
+    """Whether :func:`tap_gemm_weight` computes this weight gradient.
+
+    It does for ungrouped layers whose reduction ``N*P*Q`` is at most
+    ``CPU.grad_gemm_max_pixels``: small maps (the deep stages of a network,
+    any batch).  There the derived convolution has a kernel of a few pixels
+    and an ``R x S`` output, too few output pixels for the forward kernels'
+    register blocks; the GEMM's register tile spans output channels and taps
+    instead, and its operands (``N*P*Q`` times a block of taps or channels)
+    stay in cache without blocking the reduction.
+    """
+    N = x_shape[0]
+    _, K, P, Q = gy_shape
+    npq = N * P * Q
+    return groups == 1 and 0 < npq <= CPU.grad_gemm_max_pixels and K > 1
+
+
+def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
+    """``grad_w`` (K, C, R, S) of an ungrouped layer as one GEMM over ``x``'s unfolded taps.
+
+    ``grad_w[k, j] = sum_{(n, p, q)} gy[n, k, p, q] * U[(n, p, q), j]``, ``j = (c, r, s)``,
+    with ``U`` the input values under each output pixel's window (zero in the
+    padding): ``(K x N*P*Q) @ (N*P*Q x C*R*S)`` through
+    :func:`fastconv.cpu._gemm.panel_gemm`'s register tiles, ``U`` laid out in
+    blocks of one vector of taps, rows of ``grad_w`` over the threads.
+
+    Summation order and error bound: each entry sums its ``n = N*P*Q`` products
+    in pixel order with one fused multiply-add per term, however the work is
+    split, so ``|g - g_exact| <= gamma_n * sum |gy| |x|``.
+    """
+    N, C, H, W = x.shape
+    _, K, P, Q = gy.shape
+    R, S = RS
+    dtype = np.result_type(x.dtype, gy.dtype)
+    L = lanes(dtype)
+    taps = C * R * S
+    npq = N * P * Q
+    nb = -(-taps // L)
+    Kp = nb * L
+    U = empty_aligned(nb * npq * L, dtype)
+    (sh, sw), (dh, dw) = stride, dilation
+    _unfold_taps(np.ascontiguousarray(x, dtype=dtype), U, R, S, P, Q, sh, sw, dh, dw,
+                 pads[0], pads[2], L)
+    # V[k, (n, p, q)] = gy[n, k, p, q]
+    V = swap_middle(np.ascontiguousarray(gy, dtype=dtype)[None]).reshape(-1)
+    M = empty_aligned(K * Kp, dtype)
+    # Jobs: rows in whole register tiles, about four per thread.
+    threads = max(1, numba.get_num_threads())
+    TR = PANEL_ROWS * max(1, -(-K // (PANEL_ROWS * threads)))
+    JB = PANEL_VECS * max(1, -(-nb // (4 * PANEL_VECS)))
+    _tap_gemm(V, U, M, K, npq, nb, Kp, L, TR, JB)
+    gw = M.reshape(K, Kp)
+    if Kp != taps:
+        gw = np.ascontiguousarray(gw[:, :taps])
+    return gw.reshape(K, C, R, S)
