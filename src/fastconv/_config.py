@@ -172,8 +172,11 @@ class CpuSettings(_Settings):
     small_map_deep_cg: int = 128
     #: ... or this shorter side ...
     small_map_deeper_side: int = 3
-    #: ... from this many channels.
+    #: ... from this many channels ...
     small_map_deeper_cg: int = 256
+    #: ... or, on those channels, narrower maps from this many images (one image of a
+    #: 2x2 map: direct, unless its weights change every call, as in training).
+    small_map_tiny_images: int = 2
     #: Clause 2b's model: reading U once, in tiles' products (F(2x2)'s fewer weights vs F(4x4)).
     u_read_tiles: float = 6.7
     #: ... F(4x4) streaming (no U read): per tile, its 36 products ...

@@ -36,9 +36,12 @@ output map's shorter side), in this order:
       direct pass over few channels; they pay off once the products over
       ``Cg`` dominate, or the map is large;
    b. ``Cg >= 64`` and ``small >= 12``, or at least 16 4x4 tiles over the
-      batch, or ``small >= 6`` and ``Cg >= 128``, or ``small >= 3`` and
-      ``Cg >= 256`` (the deeper the layer, the fewer tiles it takes for the
-      products to repay the transforms), on the channel-vectorised
+      batch, or ``small >= 6`` and ``Cg >= 128``, or ``Cg >= 256`` and
+      ``small >= 3`` or at least 2 images (the deeper the layer, the fewer
+      tiles it takes for the products to repay the transforms; on a batch
+      of 2x2 or 1x1 maps, the last stage of a small-image network, so does a
+      kernel's one pass of direct's packing or Winograd's transform, which
+      training repeats every call), on the channel-vectorised
       path (maps up to 60 outputs wide, :mod:`fastconv.cpu.winograd.vec`):
       F(4x4) or F(2x2) by a cost model (:func:`small_map_winograd`:
       products per tile against reading the transformed weights once, or,
@@ -233,7 +236,9 @@ def fitted_rule(p) -> str:
         if (p.Cg >= CPU.small_map_cg
                 and (small >= CPU.small_map_side or tiles4 >= CPU.small_map_tiles
                      or (small >= CPU.small_map_deep_side and p.Cg >= CPU.small_map_deep_cg)
-                     or (small >= CPU.small_map_deeper_side and p.Cg >= CPU.small_map_deeper_cg))
+                     or (p.Cg >= CPU.small_map_deeper_cg
+                         and (small >= CPU.small_map_deeper_side
+                              or p.N >= CPU.small_map_tiny_images)))
                 and winograd_vec.plan(p, 4) is not None):
             return small_map_winograd(p)
         # the stream arm: F(4x4) transforming its kernels inside the products
