@@ -28,3 +28,6 @@ def test_lenet5_fastconv_matches_torch_accuracy():
     assert min(acc.values()) > 80.0, proc.stdout
     # ... and agree within the script's stated tolerance.
     assert abs(acc["torch"] - acc["fastconv"]) <= 1.5, proc.stdout
+    # The epoch times of both are reported.
+    m = re.search(r"epoch time: fastconv (\d+) ms, torch (\d+) ms \(torch / fastconv = ([\d.]+)x", proc.stdout)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, proc.stdout
