@@ -114,3 +114,20 @@ def test_swap_middle_matches_numpy(shape, flip):
     assert got.flags.c_contiguous
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(a, a0)
+
+
+@pytest.mark.parametrize("g_shape, shape, h0, sh, w0, sw", [
+    ((2, 3, 4, 5), (2, 3, 11, 12), 1, 2, 0, 2),
+    ((1, 2, 3, 3), (1, 2, 9, 10), 2, 3, 1, 4),
+    ((1, 2, 0, 3), (1, 2, 5, 5), 0, 1, 0, 1),     # no rows reach the buffer: all zeros
+    ((2, 1, 5, 4), (2, 1, 5, 4), 0, 1, 0, 1),     # stride 1, no padding: a copy
+])
+def test_zero_insert_matches_numpy(g_shape, shape, h0, sh, w0, sw):
+    from fastconv.cpu.packing import zero_insert
+
+    g = np.random.default_rng(4).standard_normal(g_shape)
+    want = np.zeros(shape)
+    P, Q = g_shape[2:]
+    want[:, :, h0:h0 + (P - 1) * sh + 1:sh, w0:w0 + (Q - 1) * sw + 1:sw] = g
+    zero_insert(np.full(g_shape, np.nan), shape, h0, sh, w0, sw)  # a used scratch buffer ...
+    np.testing.assert_array_equal(zero_insert(g, shape, h0, sh, w0, sw), want)  # ... is rewritten

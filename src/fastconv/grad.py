@@ -46,7 +46,7 @@ __all__ = ["conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias", "conv_
 
 # --------------------------------------------------------------------------
 # Array operations the derivations need.  They run on NumPy arrays here; an
-# adapter passes its own ``ops`` with the same six operations to run them on
+# adapter passes its own ``ops`` with the same seven operations to run them on
 # its tensors (fastconv.torch does, for CUDA tensors), so no framework is
 # imported by this module.
 # --------------------------------------------------------------------------
@@ -74,6 +74,13 @@ class _NumpyOps:
         spatially flipped when ``flip``."""
         from .cpu.packing import swap_middle
         return swap_middle(a, flip)
+
+    @staticmethod
+    def zero_insert(g, shape, h0, sh, w0, sw):
+        """An array of ``shape``: ``g[n, k, p, q]`` at ``[n, k, h0 + p*sh, w0 + q*sw]``, zeros
+        elsewhere (empty ``g``: all zeros)."""
+        from .cpu.packing import zero_insert
+        return zero_insert(g, shape, h0, sh, w0, sw)
 
     @staticmethod
     def result(y, like):
@@ -137,10 +144,11 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
 
     ph0, ph1 = span(Lh, sh, P, Hb)
     pw0, pw1 = span(Lw, sw, Q, Wb)
-    buf = ops.zeros((N, K, Hb, Wb), gy)
-    if ph0 <= ph1 and pw0 <= pw1:
-        buf[:, :, Lh + ph0 * sh: Lh + ph1 * sh + 1: sh,
-            Lw + pw0 * sw: Lw + pw1 * sw + 1: sw] = gy[:, :, ph0:ph1 + 1, pw0:pw1 + 1]
+    # (No rows or no columns of gy reach the buffer: an empty slice, an all-zero buffer.)
+    rows = slice(ph0, ph1 + 1) if ph0 <= ph1 else slice(0, 0)
+    cols = slice(pw0, pw1 + 1) if pw0 <= pw1 else slice(0, 0)
+    buf = ops.zero_insert(gy[:, :, rows, cols], (N, K, Hb, Wb), Lh + ph0 * sh, sh,
+                          Lw + pw0 * sw, sw)
     # Per group, the flipped kernels with input and output channels swapped:
     # wt[g*Cg + c, k] = w[g*Kg + k, c, ::-1, ::-1].
     wt = ops.swap_middle(w.reshape(G, Kg, Cg, R, S), True).reshape(G * Cg, Kg, R, S)
@@ -186,15 +194,20 @@ def _polyphase_pays(gy, w, out_hw, dilation, groups):
     ``auto`` rule would run it with Winograd (3x3, dilation 1, >= 16
     channels per group) its cheaper multiplies outweigh the inserted zeros,
     and the phases, whose sub-kernels are smaller than 3x3, cannot use
-    Winograd.  Otherwise the phases win by skipping the inserted zeros, up to
-    all but ``1 / stride**2`` of the single call's products.  Other devices
-    keep the single call.
+    Winograd.  A depthwise layer's products are few against its memory
+    traffic, which the phases do not reduce (``stride**2`` calls, each output
+    written through a strided view): the single call wins there too.
+    Otherwise the phases win by skipping the inserted zeros, up to all but
+    ``1 / stride**2`` of the single call's products.  Other devices keep the
+    single call.
     """
     if not isinstance(gy, np.ndarray):
         return False
     from ._dispatch import auto_choice
     N, K, _, _ = gy.shape
     _, Cg, R, S = w.shape
+    if Cg == 1 and K == groups:
+        return False
     H, W = out_hw
     try:
         p = normalize((N, K, H + (R - 1) * dilation[0], W + (S - 1) * dilation[1]),

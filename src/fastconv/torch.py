@@ -111,6 +111,14 @@ class _TorchOps:
         return (b.flip((3, 4)) if flip else b).contiguous()
 
     @staticmethod
+    def zero_insert(g, shape, h0, sh, w0, sw):
+        out = torch.zeros(shape, dtype=g.dtype, device=g.device)
+        P, Q = g.shape[2], g.shape[3]
+        if P and Q:
+            out[:, :, h0:h0 + (P - 1) * sh + 1:sh, w0:w0 + (Q - 1) * sw + 1:sw] = g
+        return out
+
+    @staticmethod
     def result(y, like):
         # Whatever the backend returned (a CUDA array interface object on a
         # GPU) back to a torch tensor.

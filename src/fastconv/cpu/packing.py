@@ -392,6 +392,40 @@ def swap_middle(a: np.ndarray, flip: bool = False) -> np.ndarray:
     return out
 
 
+@numba.njit(**PJIT)
+def _zero_insert(g, out, h0, sh, w0, sw):
+    N, K, P, Q = g.shape
+    Hb, Wb = out.shape[2], out.shape[3]
+    zero = out.dtype.type(0)
+    for job in numba.prange(N * K * Hb):
+        nk, h = job // Hb, job % Hb
+        n, k = nk // K, nk % K
+        row = out[n, k, h]
+        for j in range(Wb):
+            row[j] = zero
+        t = h - h0
+        if t >= 0 and t % sh == 0 and t // sh < P:
+            src = g[n, k, t // sh]
+            for q in range(Q):
+                row[w0 + q * sw] = src[q]
+
+
+def zero_insert(g: np.ndarray, shape, h0: int, sh: int, w0: int, sw: int) -> np.ndarray:
+    """``out[n, k, h0 + p*sh, w0 + q*sw] = g[n, k, p, q]``, zeros elsewhere, ``out`` of ``shape``.
+
+    The input gradient's zero-inserted, re-padded ``grad_y`` in one parallel
+    pass (a NumPy strided assignment into ``np.zeros`` is several times
+    slower), in a reused scratch buffer of this thread (``"grad.zero_insert"``):
+    the caller passes it on as a convolution's input and never returns it.
+    """
+    g = np.ascontiguousarray(g)
+    n = int(np.prod(shape))
+    out = _scratch.buffer("grad.zero_insert", g.dtype, n).reshape(shape)
+    if n:
+        _zero_insert(g, out, h0, sh, w0, sw)
+    return out
+
+
 def pad_nchw(x: np.ndarray, pt: int, pb: int, pl: int, pr: int) -> np.ndarray:
     """Zero-padded copy of a contiguous NCHW array (returns ``x`` itself when no padding)."""
     if pt == pb == pl == pr == 0:
