@@ -438,8 +438,9 @@ def test_weight_grad_depthwise(x_shape, R, S, kw):
     C = x_shape[1]
     kw = dict(kw, groups=C)
     p = normalize(x_shape, (C, 1, R, S), None, np.float64, **kw)
-    x = _rand(x_shape)
-    gy = _rand(p.output_shape)
+    # float32-representable inputs: the bound is on the sums, not on rounding the inputs.
+    x = _rand(x_shape).astype(np.float32).astype(np.float64)
+    gy = _rand(p.output_shape).astype(np.float32).astype(np.float64)
     x0, gy0 = x.copy(), gy.copy()
     want = conv2d_grad_weight(x, gy, (C, 1, R, S), algorithm="direct", **kw)
     mag = conv2d_grad_weight(np.abs(x), np.abs(gy), (C, 1, R, S), algorithm="direct", **kw)
@@ -498,7 +499,8 @@ def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
 
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
     assert grad_gemm.tap_gemm_pays(x_shape, p.output_shape, w_shape[2:], 1)
-    x, gy = _rand(x_shape), _rand(p.output_shape)
+    # float32-representable inputs: the bound is on the sums, not on rounding the inputs.
+    x, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (x_shape, p.output_shape))
     x0, gy0 = x.copy(), gy.copy()
     want = conv2d_grad_weight(x, gy, w_shape, algorithm="direct", **kw)
     mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
@@ -515,3 +517,47 @@ def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
     _assert_within_gamma(got[1], want, mag, p.N * p.P * p.Q)
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(gy, gy0)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((4, 8, 2, 2), (10, 8, 3, 3), dict(padding=1)),                    # 2x2 maps, stride 1
+    ((2, 5, 9, 8), (7, 5, 3, 2), dict(stride=2, padding=((1, 0), (2, 1)))),  # taps not whole vectors
+    ((3, 3, 11, 9), (4, 3, 3, 3), dict(dilation=2, padding=2, stride=(2, 3))),
+    ((2, 4, 7, 6), (9, 4, 3, 3), dict(stride=3)),                      # floored rows: zero gradient
+    ((1, 2, 2, 2), (3, 2, 3, 3), dict(padding=3, stride=2)),           # windows of padding only
+])
+def test_input_grad_tap_gemm(x_shape, w_shape, kw):
+    """The small-map input gradient (a GEMM over the weights' taps and a col2im) against the
+    derived direct convolution in float64, within gamma_n, n = K*R*S, in float32, and
+    thread-count independent; the transposed convolution (bias) through the same route."""
+    import numba
+    from fastconv.cpu import grad_gemm
+
+    p = normalize(x_shape, w_shape, None, np.float64, **kw)
+    assert grad_gemm.tap_gemm_input_pays(p.output_shape, w_shape, p.stride, 1)
+    # float32-representable inputs: the bound is on the sums, not on rounding the inputs.
+    w, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (w_shape, p.output_shape))
+    w0, gy0 = w.copy(), gy.copy()
+    want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
+    mag = conv2d_grad_input(np.abs(gy), np.abs(w), x_shape, algorithm="direct", **kw)
+    _close(conv2d_grad_input(gy, w, x_shape, **kw), want, np.float64)  # auto takes this route
+    got = {}
+    for threads in (numba.config.NUMBA_NUM_THREADS, 1):
+        numba.set_num_threads(threads)
+        try:
+            got[threads] = grad_gemm.tap_gemm_input(gy.astype(np.float32), w.astype(np.float32),
+                                                    x_shape[2:], p.padding, p.stride, p.dilation)
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(got[1], got[numba.config.NUMBA_NUM_THREADS])
+    _assert_within_gamma(got[1], want, mag, w_shape[0] * w_shape[2] * w_shape[3])
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(gy, gy0)
+    if "dilation" not in kw:
+        # conv_transpose2d (the same operator plus a bias) takes the route too.
+        b = _rand((w_shape[1],))
+        s = kw.get("stride", 1)
+        kwt = dict(stride=s, padding=kw.get("padding", 0))
+        y = conv_transpose2d(gy, w, b, **kwt)
+        ref = conv_transpose2d(gy, w, b, algorithm="direct", **kwt)
+        _close(y, ref, np.float64)

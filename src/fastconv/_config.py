@@ -261,6 +261,12 @@ class CpuSettings(_Settings):
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_weight`) instead of the derived convolution;
     #: beyond it the unfold (a strided write per tap and pixel) costs more than it saves.
     grad_gemm_max_pixels: int = 256
+    #: Input gradient: largest N*P*Q done as one GEMM and a col2im
+    #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_input`) at stride 1 ...
+    grad_input_gemm_max_pixels: int = 64
+    #: ... and when strided, where the derived convolution's zero-inserted input
+    #: multiplies stride_h * stride_w times more products.
+    grad_input_gemm_max_pixels_strided: int = 1024
     #: Tile-row path: target V + M of one block of tile rows (last-level cache).
     tile_row_block_bytes: int = 8 * 2**20
     #: Tile-row path, fused: most V + M of one item (a core's share of the cache).

@@ -15,7 +15,9 @@ matrix products on the pixels the forward call read:
 On small maps the weight gradient of any kernel is better done the same way:
 :func:`tap_gemm_weight` multiplies ``gy`` (K x NPQ) by the unfolded input
 (NPQ x C*R*S) with :func:`fastconv.cpu._gemm.panel_gemm`'s register tiles
-(:func:`tap_gemm_pays` says where).
+(:func:`tap_gemm_pays` says where), and so is the input gradient:
+:func:`tap_gemm_input` multiplies ``gy`` (NPQ x K) by the weights (K x C*R*S)
+and adds each column into the input pixel it belongs to (col2im).
 
 Summation order and error bound: every entry is one dot product (``n =
 N*P*Q`` terms for the weights, ``Kg`` for the input), summed in an order
@@ -27,7 +29,9 @@ thread count and ``|g - g_exact| <= gamma_n * sum |a| |b|`` with ``gamma_n =
 n u / (1 - n u)`` (Higham, *Accuracy and Stability of Numerical Algorithms*,
 sec. 3.1); :func:`tap_gemm_weight`'s sums run in pixel order with one fused
 multiply-add per term (``n = N*P*Q``), split between threads by output rows and
-tap blocks only.  ``tests/test_grad.py`` holds all three.
+tap blocks only; :func:`tap_gemm_input`'s entries are sums of at most ``R*S``
+such dot products over ``K``, added in a fixed order (``n = K*R*S``).
+``tests/test_grad.py`` holds all four.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 
 from .._aligned import empty_aligned
 from .._config import CPU, PJIT
+from . import _scratch
 from ._gemm import PANEL_ROWS, PANEL_VECS, grouped_matmul, panel_gemm
 from .packing import swap_middle
 from .simd import lanes, sload, sstore
@@ -219,7 +224,7 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     npq = N * P * Q
     nb = -(-taps // L)
     Kp = nb * L
-    U = empty_aligned(nb * npq * L, dtype)
+    U = _scratch.buffer("grad_gemm.U", dtype, nb * npq * L)
     (sh, sw), (dh, dw) = stride, dilation
     _unfold_taps(np.ascontiguousarray(x, dtype=dtype), U, R, S, P, Q, sh, sw, dh, dw,
                  pads[0], pads[2], L)
@@ -235,3 +240,96 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     if Kp != taps:
         gw = np.ascontiguousarray(gw[:, :taps])
     return gw.reshape(K, C, R, S)
+
+
+@numba.njit(**PJIT)
+def _tap_rows_gemm(V, U, M, T, K, nb, Kp, L, TR, JB):
+    # M[t, j] = sum_k V[t, k] U[k, j] for T rows t (pixels), one job per TR rows and JB tap blocks.
+    nt = (T + TR - 1) // TR
+    njb = (nb + JB - 1) // JB
+    for job in numba.prange(nt * njb):
+        t, b = job // njb, job % njb
+        t0 = t * TR
+        panel_gemm(V, t0 * K, U, 0, M, t0 * Kp, min(TR, T - t0), K, b * JB,
+                   min(nb, (b + 1) * JB), Kp, L)
+
+
+@numba.njit(**PJIT)
+def _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pt, pl, Kp):
+    # gx[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl] += M[(n*P + p)*Q + q, (c*R + r)*S + s] over
+    # the positions inside gx, in (p, q, r, s) order; one job per (image, channel) plane.
+    N, C, H, W = gx.shape
+    for nc in numba.prange(N * C):
+        n, c = nc // C, nc % C
+        plane = gx[n, c]
+        for p in range(P):
+            for q in range(Q):
+                row = ((n * P + p) * Q + q) * Kp + c * R * S
+                for r in range(R):
+                    h = p * sh + r * dh - pt
+                    if h < 0 or h >= H:
+                        continue
+                    for s in range(S):
+                        col = q * sw + s * dw - pl
+                        if 0 <= col < W:
+                            plane[h, col] += M[row + r * S + s]
+
+
+def tap_gemm_input_pays(gy_shape, w_shape, stride, groups) -> bool:
+    """Whether :func:`tap_gemm_input` computes this input gradient.
+
+    It does for ungrouped layers whose ``N*P*Q`` (the rows of its GEMM) is at
+    most ``CPU.grad_input_gemm_max_pixels`` (``..._strided`` with a stride):
+    there the derived convolution has an output of a few pixels over many
+    channels (see :func:`tap_gemm_pays`), and with a stride it also multiplies
+    the zeros inserted between ``grad_y``'s pixels, which the GEMM never does.
+    """
+    N, K, P, Q = gy_shape
+    limit = (CPU.grad_input_gemm_max_pixels if tuple(stride) == (1, 1)
+             else CPU.grad_input_gemm_max_pixels_strided)
+    return groups == 1 and 0 < N * P * Q <= limit and w_shape[1] > 1
+
+
+def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):
+    """``grad_x`` (N, C, H, W) of an ungrouped layer as a GEMM and a col2im.
+
+    ``cols[(n, p, q), (c, r, s)] = sum_k gy[n, k, p, q] * w[k, c, r, s]``:
+    ``(N*P*Q x K) @ (K x C*R*S)`` through :func:`fastconv.cpu._gemm.panel_gemm`
+    with ``w``'s rows cut into vectors of taps (a copy in 64-byte pieces; no
+    transpose or flip of single weights), then every column added into the input pixel it came from
+    (``col2im``); ``bias`` per channel, for the transposed convolution.  ``gy``
+    may have more or fewer rows than the forward output of ``out_hw``: pixels
+    outside the input are dropped.  Each entry of ``grad_x`` sums at most
+    ``R*S`` dot products of ``K`` terms, each in a fixed order
+    (``gamma_{K*R*S}``), whatever the thread count.
+    """
+    N, K, P, Q = gy.shape
+    _, C, R, S = w.shape
+    H, W = out_hw
+    dtype = np.result_type(gy.dtype, w.dtype)
+    L = lanes(dtype)
+    taps = C * R * S
+    nb = -(-taps // L)
+    Kp = nb * L
+    npq = N * P * Q
+    # U[jb, k, l] = w[k, jb*L + l]: w's rows of taps cut into vectors (zero past the last
+    # tap), the layout of panel_gemm's U operand.
+    w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, taps)
+    if Kp != taps:
+        w2 = np.concatenate([w2, np.zeros((K, Kp - taps), dtype=dtype)], axis=1)
+    U = swap_middle(w2.reshape(1, K, nb, 1, L), out=_scratch.buffer("grad_gemm.U", dtype, w2.size))
+    U = U.reshape(-1)
+    # V[(n, p, q), k] = gy[n, k, p, q]
+    V = np.empty((N, P * Q, K), dtype=dtype)
+    _transpose_groups(np.ascontiguousarray(gy, dtype=dtype).reshape(N, K, P * Q), V)
+    M = _scratch.buffer("grad_gemm.M", dtype, npq * Kp)
+    threads = max(1, numba.get_num_threads())
+    TR = PANEL_ROWS * max(1, -(-npq // (PANEL_ROWS * threads)))
+    JB = PANEL_VECS * max(1, -(-nb // (4 * PANEL_VECS)))
+    _tap_rows_gemm(V.reshape(-1), U, M, npq, K, nb, Kp, L, TR, JB)
+    gx = np.zeros((N, C, H, W), dtype=dtype)
+    (sh, sw), (dh, dw) = stride, dilation
+    _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pads[0], pads[2], Kp)
+    if bias is not None:
+        gx += bias.reshape(1, -1, 1, 1)
+    return gx

@@ -372,7 +372,7 @@ def _swap_middle(a, out, flip):
                         dst[l] = src[l]
 
 
-def swap_middle(a: np.ndarray, flip: bool = False) -> np.ndarray:
+def swap_middle(a: np.ndarray, flip: bool = False, out=None) -> np.ndarray:
     """``b[g, j, i] = a[g, i, j]`` (spatially flipped when ``flip``), C-contiguous.
 
     ``a`` is 5-D ``(G, I, J, H, W)``: the gradients' kernel and map
@@ -380,13 +380,17 @@ def swap_middle(a: np.ndarray, flip: bool = False) -> np.ndarray:
     and channels of ``grad_y`` swapped).  Each parallel job takes
     ``SWAP_TILE`` columns ``j`` of one group, so it reads ``a`` in contiguous
     pieces of ``SWAP_TILE x H x W``; NumPy's own strided copy moves the short
-    ``H x W`` runs one at a time, several times slower.
+    ``H x W`` runs one at a time, several times slower.  ``out``: where to
+    write it (then always written, even where a reshape of ``a`` would do).
     """
     a = np.ascontiguousarray(a)
     G, I, J, H, W = a.shape
-    if (I == 1 or J == 1) and not flip:
+    if (I == 1 or J == 1) and not flip and out is None:
         return a.reshape(G, J, I, H, W)  # the same order of elements (may be ``a`` itself)
-    out = np.empty((G, J, I, H, W), dtype=a.dtype)
+    if out is None:
+        out = np.empty((G, J, I, H, W), dtype=a.dtype)
+    else:  # a C-contiguous array of a's dtype and size, e.g. a scratch buffer
+        out = out.reshape(G, J, I, H, W)
     if out.size:
         _swap_middle(a.reshape(G, I, J, H * W), out.reshape(G, J, I, H * W), bool(flip))
     return out
