@@ -283,3 +283,19 @@ def test_torch_ops_derivations_on_tensors():
     F.conv2d(F.pad(xg, (2, 1, 1, 0)), wg, **kw).backward(gy)
     torch.testing.assert_close(gx, xg.grad, atol=1e-11, rtol=0)
     torch.testing.assert_close(gw, wg.grad, atol=1e-11, rtol=0)
+
+
+def test_eager_path_equals_the_operator():
+    """Eager CPU calls skip the operator's dispatch (_EagerConv2d); values and all three
+    gradients equal the fastconv::conv2d operator's with its registered autograd, bitwise."""
+    x, w, b = _rand(2, 4, 7, 6, grad=True), _rand(6, 2, 3, 2, grad=True), _rand(6, grad=True)
+    gy = _rand(2, 6, 4, 5)
+    kw = dict(stride=(2, 1), padding=((2, 1), (1, 0)), dilation=(1, 2), groups=2)
+    y1 = ft.conv2d(x, w, b, **kw)
+    g1 = torch.autograd.grad(y1, (x, w, b), gy)
+    y2 = OPS.conv2d(x, w, b, [2, 1], [2, 1, 1, 0], [1, 2], 2, "auto")
+    g2 = torch.autograd.grad(y2, (x, w, b), gy)
+    assert y1.grad_fn is not None and "EagerConv2d" in type(y1.grad_fn).__name__
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    for a, c in zip(g1, g2):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)

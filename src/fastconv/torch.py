@@ -132,6 +132,10 @@ class _TorchOps:
 @torch.library.custom_op("fastconv::conv2d", mutates_args=())
 def _conv2d_op(x: Tensor, w: Tensor, bias: Optional[Tensor], stride: List[int],
                padding: List[int], dilation: List[int], groups: int, algorithm: str) -> Tensor:
+    return _conv2d_impl(x, w, bias, stride, padding, dilation, groups, algorithm)
+
+
+def _conv2d_impl(x, w, bias, stride, padding, dilation, groups, algorithm):
     kw = _kw(stride, padding, dilation, groups)
     if _device_check(x) == "cpu":
         y = _np_conv2d(_np(x), _np(w), None if bias is None else _np(bias), algorithm=algorithm, **kw)
@@ -153,6 +157,10 @@ def _conv2d_fake(x, w, bias, stride, padding, dilation, groups, algorithm):
 @torch.library.custom_op("fastconv::conv2d_grad_input", mutates_args=())
 def _grad_input_op(grad_y: Tensor, w: Tensor, x_size: List[int], stride: List[int],
                    padding: List[int], dilation: List[int], groups: int, algorithm: str) -> Tensor:
+    return _grad_input_impl(grad_y, w, x_size, stride, padding, dilation, groups, algorithm)
+
+
+def _grad_input_impl(grad_y, w, x_size, stride, padding, dilation, groups, algorithm):
     # grad_y may have fewer rows than the forward output of x_size (they
     # count as zero): conv_transpose2d with output_padding >= stride needs it.
     kw = _kw(stride, padding, dilation, groups)
@@ -176,6 +184,10 @@ def _grad_input_fake(grad_y, w, x_size, stride, padding, dilation, groups, algor
 @torch.library.custom_op("fastconv::conv2d_grad_weight", mutates_args=())
 def _grad_weight_op(x: Tensor, grad_y: Tensor, w_size: List[int], stride: List[int],
                     padding: List[int], dilation: List[int], groups: int, algorithm: str) -> Tensor:
+    return _grad_weight_impl(x, grad_y, w_size, stride, padding, dilation, groups, algorithm)
+
+
+def _grad_weight_impl(x, grad_y, w_size, stride, padding, dilation, groups, algorithm):
     kw = _kw(stride, padding, dilation, groups)
     pads = (kw["padding"][0] + kw["padding"][1])
     RS = (int(w_size[2]), int(w_size[3]))
@@ -203,6 +215,10 @@ def _backward_op(grad_y: Tensor, x: Tensor, w: Tensor, stride: List[int], paddin
     (autograd hands over expanded or permuted gradients, e.g. of a ``sum``),
     and both read that copy.  The results equal the two single operators'.
     """
+    return _backward_impl(grad_y, x, w, stride, padding, dilation, groups, algorithm)
+
+
+def _backward_impl(grad_y, x, w, stride, padding, dilation, groups, algorithm):
     kw = _kw(stride, padding, dilation, groups)
     pads = (kw["padding"][0] + kw["padding"][1])
     hw, RS = (int(x.shape[2]), int(x.shape[3])), (int(w.shape[2]), int(w.shape[3]))
@@ -343,6 +359,43 @@ _grad_input_op.register_autograd(_grad_input_backward, setup_context=_grad_input
 _grad_weight_op.register_autograd(_grad_weight_backward, setup_context=_grad_weight_setup)
 
 
+class _EagerConv2d(torch.autograd.Function):
+    """``conv2d`` with autograd in eager mode on CPU tensors: the ``fastconv::conv2d``
+    operator's computation and its registered derivative, called directly.
+
+    A ``torch.library`` custom operator passes every call through the dispatcher
+    and a Python autograd wrapper, a fixed cost per call that small layers
+    (LeNet-5's take tens of microseconds) feel; this path skips it.  Under
+    :func:`torch.compile` and for CUDA tensors :func:`conv2d` calls the operator.
+    A backward that records its own graph (``create_graph=True``) goes through
+    the operators, which are differentiable again.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, bias, stride, padding, dilation, groups, algorithm):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = bias is not None
+        ctx.cfg = (stride, padding, dilation, groups, algorithm)
+        return _conv2d_impl(x, w, bias, stride, padding, dilation, groups, algorithm)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        if torch.is_grad_enabled():
+            return _conv2d_backward(ctx, grad_y)
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if need_x and need_w:
+            gx, gw = _backward_impl(grad_y, x, w, *ctx.cfg)
+        elif need_x:
+            gx = _grad_input_impl(grad_y, w, list(x.shape), *ctx.cfg)
+        elif need_w:
+            gw = _grad_weight_impl(x, grad_y, list(w.shape), *ctx.cfg)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad_y.sum((0, 2, 3))
+        return gx, gw, gb, None, None, None, None, None
+
+
 # --------------------------------------------------------------------------
 # Functional API
 # --------------------------------------------------------------------------
@@ -401,7 +454,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     -----
     NCHW only, as PyTorch's convolution; float32/float64 CPU or CUDA tensors.
     Works under :func:`torch.compile` (``fullgraph=True``): the call is one
-    opaque ``fastconv::conv2d`` node.
+    opaque ``fastconv::conv2d`` node.  Eager CPU calls run the same
+    computation without the operator's dispatch (``_EagerConv2d``).
     """
     _check_tensors(input, weight, bias, "conv2d")
     _check_algorithm(algorithm)
@@ -423,8 +477,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if H + pads[0] + pads[1] < (R - 1) * d[0] + 1 or W + pads[2] + pads[3] < (S - 1) * d[1] + 1:
         raise ValueError(f"conv2d: kernel {R}x{S} (dilation {d}) is larger than the padded input "
                          f"{H}x{W} + padding {pads}")
-    y = torch.ops.fastconv.conv2d(x, weight, bias, list(s), list(pads), list(d), int(groups),
-                                  algorithm)
+    args = (x, weight, bias, list(s), list(pads), list(d), int(groups), algorithm)
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        y = _EagerConv2d.apply(*args)
+    else:
+        y = torch.ops.fastconv.conv2d(*args)
     return y if batched else y.squeeze(0)
 
 
