@@ -26,6 +26,23 @@ One dimension is enough to see both identities.  The forward convolution is
 The transposed convolution (PyTorch's ``conv_transpose2d``) is the
 ``grad_x`` map with its own output size.
 
+Shapes the derived convolutions fit badly get kernels of their own on the
+CPU with ``algorithm="auto"`` (each module states its summation order and
+error bound, and the tests hold them):
+
+* 1x1 layers: both gradients as GEMMs on the pixels the forward call read
+  (:mod:`fastconv.cpu.grad_gemm`);
+* small maps: the weight gradient as ``grad_y`` times the unfolded input
+  taps, the input gradient as ``grad_y`` times the weights' taps plus a
+  col2im, both through the Winograd path's register-tiled micro-kernel
+  (:func:`fastconv.cpu.grad_gemm.tap_gemm_weight`,
+  :func:`fastconv.cpu.grad_gemm.tap_gemm_input`); strided layers take the
+  latter well beyond small maps, as it never multiplies inserted zeros;
+* depthwise layers: the weight gradient as a vectorised per-channel
+  reduction (:mod:`fastconv.cpu.grad_depthwise`), the input gradient as the
+  single zero-inserted call (the per-phase form saves products a depthwise
+  layer has few of).
+
 References
 ----------
 V. Dumoulin and F. Visin, "A guide to convolution arithmetic for deep
