@@ -337,6 +337,21 @@ def test_polyphase_route_equals_zero_inserted_route(stride, dilation, padding):
     assert grad._polyphase_pays(gy, w, (13, 11), p.dilation, 2)
 
 
+def _same_at_thread_counts(fn):
+    """``fn()`` with all of Numba's threads and with one; asserts the two are bitwise equal."""
+    import numba
+
+    full = numba.config.NUMBA_NUM_THREADS
+    got = fn()
+    numba.set_num_threads(1)
+    try:
+        one = fn()
+    finally:
+        numba.set_num_threads(full)
+    np.testing.assert_array_equal(one, got)
+    return got
+
+
 def _assert_within_gamma(got32, want, mag, n):
     """|got - want| <= gamma_n * mag elementwise, gamma_n = n u / (1 - n u) for float32."""
     u = np.finfo(np.float32).eps / 2
@@ -494,7 +509,6 @@ def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
     """The small-map weight gradient (gy times the unfolded taps, panel_gemm's tiles)
     against the derived direct convolution in float64, and within gamma_n, n = N*P*Q,
     in float32; thread-count independent."""
-    import numba
     from fastconv.cpu import grad_gemm
 
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
@@ -505,16 +519,9 @@ def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
     want = conv2d_grad_weight(x, gy, w_shape, algorithm="direct", **kw)
     mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
     _close(conv2d_grad_weight(x, gy, w_shape, **kw), want, np.float64)  # auto takes this route
-    got = {}
-    for threads in (numba.config.NUMBA_NUM_THREADS, 1):
-        numba.set_num_threads(threads)
-        try:
-            got[threads] = grad_gemm.tap_gemm_weight(x.astype(np.float32), gy.astype(np.float32),
-                                                     w_shape[2:], p.padding, p.stride, p.dilation)
-        finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    np.testing.assert_array_equal(got[1], got[numba.config.NUMBA_NUM_THREADS])
-    _assert_within_gamma(got[1], want, mag, p.N * p.P * p.Q)
+    got = _same_at_thread_counts(lambda: grad_gemm.tap_gemm_weight(
+        x.astype(np.float32), gy.astype(np.float32), w_shape[2:], p.padding, p.stride, p.dilation))
+    _assert_within_gamma(got, want, mag, p.N * p.P * p.Q)
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(gy, gy0)
 
@@ -530,7 +537,6 @@ def test_input_grad_tap_gemm(x_shape, w_shape, kw):
     """The small-map input gradient (a GEMM over the weights' taps and a col2im) against the
     derived direct convolution in float64, within gamma_n, n = K*R*S, in float32, and
     thread-count independent; the transposed convolution (bias) through the same route."""
-    import numba
     from fastconv.cpu import grad_gemm
 
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
@@ -541,16 +547,9 @@ def test_input_grad_tap_gemm(x_shape, w_shape, kw):
     want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
     mag = conv2d_grad_input(np.abs(gy), np.abs(w), x_shape, algorithm="direct", **kw)
     _close(conv2d_grad_input(gy, w, x_shape, **kw), want, np.float64)  # auto takes this route
-    got = {}
-    for threads in (numba.config.NUMBA_NUM_THREADS, 1):
-        numba.set_num_threads(threads)
-        try:
-            got[threads] = grad_gemm.tap_gemm_input(gy.astype(np.float32), w.astype(np.float32),
-                                                    x_shape[2:], p.padding, p.stride, p.dilation)
-        finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    np.testing.assert_array_equal(got[1], got[numba.config.NUMBA_NUM_THREADS])
-    _assert_within_gamma(got[1], want, mag, w_shape[0] * w_shape[2] * w_shape[3])
+    got = _same_at_thread_counts(lambda: grad_gemm.tap_gemm_input(
+        gy.astype(np.float32), w.astype(np.float32), x_shape[2:], p.padding, p.stride, p.dilation))
+    _assert_within_gamma(got, want, mag, w_shape[0] * w_shape[2] * w_shape[3])
     np.testing.assert_array_equal(w, w0)
     np.testing.assert_array_equal(gy, gy0)
     if "dilation" not in kw:

@@ -217,26 +217,31 @@ def to_json_dict(result: SuiteResult) -> dict:
                             "min_time": result.options.get("min_round_s"), "warmup": True},
                 "stats": _stats(m.times, m.number),
             })
+    return benchmark_document(result.machine, result.commit, benches, {
+        "schema": SCHEMA_VERSION,
+        "device": result.device,
+        "options": result.options,
+        "summary": result.summary(),
+        "layers": [{"name": r.layer.name, "auto": r.auto, "fastest": r.best,
+                    "auto_vs_fastest": r.auto_vs_best,
+                    "auto_vs_torch": r.ratio_vs_torch(r.auto),
+                    "unsupported": r.unsupported} for r in result.layers],
+    })
+
+
+def benchmark_document(machine: dict, commit: dict, benches: list, fastconv: dict) -> dict:
+    """pytest-benchmark's JSON document around ``benches``, with fastconv's own section."""
     try:
         from pytest_benchmark import __version__ as pb_version
     except Exception:
         pb_version = None
     return {
-        "machine_info": result.machine,
-        "commit_info": result.commit,
+        "machine_info": machine,
+        "commit_info": commit,
         "benchmarks": benches,
         "datetime": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "version": pb_version,
-        "fastconv": {
-            "schema": SCHEMA_VERSION,
-            "device": result.device,
-            "options": result.options,
-            "summary": result.summary(),
-            "layers": [{"name": r.layer.name, "auto": r.auto, "fastest": r.best,
-                        "auto_vs_fastest": r.auto_vs_best,
-                        "auto_vs_torch": r.ratio_vs_torch(r.auto),
-                        "unsupported": r.unsupported} for r in result.layers],
-        },
+        "fastconv": fastconv,
     }
 
 
@@ -254,7 +259,13 @@ def _clean(obj):
 
 
 def write_json(result: SuiteResult, path) -> None:
-    doc = _clean(to_json_dict(result))
+    write_document(to_json_dict(result), path)
+
+
+def write_document(doc: dict, path) -> None:
+    """``doc`` as JSON at ``path`` (NaN and inf as null), written atomically: a temporary
+    file, then a rename, so a reader never sees half a file."""
+    doc = _clean(doc)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1, default=str)

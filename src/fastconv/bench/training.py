@@ -50,11 +50,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime as _dt
 import functools
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -648,32 +645,19 @@ def to_json_dict(result: TrainingResult) -> dict:
                    "times": n.times, "grad_agreement": n.grad_agreement,
                    "grad_agreement_norm": n.grad_agreement_norm, "losses": n.losses,
                    "parameters": n.params, "convolutions": n.convs}
-    try:
-        from pytest_benchmark import __version__ as pb_version
-    except Exception:
-        pb_version = None
-    return {
-        "machine_info": result.machine,
-        "commit_info": result.commit,
-        "benchmarks": benches,
-        "datetime": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "version": pb_version,
-        "fastconv": {"schema": SCHEMA_VERSION, "kind": "training", "device": "cpu",
-                     "options": result.options, "layers": layers, "network": network,
-                     "summary": result.summary()},
-    }
+    from .report import benchmark_document
+
+    return benchmark_document(result.machine, result.commit, benches, {
+        "schema": SCHEMA_VERSION, "kind": "training", "device": "cpu",
+        "options": result.options, "layers": layers, "network": network,
+        "summary": result.summary()})
 
 
 def write_json(result: TrainingResult, path) -> None:
     """:func:`to_json_dict` to ``path`` (NaN as null), written atomically."""
-    from .report import _clean
+    from .report import write_document
 
-    doc = _clean(to_json_dict(result))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_document(to_json_dict(result), path)
 
 
 def write_plot(result: TrainingResult, path) -> bool:

@@ -173,16 +173,25 @@ def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, pl, L):
 
 
 @numba.njit(**PJIT)
-def _tap_gemm(V, U, M, K, NPQ, nb, Kp, L, TR, JB):
-    # M[k, j] = sum_pix V[k, pix] U[pix, j] (V: K rows of NPQ; U: tap blocks as above; M: K x Kp),
-    # one job per TR rows of M and JB tap blocks; each sum runs over pix in order.
-    nt = (K + TR - 1) // TR
+def _panel_rows(V, U, M, T, Cp, nb, Kp, L, TR, JB):
+    # M[t, j] = sum_c V[t, c] U[c, j] for T rows t (V: T rows of Cp; U: panel_gemm's blocks of
+    # L columns; M: T rows of Kp), one job per TR rows and JB column blocks; every sum runs
+    # over c in order, however the jobs split the work.
+    nt = (T + TR - 1) // TR
     njb = (nb + JB - 1) // JB
     for job in numba.prange(nt * njb):
         t, b = job // njb, job % njb
-        k0 = t * TR
-        panel_gemm(V, k0 * NPQ, U, 0, M, k0 * Kp, min(TR, K - k0), NPQ, b * JB,
+        t0 = t * TR
+        panel_gemm(V, t0 * Cp, U, 0, M, t0 * Kp, min(TR, T - t0), Cp, b * JB,
                    min(nb, (b + 1) * JB), Kp, L)
+
+
+def _panel_jobs(T, nb):
+    """``(TR, JB)`` of :func:`_panel_rows`: rows in whole register tiles, about four jobs per thread."""
+    threads = max(1, numba.get_num_threads())
+    TR = PANEL_ROWS * max(1, -(-T // (PANEL_ROWS * threads)))
+    JB = PANEL_VECS * max(1, -(-nb // (4 * PANEL_VECS)))
+    return TR, JB
 
 
 def tap_gemm_pays(x_shape, gy_shape, RS, groups) -> bool:
@@ -231,27 +240,11 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     # V[k, (n, p, q)] = gy[n, k, p, q]
     V = swap_middle(np.ascontiguousarray(gy, dtype=dtype)[None]).reshape(-1)
     M = empty_aligned(K * Kp, dtype)
-    # Jobs: rows in whole register tiles, about four per thread.
-    threads = max(1, numba.get_num_threads())
-    TR = PANEL_ROWS * max(1, -(-K // (PANEL_ROWS * threads)))
-    JB = PANEL_VECS * max(1, -(-nb // (4 * PANEL_VECS)))
-    _tap_gemm(V, U, M, K, npq, nb, Kp, L, TR, JB)
+    _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb))
     gw = M.reshape(K, Kp)
     if Kp != taps:
         gw = np.ascontiguousarray(gw[:, :taps])
     return gw.reshape(K, C, R, S)
-
-
-@numba.njit(**PJIT)
-def _tap_rows_gemm(V, U, M, T, K, nb, Kp, L, TR, JB):
-    # M[t, j] = sum_k V[t, k] U[k, j] for T rows t (pixels), one job per TR rows and JB tap blocks.
-    nt = (T + TR - 1) // TR
-    njb = (nb + JB - 1) // JB
-    for job in numba.prange(nt * njb):
-        t, b = job // njb, job % njb
-        t0 = t * TR
-        panel_gemm(V, t0 * K, U, 0, M, t0 * Kp, min(TR, T - t0), K, b * JB,
-                   min(nb, (b + 1) * JB), Kp, L)
 
 
 @numba.njit(**PJIT)
@@ -323,10 +316,7 @@ def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):
     V = np.empty((N, P * Q, K), dtype=dtype)
     _transpose_groups(np.ascontiguousarray(gy, dtype=dtype).reshape(N, K, P * Q), V)
     M = _scratch.buffer("grad_gemm.M", dtype, npq * Kp)
-    threads = max(1, numba.get_num_threads())
-    TR = PANEL_ROWS * max(1, -(-npq // (PANEL_ROWS * threads)))
-    JB = PANEL_VECS * max(1, -(-nb // (4 * PANEL_VECS)))
-    _tap_rows_gemm(V.reshape(-1), U, M, npq, K, nb, Kp, L, TR, JB)
+    _panel_rows(V.reshape(-1), U, M, npq, K, nb, Kp, L, *_panel_jobs(npq, nb))
     gx = np.zeros((N, C, H, W), dtype=dtype)
     (sh, sw), (dh, dw) = stride, dilation
     _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pads[0], pads[2], Kp)
