@@ -258,19 +258,26 @@ def _conv2d_setup(ctx, inputs, output):
     _cfg_context(ctx, cfg)
 
 
-def _conv2d_backward(ctx, grad_y):
+def _conv2d_grads(ctx, grad_y, both, grad_input, grad_weight):
+    """conv2d's gradients through ``both`` (input and weight at once), ``grad_input`` and
+    ``grad_weight``: the operators, or (eager, no graph of the backward) their bodies."""
     x, w = ctx.saved_tensors
     gx = gw = gb = None
     if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
-        gx, gw = torch.ops.fastconv.conv2d_backward(grad_y, x, w, *ctx.cfg)
-    else:
-        if ctx.needs_input_grad[0]:
-            gx = torch.ops.fastconv.conv2d_grad_input(grad_y, w, list(x.shape), *ctx.cfg)
-        if ctx.needs_input_grad[1]:
-            gw = torch.ops.fastconv.conv2d_grad_weight(x, grad_y, list(w.shape), *ctx.cfg)
+        gx, gw = both(grad_y, x, w, *ctx.cfg)
+    elif ctx.needs_input_grad[0]:
+        gx = grad_input(grad_y, w, list(x.shape), *ctx.cfg)
+    elif ctx.needs_input_grad[1]:
+        gw = grad_weight(x, grad_y, list(w.shape), *ctx.cfg)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = grad_y.sum((0, 2, 3))
     return gx, gw, gb, None, None, None, None, None
+
+
+def _conv2d_backward(ctx, grad_y):
+    ops = torch.ops.fastconv
+    return _conv2d_grads(ctx, grad_y, ops.conv2d_backward, ops.conv2d_grad_input,
+                         ops.conv2d_grad_weight)
 
 
 def _forward_to(x, w, y_shape, cfg):
@@ -382,18 +389,7 @@ class _EagerConv2d(torch.autograd.Function):
     def backward(ctx, grad_y):
         if torch.is_grad_enabled():
             return _conv2d_backward(ctx, grad_y)
-        x, w = ctx.saved_tensors
-        gx = gw = gb = None
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if need_x and need_w:
-            gx, gw = _backward_impl(grad_y, x, w, *ctx.cfg)
-        elif need_x:
-            gx = _grad_input_impl(grad_y, w, list(x.shape), *ctx.cfg)
-        elif need_w:
-            gw = _grad_weight_impl(x, grad_y, list(w.shape), *ctx.cfg)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_y.sum((0, 2, 3))
-        return gx, gw, gb, None, None, None, None, None
+        return _conv2d_grads(ctx, grad_y, _backward_impl, _grad_input_impl, _grad_weight_impl)
 
 
 # --------------------------------------------------------------------------

@@ -141,14 +141,9 @@ def main(argv=None) -> int:
                   threads=args.threads, phases=args.phases, seed=args.seed, progress=progress)
     if args.cpu_time:
         kwargs["cpu_time"] = True
-    try:
-        result = runner(layers, **kwargs)
-    except (RuntimeError, ValueError) as exc:
-        print(f"\nfastconv bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nfastconv bench: interrupted", file=sys.stderr)
-        return 130
+    result, status = report.run_reported(runner, layers, **kwargs)
+    if status:
+        return status
 
     print(report.format_table(result))
     if args.phases:

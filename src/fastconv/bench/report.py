@@ -314,6 +314,19 @@ def write_plot(result: SuiteResult, path) -> bool:
     return True
 
 
+def run_reported(run, *args, **kwargs):
+    """``(run(*args, **kwargs), 0)``, or ``(None, status)`` after saying on stderr why the run
+    stopped: 2 for an error (``RuntimeError``/``ValueError``), 130 when interrupted."""
+    try:
+        return run(*args, **kwargs), 0
+    except (RuntimeError, ValueError) as exc:
+        print(f"\nfastconv bench: error: {exc}", file=sys.stderr)
+        return None, 2
+    except KeyboardInterrupt:
+        print("\nfastconv bench: interrupted", file=sys.stderr)
+        return None, 130
+
+
 class ProgressBar:
     """A plain-text progress bar on stderr (redrawn in place on a terminal, else one line per layer)."""
 

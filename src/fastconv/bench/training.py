@@ -756,15 +756,10 @@ def main(args) -> int:
     progress = None
     if not args.no_progress:
         progress = report.ProgressBar(steps(len(layers), repeat, network))
-    try:
-        result = run_training(layers, repeat=repeat, threads=args.threads, seed=args.seed,
-                              network=network, progress=progress)
-    except (RuntimeError, ValueError) as exc:
-        print(f"\nfastconv bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nfastconv bench: interrupted", file=sys.stderr)
-        return 130
+    result, status = report.run_reported(run_training, layers, repeat=repeat, threads=args.threads,
+                                         seed=args.seed, network=network, progress=progress)
+    if status:
+        return status
 
     print(format_table(result))
     if args.json:

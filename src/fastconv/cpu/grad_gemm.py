@@ -194,6 +194,13 @@ def _panel_jobs(T, nb):
     return TR, JB
 
 
+def _tap_blocks(taps, dtype):
+    """``(L, nb, Kp)``: lanes of ``dtype``, vectors of ``taps`` taps, and the taps padded to them."""
+    L = lanes(dtype)
+    nb = -(-taps // L)
+    return L, nb, nb * L
+
+
 def tap_gemm_pays(x_shape, gy_shape, RS, groups) -> bool:
     """Whether :func:`tap_gemm_weight` computes this weight gradient.
 
@@ -228,11 +235,9 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     _, K, P, Q = gy.shape
     R, S = RS
     dtype = np.result_type(x.dtype, gy.dtype)
-    L = lanes(dtype)
     taps = C * R * S
     npq = N * P * Q
-    nb = -(-taps // L)
-    Kp = nb * L
+    L, nb, Kp = _tap_blocks(taps, dtype)
     U = _scratch.buffer("grad_gemm.U", dtype, nb * npq * L)
     (sh, sw), (dh, dw) = stride, dilation
     _unfold_taps(np.ascontiguousarray(x, dtype=dtype), U, R, S, P, Q, sh, sw, dh, dw,
@@ -300,10 +305,8 @@ def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):
     _, C, R, S = w.shape
     H, W = out_hw
     dtype = np.result_type(gy.dtype, w.dtype)
-    L = lanes(dtype)
     taps = C * R * S
-    nb = -(-taps // L)
-    Kp = nb * L
+    L, nb, Kp = _tap_blocks(taps, dtype)
     npq = N * P * Q
     # U[jb, k, l] = w[k, jb*L + l]: w's rows of taps cut into vectors (zero past the last
     # tap), the layout of panel_gemm's U operand.
