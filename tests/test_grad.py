@@ -560,3 +560,54 @@ def test_input_grad_tap_gemm(x_shape, w_shape, kw):
         y = conv_transpose2d(gy, w, b, **kwt)
         ref = conv_transpose2d(gy, w, b, algorithm="direct", **kwt)
         _close(y, ref, np.float64)
+
+
+@pytest.mark.parametrize("x_shape, K, pads", [
+    ((3, 48, 9, 11), 50, (1, 1, 1, 1)),      # odd P and Q: gy's zero row and column
+    ((6, 50, 8, 7), 64, (0, 1, 2, 0)),        # asymmetric padding; a partial vector of channels
+    ((1, 64, 20, 18), 48, (0, 0, 0, 0)),      # no padding
+    ((2, 56, 12, 12), 49, (2, 2, 1, 1)),      # padding wider than the kernel's reach
+])
+def test_weight_grad_winograd(x_shape, K, pads):
+    """The 3x3 stride-1 weight gradient by F(3x3, 2x2) against the derived direct convolution
+    in float64, within winograd_math's bound (m=3, r=2, the tiles in place of the channels)
+    in float32; thread-count independent; inputs unchanged."""
+    from fastconv import winograd_math
+    from fastconv.cpu import grad_winograd
+
+    N, C, H, W = x_shape
+    padding = ((pads[0], pads[1]), (pads[2], pads[3]))
+    p = normalize(x_shape, (K, C, 3, 3), None, np.float64, padding=padding)
+    assert grad_winograd.winograd_weight_pays(x_shape, p.output_shape, (3, 3), (1, 1), (1, 1), 1)
+    x, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (x_shape, p.output_shape))
+    x0, gy0 = x.copy(), gy.copy()
+    want = conv2d_grad_weight(x, gy, (K, C, 3, 3), padding=padding, algorithm="direct")
+    _close(conv2d_grad_weight(x, gy, (K, C, 3, 3), padding=padding), want, np.float64)  # auto
+    got = _same_at_thread_counts(lambda: grad_winograd.winograd_weight(
+        x.astype(np.float32), gy.astype(np.float32), p.padding))
+    tiles = N * -(-p.P // 2) * -(-p.Q // 2)
+    bound = winograd_math.error_bound(3, tiles, np.float32, np.abs(x).max(), np.abs(gy).max(), r=2)
+    err = np.abs(got - want).max()
+    assert 0 < err <= bound
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(gy, gy0)
+
+
+def test_weight_grad_winograd_chunks_and_nonfinite(monkeypatch):
+    """Chunks of tile rows carry one running sum: any chunk size gives the same bits.  An inf
+    in x turns the result over to the direct route, which puts inf/NaN exactly where the
+    float64 reference does."""
+    from fastconv.cpu import grad_winograd
+
+    x, gy = _rand((3, 48, 10, 9), np.float32), _rand((3, 52, 10, 9), np.float32)
+    whole = grad_winograd.winograd_weight(x, gy, (1, 1, 1, 1))
+    monkeypatch.setattr(grad_winograd, "CHUNK_BYTES", 1)  # one tile row per chunk
+    np.testing.assert_array_equal(grad_winograd.winograd_weight(x, gy, (1, 1, 1, 1)), whole)
+    x[1, 7, 0, 8] = np.inf  # top-right pixel of channel 7: read by the taps r <= 1, s >= 1
+    assert grad_winograd.winograd_weight(x, gy, (1, 1, 1, 1)) is None
+    got = conv2d_grad_weight(x, gy, (52, 48, 3, 3), padding=1)
+    want = conv2d_grad_weight(x.astype(np.float64), gy.astype(np.float64), (52, 48, 3, 3),
+                              padding=1, algorithm="direct")
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    assert not np.isfinite(got[:, 7, :2, 1:]).any()
+    assert np.isfinite(np.delete(got, 7, axis=1)).all()

@@ -261,6 +261,10 @@ class CpuSettings(_Settings):
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_weight`) instead of the derived convolution;
     #: beyond it the unfold (a strided write per tap and pixel) costs more than it saves.
     grad_gemm_max_pixels: int = 256
+    #: Weight gradient of 3x3 stride-1 layers by Winograd F(3x3, 2x2)
+    #: (:mod:`fastconv.cpu.grad_winograd`): fewest input and output channels (with fewer, the
+    #: direct sum's register blocks are as fast).
+    grad_winograd_min_channels: int = 48
     #: Input gradient: largest N*P*Q done as one GEMM and a col2im
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_input`) at stride 1 ...
     grad_input_gemm_max_pixels: int = 64

@@ -42,6 +42,9 @@ error bound, and the tests hold them):
   reduction (:mod:`fastconv.cpu.grad_depthwise`), the input gradient as the
   single zero-inserted call (the per-phase form saves products a depthwise
   layer has few of).
+* 3x3 stride-1 layers on larger maps: the weight gradient by Winograd's
+  F(3x3, 2x2), 16 GEMMs over 2x2 tiles of ``grad_y`` in the transform
+  domain (:mod:`fastconv.cpu.grad_winograd`).
 
 References
 ----------
@@ -277,12 +280,16 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
     if algorithm == "auto" and ops is _NumpyOps and x.shape[0] > 0:
         # A 1x1 layer's derived convolution is degenerate: its gradient is a GEMM
         # (fastconv.cpu.grad_gemm).
-        from .cpu import grad_depthwise, grad_gemm
+        from .cpu import grad_depthwise, grad_gemm, grad_winograd
 
         if tuple(RS) == (1, 1):
             return grad_gemm.pointwise_weight(x, gy, pads, stride, groups)
         if grad_depthwise.pays(x.shape, gy.shape, RS, groups):
             return grad_depthwise.depthwise_weight(x, gy, RS, pads, stride, dilation)
+        if grad_winograd.winograd_weight_pays(x.shape, gy.shape, RS, stride, dilation, groups):
+            gw = grad_winograd.winograd_weight(x, gy, pads)
+            if gw is not None:  # None: inf or NaN met, which the direct route below propagates
+                return gw
         if grad_gemm.tap_gemm_pays(x.shape, gy.shape, RS, groups):
             return grad_gemm.tap_gemm_weight(x, gy, RS, pads, stride, dilation)
     N, C, H, W = x.shape

@@ -47,6 +47,9 @@ POINTS = {
     4: (0, 1, -1, 2, -2),
     6: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)),
 }
+#: F(3, 2), the weight gradient's transform (:mod:`fastconv.cpu.grad_winograd`): three
+#: outputs of a 2-tap filter from the same points as F(2, 3).
+POINTS_R2 = {3: POINTS[2]}
 
 
 def _solve_exact(M, rhs):
@@ -84,9 +87,10 @@ def transform_matrices(m: int, r: int = 3):
     ``alpha = m + r - 1``.  Exact rationals are rounded once to float64 (the
     entries for m <= 4 are exactly representable).
     """
-    if m not in POINTS or len(POINTS[m]) != m + r - 2:
+    table = POINTS_R2 if r == 2 else POINTS
+    if m not in table or len(table[m]) != m + r - 2:
         raise ValueError(f"no interpolation points stored for F({m}, {r})")
-    pts = [Fraction(p) for p in POINTS[m]]
+    pts = [Fraction(p) for p in table[m]]
     alpha = m + r - 1
     AT = [[Fraction(0)] * alpha for _ in range(m)]
     G = [[Fraction(0)] * r for _ in range(alpha)]
