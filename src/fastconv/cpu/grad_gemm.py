@@ -186,9 +186,19 @@ def _panel_rows(V, U, M, T, Cp, nb, Kp, L, TR, JB):
                    min(nb, (b + 1) * JB), Kp, L)
 
 
-def _panel_jobs(T, nb):
-    """``(TR, JB)`` of :func:`_panel_rows`: rows in whole register tiles, about four jobs per thread."""
+def _panel_jobs(T, nb, L):
+    """``(TR, JB)`` of :func:`_panel_rows`: about four jobs per thread.
+
+    Every job reads its ``JB`` column blocks of ``U`` once per ``TR`` rows and
+    its ``TR`` rows of ``V`` once per column block.  When ``U`` is much the
+    larger operand (``nb * L`` columns against ``T`` rows, 16 times as many
+    and more: the weights of a deep layer against a few output pixels) each
+    job takes all rows and a share of the columns, so ``U`` streams from
+    memory once; otherwise the rows are shared out in whole register tiles.
+    """
     threads = max(1, numba.get_num_threads())
+    if nb * L >= 16 * T and nb >= 4 * PANEL_VECS * threads:
+        return T, PANEL_VECS * max(1, nb // (4 * PANEL_VECS * threads))
     TR = PANEL_ROWS * max(1, -(-T // (PANEL_ROWS * threads)))
     JB = PANEL_VECS * max(1, -(-nb // (4 * PANEL_VECS)))
     return TR, JB
@@ -245,7 +255,7 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     # V[k, (n, p, q)] = gy[n, k, p, q]
     V = swap_middle(np.ascontiguousarray(gy, dtype=dtype)[None]).reshape(-1)
     M = empty_aligned(K * Kp, dtype)
-    _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb))
+    _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb, L))
     gw = M.reshape(K, Kp)
     if Kp != taps:
         gw = np.ascontiguousarray(gw[:, :taps])
@@ -319,7 +329,7 @@ def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):
     V = np.empty((N, P * Q, K), dtype=dtype)
     _transpose_groups(np.ascontiguousarray(gy, dtype=dtype).reshape(N, K, P * Q), V)
     M = _scratch.buffer("grad_gemm.M", dtype, npq * Kp)
-    _panel_rows(V.reshape(-1), U, M, npq, K, nb, Kp, L, *_panel_jobs(npq, nb))
+    _panel_rows(V.reshape(-1), U, M, npq, K, nb, Kp, L, *_panel_jobs(npq, nb, L))
     gx = np.zeros((N, C, H, W), dtype=dtype)
     (sh, sw), (dh, dw) = stride, dilation
     _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pads[0], pads[2], Kp)
