@@ -504,6 +504,7 @@ def test_weight_grad_depthwise_nonfinite_and_threads():
     ((3, 3, 6, 6), (4, 3, 3, 3), dict(dilation=2, padding=2, stride=(1, 2))),
     ((2, 4, 5, 4), (9, 4, 3, 3), dict(stride=3)),                      # floored rows
     ((1, 2, 2, 2), (3, 2, 3, 3), dict(padding=3, stride=2)),           # windows of padding only
+    ((2, 6, 33, 31), (5, 6, 3, 3), dict(stride=2, padding=1)),         # strided: N*P*Q = 544
 ])
 def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
     """The small-map weight gradient (gy times the unfolded taps, panel_gemm's tiles)
@@ -512,7 +513,7 @@ def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
     from fastconv.cpu import grad_gemm
 
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
-    assert grad_gemm.tap_gemm_pays(x_shape, p.output_shape, w_shape[2:], 1)
+    assert grad_gemm.tap_gemm_pays(x_shape, p.output_shape, w_shape[2:], 1, p.stride)
     # float32-representable inputs: the bound is on the sums, not on rounding the inputs.
     x, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (x_shape, p.output_shape))
     x0, gy0 = x.copy(), gy.copy()

@@ -261,6 +261,9 @@ class CpuSettings(_Settings):
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_weight`) instead of the derived convolution;
     #: beyond it the unfold (a strided write per tap and pixel) costs more than it saves.
     grad_gemm_max_pixels: int = 256
+    #: ... and for strided layers, whose derived convolution (a dilated ``grad_y`` kernel)
+    #: runs at a lower rate.
+    grad_gemm_max_pixels_strided: int = 640
     #: Weight gradient of 3x3 stride-1 layers by Winograd F(3x3, 2x2)
     #: (:mod:`fastconv.cpu.grad_winograd`): fewest input and output channels (with fewer, the
     #: direct sum's register blocks are as fast).

@@ -290,7 +290,7 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
             gw = grad_winograd.winograd_weight(x, gy, pads)
             if gw is not None:  # None: inf or NaN met, which the direct route below propagates
                 return gw
-        if grad_gemm.tap_gemm_pays(x.shape, gy.shape, RS, groups):
+        if grad_gemm.tap_gemm_pays(x.shape, gy.shape, RS, groups, stride):
             return grad_gemm.tap_gemm_weight(x, gy, RS, pads, stride, dilation)
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape

@@ -137,11 +137,14 @@ def pointwise_input(gy, w, out_hw, pads, stride, groups, bias=None):
 
 
 @numba.njit(**PJIT)
-def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, pl, L):
+def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L):
     # U[(jb*NPQ + (n*P + p)*Q + q)*L + l] = x[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl] for
     # tap j = jb*L + l = (c*R + r)*S + s (0 outside x and past the last tap): the im2col
-    # matrix (pixels x taps) with the taps in blocks of L lanes.  One job per (image, row);
-    # per tap a run over q, read along x's row and written every L elements.
+    # matrix (pixels x taps) with the taps in blocks of L lanes.  qlo[s] .. qhi[s] - 1 are the
+    # q whose column lies inside x for kernel column s (with x's column of q at
+    # q*sw + s*dw - pl, passed as qlo[S + s]).  One job per (image, row); the taps in order
+    # (c, r, s), their lane and block counted along, per tap a run over q read along x's row
+    # and written every L elements.
     N, C, H, W = x.shape
     taps = C * R * S
     NPQ = N * P * Q
@@ -151,25 +154,42 @@ def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, pl, L):
     for job in numba.prange(N * P):
         n, p = job // P, job % P
         pix0 = job * Q
-        for j in range(nb * L):
+        jb, l = 0, 0
+        for c in range(C):
+            for r in range(R):
+                h = p * sh + r * dh - pt
+                inside = 0 <= h < H
+                src = ((n * C + c) * H + h) * W
+                for s in range(S):
+                    o = (jb * NPQ + pix0) * L + l
+                    lo, hi = (qlo[s], qhi[s]) if inside else (Q, Q)
+                    for q in range(lo):
+                        sstore(U, o + q * L, zero)
+                    off = src + qlo[S + s]
+                    for q in range(lo, hi):
+                        sstore(U, o + q * L, sload(xf, off + q * sw))
+                    for q in range(hi, Q):
+                        sstore(U, o + q * L, zero)
+                    l += 1
+                    if l == L:
+                        l, jb = 0, jb + 1
+        for j in range(taps, nb * L):  # the last block's lanes past the last tap
             o = ((j // L) * NPQ + pix0) * L + j % L
-            c, rs = j // (R * S), j % (R * S)
-            h = p * sh + (rs // S) * dh - pt
-            if j >= taps or h < 0 or h >= H:
-                for q in range(Q):
-                    sstore(U, o + q * L, zero)
-                continue
-            off = (rs % S) * dw - pl  # input column of q: q*sw + off
-            qlo = 0 if off >= 0 else min(Q, (-off + sw - 1) // sw)
-            qhi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
-            qhi = max(qhi, qlo)
-            src = ((n * C + c) * H + h) * W + off
-            for q in range(qlo):
+            for q in range(Q):
                 sstore(U, o + q * L, zero)
-            for q in range(qlo, qhi):
-                sstore(U, o + q * L, sload(xf, src + q * sw))
-            for q in range(qhi, Q):
-                sstore(U, o + q * L, zero)
+
+
+def _tap_columns(Q, S, W, sw, dw, pl):
+    """``[qlo[0..S), offset[0..S)]`` and ``qhi[0..S)`` of :func:`_unfold_taps`: per kernel column
+    ``s`` the outputs ``q`` whose input column ``q*sw + s*dw - pl`` lies inside ``0 .. W-1``."""
+    qlo = np.empty(2 * S, dtype=np.int64)
+    qhi = np.empty(S, dtype=np.int64)
+    for s in range(S):
+        off = s * dw - pl
+        lo = 0 if off >= 0 else min(Q, (-off + sw - 1) // sw)
+        hi = 0 if W - 1 - off < 0 else min(Q, (W - 1 - off) // sw + 1)
+        qlo[s], qhi[s], qlo[S + s] = lo, max(lo, hi), off
+    return qlo, qhi
 
 
 @numba.njit(**PJIT)
@@ -211,12 +231,13 @@ def _tap_blocks(taps, dtype):
     return L, nb, nb * L
 
 
-def tap_gemm_pays(x_shape, gy_shape, RS, groups) -> bool:
+def tap_gemm_pays(x_shape, gy_shape, RS, groups, stride=(1, 1)) -> bool:
     """Whether :func:`tap_gemm_weight` computes this weight gradient.
 
     It does for ungrouped layers whose reduction ``N*P*Q`` is at most
-    ``CPU.grad_gemm_max_pixels``: small maps (the deep stages of a network,
-    any batch).  There the derived convolution has a kernel of a few pixels
+    ``CPU.grad_gemm_max_pixels`` (``..._strided`` with a stride): small maps
+    (the deep stages of a network, any batch).  There the derived convolution
+    has a kernel of a few pixels
     and an ``R x S`` output, too few output pixels for the forward kernels'
     register blocks; the GEMM's register tile spans output channels and taps
     instead, and its operands (``N*P*Q`` times a block of taps or channels)
@@ -225,7 +246,8 @@ def tap_gemm_pays(x_shape, gy_shape, RS, groups) -> bool:
     N = x_shape[0]
     _, K, P, Q = gy_shape
     npq = N * P * Q
-    return groups == 1 and 0 < npq <= CPU.grad_gemm_max_pixels and K > 1
+    limit = CPU.grad_gemm_max_pixels if tuple(stride) == (1, 1) else CPU.grad_gemm_max_pixels_strided
+    return groups == 1 and 0 < npq <= limit and K > 1
 
 
 def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
@@ -251,7 +273,7 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     U = _scratch.buffer("grad_gemm.U", dtype, nb * npq * L)
     (sh, sw), (dh, dw) = stride, dilation
     _unfold_taps(np.ascontiguousarray(x, dtype=dtype), U, R, S, P, Q, sh, sw, dh, dw,
-                 pads[0], pads[2], L)
+                 pads[0], *_tap_columns(Q, S, W, sw, dw, pads[2]), L)
     # V[k, (n, p, q)] = gy[n, k, p, q]
     V = swap_middle(np.ascontiguousarray(gy, dtype=dtype)[None]).reshape(-1)
     M = empty_aligned(K * Kp, dtype)
