@@ -137,13 +137,15 @@ def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None, rows_outer
 
 @numba.njit(**PJIT)
 def _pack_weights_blocked(wf, wb, G, Kg, Cg, RS, KBp, CB, Vc, NKB, V):
-    # One task fills one contiguous [RS, Vc, NKB * V] tile: the weights it
-    # needs are first copied row by row (contiguous reads) into an L1-sized
-    # buffer, then written out in order.  Element loops over strided
-    # weights directly thrash the cache: rows lie Cg*R*S elements apart.
+    # One task fills one contiguous [RS, Vc, NKB * V] tile, RSB taps at a time: the
+    # weights of those taps are first copied run by run (contiguous reads of RSB taps)
+    # into an L1-sized buffer, then written out in order.  Element loops over strided
+    # weights directly thrash the cache: rows lie Cg*R*S elements apart (and a derived
+    # convolution of the gradients has kernels of thousands of taps).
     nkg = KBp // NKB
     KV = NKB * V
-    L = Vc * RS
+    RSB = min(RS, 16)
+    L = Vc * RSB
     zero = wf.dtype.type(0)
     for task in numba.prange(G * nkg * CB):
         cb = task % CB
@@ -154,22 +156,24 @@ def _pack_weights_blocked(wf, wb, G, Kg, Cg, RS, KBp, CB, Vc, NKB, V):
         nk = min(KV, Kg - kg * KV)
         nc = min(Vc, Cg - cb * Vc)
         tmp = np.empty(KV * L, dtype=wf.dtype)
-        for kk in range(KV):
-            if kk < nk:
-                src = ((g * Kg + kg * KV + kk) * Cg + cb * Vc) * RS
-                for u in range(nc * RS):
-                    sstore(tmp, kk * L + u, sload(wf, src + u))
-                for u in range(nc * RS, L):
-                    sstore(tmp, kk * L + u, zero)
-            else:
-                for u in range(L):
-                    sstore(tmp, kk * L + u, zero)
-        for rs in range(RS):
-            for vc in range(Vc):
-                dst = base + (rs * Vc + vc) * KV
-                src = vc * RS + rs
-                for kk in range(KV):
-                    sstore(wb, dst + kk, sload(tmp, kk * L + src))
+        for rs0 in range(0, RS, RSB):
+            nr = min(RSB, RS - rs0)
+            for kk in range(KV):
+                for vc in range(Vc):
+                    t = kk * L + vc * RSB
+                    if kk < nk and vc < nc:
+                        src = ((g * Kg + kg * KV + kk) * Cg + cb * Vc + vc) * RS + rs0
+                        for u in range(nr):
+                            sstore(tmp, t + u, sload(wf, src + u))
+                    else:
+                        for u in range(nr):
+                            sstore(tmp, t + u, zero)
+            for r in range(nr):
+                for vc in range(Vc):
+                    dst = base + ((rs0 + r) * Vc + vc) * KV
+                    src = vc * RSB + r
+                    for kk in range(KV):
+                        sstore(wb, dst + kk, sload(tmp, kk * L + src))
 
 
 def pack_weights_blocked(w, G, Vc, NKB, V):
