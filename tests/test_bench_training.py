@@ -151,3 +151,22 @@ def test_cli_writes_the_outputs(result, monkeypatch, tmp_path, capsys):
 def test_importing_the_module_does_not_import_torch():
     code = "import sys, fastconv.bench.training, fastconv.bench.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_timed_call_meets_new_weights_and_output_gradient():
+    """As in training, no timed call sees the w and gy of the call before it (so fastconv's
+    weight cache cannot serve prepared kernels training never gets); restore() brings back
+    the values the references were computed from."""
+    import numpy as np
+
+    w, gy = np.ones((3, 2, 3, 3), np.float32), np.ones((2, 3, 4, 4), np.float32)
+    fresh = training._AsInTraining(w, gy)
+    seen = []
+    run = fresh.wrap(lambda: seen.append((w.copy(), gy.copy())))
+    for _ in range(3):
+        run()
+    for (w1, g1), (w2, g2) in zip(seen, seen[1:]):
+        assert not np.array_equal(w1, w2) and not np.array_equal(g1, g2)
+    assert all(np.abs(a - 1).max() <= 1e-3 for pair in seen for a in pair)
+    fresh.restore()
+    assert (w == 1).all() and (gy == 1).all()

@@ -17,6 +17,11 @@ Numba):
    * ``grad_weight``: :func:`fastconv.conv2d_grad_weight` against
      ``torch.nn.grad.conv2d_weight``.
 
+   Before every call, of every candidate alike, one element of ``w`` and
+   one of ``gy`` take a new value (:func:`_as_in_training`), as an optimiser
+   step and a new batch would give them: weights that never change would
+   let fastconv's weight cache (:mod:`fastconv._weight_cache`) serve the
+   derived convolutions' prepared kernels, which training never sees.
 3. Timing as :func:`fastconv.bench.runner.bench_layer` does it: each
    candidate is called once (Numba compilation, oneDNN initialisation) and
    once more, then calibrated to ``number`` calls per round of at least
@@ -197,6 +202,34 @@ def _references(x, w, b, gy, kw) -> dict:
     return {"grad_x": xd.grad.numpy(), "grad_w": wd.grad.numpy(), "grad_b": bd.grad.numpy()}
 
 
+class _AsInTraining:
+    """Gives ``w.flat[0]`` and ``gy.flat[0]`` a value not seen in the last thousand calls
+    (within 1e-3 of the original, in place: the torch tensors share the memory), so no
+    call meets the weights or output gradient of the call before it; :meth:`restore`
+    puts the original values back."""
+
+    def __init__(self, w, gy):
+        self.arrays = (w, gy)
+        self.originals = (float(w.flat[0]), float(gy.flat[0]))
+        self.count = 0
+
+    def renew(self):
+        self.count = self.count % 1000 + 1
+        for a, v in zip(self.arrays, self.originals):
+            a.flat[0] = v + 1e-6 * self.count
+
+    def restore(self):
+        for a, v in zip(self.arrays, self.originals):
+            a.flat[0] = v
+
+    def wrap(self, fn):
+        """``fn`` called after :meth:`renew`."""
+        def run():
+            self.renew()
+            return fn()
+        return run
+
+
 def _layer_calls(x, w, b, gy, kw) -> dict:
     """The six zero-argument candidates; each returns ``{output name: array or tensor}``."""
     import torch
@@ -246,14 +279,15 @@ def bench_training_layer(layer: Layer, *, repeat: int = 5, seed: int = 0,
         (p.N, p.K, p.P, p.Q)).astype(np.float32)
     kw = layer.conv_kwargs
     refs = _references(x, w, b, gy, kw)
-    calls = _layer_calls(x, w, b, gy, kw)
-
+    fresh = _AsInTraining(w, gy)
+    calls = {}
     cands = {}
-    for name, fn in calls.items():  # warm-up: compile, check, calibrate
-        out = fn()
+    for name, fn in _layer_calls(x, w, b, gy, kw).items():  # warm-up: compile, check, calibrate
+        fresh.restore()
+        out = fn()  # on the references' values
         errors = {k: _rel_error(v, refs[k]) for k, v in out.items()}
-        fn()  # the weight cache keeps prepared weights from their second call on
-        cands[name] = Candidate(name, [], _calibrate(fn, min_round_s), errors)
+        calls[name] = fresh.wrap(fn)
+        cands[name] = Candidate(name, [], _calibrate(calls[name], min_round_s), errors)
     if progress:
         progress(1)
     time.sleep(BLAS_PARK_S)  # fastconv's GEMM paths may have left OpenBLAS workers spinning
