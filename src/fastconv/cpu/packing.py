@@ -360,20 +360,25 @@ SWAP_TILE = 16
 def _swap_middle(a, out, flip):
     # out[g, j, i, l] = a[g, i, j, l], or a[g, i, j, L - 1 - l] when flip (reversing
     # the flat H*W run flips both spatial axes).
+    # Raw flat offsets (sload/sstore): a view per (i, j) and its element loop cost more
+    # than the few elements of a kernel they move.
     G, I, J, L = a.shape
+    af, of = a.reshape(-1), out.reshape(-1)
     nt = (J + SWAP_TILE - 1) // SWAP_TILE
     for job in numba.prange(G * nt):
         g, t = job // nt, job % nt
-        j1 = min(J, (t + 1) * SWAP_TILE)
+        j0, j1 = t * SWAP_TILE, min(J, (t + 1) * SWAP_TILE)
         for i in range(I):
-            for j in range(t * SWAP_TILE, j1):
-                src, dst = a[g, i, j], out[g, j, i]
+            src = ((g * I + i) * J + j0) * L
+            for j in range(j0, j1):
+                dst = ((g * J + j) * I + i) * L
                 if flip:
                     for l in range(L):
-                        dst[l] = src[L - 1 - l]
+                        sstore(of, dst + l, sload(af, src + L - 1 - l))
                 else:
                     for l in range(L):
-                        dst[l] = src[l]
+                        sstore(of, dst + l, sload(af, src + l))
+                src += L
 
 
 def swap_middle(a: np.ndarray, flip: bool = False, out=None) -> np.ndarray:
