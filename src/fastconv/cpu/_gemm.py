@@ -78,17 +78,21 @@ _PANEL_ACC = PANEL_ROWS * PANEL_VECS
 
 
 @numba.njit(**JIT)
-def panel_gemm(V, vbase, U, ubase, M, mbase, T, Cp, kb0, kb1, Kp, L):
+def panel_gemm(V, vbase, U, ubase, M, mbase, T, Cp, kb0, kb1, Kp, L, ucs=0, ubs=0):
     """``M[t, k] = sum_c V[t, c] U[c, k]`` for ``t < T`` and ``k`` in blocks ``kb0 .. kb1 - 1``.
 
     Flat, C-contiguous 1-D arrays with element offsets: ``V`` holds ``T``
     rows of ``Cp`` from ``vbase``; ``U`` is stored by column blocks,
     ``U[c, kb * L + l]`` at ``ubase + (kb * Cp + c) * L + l`` (``L`` lanes:
-    the ``L`` columns of a block for one ``c`` are one vector); ``M`` holds
+    the ``L`` columns of a block for one ``c`` are one vector), or, with the
+    strides ``ucs`` and ``ubs`` given, at ``ubase + kb * ubs + c * ucs + l``
+    (``U`` row-major: ``ucs`` its row length, ``ubs = L``); ``M`` holds
     ``T`` rows of ``Kp`` from ``mbase``.  Every sum runs over ``c`` in order
     with one fused multiply-add per term, so results do not depend on the
     blocking.  No bounds checks: callers keep the offsets in range.
     """
+    if ucs == 0:
+        ucs, ubs = L, Cp * L
     acc = stack_vectors(V, _PANEL_ACC)
     uv = stack_vectors(V, PANEL_VECS)
     zero = vsplat(0, V)
@@ -102,7 +106,7 @@ def panel_gemm(V, vbase, U, ubase, M, mbase, T, Cp, kb0, kb1, Kp, L):
             for c in range(Cp):
                 for j in range(PANEL_VECS):
                     if j < nv:
-                        sset(uv, j, vload(U, ubase + ((kb + j) * Cp + c) * L))
+                        sset(uv, j, vload(U, ubase + (kb + j) * ubs + c * ucs))
                 for i in range(PANEL_ROWS):
                     if i < nt:
                         vv = vbcast(V, vrow + i * Cp + c)

@@ -193,17 +193,18 @@ def _tap_columns(Q, S, W, sw, dw, pl):
 
 
 @numba.njit(**PJIT)
-def _panel_rows(V, U, M, T, Cp, nb, Kp, L, TR, JB):
+def _panel_rows(V, U, M, T, Cp, nb, Kp, L, TR, JB, ucs, ubs):
     # M[t, j] = sum_c V[t, c] U[c, j] for T rows t (V: T rows of Cp; U: panel_gemm's blocks of
-    # L columns; M: T rows of Kp), one job per TR rows and JB column blocks; every sum runs
-    # over c in order, however the jobs split the work.
+    # L columns, or row-major with rows of ucs when ucs > 0 (ubs = L); M: T rows of Kp), one
+    # job per TR rows and JB column blocks; every sum runs over c in order, however the jobs
+    # split the work.
     nt = (T + TR - 1) // TR
     njb = (nb + JB - 1) // JB
     for job in numba.prange(nt * njb):
         t, b = job // njb, job % njb
         t0 = t * TR
         panel_gemm(V, t0 * Cp, U, 0, M, t0 * Kp, min(TR, T - t0), Cp, b * JB,
-                   min(nb, (b + 1) * JB), Kp, L)
+                   min(nb, (b + 1) * JB), Kp, L, ucs, ubs)
 
 
 def _panel_jobs(T, nb, L):
@@ -277,7 +278,7 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     # V[k, (n, p, q)] = gy[n, k, p, q]
     V = swap_middle(np.ascontiguousarray(gy, dtype=dtype)[None]).reshape(-1)
     M = empty_aligned(K * Kp, dtype)
-    _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb, L))
+    _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb, L), 0, 0)
     gw = M.reshape(K, Kp)
     if Kp != taps:
         gw = np.ascontiguousarray(gw[:, :taps])
@@ -324,9 +325,10 @@ def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):
     """``grad_x`` (N, C, H, W) of an ungrouped layer as a GEMM and a col2im.
 
     ``cols[(n, p, q), (c, r, s)] = sum_k gy[n, k, p, q] * w[k, c, r, s]``:
-    ``(N*P*Q x K) @ (K x C*R*S)`` through :func:`fastconv.cpu._gemm.panel_gemm`
-    with ``w``'s rows cut into vectors of taps (a copy in 64-byte pieces; no
-    transpose or flip of single weights), then every column added into the input pixel it came from
+    ``(N*P*Q x K) @ (K x C*R*S)`` through :func:`fastconv.cpu._gemm.panel_gemm`,
+    which reads ``w``'s rows of taps in place as vectors of taps (no
+    transpose or flip of single weights; a copy only to pad the rows to whole
+    vectors), then every column added into the input pixel it came from
     (``col2im``); ``bias`` per channel, for the transposed convolution.  ``gy``
     may have more or fewer rows than the forward output of ``out_hw``: pixels
     outside the input are dropped.  Each entry of ``grad_x`` sums at most
@@ -340,18 +342,17 @@ def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):
     taps = C * R * S
     L, nb, Kp = _tap_blocks(taps, dtype)
     npq = N * P * Q
-    # U[jb, k, l] = w[k, jb*L + l]: w's rows of taps cut into vectors (zero past the last
-    # tap), the layout of panel_gemm's U operand.
+    # U[k, jb*L + l] = w[k, jb*L + l]: w's rows of taps (zero past the last tap), read by
+    # panel_gemm with row stride Kp and block stride L.
     w2 = np.ascontiguousarray(w, dtype=dtype).reshape(K, taps)
     if Kp != taps:
         w2 = np.concatenate([w2, np.zeros((K, Kp - taps), dtype=dtype)], axis=1)
-    U = swap_middle(w2.reshape(1, K, nb, 1, L), out=_scratch.buffer("grad_gemm.U", dtype, w2.size))
-    U = U.reshape(-1)
+    U = w2.reshape(-1)
     # V[(n, p, q), k] = gy[n, k, p, q]
     V = np.empty((N, P * Q, K), dtype=dtype)
     _transpose_groups(np.ascontiguousarray(gy, dtype=dtype).reshape(N, K, P * Q), V)
     M = _scratch.buffer("grad_gemm.M", dtype, npq * Kp)
-    _panel_rows(V.reshape(-1), U, M, npq, K, nb, Kp, L, *_panel_jobs(npq, nb, L))
+    _panel_rows(V.reshape(-1), U, M, npq, K, nb, Kp, L, *_panel_jobs(npq, nb, L), Kp, L)
     gx = np.zeros((N, C, H, W), dtype=dtype)
     (sh, sw), (dh, dw) = stride, dilation
     _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pads[0], pads[2], Kp)
