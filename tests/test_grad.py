@@ -505,6 +505,7 @@ def test_weight_grad_depthwise_nonfinite_and_threads():
     ((2, 4, 5, 4), (9, 4, 3, 3), dict(stride=3)),                      # floored rows
     ((1, 2, 2, 2), (3, 2, 3, 3), dict(padding=3, stride=2)),           # windows of padding only
     ((2, 6, 33, 31), (5, 6, 3, 3), dict(stride=2, padding=1)),         # strided: N*P*Q = 544
+    ((1, 3, 66, 64), (4, 3, 3, 3), dict(padding=1)),                   # a first layer: 4224 pixels
 ])
 def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
     """The small-map weight gradient (gy times the unfolded taps, panel_gemm's tiles)

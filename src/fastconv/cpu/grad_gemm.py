@@ -238,17 +238,30 @@ def tap_gemm_pays(x_shape, gy_shape, RS, groups, stride=(1, 1)) -> bool:
     It does for ungrouped layers whose reduction ``N*P*Q`` is at most
     ``CPU.grad_gemm_max_pixels`` (``..._strided`` with a stride): small maps
     (the deep stages of a network, any batch).  There the derived convolution
-    has a kernel of a few pixels
-    and an ``R x S`` output, too few output pixels for the forward kernels'
-    register blocks; the GEMM's register tile spans output channels and taps
-    instead, and its operands (``N*P*Q`` times a block of taps or channels)
-    stay in cache without blocking the reduction.
+    has a kernel of a few pixels and an ``R x S`` output, too few output
+    pixels for the forward kernels' register blocks; the GEMM's register tile
+    spans output channels and taps instead, and its operands (``N*P*Q`` times
+    a block of taps or channels) stay in cache without blocking the reduction.
+
+    It also does for the first layer of a network (at most
+    ``CPU.grad_gemm_large_map_taps`` taps ``C*R*S``, an output map of at least
+    ``CPU.grad_gemm_large_map_pixels``), while the unfolded input fits
+    ``CPU.workspace_bytes``: there the derived convolution repacks ``gy``'s
+    whole large map as its kernel on every call, and the unfold is a few taps
+    per pixel.
     """
-    N = x_shape[0]
+    N, C = x_shape[0], x_shape[1]
     _, K, P, Q = gy_shape
     npq = N * P * Q
+    if groups != 1 or npq == 0 or K < 2:
+        return False
     limit = CPU.grad_gemm_max_pixels if tuple(stride) == (1, 1) else CPU.grad_gemm_max_pixels_strided
-    return groups == 1 and 0 < npq <= limit and K > 1
+    if npq <= limit:
+        return True
+    taps = C * RS[0] * RS[1]
+    unfold_bytes = -(-taps // 16) * 16 * npq * 8  # taps in whole 16-lane vectors, 8 bytes: a bound for both dtypes
+    return (P * Q >= CPU.grad_gemm_large_map_pixels and taps <= CPU.grad_gemm_large_map_taps
+            and unfold_bytes <= CPU.workspace_bytes)
 
 
 def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
