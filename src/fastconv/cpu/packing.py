@@ -159,6 +159,14 @@ def _pack_weights_blocked(wf, wb, G, Kg, Cg, RS, KBp, CB, Vc, NKB, V):
         for rs0 in range(0, RS, RSB):
             nr = min(RSB, RS - rs0)
             for kk in range(KV):
+                if kk < nk and RSB == RS:
+                    # every tap in one block: the channels' taps are one contiguous run
+                    src = ((g * Kg + kg * KV + kk) * Cg + cb * Vc) * RS
+                    for u in range(nc * RS):
+                        sstore(tmp, kk * L + u, sload(wf, src + u))
+                    for u in range(nc * RS, L):
+                        sstore(tmp, kk * L + u, zero)
+                    continue
                 for vc in range(Vc):
                     t = kk * L + vc * RSB
                     if kk < nk and vc < nc:
