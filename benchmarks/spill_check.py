@@ -30,7 +30,7 @@ import numpy as np
 os.environ["FASTCONV_CACHE"] = "0"  # before fastconv is imported: inspect_asm needs fresh code
 
 import fastconv
-from fastconv.cpu import _gemm, grad_depthwise, grad_gemm, grad_winograd, simd
+from fastconv.cpu import _gemm, grad_depthwise, grad_gemm, grad_rows, grad_winograd, simd
 from fastconv.cpu.direct import blocked, pointwise, width
 from fastconv.cpu.winograd import few, stream, vec
 
@@ -48,11 +48,12 @@ CALLS = [
     ("winograd-few", (1, 3, 64, 64), (48, 3, 3, 3), dict(padding=1), "winograd_f4x4_3x3"),
 ]
 
-#: (label, x shape, w shape, conv2d keywords): one weight gradient per gradient kernel.
+#: (label, x shape, w shape, conv2d keywords): both gradients of a layer per gradient kernel.
 GRAD_CALLS = [
     ("grad-depthwise", (2, 32, 14, 14), (32, 1, 3, 3), dict(groups=32, padding=1)),
     ("grad-tap-gemm", (2, 64, 4, 4), (64, 64, 3, 3), dict(padding=1)),
     ("grad-winograd", (2, 64, 14, 14), (64, 64, 3, 3), dict(padding=1)),
+    ("grad-rows", (4, 6, 8, 8), (16, 6, 5, 5), dict(padding=2)),  # rows of one vector, either dtype
 ]
 
 
@@ -91,7 +92,8 @@ def _dispatchers():
     out += [(f"few._JOB{c}", getattr(few, f"_JOB{c}")) for c in range(1, 5)]
     out += [("grad_depthwise._depthwise_weight", grad_depthwise._depthwise_weight),
             ("grad_gemm._panel_rows", grad_gemm._panel_rows),
-            ("grad_winograd._products", grad_winograd._products)]
+            ("grad_winograd._products", grad_winograd._products),
+            ("grad_rows._rows", grad_rows._rows)]
     return out
 
 
@@ -102,12 +104,14 @@ def main() -> int:
             x = rng.standard_normal(xs).astype(dt)
             w = rng.standard_normal(ws).astype(dt)
             fastconv.conv2d(x, w, algorithm=alg, **kw)
-    from fastconv.grad import conv2d_grad_weight
+    from fastconv.grad import conv2d_grad_input, conv2d_grad_weight
     for _, xs, ws, kw in GRAD_CALLS:
         for dt in (np.float32, np.float64):
             x = rng.standard_normal(xs).astype(dt)
-            gy = rng.standard_normal(xs[:1] + ws[:1] + xs[2:]).astype(dt)
+            w0 = rng.standard_normal(ws).astype(dt)
+            gy = rng.standard_normal(fastconv.conv2d(x, w0, **kw).shape).astype(dt)
             conv2d_grad_weight(x, gy, ws, **kw)
+            conv2d_grad_input(gy, w0, xs, **kw)
     t = simd.TARGET
     print(f"target {t.cpu} ({t.isa}): {t.vector_bytes}-byte vectors, {t.registers} registers, "
           f"{simd.ACCUMULATORS} accumulators")

@@ -613,3 +613,35 @@ def test_weight_grad_winograd_chunks_and_nonfinite(monkeypatch):
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
     assert not np.isfinite(got[:, 7, :2, 1:]).any()
     assert np.isfinite(np.delete(got, 7, axis=1)).all()
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((4, 6, 14, 14), (16, 6, 5, 5), {}),                               # LeNet-5 C3
+    ((2, 3, 30, 9), (5, 3, 3, 3), dict(padding=1)),                    # several bands of rows
+    ((3, 5, 7, 16), (4, 5, 3, 2), dict(padding=((2, 0), (1, 1)))),     # a whole vector; odd C
+    ((2, 4, 9, 1), (3, 4, 3, 1), dict(padding=(1, 0), dilation=2)),    # one column; dilation
+    ((1, 1, 6, 5), (2, 1, 2, 2), dict(padding="full")),
+])
+def test_input_grad_rows(x_shape, w_shape, kw):
+    """The input gradient with a vector per output row (few input channels, narrow maps)
+    against the derived direct convolution in float64, within gamma_n, n = K*R*S, in
+    float32, thread-count independent; inf in grad_y reaches exactly the pixels it should."""
+    from fastconv.cpu import grad_rows
+
+    p = normalize(x_shape, w_shape, None, np.float64, **kw)
+    assert grad_rows.rows_pay(p.output_shape, w_shape, (p.H, p.W), p.stride, 1, np.float32)
+    w, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (w_shape, p.output_shape))
+    w0, gy0 = w.copy(), gy.copy()
+    want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
+    mag = conv2d_grad_input(np.abs(gy), np.abs(w), x_shape, algorithm="direct", **kw)
+    _close(conv2d_grad_input(gy, w, x_shape, **kw), want, np.float64)  # auto: this route
+    got = _same_at_thread_counts(lambda: conv2d_grad_input(
+        gy.astype(np.float32), w.astype(np.float32), x_shape, **kw))
+    _assert_within_gamma(got, want, mag, w_shape[0] * w_shape[2] * w_shape[3])
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(gy, gy0)
+    gy[0, 0, 0, -1] = np.inf
+    got = conv2d_grad_input(gy.astype(np.float32), w.astype(np.float32), x_shape, **kw)
+    want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    assert not np.isfinite(want).all()

@@ -276,6 +276,10 @@ class CpuSettings(_Settings):
     #: Input gradient: largest N*P*Q done as one GEMM and a col2im
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_input`) at stride 1 ...
     grad_input_gemm_max_pixels: int = 64
+    #: Input gradient with a vector per output row (:mod:`fastconv.cpu.grad_rows`, maps at
+    #: most one vector wide, stride 1): most input channels (the derived convolution's
+    #: output maps; more keep the forward kernels busy).
+    grad_rows_max_channels: int = 16
     #: ... and when strided, where the derived convolution's zero-inserted input
     #: multiplies stride_h * stride_w times more products.
     grad_input_gemm_max_pixels_strided: int = 1024

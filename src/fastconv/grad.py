@@ -42,6 +42,8 @@ error bound, and the tests hold them):
   reduction (:mod:`fastconv.cpu.grad_depthwise`), the input gradient as the
   single zero-inserted call (the per-phase form saves products a depthwise
   layer has few of).
+* few input channels and maps at most one vector wide (LeNet-5's C3): the
+  input gradient with one vector per output row (:mod:`fastconv.cpu.grad_rows`);
 * 3x3 stride-1 layers on larger maps: the weight gradient by Winograd's
   F(3x3, 2x2), 16 GEMMs over 2x2 tiles of ``grad_y`` in the transform
   domain (:mod:`fastconv.cpu.grad_winograd`).
@@ -172,6 +174,15 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
     cols = slice(pw0, pw1 + 1) if pw0 <= pw1 else slice(0, 0)
     buf = ops.zero_insert(gy[:, :, rows, cols], (N, K, Hb, Wb), Lh + ph0 * sh, sh,
                           Lw + pw0 * sw, sw)
+    if algorithm == "auto" and ops is _NumpyOps:
+        from .cpu import grad_rows
+
+        if grad_rows.rows_pay(gy.shape, w.shape, out_hw, stride, G, buf.dtype):
+            # Few input channels, rows of at most one vector (fastconv.cpu.grad_rows).
+            gx = grad_rows.input_rows(buf, w, out_hw, (dh, dw))
+            if bias is not None:
+                gx += bias.reshape(1, -1, 1, 1)
+            return gx
     # Per group, the flipped kernels with input and output channels swapped:
     # wt[g*Cg + c, k] = w[g*Kg + k, c, ::-1, ::-1].
     wt = ops.swap_middle(w.reshape(G, Kg, Cg, R, S), True).reshape(G * Cg, Kg, R, S)

@@ -255,11 +255,13 @@ def tap_gemm_pays(x_shape, gy_shape, RS, groups, stride=(1, 1)) -> bool:
     npq = N * P * Q
     if groups != 1 or npq == 0 or K < 2:
         return False
-    limit = CPU.grad_gemm_max_pixels if tuple(stride) == (1, 1) else CPU.grad_gemm_max_pixels_strided
+    strided = tuple(stride) != (1, 1)
+    limit = CPU.grad_gemm_max_pixels_strided if strided else CPU.grad_gemm_max_pixels
     if npq <= limit:
         return True
     taps = C * RS[0] * RS[1]
-    unfold_bytes = -(-taps // 16) * 16 * npq * 8  # taps in whole 16-lane vectors, 8 bytes: a bound for both dtypes
+    # taps in whole 16-lane vectors of 8 bytes: a bound for either dtype
+    unfold_bytes = -(-taps // 16) * 16 * npq * 8
     return (P * Q >= CPU.grad_gemm_large_map_pixels and taps <= CPU.grad_gemm_large_map_taps
             and unfold_bytes <= CPU.workspace_bytes)
 

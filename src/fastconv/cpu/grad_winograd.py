@@ -94,7 +94,8 @@ def _transform(xb, CB, Hp, Wp, gb, KB, TP, TQ, row0, nrows, Dt, Gt, Tc, L):
                     sset(e, 8 + b, vsub(d2, d1))
                     sset(e, 12 + b, vsub(d3, d1))
                 for a in range(4):
-                    e0, e1, e2, e3 = sget(e, 4 * a), sget(e, 4 * a + 1), sget(e, 4 * a + 2), sget(e, 4 * a + 3)
+                    e0, e1 = sget(e, 4 * a), sget(e, 4 * a + 1)
+                    e2, e3 = sget(e, 4 * a + 2), sget(e, 4 * a + 3)
                     out = ((a * 4 * CB + cb) * Tc + t) * L
                     step = CB * Tc * L
                     vstore(Dt, out, vsub(e2, e0))
@@ -187,7 +188,8 @@ def _output(M, out, chk, K, CB, L):
                 sset(m, xi, v)
                 run = vadd(run, v)
             for a in range(4):
-                m0, m1, m2, m3 = sget(m, 4 * a), sget(m, 4 * a + 1), sget(m, 4 * a + 2), sget(m, 4 * a + 3)
+                m0, m1 = sget(m, 4 * a), sget(m, 4 * a + 1)
+                m2, m3 = sget(m, 4 * a + 2), sget(m, 4 * a + 3)
                 m12 = vadd(m1, m2)
                 sset(s, 3 * a, vadd(m0, m12))
                 sset(s, 3 * a + 1, vsub(m1, m2))
