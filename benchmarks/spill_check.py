@@ -90,7 +90,7 @@ def _dispatchers():
     out += [("vec._fused", vec._fused), ("vec._split", vec._split)]
     out += [(f"stream._S4R{a}", getattr(stream, f"_S4R{a}")) for a in range(6)]
     out += [(f"few._JOB{c}", getattr(few, f"_JOB{c}")) for c in range(1, 5)]
-    out += [("grad_depthwise._depthwise_weight", grad_depthwise._depthwise_weight),
+    out += [("grad_depthwise._pair_weight", grad_depthwise._pair_weight),
             ("grad_gemm._panel_rows", grad_gemm._panel_rows),
             ("grad_winograd._products", grad_winograd._products),
             ("grad_rows._rows", grad_rows._rows)]

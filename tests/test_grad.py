@@ -645,3 +645,25 @@ def test_input_grad_rows(x_shape, w_shape, kw):
     want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
     assert not np.isfinite(want).all()
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((4, 1, 32, 30), (6, 1, 5, 5), {}),                                # LeNet-5 C1
+    ((3, 2, 11, 13), (4, 2, 3, 3), dict(stride=2, padding=1)),
+    ((2, 4, 9, 10), (4, 2, 3, 2), dict(groups=2, padding=(1, 0), dilation=(2, 1))),
+])
+def test_weight_grad_pairs(x_shape, w_shape, kw):
+    """A layer of few map pairs: one vectorised reduction per pair, against the derived
+    direct convolution in float64, within gamma_n, n = N*P*Q, in float32; thread-count
+    independent."""
+    from fastconv.cpu import grad_depthwise
+
+    p = normalize(x_shape, w_shape, None, np.float64, **kw)
+    assert grad_depthwise.pays(x_shape, p.output_shape, w_shape[2:], p.groups)
+    x, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (x_shape, p.output_shape))
+    want = conv2d_grad_weight(x, gy, w_shape, algorithm="direct", **kw)
+    mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
+    _close(conv2d_grad_weight(x, gy, w_shape, **kw), want, np.float64)  # auto: this route
+    got = _same_at_thread_counts(lambda: conv2d_grad_weight(
+        x.astype(np.float32), gy.astype(np.float32), w_shape, **kw))
+    _assert_within_gamma(got, want, mag, p.N * p.P * p.Q)

@@ -261,6 +261,9 @@ class CpuSettings(_Settings):
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_weight`) instead of the derived convolution;
     #: beyond it the unfold (a strided write per tap and pixel) costs more than it saves.
     grad_gemm_max_pixels: int = 256
+    #: Weight gradient as one vectorised reduction per pair of input and output maps
+    #: (:mod:`fastconv.cpu.grad_depthwise`) for layers of at most this many pairs.
+    grad_pairs_max: int = 16
     #: ... and for strided layers, whose derived convolution (a dilated ``grad_y`` kernel)
     #: runs at a lower rate.
     grad_gemm_max_pixels_strided: int = 640

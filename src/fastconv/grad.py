@@ -296,7 +296,7 @@ def _weight_grad_nchw(x, gy, RS, pads, stride, dilation, groups, algorithm, what
         if tuple(RS) == (1, 1):
             return grad_gemm.pointwise_weight(x, gy, pads, stride, groups)
         if grad_depthwise.pays(x.shape, gy.shape, RS, groups):
-            return grad_depthwise.depthwise_weight(x, gy, RS, pads, stride, dilation)
+            return grad_depthwise.depthwise_weight(x, gy, RS, pads, stride, dilation, groups)
         if grad_winograd.winograd_weight_pays(x.shape, gy.shape, RS, stride, dilation, groups):
             gw = grad_winograd.winograd_weight(x, gy, pads)
             if gw is not None:  # None: inf or NaN met, which the direct route below propagates

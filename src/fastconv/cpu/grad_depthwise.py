@@ -1,20 +1,22 @@
-"""The weight gradient of a depthwise layer as a per-channel reduction.
+"""The weight gradient as one vectorised reduction per pair of input and output maps.
 
 For ``groups == C == K`` (one input and one output map per group)
 :mod:`fastconv.grad`'s derived convolution has one input map and one
 ``P x Q`` kernel per channel and a ``R x S`` output: a shape no forward
-kernel is blocked for.  Here each tap's gradient is a dot product over the
-images and output pixels,
+kernel is blocked for; so has a layer of a few maps in all (a first layer on
+one input channel, LeNet-5's C1 with 6 pairs).  Here each tap's gradient of
+a pair ``(k, c)`` is a dot product over the images and output pixels,
 
-    ``grad_w[c, 0, r, s] = sum_{n, p, q} gy[n, c, p, q] * xpad[n, c, p*sh + r*dh, q*sw + s*dw]``,
+    ``grad_w[k, c', r, s] = sum_{n, p, q} gy[n, k, p, q] * xpad[n, c, p*sh + r*dh, q*sw + s*dw]``,
 
-computed with vectors along ``q``: ``x`` is first padded and split into its
-``sw`` column phases (:func:`fastconv.cpu.packing.pack_input_phases`), so the
-``x`` values under consecutive ``q`` are consecutive for any stride and
-dilation.  One parallel job per channel keeps up to ``TAPS`` taps in vector
-accumulators (a 3x3 kernel's nine in one pass), streams the channel's
-``gy`` once per pass and loads one ``x`` vector per tap and ``gy`` vector; the ragged end of a row is read with
-masked loads (lanes past ``Q`` read nothing and stay zero, so an inf or NaN
+(``c`` the ``c'``-th input map of ``k``'s group), computed with vectors
+along ``q``: ``x`` is first padded and split into its ``sw`` column phases
+(:func:`fastconv.cpu.packing.pack_input_phases`), so the ``x`` values under
+consecutive ``q`` are consecutive for any stride and dilation.  One parallel
+job per pair keeps up to ``TAPS`` taps in vector accumulators (a 3x3
+kernel's nine in one pass), streams the pair's ``gy`` map once per pass and
+loads one ``x`` vector per tap and ``gy`` vector; the ragged end of a row is
+read with masked loads (lanes past ``Q`` read nothing and stay zero, so an inf or NaN
 outside the window never enters a sum).
 
 Summation order and error bound: each tap sums its ``n = N*P*Q`` products
@@ -30,7 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .._config import PJIT
+from .._config import CPU, PJIT
 from .packing import pack_input_phases
 from .simd import (ACCUMULATORS, lanes, sget, sset, stack_ints, stack_vectors, vfma, vload,
                    vload_masked, vsplat, vstore)
@@ -44,18 +46,23 @@ TAPS = min(12, ACCUMULATORS - 2)
 
 
 @numba.njit(**PJIT)
-def _depthwise_weight(xq, gy, gw, part, N, C, P, Q, R, S, Hp, Wq, sh, sw, dh, dw, L):
-    # gw[c*R*S + t] for tap t = r*S + s of channel c: the sum of the L lanes of its
-    # accumulator, stored to part[(c*R*S + t)*L + l] and added in lane order.
-    # xq is [N, C, Hp, sw, Wq] (padded rows; column j of a padded row at j % sw, j // sw).
+def _pair_weight(xq, gy, gw, part, N, C, K, Cg, P, Q, R, S, Hp, Wq, sh, sw, dh, dw, L):
+    # gw[(k*Cg + cg)*R*S + t] for tap t = r*S + s of output map k and input map cg of its
+    # group (input channel c = (k // Kg)*Cg + cg): the sum of the L lanes of its
+    # accumulator, stored to part[((k*Cg + cg)*R*S + t)*L + l] and added in lane order.
+    # xq is [N, C, Hp, sw, Wq] (padded rows; column j of a padded row at j % sw, j // sw);
+    # gy is [N, K, P, Q].
+    Kg = K // (C // Cg)
     nfull, tail = Q // L, Q % L
     RS = R * S
     npass = (RS + TAPS - 1) // TAPS
     per = (RS + npass - 1) // npass
     zero = vsplat(0, xq)
     row = sw * Wq
-    for job in numba.prange(C * npass):
-        c, t0 = job // npass, (job % npass) * per
+    for job in numba.prange(K * Cg * npass):
+        pair, t0 = job // npass, (job % npass) * per
+        k, cg = pair // Cg, pair % Cg
+        c = (k // Kg) * Cg + cg
         nt = min(per, RS - t0)
         acc = stack_vectors(xq, TAPS)
         offs = stack_ints(TAPS)
@@ -66,7 +73,7 @@ def _depthwise_weight(xq, gy, gw, part, N, C, P, Q, R, S, Hp, Wq, sh, sw, dh, dw
                 j = s * dw
                 sset(offs, t, r * dh * row + (j % sw) * Wq + j // sw)
         for n in range(N):
-            gbase = (n * C + c) * P * Q
+            gbase = (n * K + k) * P * Q
             xbase = (n * C + c) * Hp * row
             for p in range(P):
                 g0 = gbase + p * Q
@@ -85,9 +92,9 @@ def _depthwise_weight(xq, gy, gw, part, N, C, P, Q, R, S, Hp, Wq, sh, sw, dh, dw
                             sset(acc, t, vfma(gv, xv, sget(acc, t)))
         for t in range(TAPS):
             if t < nt:
-                vstore(part, (c * RS + t0 + t) * L, sget(acc, t))
+                vstore(part, (pair * RS + t0 + t) * L, sget(acc, t))
         for t in range(nt):
-            i = c * RS + t0 + t
+            i = pair * RS + t0 + t
             total = part[i * L]
             for l in range(1, L):
                 total += part[i * L + l]
@@ -102,26 +109,35 @@ def pays(x_shape, gy_shape, RS, groups) -> bool:
     convolution is left to do it: that is the forward depthwise kernel with the
     groups in vector lanes and ``gy``'s map as a kernel, which streams each map once,
     where this reduction takes one pass over ``gy`` per ``TAPS`` taps.
+
+    It also applies to layers of at most ``CPU.grad_pairs_max`` pairs of input
+    and output maps (a first layer on one input channel, LeNet-5's C1): each
+    pair is one job, too few pairs for a GEMM or the derived convolution to
+    keep their register blocks full.
     """
     N, C = x_shape[0], x_shape[1]
-    if not (groups == C == gy_shape[1] and N > 0):
+    if N == 0:
         return False
-    return N > 1 or RS[0] * RS[1] <= TAPS
+    if groups == C == gy_shape[1]:
+        return N > 1 or RS[0] * RS[1] <= TAPS
+    return gy_shape[1] * (C // groups) <= CPU.grad_pairs_max
 
 
-def depthwise_weight(x, gy, RS, pads, stride, dilation):
-    """``grad_w`` (C, 1, R, S) of a depthwise convolution; x (N, C, H, W), gy (N, C, P, Q).
+def depthwise_weight(x, gy, RS, pads, stride, dilation, groups=None):
+    """``grad_w`` (K, C/groups, R, S) as one reduction per pair of maps; x (N, C, H, W),
+    gy (N, K, P, Q); ``groups`` defaults to ``C`` (depthwise).
 
     ``pads`` are the forward call's ``(top, bottom, left, right)``; only the
     padded rows and columns the forward call read take part.
     """
     N, C, H, W = x.shape
-    _, _, P, Q = gy.shape
+    _, K, P, Q = gy.shape
+    Cg = C // (C if groups is None else groups)
     R, S = RS
     (sh, sw), (dh, dw) = stride, dilation
     dtype = np.result_type(x.dtype, gy.dtype)
     L = lanes(dtype)
-    gw = np.zeros((C, 1, R, S), dtype=dtype)
+    gw = np.zeros((K, Cg, R, S), dtype=dtype)
     if P == 0 or Q == 0:
         return gw
     # The padded input, cut to the rows and columns the forward call read.
@@ -134,7 +150,7 @@ def depthwise_weight(x, gy, RS, pads, stride, dilation):
     xc = np.ascontiguousarray(x[:, :, :rows, :cols], dtype=dtype)
     xq, Hp, Wq = pack_input_phases(xc, (top, need_h - top - rows, left, need_w - left - cols),
                                    sw, 0)
-    part = np.empty(C * R * S * L, dtype=dtype)
-    _depthwise_weight(xq, np.ascontiguousarray(gy, dtype=dtype).reshape(-1), gw.reshape(-1), part,
-                      N, C, P, Q, R, S, Hp, Wq, sh, sw, dh, dw, L)
+    part = np.empty(K * Cg * R * S * L, dtype=dtype)
+    _pair_weight(xq, np.ascontiguousarray(gy, dtype=dtype).reshape(-1), gw.reshape(-1), part,
+                 N, C, K, Cg, P, Q, R, S, Hp, Wq, sh, sw, dh, dw, L)
     return gw
