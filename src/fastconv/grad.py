@@ -38,10 +38,13 @@ error bound, and the tests hold them):
   (:func:`fastconv.cpu.grad_gemm.tap_gemm_weight`,
   :func:`fastconv.cpu.grad_gemm.tap_gemm_input`); strided layers take the
   latter well beyond small maps, as it never multiplies inserted zeros;
+* first layers (few taps ``C*R*S``, maps of 4096 pixels or more): the weight
+  gradient through the same tap GEMM;
 * depthwise layers: the weight gradient as a vectorised per-channel
-  reduction (:mod:`fastconv.cpu.grad_depthwise`), the input gradient as the
-  single zero-inserted call (the per-phase form saves products a depthwise
-  layer has few of).
+  reduction (:mod:`fastconv.cpu.grad_depthwise`; also layers of at most 16
+  pairs of input and output maps), the input gradient as the single
+  zero-inserted call (the per-phase form saves products a depthwise layer
+  has few of);
 * few input channels and maps at most one vector wide (LeNet-5's C3): the
   input gradient with one vector per output row (:mod:`fastconv.cpu.grad_rows`);
 * 3x3 stride-1 layers on larger maps: the weight gradient by Winograd's
