@@ -268,9 +268,10 @@ class CpuSettings(_Settings):
     #: runs at a lower rate.
     grad_gemm_max_pixels_strided: int = 640
     #: ... and at any N*P*Q for output maps of at least this many pixels with at most
-    #: ``grad_gemm_large_map_taps`` taps (C*R*S; the first layer of a network): the derived
-    #: convolution's kernel is then grad_y's whole map, repacked every call.
+    #: ``grad_gemm_large_map_taps`` taps (the first layer of a network): the derived
+    #: convolution's kernel is then grad_y's whole map, repacked every call ...
     grad_gemm_large_map_pixels: int = 4096
+    #: ... and few taps C*R*S (the unfold writes that many values per output pixel).
     grad_gemm_large_map_taps: int = 256
     #: Weight gradient of 3x3 stride-1 layers by Winograd F(3x3, 2x2)
     #: (:mod:`fastconv.cpu.grad_winograd`): fewest input and output channels (with fewer, the
