@@ -17,15 +17,16 @@ Numba):
    * ``grad_weight``: :func:`fastconv.conv2d_grad_weight` against
      ``torch.nn.grad.conv2d_weight``.
 
-   Before every call, of every candidate alike, one element of ``w`` and
-   one of ``gy`` take a new value (:func:`_as_in_training`), as an optimiser
+   Before every call but its first, of every candidate alike, one element
+   of ``w`` and one of ``gy`` take a new value (:class:`_AsInTraining`), as an optimiser
    step and a new batch would give them: weights that never change would
    let fastconv's weight cache (:mod:`fastconv._weight_cache`) serve the
    derived convolutions' prepared kernels, which training never sees.
 3. Timing as :func:`fastconv.bench.runner.bench_layer` does it: each
-   candidate is called once (Numba compilation, oneDNN initialisation) and
-   once more, then calibrated to ``number`` calls per round of at least
-   ``min_round_s``; ``repeat`` interleaved rounds follow, in which every
+   candidate is called once on the reference values (Numba compilation,
+   oneDNN initialisation, the accuracy check), then calibrated to
+   ``number`` calls per round of at least ``min_round_s``; ``repeat``
+   interleaved rounds follow, in which every
    candidate runs one untimed call (the previous candidate's worker threads
    go idle) and then ``number`` timed calls.  Medians per call.
 4. Every result (fastconv's and torch's float32 ones alike) is compared with
