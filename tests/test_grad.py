@@ -352,6 +352,22 @@ def _same_at_thread_counts(fn):
     return got
 
 
+def _check_route(grad, a, b, shape, kw, route, n):
+    """One gradient route against the derived direct convolution: ``grad(a, b, shape)``
+    with ``"auto"`` (which takes the route) equal to ``algorithm="direct"`` in float64,
+    ``route(a32, b32)`` in float32 within gamma_n of it and bitwise the same at every thread
+    count, ``a`` and ``b`` unchanged.  ``a`` and ``b`` are float32-representable float64
+    arrays (the bound is on the sums, not on rounding the inputs)."""
+    a0, b0 = a.copy(), b.copy()
+    want = grad(a, b, shape, algorithm="direct", **kw)
+    mag = grad(np.abs(a), np.abs(b), shape, algorithm="direct", **kw)
+    _close(grad(a, b, shape, **kw), want, np.float64)
+    got = _same_at_thread_counts(lambda: route(a.astype(np.float32), b.astype(np.float32)))
+    _assert_within_gamma(got, want, mag, n)
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
+
+
 def _assert_within_gamma(got32, want, mag, n):
     """|got - want| <= gamma_n * mag elementwise, gamma_n = n u / (1 - n u) for float32."""
     u = np.finfo(np.float32).eps / 2
@@ -515,17 +531,11 @@ def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
 
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
     assert grad_gemm.tap_gemm_pays(x_shape, p.output_shape, w_shape[2:], 1, p.stride)
-    # float32-representable inputs: the bound is on the sums, not on rounding the inputs.
     x, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (x_shape, p.output_shape))
-    x0, gy0 = x.copy(), gy.copy()
-    want = conv2d_grad_weight(x, gy, w_shape, algorithm="direct", **kw)
-    mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
-    _close(conv2d_grad_weight(x, gy, w_shape, **kw), want, np.float64)  # auto takes this route
-    got = _same_at_thread_counts(lambda: grad_gemm.tap_gemm_weight(
-        x.astype(np.float32), gy.astype(np.float32), w_shape[2:], p.padding, p.stride, p.dilation))
-    _assert_within_gamma(got, want, mag, p.N * p.P * p.Q)
-    np.testing.assert_array_equal(x, x0)
-    np.testing.assert_array_equal(gy, gy0)
+    _check_route(conv2d_grad_weight, x, gy, w_shape, kw,
+                 lambda x32, gy32: grad_gemm.tap_gemm_weight(x32, gy32, w_shape[2:], p.padding,
+                                                            p.stride, p.dilation),
+                 p.N * p.P * p.Q)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
@@ -543,17 +553,11 @@ def test_input_grad_tap_gemm(x_shape, w_shape, kw):
 
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
     assert grad_gemm.tap_gemm_input_pays(p.output_shape, w_shape, p.stride, 1)
-    # float32-representable inputs: the bound is on the sums, not on rounding the inputs.
     w, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (w_shape, p.output_shape))
-    w0, gy0 = w.copy(), gy.copy()
-    want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
-    mag = conv2d_grad_input(np.abs(gy), np.abs(w), x_shape, algorithm="direct", **kw)
-    _close(conv2d_grad_input(gy, w, x_shape, **kw), want, np.float64)  # auto takes this route
-    got = _same_at_thread_counts(lambda: grad_gemm.tap_gemm_input(
-        gy.astype(np.float32), w.astype(np.float32), x_shape[2:], p.padding, p.stride, p.dilation))
-    _assert_within_gamma(got, want, mag, w_shape[0] * w_shape[2] * w_shape[3])
-    np.testing.assert_array_equal(w, w0)
-    np.testing.assert_array_equal(gy, gy0)
+    _check_route(conv2d_grad_input, gy, w, x_shape, kw,
+                 lambda gy32, w32: grad_gemm.tap_gemm_input(gy32, w32, x_shape[2:], p.padding,
+                                                           p.stride, p.dilation),
+                 w_shape[0] * w_shape[2] * w_shape[3])
     if "dilation" not in kw:
         # conv_transpose2d (the same operator plus a bias) takes the route too.
         b = _rand((w_shape[1],))
@@ -631,15 +635,9 @@ def test_input_grad_rows(x_shape, w_shape, kw):
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
     assert grad_rows.rows_pay(p.output_shape, w_shape, (p.H, p.W), p.stride, 1, np.float32)
     w, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (w_shape, p.output_shape))
-    w0, gy0 = w.copy(), gy.copy()
-    want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
-    mag = conv2d_grad_input(np.abs(gy), np.abs(w), x_shape, algorithm="direct", **kw)
-    _close(conv2d_grad_input(gy, w, x_shape, **kw), want, np.float64)  # auto: this route
-    got = _same_at_thread_counts(lambda: conv2d_grad_input(
-        gy.astype(np.float32), w.astype(np.float32), x_shape, **kw))
-    _assert_within_gamma(got, want, mag, w_shape[0] * w_shape[2] * w_shape[3])
-    np.testing.assert_array_equal(w, w0)
-    np.testing.assert_array_equal(gy, gy0)
+    _check_route(conv2d_grad_input, gy, w, x_shape, kw,
+                 lambda gy32, w32: conv2d_grad_input(gy32, w32, x_shape, **kw),
+                 w_shape[0] * w_shape[2] * w_shape[3])
     gy[0, 0, 0, -1] = np.inf
     got = conv2d_grad_input(gy.astype(np.float32), w.astype(np.float32), x_shape, **kw)
     want = conv2d_grad_input(gy, w, x_shape, algorithm="direct", **kw)
@@ -661,9 +659,6 @@ def test_weight_grad_pairs(x_shape, w_shape, kw):
     p = normalize(x_shape, w_shape, None, np.float64, **kw)
     assert grad_depthwise.pays(x_shape, p.output_shape, w_shape[2:], p.groups)
     x, gy = (_rand(s).astype(np.float32).astype(np.float64) for s in (x_shape, p.output_shape))
-    want = conv2d_grad_weight(x, gy, w_shape, algorithm="direct", **kw)
-    mag = conv2d_grad_weight(np.abs(x), np.abs(gy), w_shape, algorithm="direct", **kw)
-    _close(conv2d_grad_weight(x, gy, w_shape, **kw), want, np.float64)  # auto: this route
-    got = _same_at_thread_counts(lambda: conv2d_grad_weight(
-        x.astype(np.float32), gy.astype(np.float32), w_shape, **kw))
-    _assert_within_gamma(got, want, mag, p.N * p.P * p.Q)
+    _check_route(conv2d_grad_weight, x, gy, w_shape, kw,
+                 lambda x32, gy32: conv2d_grad_weight(x32, gy32, w_shape, **kw),
+                 p.N * p.P * p.Q)
