@@ -129,6 +129,45 @@ def test_stream_mode(rng, cpu_settings, dtype, m, shape):
     np.testing.assert_array_equal(yn[:, :K - 1], yd[:, :K - 1])
 
 
+def test_stream_mode_fresh_weights(rng, cpu_settings, monkeypatch):
+    """F(4x4) on more tiles than vec_stream4_max_tiles streams when the weight cache prepares
+    the weights for one call (new weights, a disabled cache) and keeps U for weights seen
+    unchanged: the same sums as the forced stream schedule, and within rounding of the
+    kept U.  With one tile per register block (16 registers) it keeps U either way."""
+    from fastconv import _weight_cache
+    x, w, b = random_problem(rng, (2, 40, 5, 6), (35, 40, 3, 3), np.float32)
+    p = normalize(x.shape, w.shape, b.shape, np.float32, padding=1)
+    cpu_settings.vec_split_min_u_ratio = 0
+    cpu_settings.vec_stream4_max_tiles = 7  # the call has 8 tiles
+    want = "stream" if stream.STREAM4_TILES > 1 else "split"
+    assert winograd_vec.plan(p, 4).mode == "split"
+    assert winograd_vec.plan(p, 4, fresh=True).mode == want
+    modes = []
+    real_run = winograd_vec.run
+    monkeypatch.setattr(winograd_vec, "run", lambda *a, **k: modes.append(a[6].mode) or real_run(*a, **k))
+
+    def call(weights):
+        return fastconv.conv2d(x, weights, b, padding=1, algorithm="winograd_f4x4_3x3")
+
+    fastconv.clear_weight_cache()
+    w0 = w.copy()
+    y_fresh = call(w)  # first sighting: prepared for this call only
+    y_kept = call(w)  # second sighting: kept in the cache
+    np.testing.assert_array_equal(w, w0)
+    assert modes == [want, "split"] and len(_weight_cache.CACHE) == 1
+    cpu_settings.vec_stream4_max_tiles = 8
+    np.testing.assert_array_equal(call(w.copy()), y_fresh if want == "stream" else y_kept)
+    np.testing.assert_allclose(y_fresh, y_kept, rtol=1e-5, atol=1e-5)
+    ref = reference.conv2d(x, w, b, padding=1)
+    from fastconv.accuracy import error_bound as bound_of
+    assert (np.abs(y_fresh - ref) <= bound_of("winograd_f4x4_3x3", x, w, b, padding=1)).all()
+    cpu_settings.vec_stream4_max_tiles = 7
+    monkeypatch.setattr(_weight_cache.CACHE, "max_bytes", 0)  # disabled: every call is fresh
+    modes.clear()
+    call(w)
+    assert modes == [want]
+
+
 def test_stream_f4_scale():
     """F(4x4)'s G is diag(F4_SCALE) G' with G' of small integers (exact doublings), as the
     stream schedule's inline kernel transform assumes."""

@@ -568,6 +568,26 @@ def test_input_grad_tap_gemm(x_shape, w_shape, kw):
         _close(y, ref, np.float64)
 
 
+def test_input_grad_tap_gemm_leaves_deep_maps_to_winograd(cpu_settings):
+    """Deep 3x3 stride-1 layers on maps of at least grad_input_gemm_winograd_side go to the
+    derived convolution (F(4x4) streaming its kernels) where the target's register block
+    holds several tiles, and to the GEMM otherwise; smaller maps, dilation, strides and
+    other kernels keep the GEMM."""
+    from fastconv.cpu import grad_gemm
+    from fastconv.cpu.winograd.stream import STREAM4_TILES
+
+    pays = grad_gemm.tap_gemm_input_pays
+    gy, w = (1, 256, 7, 7), (256, 128, 3, 3)
+    assert pays(gy, w, (1, 1), 1) == (STREAM4_TILES == 1)
+    assert pays((1, 256, 6, 6), w, (1, 1), 1)
+    assert pays(gy, w, (1, 1), 1, (2, 2))
+    assert pays(gy, (256, 128, 5, 5), (1, 1), 1)
+    assert pays(gy, w, (2, 2), 1)
+    assert pays(gy, (256, 64, 3, 3), (1, 1), 1)  # channels under grad_input_gemm_winograd_channels
+    cpu_settings.grad_input_gemm_winograd_side = 8
+    assert pays(gy, w, (1, 1), 1)
+
+
 @pytest.mark.parametrize("x_shape, K, pads", [
     ((3, 48, 9, 11), 50, (1, 1, 1, 1)),      # odd P and Q: gy's zero row and column
     ((6, 50, 8, 7), 64, (0, 1, 2, 0)),        # asymmetric padding; a partial vector of channels

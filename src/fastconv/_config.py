@@ -253,6 +253,10 @@ class CpuSettings(_Settings):
     vec_stream_kernels: bool = True
     #: Most tiles F(4x4) streams (its kernels are transformed again for every group of 4).
     vec_stream4_max_tiles: int = 8
+    #: Most tiles F(4x4) streams when its weights are prepared for one call only (new
+    #: weights every call, as in training and the gradients' derived convolutions): a kept
+    #: U would be written and read once, so streaming pays on more tiles.
+    vec_stream4_max_tiles_fresh: int = 48
     #: Fused mode: target V + M of one item (U read fewer times vs V and M staying in cache).
     vec_item_bytes: int = 8 * 2**20
     #: Fused mode: fewest tiles per item (thinner products waste the micro-kernel).
@@ -280,13 +284,20 @@ class CpuSettings(_Settings):
     #: Input gradient: largest N*P*Q done as one GEMM and a col2im
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_input`) at stride 1 ...
     grad_input_gemm_max_pixels: int = 64
+    #: ... and when strided, where the derived convolution's zero-inserted input
+    #: multiplies stride_h * stride_w times more products.
+    grad_input_gemm_max_pixels_strided: int = 1024
+    #: ... but not for a 3x3 stride-1 layer whose maps are at least this many pixels on
+    #: each side ...
+    grad_input_gemm_winograd_side: int = 7
+    #: ... with at least this many input and output channels, where the derived
+    #: convolution's F(4x4) streams its kernel transforms through 4-tile register blocks
+    #: (AVX-512) and wastes few products on partial tiles.
+    grad_input_gemm_winograd_channels: int = 128
     #: Input gradient with a vector per output row (:mod:`fastconv.cpu.grad_rows`, maps at
     #: most one vector wide, stride 1): most input channels (the derived convolution's
     #: output maps; more keep the forward kernels busy).
     grad_rows_max_channels: int = 16
-    #: ... and when strided, where the derived convolution's zero-inserted input
-    #: multiplies stride_h * stride_w times more products.
-    grad_input_gemm_max_pixels_strided: int = 1024
     #: Tile-row path: target V + M of one block of tile rows (last-level cache).
     tile_row_block_bytes: int = 8 * 2**20
     #: Tile-row path, fused: most V + M of one item (a core's share of the cache).

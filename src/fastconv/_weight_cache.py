@@ -138,6 +138,23 @@ def _nbytes(value) -> int:
 _building = threading.local()
 
 
+def building_for_one_call() -> bool:
+    """Whether the calling thread is inside a :meth:`WeightCache.get` build whose value
+    serves one call only (weights not kept: changed since the last call on the array, a
+    disabled cache, or weights under ``MIN_BYTES``).  Preparations may then choose
+    schedules that do not keep their transformed weights."""
+    return getattr(_building, "one_call", False)
+
+
+def _build_for_one_call(build, w):
+    outer = building_for_one_call()
+    _building.one_call = True
+    try:
+        return build(w)
+    finally:
+        _building.one_call = outer
+
+
 def prepared_empty(name: str, shape, dtype) -> np.ndarray:
     """An uninitialised array for prepared weights (64-byte aligned).
 
@@ -149,7 +166,7 @@ def prepared_empty(name: str, shape, dtype) -> np.ndarray:
     array, which the cache may keep.
     """
     from ._aligned import empty_aligned
-    if getattr(_building, "one_call", False):
+    if building_for_one_call():
         from .cpu import _scratch
         return _scratch.buffer(name, dtype, int(np.prod(shape))).reshape(shape)
     return empty_aligned(shape, dtype)
@@ -187,7 +204,7 @@ class WeightCache:
         only.  ``build`` must not write to it.
         """
         if not self.enabled_for(w):
-            return build(np.array(w, order="C", copy=True))
+            return _build_for_one_call(build, np.array(w, order="C", copy=True))
         key = (w.__array_interface__["data"][0], w.shape, w.strides, w.dtype.str, tag)
         with self._lock:
             entry = self._entries.get(key)
@@ -215,11 +232,7 @@ class WeightCache:
                     self._bytes -= old.nbytes
         if seen != digest:
             self.transient += 1
-            _building.one_call = True
-            try:
-                return build(np.ascontiguousarray(w))
-            finally:
-                _building.one_call = False
+            return _build_for_one_call(build, np.ascontiguousarray(w))
         snapshot = np.array(w, order="C", copy=True)
         snapshot.flags.writeable = False
         entry = _Entry(snapshot, build(snapshot))

@@ -146,7 +146,7 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
         if w.shape[2:] == (1, 1):
             # A 1x1 layer's input gradient is a GEMM per image (fastconv.cpu.grad_gemm).
             return grad_gemm.pointwise_input(gy, w, out_hw, pads, stride, groups, bias)
-        if grad_gemm.tap_gemm_input_pays(gy.shape, w.shape, stride, groups):
+        if grad_gemm.tap_gemm_input_pays(gy.shape, w.shape, stride, groups, dilation):
             return grad_gemm.tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias)
     if algorithm == "auto" and tuple(stride) != (1, 1) and _polyphase_pays(gy, w, out_hw, dilation, groups):
         return _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, what,

@@ -321,7 +321,7 @@ def _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pt, pl, Kp):
                             plane[h, col] += M[row + r * S + s]
 
 
-def tap_gemm_input_pays(gy_shape, w_shape, stride, groups) -> bool:
+def tap_gemm_input_pays(gy_shape, w_shape, stride, groups, dilation=(1, 1)) -> bool:
     """Whether :func:`tap_gemm_input` computes this input gradient.
 
     It does for ungrouped layers whose ``N*P*Q`` (the rows of its GEMM) is at
@@ -329,11 +329,25 @@ def tap_gemm_input_pays(gy_shape, w_shape, stride, groups) -> bool:
     there the derived convolution has an output of a few pixels over many
     channels (see :func:`tap_gemm_pays`), and with a stride it also multiplies
     the zeros inserted between ``grad_y``'s pixels, which the GEMM never does.
+    The exception is a deep 3x3 stride-1 layer on maps of at least
+    ``grad_input_gemm_winograd_side`` (ResNet's 7x7 stage) on a target whose
+    F(4x4) stream schedule keeps several tiles in registers
+    (:data:`fastconv.cpu.winograd.stream.STREAM4_TILES`): the derived
+    convolution's F(4x4) then does 4x fewer multiplies than the GEMM and
+    transforms the new kernels in registers.
     """
     N, K, P, Q = gy_shape
-    limit = (CPU.grad_input_gemm_max_pixels if tuple(stride) == (1, 1)
-             else CPU.grad_input_gemm_max_pixels_strided)
-    return groups == 1 and 0 < N * P * Q <= limit and w_shape[1] > 1
+    _, C, R, S = w_shape
+    stride1 = tuple(stride) == (1, 1)
+    if (stride1 and tuple(dilation) == (1, 1) and (R, S) == (3, 3)
+            and min(P, Q) >= CPU.grad_input_gemm_winograd_side
+            and min(C, K) >= CPU.grad_input_gemm_winograd_channels):
+        from .winograd.stream import STREAM4_TILES
+
+        if STREAM4_TILES > 1:
+            return False
+    limit = CPU.grad_input_gemm_max_pixels if stride1 else CPU.grad_input_gemm_max_pixels_strided
+    return groups == 1 and 0 < N * P * Q <= limit and C > 1
 
 
 def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):

@@ -159,10 +159,14 @@ class PreparedWeights:
     is NaN or inf (an overflowing transform is caught on the outputs).
     """
 
-    __slots__ = ("m", "w", "groups", "finite", "fresh", "_U", "_Uv")
+    __slots__ = ("m", "w", "groups", "finite", "fresh", "one_call", "_U", "_Uv")
 
     def __init__(self, m, w, groups, p=None):
         self.m, self.w, self.groups = m, w, groups
+        # Built by the weight cache for one call only (weights that change between
+        # calls): the plan may then stream where a kept transform would be written and
+        # read once (see fastconv.cpu.winograd.vec.plan's ``fresh``).
+        self.one_call = _weight_cache.building_for_one_call()
         self.finite = bool(np.isfinite(w).all())
         self.fresh = True  # not used by a call yet (its transform is still in this core's cache)
         self._U = self._Uv = None
@@ -186,7 +190,7 @@ class PreparedWeights:
 
     def vec_plan(self, p):
         """The channel-vectorised path's plan for ``p``, or None (tile-row path)."""
-        return _vec.plan(p, self.m)
+        return _vec.plan(p, self.m, fresh=self.one_call)
 
     @property
     def nbytes(self):
@@ -246,7 +250,7 @@ def _run(x, w, bias, p, y, m):
     packed = _weight_cache.CACHE.get(
         w, ("winograd", m, p.groups),
         lambda snap: PreparedWeights(m, snap, p.groups, p))
-    run_prepared(x, packed, bias, p, y, vec)
+    run_prepared(x, packed, bias, p, y, False if packed.one_call else vec)
 
 
 def run_f2x2(x, w, bias, p, y):

@@ -319,7 +319,7 @@ class VecPlan:
     nb: int
 
 
-def plan(p, m):
+def plan(p, m, fresh=False):
     """How this path runs ``p`` (a :class:`VecPlan`), or None if it does not fit.
 
     The path takes ``groups == 1`` calls with output rows of at most
@@ -338,7 +338,13 @@ def plan(p, m):
     U that outweighs the tiles (and less than the exact weight check of the
     weight cache, which reads the weights and their snapshot besides: on
     ResNet-50's 512-channel layer, 35.6 MB a call for F(2x2), more than the
-    last-level cache).
+    last-level cache).  ``fresh``: the weights are prepared for this call
+    alone (the weight cache's one-call build: weights that change between
+    calls), so a kept U would be transformed, written and read once; F(4x4)
+    then streams on up to ``vec_stream4_max_tiles_fresh`` tiles -- where its
+    register block holds several tiles (``STREAM4_TILES > 1``): with one tile
+    per kernel transform (16 registers) the transforms outweigh a kept U's
+    traffic from a few tiles on.
 
     F(4x4) with at most ``few.MAX_CG`` input channels goes to the
     tile-row path instead, whose few-channel schedule does not pad the
@@ -365,7 +371,9 @@ def plan(p, m):
             and u_bytes >= CPU.vec_split_min_u_ratio * calls_tiles * per_tile) \
             or u_bytes > CPU.vec_max_u_bytes:
         if CPU.vec_stream_kernels and calls_tiles <= slice_tiles and nb == p.N \
-                and (m == 2 or calls_tiles <= CPU.vec_stream4_max_tiles):
+                and (m == 2 or calls_tiles <= (CPU.vec_stream4_max_tiles_fresh
+                                               if fresh and STREAM4_TILES > 1
+                                               else CPU.vec_stream4_max_tiles)):
             return VecPlan("stream", int(calls_tiles), nb)
         return VecPlan("split", int(min(slice_tiles, total)), nb)
     T = max(CPU.vec_min_item_tiles, CPU.vec_item_bytes // per_tile)
