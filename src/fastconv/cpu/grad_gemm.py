@@ -301,24 +301,36 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
 
 
 @numba.njit(**PJIT)
-def _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pt, pl, Kp):
+def _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pt, pl, Kp, CB):
     # gx[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl] += M[(n*P + p)*Q + q, (c*R + r)*S + s] over
-    # the positions inside gx, in (p, q, r, s) order; one job per (image, channel) plane.
+    # the positions inside gx, in (p, q, r, s) order.  One job per image and block of CB
+    # channels: each pixel's row of M holds the block's CB*R*S columns side by side, so a
+    # job reads them as one contiguous run instead of one short run per channel.  The taps
+    # that land inside gx are found once per row p and column q, not tested per tap.
     N, C, H, W = gx.shape
-    for nc in numba.prange(N * C):
-        n, c = nc // C, nc % C
-        plane = gx[n, c]
+    RS = R * S
+    HW = H * W
+    g = gx.reshape(-1)
+    nblk = -(-C // CB)
+    for job in numba.prange(N * nblk):
+        n, c0 = job // nblk, (job % nblk) * CB
+        cb = min(CB, C - c0)
         for p in range(P):
+            h0 = p * sh - pt
+            r0 = max(0, -(h0 // dh) if h0 < 0 else 0)  # first r with h0 + r*dh >= 0
+            r1 = min(R, (H - 1 - h0) // dh + 1) if H - 1 - h0 >= 0 else 0
             for q in range(Q):
-                row = ((n * P + p) * Q + q) * Kp + c * R * S
-                for r in range(R):
-                    h = p * sh + r * dh - pt
-                    if h < 0 or h >= H:
-                        continue
-                    for s in range(S):
-                        col = q * sw + s * dw - pl
-                        if 0 <= col < W:
-                            plane[h, col] += M[row + r * S + s]
+                w0 = q * sw - pl
+                s0 = max(0, -(w0 // dw) if w0 < 0 else 0)
+                s1 = min(S, (W - 1 - w0) // dw + 1) if W - 1 - w0 >= 0 else 0
+                row = ((n * P + p) * Q + q) * Kp + c0 * RS
+                out = (n * C + c0) * HW + h0 * W + w0
+                for cc in range(cb):
+                    for r in range(r0, r1):
+                        at = out + cc * HW + r * dh * W
+                        src = row + cc * RS + r * S
+                        for s in range(s0, s1):
+                            g[at + s * dw] += M[src + s]
 
 
 def tap_gemm_input_pays(gy_shape, w_shape, stride, groups, dilation=(1, 1)) -> bool:
@@ -384,7 +396,9 @@ def tap_gemm_input(gy, w, out_hw, pads, stride, dilation, bias=None):
     _panel_rows(V.reshape(-1), U, M, npq, K, nb, Kp, L, *_panel_jobs(npq, nb, L), Kp, L)
     gx = np.zeros((N, C, H, W), dtype=dtype)
     (sh, sw), (dh, dw) = stride, dilation
-    _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pads[0], pads[2], Kp)
+    # Blocks of up to 16 channels, fewer where that would leave under 4 jobs per thread.
+    CB = max(1, min(16, N * C // (4 * numba.get_num_threads())))
+    _col2im(M, gx, P, Q, R, S, sh, sw, dh, dw, pads[0], pads[2], Kp, CB)
     if bias is not None:
         gx += bias.reshape(1, -1, 1, 1)
     return gx
