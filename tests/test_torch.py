@@ -283,6 +283,11 @@ def test_torch_ops_derivations_on_tensors():
     F.conv2d(F.pad(xg, (2, 1, 1, 0)), wg, **kw).backward(gy)
     torch.testing.assert_close(gx, xg.grad, atol=1e-11, rtol=0)
     torch.testing.assert_close(gw, wg.grad, atol=1e-11, rtol=0)
+    # The polyphase route (NumPy's "auto" on strided layers) on tensors too: its
+    # per-phase sub-kernels (phase_kernels) from torch's operations.
+    gxp = grad._input_grad_polyphase(gy, w, (9, 7), pads, (2, 3), (1, 2), 2, None, "t",
+                                     ops=ft._TorchOps)
+    torch.testing.assert_close(gxp, xg.grad, atol=1e-11, rtol=0)
 
 
 def test_eager_path_equals_the_operator():
