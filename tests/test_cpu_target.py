@@ -63,7 +63,7 @@ _BLOCKING = """
                     nkb=[1, 2, 2, 2, 2, 2, 2, 2, 2, 2])),
     ({"NUMBA_CPU_NAME": "skylake-avx512", "NUMBA_CPU_FEATURES": ""},
      dict(isa="avx512", vector_bytes=64, registers=32,
-          npx={"1": [24, 20, 16], "2": [12, 10, 8], "4": [6, 5, 4]}, panel=[6, 4],
+          npx={"1": [24, 20, 16], "2": [10, 8, 6], "4": [6, 5, 4]}, panel=[6, 4],
           pointwise=[4, 6], width=16, stream4=4, few=4,
           nkb=[1, 2, 1, 4, 1, 2, 1, 4, 1, 2])),
 ], ids=["avx2", "avx512"])

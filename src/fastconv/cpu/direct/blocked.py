@@ -39,7 +39,12 @@ from ..simd import ACCUMULATORS, REGISTERS, lanes, sget, sset, stack_ints, stack
 # The first choice is the widest; narrower ones (5/6 and 2/3 of it) are taken when
 # they waste fewer pixel slots on the tiles of a small map (LeNet's 10x10 outputs on
 # AVX-512: 20 pixels per block, five blocks with no empty slot, instead of 24).
-_NPX_MAX = {nkb: min(ACCUMULATORS // nkb, (REGISTERS - nkb - 1) // nkb) for nkb in (1, 2, 4)}
+# With 32 registers LLVM does not keep a 2 x 11 or 2 x 12 block in registers although
+# 2*12 + 2 + 1 would fit: its hot loop spills (24 moves per 96 multiply-adds for 2 x 12,
+# benchmarks/spill_check.py), and 2 x 10 runs faster; 2 x 10 is the widest 2-block there.
+_NPX_CAP = {2: 10} if REGISTERS >= 32 else {}
+_NPX_MAX = {nkb: min(ACCUMULATORS // nkb, (REGISTERS - nkb - 1) // nkb, _NPX_CAP.get(nkb, REGISTERS))
+            for nkb in (1, 2, 4)}
 BLOCKED_NPX = {nkb: tuple(dict.fromkeys(max(1, n * f // 6) for f in (6, 5, 4)))
                for nkb, n in _NPX_MAX.items()}
 
