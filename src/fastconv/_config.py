@@ -281,6 +281,10 @@ class CpuSettings(_Settings):
     #: (:mod:`fastconv.cpu.grad_winograd`): fewest input and output channels (with fewer, the
     #: direct sum's register blocks are as fast).
     grad_winograd_min_channels: int = 48
+    #: Weight gradient by the tap GEMM: bytes of unfolded input per chunk of output rows
+    #: where the whole unfold is larger than two chunks (each chunk is unfolded and
+    #: multiplied while it stays in the core's cache, its product added in chunk order).
+    grad_gemm_chunk_bytes: int = 256 * 1024
     #: Input gradient: largest N*P*Q done as one GEMM and a col2im
     #: (:func:`fastconv.cpu.grad_gemm.tap_gemm_input`) at stride 1 ...
     grad_input_gemm_max_pixels: int = 64

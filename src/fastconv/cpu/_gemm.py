@@ -78,7 +78,7 @@ _PANEL_ACC = PANEL_ROWS * PANEL_VECS
 
 
 @numba.njit(**JIT)
-def panel_gemm(V, vbase, U, ubase, M, mbase, T, Cp, kb0, kb1, Kp, L, ucs=0, ubs=0):
+def panel_gemm(V, vbase, U, ubase, M, mbase, T, Cp, kb0, kb1, Kp, L, ucs=0, ubs=0, nc=0):
     """``M[t, k] = sum_c V[t, c] U[c, k]`` for ``t < T`` and ``k`` in blocks ``kb0 .. kb1 - 1``.
 
     Flat, C-contiguous 1-D arrays with element offsets: ``V`` holds ``T``
@@ -90,9 +90,12 @@ def panel_gemm(V, vbase, U, ubase, M, mbase, T, Cp, kb0, kb1, Kp, L, ucs=0, ubs=
     ``T`` rows of ``Kp`` from ``mbase``.  Every sum runs over ``c`` in order
     with one fused multiply-add per term, so results do not depend on the
     blocking.  No bounds checks: callers keep the offsets in range.
+    ``nc > 0``: the sums run over the first ``nc`` values of ``c`` only, ``Cp``
+    staying the row length of ``V`` (a chunk of a longer sum).
     """
     if ucs == 0:
         ucs, ubs = L, Cp * L
+    n_inner = Cp if nc == 0 else nc
     acc = stack_vectors(V, _PANEL_ACC)
     uv = stack_vectors(V, PANEL_VECS)
     zero = vsplat(0, V)
@@ -103,7 +106,7 @@ def panel_gemm(V, vbase, U, ubase, M, mbase, T, Cp, kb0, kb1, Kp, L, ucs=0, ubs=
             for i in range(_PANEL_ACC):
                 sset(acc, i, zero)
             vrow = vbase + t0 * Cp
-            for c in range(Cp):
+            for c in range(n_inner):
                 for j in range(PANEL_VECS):
                     if j < nv:
                         sset(uv, j, vload(U, ubase + (kb + j) * ubs + c * ucs))

@@ -28,8 +28,8 @@ pool, as im2col's do), so results do not depend on the
 thread count and ``|g - g_exact| <= gamma_n * sum |a| |b|`` with ``gamma_n =
 n u / (1 - n u)`` (Higham, *Accuracy and Stability of Numerical Algorithms*,
 sec. 3.1); :func:`tap_gemm_weight`'s sums run in pixel order with one fused
-multiply-add per term (``n = N*P*Q``), split between threads by output rows and
-tap blocks only; :func:`tap_gemm_input`'s entries are sums of at most ``R*S``
+multiply-add per term (``n = N*P*Q``), on large maps by chunks of output rows
+whose sums are added in order; :func:`tap_gemm_input`'s entries are sums of at most ``R*S``
 such dot products over ``K``, added in a fixed order (``n = K*R*S``).
 ``tests/test_grad.py`` holds all four.
 """
@@ -40,7 +40,7 @@ import numba
 import numpy as np
 
 from .._aligned import empty_aligned
-from .._config import CPU, PJIT
+from .._config import CPU, JIT, PJIT
 from . import _scratch
 from ._gemm import PANEL_ROWS, PANEL_VECS, grouped_matmul, panel_gemm
 from .packing import swap_middle
@@ -136,47 +136,92 @@ def pointwise_input(gy, w, out_hw, pads, stride, groups, bias=None):
 
 
 
+@numba.njit(**JIT)
+def _unfold_row(xf, U, n, p, o0, NB, C, H, W, R, S, Q, sh, sw, dh, dw, pt, qlo, qhi, L):
+    # Output row (n, p) of the im2col matrix into U's blocks of L taps: the value of tap
+    # j = jb*L + l = (c*R + r)*S + s at its pixel q goes to U[(jb*NB + o0 + q)*L + l], NB
+    # the rows of one block, o0 the row's first.  qlo[s] .. qhi[s] - 1 are the q whose
+    # column lies inside x for kernel column s (x's column of q at q*sw + qlo[S + s]).  The
+    # taps in order (c, r, s), their lane and block counted along, per tap a run over q read
+    # along x's row and written every L elements; zero outside x and past the last tap.
+    taps = C * R * S
+    nb = (taps + L - 1) // L
+    zero = xf.dtype.type(0)
+    jb, l = 0, 0
+    for c in range(C):
+        for r in range(R):
+            h = p * sh + r * dh - pt
+            inside = 0 <= h < H
+            src = ((n * C + c) * H + h) * W
+            for s in range(S):
+                o = (jb * NB + o0) * L + l
+                lo, hi = (qlo[s], qhi[s]) if inside else (Q, Q)
+                for q in range(lo):
+                    sstore(U, o + q * L, zero)
+                off = src + qlo[S + s]
+                for q in range(lo, hi):
+                    sstore(U, o + q * L, sload(xf, off + q * sw))
+                for q in range(hi, Q):
+                    sstore(U, o + q * L, zero)
+                l += 1
+                if l == L:
+                    l, jb = 0, jb + 1
+    for j in range(taps, nb * L):  # the last block's lanes past the last tap
+        o = ((j // L) * NB + o0) * L + j % L
+        for q in range(Q):
+            sstore(U, o + q * L, zero)
+
+
 @numba.njit(**PJIT)
 def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L):
-    # U[(jb*NPQ + (n*P + p)*Q + q)*L + l] = x[n, c, p*sh + r*dh - pt, q*sw + s*dw - pl] for
-    # tap j = jb*L + l = (c*R + r)*S + s (0 outside x and past the last tap): the im2col
-    # matrix (pixels x taps) with the taps in blocks of L lanes.  qlo[s] .. qhi[s] - 1 are the
-    # q whose column lies inside x for kernel column s (with x's column of q at
-    # q*sw + s*dw - pl, passed as qlo[S + s]).  One job per (image, row); the taps in order
-    # (c, r, s), their lane and block counted along, per tap a run over q read along x's row
-    # and written every L elements.
+    # U[(jb*NPQ + (n*P + p)*Q + q)*L + l]: the im2col matrix (pixels x taps) with the taps in
+    # blocks of L lanes (_unfold_row); one job per output row (n, p).
     N, C, H, W = x.shape
-    taps = C * R * S
     NPQ = N * P * Q
-    nb = (taps + L - 1) // L
     xf = x.reshape(-1)
-    zero = x.dtype.type(0)
     for job in numba.prange(N * P):
-        n, p = job // P, job % P
-        pix0 = job * Q
-        jb, l = 0, 0
-        for c in range(C):
-            for r in range(R):
-                h = p * sh + r * dh - pt
-                inside = 0 <= h < H
-                src = ((n * C + c) * H + h) * W
-                for s in range(S):
-                    o = (jb * NPQ + pix0) * L + l
-                    lo, hi = (qlo[s], qhi[s]) if inside else (Q, Q)
-                    for q in range(lo):
-                        sstore(U, o + q * L, zero)
-                    off = src + qlo[S + s]
-                    for q in range(lo, hi):
-                        sstore(U, o + q * L, sload(xf, off + q * sw))
-                    for q in range(hi, Q):
-                        sstore(U, o + q * L, zero)
-                    l += 1
-                    if l == L:
-                        l, jb = 0, jb + 1
-        for j in range(taps, nb * L):  # the last block's lanes past the last tap
-            o = ((j // L) * NPQ + pix0) * L + j % L
-            for q in range(Q):
-                sstore(U, o + q * L, zero)
+        _unfold_row(xf, U, job // P, job % P, job * Q, NPQ, C, H, W, R, S, Q, sh, sw, dh, dw,
+                    pt, qlo, qhi, L)
+
+
+@numba.njit(**PJIT)
+def _unfold_gemm(x, V, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
+    # Mp[b, k, j] = sum over the pixels of chunk b of V[k, pix] * U[pix, j]: one job per chunk
+    # of `rows` output rows (n, p), which it unfolds into its own U (_unfold_row) and
+    # multiplies at once by all K rows of V (K x NPQ), while the chunk is in cache.
+    N, C, H, W = x.shape
+    K, Kp = Mp.shape[1], Mp.shape[2]
+    NPQ = N * P * Q
+    nb = Kp // L
+    NR = N * P
+    nchunk = (NR + rows - 1) // rows
+    xf = x.reshape(-1)
+    Vf = V.reshape(-1)
+    for b in numba.prange(nchunk):
+        j0 = b * rows
+        j1 = min(NR, j0 + rows)
+        CH = (j1 - j0) * Q
+        U = np.empty(nb * CH * L, dtype=x.dtype)
+        for j in range(j0, j1):
+            _unfold_row(xf, U, j // P, j % P, (j - j0) * Q, CH, C, H, W, R, S, Q, sh, sw, dh, dw,
+                        pt, qlo, qhi, L)
+        panel_gemm(Vf, j0 * Q, U, 0, Mp[b].reshape(-1), 0, K, NPQ, 0, nb, Kp, L, L, CH * L, CH)
+
+
+@numba.njit(**PJIT)
+def _sum_chunks(Mp, out):
+    # out[i] = sum_b Mp[b, i], the chunks added in order; one job per block of 1024 entries.
+    B = Mp.shape[0]
+    n = out.shape[0]
+    Mf = Mp.reshape(B, n)
+    for job in numba.prange((n + 1023) // 1024):
+        lo, hi = job * 1024, min(n, job * 1024 + 1024)
+        o = out[lo:hi]
+        o[:] = Mf[0, lo:hi]
+        for b in range(1, B):
+            src = Mf[b, lo:hi]
+            for i in range(hi - lo):
+                o[i] += src[i]
 
 
 def _tap_columns(Q, S, W, sw, dw, pl):
@@ -273,11 +318,18 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     with ``U`` the input values under each output pixel's window (zero in the
     padding): ``(K x N*P*Q) @ (N*P*Q x C*R*S)`` through
     :func:`fastconv.cpu._gemm.panel_gemm`'s register tiles, ``U`` laid out in
-    blocks of one vector of taps, rows of ``grad_w`` over the threads.
+    blocks of one vector of taps.  Where ``U`` is at most two chunks of
+    ``CPU.grad_gemm_chunk_bytes`` it is unfolded whole and the rows of
+    ``grad_w`` are shared out between the threads; on larger maps (first
+    layers) each job takes a chunk of output rows, unfolds it and multiplies
+    it while it is in cache (no unfolded copy of the whole input travels
+    through memory), and the chunks' products are added in chunk order.
 
     Summation order and error bound: each entry sums its ``n = N*P*Q`` products
-    in pixel order with one fused multiply-add per term, however the work is
-    split, so ``|g - g_exact| <= gamma_n * sum |gy| |x|``.
+    in pixel order with one fused multiply-add per term -- per chunk, then the
+    chunks' sums in order -- an order fixed by the shapes and
+    ``grad_gemm_chunk_bytes``, not the thread count; every product passes
+    through at most ``n`` roundings, so ``|g - g_exact| <= gamma_n * sum |gy| |x|``.
     """
     N, C, H, W = x.shape
     _, K, P, Q = gy.shape
@@ -286,14 +338,29 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     taps = C * R * S
     npq = N * P * Q
     L, nb, Kp = _tap_blocks(taps, dtype)
-    U = _scratch.buffer("grad_gemm.U", dtype, nb * npq * L)
     (sh, sw), (dh, dw) = stride, dilation
-    _unfold_taps(np.ascontiguousarray(x, dtype=dtype), U, R, S, P, Q, sh, sw, dh, dw,
-                 pads[0], *_tap_columns(Q, S, W, sw, dw, pads[2]), L)
+    cols = _tap_columns(Q, S, W, sw, dw, pads[2])
+    xc = np.ascontiguousarray(x, dtype=dtype)
     # V[k, (n, p, q)] = gy[n, k, p, q]
     V = swap_middle(np.ascontiguousarray(gy, dtype=dtype)[None]).reshape(-1)
     M = empty_aligned(K * Kp, dtype)
-    _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb, L), 0, 0)
+    item = np.dtype(dtype).itemsize
+    rows = max(1, CPU.grad_gemm_chunk_bytes // (Q * Kp * item))
+    if rows >= 2 * N * P:
+        # The whole unfold fits the chunk budget twice over: unfold it, then share
+        # the GEMM's rows and tap blocks out between the threads.
+        U = _scratch.buffer("grad_gemm.U", dtype, nb * npq * L)
+        _unfold_taps(xc, U, R, S, P, Q, sh, sw, dh, dw, pads[0], *cols, L)
+        _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb, L), 0, 0)
+    else:
+        # Large maps (first layers): chunks of output rows, each unfolded and multiplied
+        # while in cache, their partial products added in chunk order.
+        rows = -(-N * P // -(-N * P // rows))  # equal chunks
+        nchunk = -(-N * P // rows)
+        Mp = _scratch.buffer("grad_gemm.Mp", dtype, nchunk * K * Kp).reshape(nchunk, K, Kp)
+        _unfold_gemm(xc, V.reshape(K, npq), Mp, R, S, P, Q, sh, sw, dh, dw, pads[0], *cols, L,
+                     rows)
+        _sum_chunks(Mp, M)
     gw = M.reshape(K, Kp)
     if Kp != taps:
         gw = np.ascontiguousarray(gw[:, :taps])
