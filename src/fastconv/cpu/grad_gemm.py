@@ -319,9 +319,10 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     padding): ``(K x N*P*Q) @ (N*P*Q x C*R*S)`` through
     :func:`fastconv.cpu._gemm.panel_gemm`'s register tiles, ``U`` laid out in
     blocks of one vector of taps.  Where ``U`` is at most two chunks of
-    ``CPU.grad_gemm_chunk_bytes`` it is unfolded whole and the rows of
-    ``grad_w`` are shared out between the threads; on larger maps (first
-    layers) each job takes a chunk of output rows, unfolds it and multiplies
+    ``CPU.grad_gemm_chunk_bytes``, or a chunk would hold fewer than ``4 K``
+    pixels, it is unfolded whole and the rows of ``grad_w`` are shared out
+    between the threads; on larger maps with few taps (first layers) each
+    job takes a chunk of output rows, unfolds it and multiplies
     it while it is in cache (no unfolded copy of the whole input travels
     through memory), and the chunks' products are added in chunk order.
 
@@ -346,9 +347,12 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     M = empty_aligned(K * Kp, dtype)
     item = np.dtype(dtype).itemsize
     rows = max(1, CPU.grad_gemm_chunk_bytes // (Q * Kp * item))
-    if rows >= 2 * N * P:
-        # The whole unfold fits the chunk budget twice over: unfold it, then share
-        # the GEMM's rows and tap blocks out between the threads.
+    if rows >= 2 * N * P or rows * Q < 4 * K:
+        # The whole unfold fits the chunk budget twice over, or a chunk would hold
+        # fewer than 4 pixels per output channel (many taps: deep layers on small
+        # maps), so that the chunks' partial products would outweigh the unfold:
+        # unfold it whole, then share the GEMM's rows and tap blocks out between the
+        # threads.
         U = _scratch.buffer("grad_gemm.U", dtype, nb * npq * L)
         _unfold_taps(xc, U, R, S, P, Q, sh, sw, dh, dw, pads[0], *cols, L)
         _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb, L), 0, 0)
