@@ -588,6 +588,29 @@ def test_input_grad_tap_gemm_leaves_deep_maps_to_winograd(cpu_settings):
     assert pays(gy, w, (1, 1), 1)
 
 
+def test_fresh_weights_rule(cpu_settings):
+    """The input gradient's derived convolution (new flipped kernels on every call) runs
+    direct where auto would run an F(4x4) that keeps its transformed kernels for the call on
+    a small map, and keeps auto's choice on larger maps and where F(4x4) streams."""
+    from fastconv.cpu import auto_rule, fresh_weights_rule
+    from fastconv.cpu.winograd import vec as winograd_vec
+
+    def derived(N, C, side):
+        return normalize((N, C, side + 2, side + 2), (C, C, 3, 3), None, np.float32)
+
+    p = derived(8, 128, 8)  # ResNet-18's second stage at batch 8
+    assert auto_rule(p) == "winograd_f4x4_3x3"
+    assert winograd_vec.plan(p, 4, fresh=True).mode != "stream"
+    assert fresh_weights_rule(p) == "direct"
+    for q in (derived(1, 128, 28), derived(1, 64, 56)):  # larger maps
+        assert fresh_weights_rule(q) == auto_rule(q)
+    q = derived(2, 256, 8)  # 8 tiles over 256 channels
+    if winograd_vec.plan(q, 4, fresh=True).mode == "stream":
+        assert fresh_weights_rule(q) == auto_rule(q)
+    cpu_settings.fresh_direct_max_side = 7
+    assert fresh_weights_rule(p) == auto_rule(p)
+
+
 @pytest.mark.parametrize("x_shape, K, pads", [
     ((3, 48, 9, 11), 50, (1, 1, 1, 1)),      # odd P and Q: gy's zero row and column
     ((6, 50, 8, 7), 64, (0, 1, 2, 0)),        # asymmetric padding; a partial vector of channels

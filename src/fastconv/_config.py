@@ -257,6 +257,10 @@ class CpuSettings(_Settings):
     #: weights every call, as in training and the gradients' derived convolutions): a kept
     #: U would be written and read once, so streaming pays on more tiles.
     vec_stream4_max_tiles_fresh: int = 48
+    #: New kernels on every call (the input gradient's derived convolution): largest map
+    #: side on which direct runs instead of an F(4x4) that keeps its transformed kernels
+    #: for the call (fastconv.cpu.fresh_weights_rule).
+    fresh_direct_max_side: int = 14
     #: Fused mode: target V + M of one item (U read fewer times vs V and M staying in cache).
     vec_item_bytes: int = 8 * 2**20
     #: Fused mode: fewest tiles per item (thinner products waste the micro-kernel).

@@ -193,6 +193,12 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
             if bias is not None:
                 gx += bias.reshape(1, -1, 1, 1)
             return gx
+        # The flipped kernels below are a new array on every call: auto's choice for
+        # kernels that are transformed for this call alone.
+        from .cpu import fresh_weights_rule
+
+        algorithm = fresh_weights_rule(normalize(buf.shape, (G * Cg, Kg, R, S), None, buf.dtype,
+                                                 dilation=(dh, dw), groups=G))
     # Per group, the flipped kernels with input and output channels swapped:
     # wt[g*Cg + c, k] = w[g*Kg + k, c, ::-1, ::-1].
     wt = ops.swap_middle(w.reshape(G, Kg, Cg, R, S), True).reshape(G * Cg, Kg, R, S)

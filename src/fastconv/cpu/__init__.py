@@ -255,6 +255,31 @@ def fitted_rule(p) -> str:
     return "direct"
 
 
+def fresh_weights_rule(p) -> str:
+    """``auto``'s choice for ``p`` when its kernels are new on every call.
+
+    The gradients' derived convolutions (the input gradient's flipped
+    kernels) meet new kernels on every call, so Winograd transforms them for
+    that call alone.  Where F(4x4) keeps a transformed U for the call (its
+    fused or split schedule, not the stream schedule, which transforms
+    kernels in registers: :func:`fastconv.cpu.winograd.vec.plan` with
+    ``fresh``) on maps of at most ``fresh_direct_max_side`` on a side, writing
+    and reading those 36 values per kernel outweighs the multiply-adds F(4x4)
+    saves over ``direct`` (8x8 and 14x14 maps of 64-192 channels), and this
+    rule takes ``direct``.  Elsewhere it is :func:`auto_rule`'s choice.
+    """
+    from .._dispatch import auto_choice
+
+    alg = auto_choice(p, "cpu")
+    if alg != "winograd_f4x4_3x3":
+        return alg
+    pw = winograd.phase_params(p)
+    if min(pw.P, pw.Q) > CPU.fresh_direct_max_side:
+        return alg
+    vec = winograd_vec.plan(pw, 4, fresh=True)
+    return alg if vec is not None and vec.mode == "stream" else "direct"
+
+
 def tuned_rule(p) -> str:
     """What ``algorithm="tuned"`` runs: :func:`fastconv.tuning.tuned_algorithm`."""
     from ..tuning import tuned_algorithm
