@@ -52,6 +52,7 @@ CALLS = [
 GRAD_CALLS = [
     ("grad-depthwise", (2, 32, 14, 14), (32, 1, 3, 3), dict(groups=32, padding=1)),
     ("grad-tap-gemm", (2, 64, 4, 4), (64, 64, 3, 3), dict(padding=1)),
+    ("grad-tap-gemm-chunks", (1, 3, 66, 64), (4, 3, 3, 3), dict(padding=1)),  # a first layer
     ("grad-winograd", (2, 64, 14, 14), (64, 64, 3, 3), dict(padding=1)),
     ("grad-rows", (4, 6, 8, 8), (16, 6, 5, 5), dict(padding=2)),  # rows of one vector, either dtype
 ]
@@ -92,6 +93,7 @@ def _dispatchers():
     out += [(f"few._JOB{c}", getattr(few, f"_JOB{c}")) for c in range(1, 5)]
     out += [("grad_depthwise._pair_weight", grad_depthwise._pair_weight),
             ("grad_gemm._panel_rows", grad_gemm._panel_rows),
+            ("grad_gemm._unfold_gemm", grad_gemm._unfold_gemm),
             ("grad_winograd._products", grad_winograd._products),
             ("grad_rows._rows", grad_rows._rows)]
     return out

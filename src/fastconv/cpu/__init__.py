@@ -266,18 +266,22 @@ def fresh_weights_rule(p) -> str:
     ``fresh``) on maps of at most ``fresh_direct_max_side`` on a side, writing
     and reading those 36 values per kernel outweighs the multiply-adds F(4x4)
     saves over ``direct`` (8x8 and 14x14 maps of 64-192 channels), and this
-    rule takes ``direct``.  Elsewhere it is :func:`auto_rule`'s choice.
+    rule takes ``direct``.  Elsewhere it is ``auto``'s choice.  Decided once
+    per ``ConvParams`` (its memo).
     """
-    from .._dispatch import auto_choice
+    from .._dispatch import concrete
 
-    alg = auto_choice(p, "cpu")
-    if alg != "winograd_f4x4_3x3":
-        return alg
-    pw = winograd.phase_params(p)
-    if min(pw.P, pw.Q) > CPU.fresh_direct_max_side:
-        return alg
-    vec = winograd_vec.plan(pw, 4, fresh=True)
-    return alg if vec is not None and vec.mode == "stream" else "direct"
+    def choose():
+        alg = concrete("auto", p, "cpu")
+        if alg != "winograd_f4x4_3x3":
+            return alg
+        pw = winograd.phase_params(p)
+        if min(pw.P, pw.Q) > CPU.fresh_direct_max_side:
+            return alg
+        vec = winograd_vec.plan(pw, 4, fresh=True)
+        return alg if vec is not None and vec.mode == "stream" else "direct"
+
+    return p.remembered("fresh_weights_rule", choose)
 
 
 def tuned_rule(p) -> str:
