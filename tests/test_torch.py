@@ -284,7 +284,7 @@ def test_torch_ops_derivations_on_tensors():
     torch.testing.assert_close(gx, xg.grad, atol=1e-11, rtol=0)
     torch.testing.assert_close(gw, wg.grad, atol=1e-11, rtol=0)
     # The polyphase route (NumPy's "auto" on strided layers) on tensors too: its
-    # per-phase sub-kernels (phase_kernels) from torch's operations.
+    # per-phase sub-kernels from torch's indexing and swap_middle.
     gxp = grad._input_grad_polyphase(gy, w, (9, 7), pads, (2, 3), (1, 2), 2, None, "t",
                                      ops=ft._TorchOps)
     torch.testing.assert_close(gxp, xg.grad, atol=1e-11, rtol=0)

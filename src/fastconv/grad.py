@@ -108,13 +108,6 @@ class _NumpyOps:
         return zero_insert(g, shape, h0, sh, w0, sw)
 
     @staticmethod
-    def phase_kernels(w, groups, taps_h, taps_w):
-        """``(G*Cg, Kg, len(taps_h), len(taps_w))``: ``w``'s taps ``taps_h x taps_w``,
-        spatially flipped, input and output channels of each group swapped."""
-        from .cpu.packing import phase_kernels
-        return phase_kernels(w, groups, taps_h, taps_w)
-
-    @staticmethod
     def result(y, like):
         """:func:`fastconv.conv2d`'s result as the kind of array ``like`` is."""
         return y
@@ -289,8 +282,11 @@ def _input_grad_polyphase(gy, w, out_hw, pads, stride, dilation, groups, bias, w
     for taps_h, Mh, ddh, lo_h, hi_h, top, bottom, h0 in _phases(H, pads[0], R, stride[0], dilation[0], P):
         for taps_w, Mw, ddw, lo_w, hi_w, left, right, w0 in _phases(W, pads[2], S, stride[1],
                                                                      dilation[1], Q):
-            # Per group, the phase's taps flipped, input and output channels swapped.
-            sub = ops.phase_kernels(w, G, taps_h, taps_w)
+            # Per group, the phase's taps (one gather of taps_h x taps_w), flipped, input
+            # and output channels swapped.
+            taps = w[:, :, [[r] for r in taps_h], [list(taps_w)]]
+            sub = ops.swap_middle(taps.reshape(G, Kg, Cg, len(taps_h), len(taps_w)), True)
+            sub = sub.reshape(G * Cg, Kg, len(taps_h), len(taps_w))
             part = _conv2d(ops.contiguous(gy[:, :, lo_h:hi_h, lo_w:hi_w]), sub, None, stride=1,
                            padding=((top, bottom), (left, right)), dilation=(ddh, ddw),
                            groups=G, algorithm="auto", what=what, ops=ops)

@@ -111,14 +111,6 @@ class _TorchOps:
         return (b.flip((3, 4)) if flip else b).contiguous()
 
     @staticmethod
-    def phase_kernels(w, groups, taps_h, taps_w):
-        K, Cg, R, S = w.shape
-        Kg = K // groups
-        sub = w.reshape(groups, Kg, Cg, R, S)[:, :, :, list(taps_h)][:, :, :, :, list(taps_w)]
-        return _TorchOps.swap_middle(sub, flip=True).reshape(groups * Cg, Kg, len(taps_h),
-                                                             len(taps_w))
-
-    @staticmethod
     def zero_insert(g, shape, h0, sh, w0, sw):
         out = torch.zeros(shape, dtype=g.dtype, device=g.device)
         P, Q = g.shape[2], g.shape[3]

@@ -447,43 +447,6 @@ def zero_insert(g: np.ndarray, shape, h0: int, sh: int, w0: int, sw: int) -> np.
     return out
 
 
-@numba.njit(**PJIT)
-def _phase_kernels(w, Kg, th, tw, out):
-    # out[g*Cg + c, k, i, j] = w[g*Kg + k, c, th[nh-1-i], tw[nw-1-j]]; one job per output row.
-    Cg = w.shape[1]
-    GC = out.shape[0]
-    nh, nw = th.shape[0], tw.shape[0]
-    for gc in numba.prange(GC):
-        g, c = gc // Cg, gc % Cg
-        for k in range(Kg):
-            src = w[g * Kg + k, c]
-            dst = out[gc, k]
-            for i in range(nh):
-                r = th[nh - 1 - i]
-                for j in range(nw):
-                    dst[i, j] = src[r, tw[nw - 1 - j]]
-
-
-def phase_kernels(w: np.ndarray, groups: int, taps_h, taps_w) -> np.ndarray:
-    """The polyphase input gradient's sub-kernels: ``out[g*Cg + c, k, i, j] =
-    w[g*Kg + k, c, taps_h[-1 - i], taps_w[-1 - j]]``, C-contiguous.
-
-    ``w`` is ``(K, Cg, R, S)`` with ``K = groups * Kg``: the taps of one output
-    phase, spatially flipped, with each group's input and output channels
-    swapped, in one parallel pass over ``w`` (slicing, flipping and
-    transposing with NumPy took three strided copies).
-    """
-    w = np.ascontiguousarray(w)
-    K, Cg = w.shape[0], w.shape[1]
-    Kg = K // groups
-    th = np.asarray(taps_h, dtype=np.int64)
-    tw = np.asarray(taps_w, dtype=np.int64)
-    out = np.empty((groups * Cg, Kg, th.shape[0], tw.shape[0]), dtype=w.dtype)
-    if out.size:
-        _phase_kernels(w, Kg, th, tw, out)
-    return out
-
-
 def pad_nchw(x: np.ndarray, pt: int, pb: int, pl: int, pr: int) -> np.ndarray:
     """Zero-padded copy of a contiguous NCHW array (returns ``x`` itself when no padding)."""
     if pt == pb == pl == pr == 0:
