@@ -97,7 +97,10 @@ def _checksum(a):
         for i in range(hi - lo):
             acc += np.uint64(av[i]) * np.uint64(2 * i + 1)
         part[job] = acc * np.uint64(2 * job + 1)
-    return part.sum()
+    total = np.uint64(0)
+    for job in range(nchunk):  # a loop: part.sum() would compile a parallel reduction
+        total += part[job]
+    return total
 
 
 def checksum(a) -> int:

@@ -217,7 +217,9 @@ def _sum_chunks(Mp, out):
     for job in numba.prange((n + 1023) // 1024):
         lo, hi = job * 1024, min(n, job * 1024 + 1024)
         o = out[lo:hi]
-        o[:] = Mf[0, lo:hi]
+        first = Mf[0, lo:hi]
+        for i in range(hi - lo):  # a loop, not o[:] = ...: see packing._make_pack_input
+            o[i] = first[i]
         for b in range(1, B):
             src = Mf[b, lo:hi]
             for i in range(hi - lo):

@@ -51,7 +51,11 @@ def task_coords(task, nx, ny, x_fastest):
     """``(x, y, rest)`` of a parallel loop's ``task`` numbered over ``(rest, y, x)`` with ``x``
     fastest, or over ``(rest, x, y)`` with ``y`` fastest: the two orders in which the
     kernels share work out between threads (see :mod:`fastconv.cpu.direct.blocked`: each
-    core should touch what it wrote in the previous phase)."""
+    core should touch what it wrote in the previous phase).
+
+    Callers pass ``numba.int64(task)``: a ``prange`` index is typed ``int64`` before
+    Numba's parallel transform and ``uint64`` inside the parallel body after it, so a
+    jitted function given the bare index is compiled twice, once for each type."""
     if x_fastest:
         x = task % nx
         rest = task // nx
@@ -61,57 +65,78 @@ def task_coords(task, nx, ny, x_fastest):
     return rest % nx, y, rest // nx
 
 
-@numba.njit(**PJIT)
-def _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
-    # xf: x flattened when x is C-contiguous (enables the register transposes), else empty.
-    N, C, H, W = x.shape
-    Cg = C // G
-    zero = x.dtype.type(0)
-    for task in numba.prange(N * G * CB * Hp):
-        cb, h, ng = task_coords(task, CB, Hp, rows_outer)
-        g = ng % G
-        n = ng // G
-        base = ((ng * CB + cb) * Hp + h) * Wp * Vc
-        hi = h - pt
-        # Slices, not element loops: Numba's indexing of a signed index
-        # checks for wraparound, which turns copies into gathers/scatters.
-        if hi < 0 or hi >= H:
-            xb[base:base + Wp * Vc] = zero
-            continue
-        xb[base:base + pl * Vc] = zero
-        xb[base + (pl + W) * Vc:base + Wp * Vc] = zero
-        vmax = min(Vc, Cg - cb * Vc)
-        c0 = g * Cg + cb * Vc
-        o = base + pl * Vc
-        w0 = 0
+def _make_pack_input(MODE: int):
+    """The packing kernel of :func:`pack_input_blocked` with one fast path compiled in.
+
+    ``MODE`` (a closure constant, so Numba compiles only the branch it
+    selects): 0 copies element by element; 1 also moves whole blocks of
+    ``Vc = L`` channels by ``L x L`` register transposes; 2, 3 or 4 also
+    interleaves rows of ``L`` pixels of that many channels (``Vc = MODE``,
+    an RGB input) in registers.  Any block the fast path does not cover (a
+    partial last channel block, the columns past the last whole vector) is
+    copied element by element.
+    """
+
+    @numba.njit(**PJIT)
+    def pack(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
+        # xf: x flattened when x is C-contiguous (enables the register moves), else empty.
+        N, C, H, W = x.shape
+        Cg = C // G
+        zero = x.dtype.type(0)
         L = VECTOR_BYTES // x.itemsize
-        if vmax == Vc == L and xf.size:
-            # Vc whole channels of one vector: Vc x Vc blocks (channels x pixels) transposed
-            # in registers, instead of Vc * Vc scalar moves.
-            src = ((n * C + c0) * H + hi) * W
-            while w0 + Vc <= W:
-                vtranspose(xf, src + w0, H * W, xb, o + w0 * Vc, Vc)
-                w0 += Vc
-            if w0 < W and W >= Vc:  # the last Vc columns, overlapping: the same values
-                # again, but in one more register transpose instead of scalar moves
-                vtranspose(xf, src + W - Vc, H * W, xb, o + (W - Vc) * Vc, Vc)
-                w0 = W
-        elif vmax == Vc and 2 <= Vc <= 4 and W >= L and xf.size:
-            # a few channels (an RGB input, Vc = 3): rows of L pixels interleaved in registers
-            src = ((n * C + c0) * H + hi) * W
-            while w0 < W:
-                w0 = min(w0, W - L)  # the last L pixels overlap the previous ones
-                if Vc == 3:
-                    vinterleave(xf, src + w0, H * W, 3, xb, o + w0 * Vc)
-                elif Vc == 2:
-                    vinterleave(xf, src + w0, H * W, 2, xb, o + w0 * Vc)
-                else:
-                    vinterleave(xf, src + w0, H * W, 4, xb, o + w0 * Vc)
-                w0 += L
-        for v in range(vmax):
-            xb[o + w0 * Vc + v:o + v + (W - 1) * Vc + 1:Vc] = x[n, c0 + v, hi, w0:]
-        for v in range(vmax, Vc):
-            xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = zero
+        for task in numba.prange(N * G * CB * Hp):
+            cb, h, ng = task_coords(numba.int64(task), CB, Hp, rows_outer)
+            g = ng % G
+            n = ng // G
+            base = ((ng * CB + cb) * Hp + h) * Wp * Vc
+            hi = h - pt
+            # Slices, not element loops: Numba's indexing of a signed index checks for
+            # wraparound, which turns fills into scatters.
+            if hi < 0 or hi >= H:
+                xb[base:base + Wp * Vc] = zero
+                continue
+            xb[base:base + pl * Vc] = zero
+            xb[base + (pl + W) * Vc:base + Wp * Vc] = zero
+            vmax = min(Vc, Cg - cb * Vc)
+            c0 = g * Cg + cb * Vc
+            o = base + pl * Vc
+            w0 = 0
+            if MODE == 1:
+                if vmax == Vc and W >= Vc and xf.size:
+                    # Vc whole channels of one vector: Vc x Vc blocks (channels x pixels)
+                    # transposed in registers, instead of Vc * Vc scalar moves; the last
+                    # block overlaps the one before (the same values again, in one more
+                    # transpose rather than scalar moves; one call site of the inlined
+                    # transpose keeps the compiled kernel small).
+                    src = ((n * C + c0) * H + hi) * W
+                    while w0 < W:
+                        w0 = min(w0, W - Vc)
+                        vtranspose(xf, src + w0, H * W, xb, o + w0 * Vc, Vc)
+                        w0 += Vc
+            elif MODE >= 2:
+                if vmax == Vc and xf.size:
+                    # a few channels: rows of L pixels interleaved in registers
+                    src = ((n * C + c0) * H + hi) * W
+                    while w0 < W:
+                        w0 = min(w0, W - L)  # the last L pixels overlap the previous ones
+                        vinterleave(xf, src + w0, H * W, MODE, xb, o + w0 * Vc)
+                        w0 += L
+            # The rest element by element into strided views, indexed by range indices
+            # (which LLVM knows are not negative: no wraparound checks).  A loop, not a
+            # slice assignment: assigning an array to a slice makes Numba compile its
+            # string formatting of a shape-mismatch error, seconds of a cold first call.
+            for v in range(vmax):
+                row = x[n, c0 + v, hi, w0:]
+                dst = xb[o + w0 * Vc + v:o + v + (W - 1) * Vc + 1:Vc]
+                for j in range(W - w0):
+                    dst[j] = row[j]
+            for v in range(vmax, Vc):
+                xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = zero
+
+    return pack
+
+
+_PACK_INPUT = {mode: _make_pack_input(mode) for mode in range(5)}
 
 
 def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None, rows_outer=True):
@@ -131,7 +156,16 @@ def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None, rows_outer
           else _scratch.buffer(scratch, x.dtype, size))
     if xb.size:
         xf = x.reshape(-1) if x.flags.c_contiguous else np.empty(0, x.dtype)
-        _pack_input_blocked(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer)
+        L = VECTOR_BYTES // x.itemsize
+        if not xf.size:
+            mode = 0
+        elif Vc == L:
+            mode = 1
+        elif 2 <= Vc <= 4 and W >= L:
+            mode = Vc
+        else:
+            mode = 0
+        _PACK_INPUT[mode](x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer)
     return xb, CB, Hp, Wp
 
 
@@ -275,14 +309,13 @@ def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V):
     # pixels before it (the same values again) when there are V of them, else element by
     # element -- raw loads and stores: Numba's signed indexing would add wraparound checks
     # that defeat vectorisation.
+    # One call site of the (large, inlined) transpose: the last block's start is clamped.
     t = t0
-    if nl == V:
-        while t + V <= t1:
+    if nl == V and t1 - t0 >= V:
+        while t < t1:
+            t = min(t, t1 - V)
             vtranspose(yb, src + t * V, V, yf, dst + t, PQ)
             t += V
-        if t < t1 and t1 - t0 >= V:
-            vtranspose(yb, src + (t1 - V) * V, V, yf, dst + t1 - V, PQ)
-            t = t1
     for lane in range(nl):
         for tt in range(t, t1):
             sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
@@ -312,7 +345,7 @@ def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
     KB = (Kg + V - 1) // V
     ntile = (PQ + UNPACK_TILE - 1) // UNPACK_TILE
     for task in numba.prange(N * G * KB * ntile):
-        kb, tile, ng = task_coords(task, KB, ntile, pixel_major)
+        kb, tile, ng = task_coords(numba.int64(task), KB, ntile, pixel_major)
         n, g = ng // G, ng % G
         t0 = tile * UNPACK_TILE
         t1 = min(PQ, t0 + UNPACK_TILE)

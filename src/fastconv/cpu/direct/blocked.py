@@ -94,7 +94,7 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
         else:
             SL, L = S, Vc
         for task in numba.prange(N * G * nkg * ntiles):
-            kg, tile, ng = task_coords(task, nkg, ntiles, tiles_outer)
+            kg, tile, ng = task_coords(numba.int64(task), nkg, ntiles, tiles_outer)
             g = ng % G
             n = ng // G
             kb0 = kg * NKB
