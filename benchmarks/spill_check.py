@@ -88,7 +88,8 @@ def _dispatchers():
     out += [(f"blocked.driver{key}", d) for key, d in blocked._DRIVERS.items()]
     out += [(f"width.driver{key[:3]}", d) for key, d in width._DRIVERS.items()]
     out += [("pointwise.kernel", pointwise._kernel())]
-    out += [("vec._fused", vec._fused), ("vec._split", vec._split)]
+    out += [(f"vec._FUSED[{m}]", d) for m, d in vec._FUSED.items()]
+    out += [(f"vec._SPLIT[{m}, stream={st}]", d) for (m, st), d in vec._SPLIT.items()]
     out += [(f"stream._S4R{a}", getattr(stream, f"_S4R{a}")) for a in range(6)]
     out += [(f"few._JOB{c}", getattr(few, f"_JOB{c}")) for c in range(1, 5)]
     out += [("grad_depthwise._pair_weight", grad_depthwise._pair_weight),

@@ -67,8 +67,8 @@ def test_unrolled_transforms_are_the_matrices():
             for j in range(alpha):
                 d = np.zeros((1, 1, alpha, alpha))
                 d[0, 0, i, j] = 1
-                tile_row._input_transform(d, V, cst, m, 0, 1, 1, 1, 0, 0, np.empty((9, 0)), G,
-                                          np.empty((alpha * alpha, 0)))
+                tile_row._INPUT_TRANSFORM[m](d, V, cst, 0, 1, 1, 1, 0, 0, np.empty((9, 0)), G,
+                                             np.empty((alpha * alpha, 0)))
                 np.testing.assert_array_equal(V.reshape(alpha, alpha), np.outer(BT[:, i], BT[:, j]))
         # Output transform of unit M gives the columns of A^T (x) A^T.
         for a in range(alpha):
@@ -77,7 +77,7 @@ def test_unrolled_transforms_are_the_matrices():
                 M[a * alpha + b] = 1
                 y = np.full((1, 1, m, m), np.nan)
                 bad = np.zeros(1, np.bool_)
-                tile_row._output_transform(M, y, np.zeros(1), cst, bad, m, 0, 1, 1, 1)
+                tile_row._OUTPUT_TRANSFORM[m](M, y, np.zeros(1), cst, bad, 0, 1, 1, 1)
                 np.testing.assert_array_equal(y[0, 0], np.outer(AT[:, a], AT[:, b]))
         # Kernel transform.
         w = np.random.default_rng(m).standard_normal((2, 3, 3, 3))

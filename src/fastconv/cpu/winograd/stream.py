@@ -7,7 +7,7 @@ float32 / 8 float64), each a ``Cp x L`` panel.  This module computes it in
 two ways:
 
 * kept: :func:`transform_weights` transforms all the weights once
-  (:func:`_kernel_transform`, one job per block of output channels and
+  (:func:`_make_kernel_transform`, one job per block of output channels and
   :data:`_KT_CHANNELS` input channels); the weight cache keeps the result
   for the fused and split schedules;
 * streamed: in the stream schedule (a split call in one slice, see
@@ -18,7 +18,7 @@ two ways:
   the 32 MB L3) nor new weights on every call (training) cost more than the
   transform itself.  F(2x2): each product job (4 blocks of output channels)
   transforms its kernels into a per-thread ``U`` of 2 MiB
-  (:func:`_transform_block`), then runs its 16 products.  F(4x4), on at
+  (:func:`_make_transform_block`), then runs its 16 products.  F(4x4), on at
   most ``vec_stream4_max_tiles`` tiles: each job (one block of output
   channels) gathers its weights (:func:`_gather_kernels`), and every ``U'``
   vector is computed where the products use it, in registers, for a group
@@ -267,38 +267,61 @@ def _stream4_products(wf, K, C, kb, wl, V, T, Cp, M, ms, Kp):
         _S4R5(wl, C, V, vb, cbs, M, mb, ms, Kp, nt)
 
 
-@numba.njit(**JIT)
-def _transform_block(wf, K, C, Gm, k0, c0, c1, wl, U, ubase, astride):
-    # U[ubase + a * astride + (c - c0) * L :][:L] = (G w[k0 .. k0 + L - 1, c] G^T)[a] (G' for
-    # F(2x2): see F2_SCALE) for c0 <= c < c1 (c1 - c0 <= _KT_CHANNELS), zero for the
-    # padding (k >= K or c >= C); wl: scratch of 9 * _KT_CHANNELS vectors.
-    L = _lanes_of(wl)
-    nk = max(0, min(L, K - k0))
-    _gather_kernels(wf, C, k0, nk, c0, c1, wl)
-    nc = max(0, min(C, c1) - c0)
-    if Gm.shape[0] == 4:
-        _transform_f2(wl, nc, U, ubase, astride)
-    else:
-        _transform_f4(wl, nc, Gm, U, ubase, astride)
-    zero = vsplat(0, wl)
-    for a in range(Gm.shape[0] ** 2):
-        for c in range(c0 + nc, c1):
-            vstore(U, ubase + a * astride + (c - c0) * L, zero)
+def _make_transform_block(m: int):
+    """The kernel transform of one block of F(m x m, 3 x 3) (``m`` a closure constant:
+    only that transform is compiled in)."""
+    A2 = (m + 2) * (m + 2)
+
+    @numba.njit(**JIT)
+    def transform_block(wf, K, C, Gm, k0, c0, c1, wl, U, ubase, astride):
+        # U[ubase + a * astride + (c - c0) * L :][:L] = (G w[k0 .. k0 + L - 1, c] G^T)[a] (G'
+        # for F(2x2): see F2_SCALE) for c0 <= c < c1 (c1 - c0 <= _KT_CHANNELS), zero for the
+        # padding (k >= K or c >= C); wl: scratch of 9 * _KT_CHANNELS vectors.
+        L = _lanes_of(wl)
+        nk = max(0, min(L, K - k0))
+        _gather_kernels(wf, C, k0, nk, c0, c1, wl)
+        nc = max(0, min(C, c1) - c0)
+        if m == 2:
+            _transform_f2(wl, nc, U, ubase, astride)
+        else:
+            _transform_f4(wl, nc, Gm, U, ubase, astride)
+        zero = vsplat(0, wl)
+        for a in range(A2):
+            for c in range(c0 + nc, c1):
+                vstore(U, ubase + a * astride + (c - c0) * L, zero)
+
+    return transform_block
 
 
-@numba.njit(**PJIT)
-def _kernel_transform(wf, K, C, Gm, Uv, wlwork):
-    # Uv[a, kb, c, l] = (G w[kb * L + l, c] G^T)[a] (G' for F(2x2)) from the flat KCRS
-    # weights wf, zero for the padding (so Uv may be np.empty); one job per (block of L
-    # output channels, _KT_CHANNELS input channels).
-    KB, Cp, L = Uv.shape[1], Uv.shape[2], Uv.shape[3]
-    Uf = Uv.reshape(-1)
-    ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
-    for job in numba.prange(KB * ncb):
-        kb, cb = job // ncb, job % ncb
-        c0 = cb * _KT_CHANNELS
-        _transform_block(wf, K, C, Gm, kb * L, c0, min(Cp, c0 + _KT_CHANNELS),
-                         wlwork[numba.get_thread_id()], Uf, (kb * Cp + c0) * L, KB * Cp * L)
+#: The kernel transform of one block (:func:`_make_transform_block`) for F(2x2) and F(4x4).
+_TB2, _TB4 = _make_transform_block(2), _make_transform_block(4)
+
+
+def _make_kernel_transform(m: int):
+    """The parallel kernel transform of F(m x m, 3 x 3) into the ``(alpha^2, KB, Cp, L)`` layout."""
+
+    @numba.njit(**PJIT)
+    def kernel_transform(wf, K, C, Gm, Uv, wlwork):
+        # Uv[a, kb, c, l] = (G w[kb * L + l, c] G^T)[a] (G' for F(2x2)) from the flat KCRS
+        # weights wf, zero for the padding (so Uv may be np.empty); one job per (block of L
+        # output channels, _KT_CHANNELS input channels).
+        KB, Cp, L = Uv.shape[1], Uv.shape[2], Uv.shape[3]
+        Uf = Uv.reshape(-1)
+        ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
+        for job in numba.prange(KB * ncb):
+            kb, cb = job // ncb, job % ncb
+            c0 = cb * _KT_CHANNELS
+            args = (wf, K, C, Gm, kb * L, c0, min(Cp, c0 + _KT_CHANNELS),
+                    wlwork[numba.get_thread_id()], Uf, (kb * Cp + c0) * L, KB * Cp * L)
+            if m == 2:
+                _TB2(*args)
+            else:
+                _TB4(*args)
+
+    return kernel_transform
+
+
+_KERNEL_TRANSFORM = {2: _make_kernel_transform(2), 4: _make_kernel_transform(4)}
 
 
 def stream_scratch(C, m, dtype) -> int:
@@ -329,7 +352,7 @@ def transform_weights(w, m):
     Uv = _weight_cache.prepared_empty("winograd_vec.Uv", ((m + 2) ** 2, -(-K // L), -(-C // L) * L, L),
                                       w.dtype)
     if Uv.size:
-        _kernel_transform(np.ascontiguousarray(w).reshape(-1), K, C, Gm, Uv, _kt_scratch(w.dtype))
+        _KERNEL_TRANSFORM[m](np.ascontiguousarray(w).reshape(-1), K, C, Gm, Uv, _kt_scratch(w.dtype))
     return Uv
 
 

@@ -128,7 +128,7 @@ def _kernel_chunk(wT, Gm, U, ch):
 @numba.njit(**PJIT)
 def _kernel_transform(wT, Gm, U):
     for ch in numba.prange((wT.shape[1] + _KT_CHUNK - 1) // _KT_CHUNK):
-        _kernel_chunk(wT, Gm, U, ch)
+        _kernel_chunk(wT, Gm, U, numba.int64(ch))  # one compilation: see packing.task_coords
 
 
 def _transform_weights(w, m, groups, dtype):
@@ -252,32 +252,42 @@ def _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t):
             v5[tw] = c4 * f1 - c5 * f3 + f5
 
 
-@numba.njit(**PJIT)
-def _input_transform(x, V, cst, m, r0, nrows, tiles_h, tiles_w, pt, pl, wT, Gm, U2):
-    # Also runs the kernel transform of wT into U2 (when wT has columns) in the same
-    # parallel loop: the two are independent, and one loop is one thread synchronisation.
-    C = x.shape[1]
-    alpha = m + 2
-    WP = tiles_w * m + 2
-    # Half of the kernel-transform jobs go first and half last, so that Numba's static
-    # split of the loop gives each of two threads an equal share of them.
-    nk = (wT.shape[1] + _KT_CHUNK - 1) // _KT_CHUNK
-    front = nk // 2
-    total = nk + nrows * C
-    for job in numba.prange(total):
-        if job < front:
-            _kernel_chunk(wT, Gm, U2, job)
-            continue
-        if job >= total - (nk - front):
-            _kernel_chunk(wT, Gm, U2, job - (total - nk))
-            continue
-        i, cc = (job - front) // C, (job - front) % C
-        d = np.empty((alpha, WP), dtype=x.dtype)
-        t = np.empty(WP, dtype=x.dtype)
-        if m == 2:
-            _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
-        else:
-            _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+def _make_input_transform(m: int):
+    """The input transform of F(m x m, 3 x 3) over a block of tile rows (``m`` a closure
+    constant: only its own formulas are compiled in)."""
+
+    @numba.njit(**PJIT)
+    def input_transform(x, V, cst, r0, nrows, tiles_h, tiles_w, pt, pl, wT, Gm, U2):
+        # Also runs the kernel transform of wT into U2 (when wT has columns) in the same
+        # parallel loop: the two are independent, and one loop is one thread synchronisation.
+        C = x.shape[1]
+        alpha = m + 2
+        WP = tiles_w * m + 2
+        # Half of the kernel-transform jobs go first and half last, so that Numba's static
+        # split of the loop gives each of two threads an equal share of them.
+        nk = (wT.shape[1] + _KT_CHUNK - 1) // _KT_CHUNK
+        front = nk // 2
+        total = nk + nrows * C
+        for task in numba.prange(total):
+            job = numba.int64(task)  # one compilation of the callees: see packing.task_coords
+            if job < front:
+                _kernel_chunk(wT, Gm, U2, job)
+                continue
+            if job >= total - (nk - front):
+                _kernel_chunk(wT, Gm, U2, job - (total - nk))
+                continue
+            i, cc = (job - front) // C, (job - front) % C
+            d = np.empty((alpha, WP), dtype=x.dtype)
+            t = np.empty(WP, dtype=x.dtype)
+            if m == 2:
+                _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+            else:
+                _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+
+    return input_transform
+
+
+_INPUT_TRANSFORM = {2: _make_input_transform(2), 4: _make_input_transform(4)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,94 +388,123 @@ def _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out):
     return _any_nonfinite(out)
 
 
-@numba.njit(**PJIT)
-def _output_transform(M, y, bias, cst, bad, m, r0, nrows, tiles_h, tiles_w):
-    K = M.shape[1] * M.shape[2]
-    for job in numba.prange(nrows * K):
-        i, kk = job // K, job % K
-        s = np.empty((m, m + 2, tiles_w), dtype=M.dtype)
-        out = np.empty((m, m * tiles_w), dtype=M.dtype)
-        if m == 2:
-            bad[job] = _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
-        else:
-            bad[job] = _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+def _make_output_transform(m: int):
+    """The output transform of F(m x m, 3 x 3) over a block of tile rows (``m`` a closure
+    constant)."""
 
-
-@numba.njit(**PJIT)
-def _gemm_output(U, V, M, y, bias, cst, bad, m, kb, r0, nrows, tiles_h, tiles_w):
-    # One job per (group, block of kb output channels): the alpha^2 GEMMs of that K slice
-    # (single-threaded BLAS), then the output transform of its channels.  bad[job] flags
-    # non-finite results.
-    A2, G, Kg, Cg = U.shape
-    nt = V.shape[3]
-    nkb = (Kg + kb - 1) // kb
-    for job in numba.prange(G * nkb):
-        g, k0 = job // nkb, (job % nkb) * kb
-        k1 = min(Kg, k0 + kb)
-        for a in range(A2):
-            if Kg == 1 and Cg == 1:
-                u = U[a, g, 0, 0]
-                v = V[a, g, 0]
-                mm = M[a, g, 0]
-                for j in range(nt):
-                    mm[j] = u * v[j]
+    @numba.njit(**PJIT)
+    def output_transform(M, y, bias, cst, bad, r0, nrows, tiles_h, tiles_w):
+        K = M.shape[1] * M.shape[2]
+        for job in numba.prange(nrows * K):
+            i, kk = job // K, job % K
+            s = np.empty((m, m + 2, tiles_w), dtype=M.dtype)
+            out = np.empty((m, m * tiles_w), dtype=M.dtype)
+            if m == 2:
+                bad[job] = _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
             else:
-                np.dot(U[a, g, k0:k1], V[a, g], M[a, g, k0:k1])
-        s = np.empty((m, m + 2, tiles_w), dtype=M.dtype)
-        out = np.empty((m, m * tiles_w), dtype=M.dtype)
-        flag = False
-        for i in range(nrows):
-            for k in range(k0, k1):
-                kk = g * Kg + k
-                if m == 2:
-                    flag |= _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
-                else:
-                    flag |= _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
-        bad[job] = flag
+                bad[job] = _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+
+    return output_transform
 
 
-@numba.njit(**PJIT)
-def _fused(x, U, y, bias, cst, bad, m, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl,
-           vwork, mwork):
-    # One parallel loop over items of `rows_per_item` tile rows; each item runs all three
-    # phases on V and M (sized to stay in a core's cache) with single-threaded BLAS.  V and M
-    # live in row get_thread_id() of vwork / mwork: a thread runs its items one after the
-    # other, and reusing the rows avoids fresh pages (and their faults) for every item.
-    A2, G, Kg, Cg = U.shape
-    C, K = G * Cg, G * Kg
-    alpha = m + 2
-    WP = tiles_w * m + 2
-    U3 = U.reshape(A2 * G, Kg, Cg)
-    nitems = (rows_total + rows_per_item - 1) // rows_per_item
-    for item in numba.prange(nitems):
-        r0 = item * rows_per_item
-        nr = min(rows_per_item, rows_total - r0)
-        nt = nr * tiles_w
-        tid = numba.get_thread_id()
-        V = vwork[tid, :A2 * G * Cg * nt].reshape((A2, G, Cg, nt))
-        M = mwork[tid, :A2 * G * Kg * nt].reshape((A2, G, Kg, nt))
-        d = np.empty((alpha, WP), dtype=x.dtype)
-        t = np.empty(WP, dtype=x.dtype)
-        for i in range(nr):
-            for cc in range(C):
-                if m == 2:
-                    _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+_OUTPUT_TRANSFORM = {2: _make_output_transform(2), 4: _make_output_transform(4)}
+
+
+def _make_gemm_output(m: int):
+    """The GEMMs and output transform of F(m x m, 3 x 3) by blocks of output channels (``m``
+    a closure constant)."""
+
+    @numba.njit(**PJIT)
+    def gemm_output(U, V, M, y, bias, cst, bad, kb, r0, nrows, tiles_h, tiles_w):
+        # One job per (group, block of kb output channels): the alpha^2 GEMMs of that K slice
+        # (single-threaded BLAS), then the output transform of its channels.  bad[job] flags
+        # non-finite results.
+        A2, G, Kg, Cg = U.shape
+        nt = V.shape[3]
+        nkb = (Kg + kb - 1) // kb
+        for job in numba.prange(G * nkb):
+            g, k0 = job // nkb, (job % nkb) * kb
+            k1 = min(Kg, k0 + kb)
+            for a in range(A2):
+                if Kg == 1 and Cg == 1:
+                    u = U[a, g, 0, 0]
+                    v = V[a, g, 0]
+                    mm = M[a, g, 0]
+                    for j in range(nt):
+                        mm[j] = u * v[j]
                 else:
-                    _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
-        V3 = V.reshape(A2 * G, Cg, nt)
-        M3 = M.reshape(A2 * G, Kg, nt)
-        for a in range(A2 * G):
-            matmul_into(U3[a], V3[a], M3[a])
-        s = np.empty((m, alpha, tiles_w), dtype=x.dtype)
-        out = np.empty((m, m * tiles_w), dtype=x.dtype)
-        flag = False
-        for i in range(nr):
-            for kk in range(K):
-                if m == 2:
-                    flag |= _output_job_f2(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
-                else:
-                    flag |= _output_job_f4(M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
-        bad[item] = flag
+                    np.dot(U[a, g, k0:k1], V[a, g], M[a, g, k0:k1])
+            s = np.empty((m, m + 2, tiles_w), dtype=M.dtype)
+            out = np.empty((m, m * tiles_w), dtype=M.dtype)
+            flag = False
+            for i in range(nrows):
+                for k in range(k0, k1):
+                    kk = g * Kg + k
+                    args = (M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+                    if m == 2:
+                        flag |= _output_job_f2(*args)
+                    else:
+                        flag |= _output_job_f4(*args)
+            bad[job] = flag
+
+    return gemm_output
+
+
+_GEMM_OUTPUT = {2: _make_gemm_output(2), 4: _make_gemm_output(4)}
+
+
+def _make_fused(m: int):
+    """The fused schedule of F(m x m, 3 x 3) (``m`` a closure constant: only its own
+    transforms are compiled in)."""
+
+    @numba.njit(**PJIT)
+    def fused(x, U, y, bias, cst, bad, rows_per_item, rows_total, tiles_h, tiles_w, pt, pl, vwork,
+              mwork):
+        # One parallel loop over items of `rows_per_item` tile rows; each item runs all three
+        # phases on V and M (sized to stay in a core's cache) with single-threaded BLAS.  V and M
+        # live in row get_thread_id() of vwork / mwork: a thread runs its items one after the
+        # other, and reusing the rows avoids fresh pages (and their faults) for every item.
+        A2, G, Kg, Cg = U.shape
+        C, K = G * Cg, G * Kg
+        alpha = m + 2
+        WP = tiles_w * m + 2
+        U3 = U.reshape(A2 * G, Kg, Cg)
+        nitems = (rows_total + rows_per_item - 1) // rows_per_item
+        for item in numba.prange(nitems):
+            r0 = item * rows_per_item
+            nr = min(rows_per_item, rows_total - r0)
+            nt = nr * tiles_w
+            tid = numba.get_thread_id()
+            V = vwork[tid, :A2 * G * Cg * nt].reshape((A2, G, Cg, nt))
+            M = mwork[tid, :A2 * G * Kg * nt].reshape((A2, G, Kg, nt))
+            d = np.empty((alpha, WP), dtype=x.dtype)
+            t = np.empty(WP, dtype=x.dtype)
+            for i in range(nr):
+                for cc in range(C):
+                    if m == 2:
+                        _input_job_f2(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+                    else:
+                        _input_job_f4(x, V, cst, r0, i, cc, tiles_h, tiles_w, pt, pl, d, t)
+            V3 = V.reshape(A2 * G, Cg, nt)
+            M3 = M.reshape(A2 * G, Kg, nt)
+            for a in range(A2 * G):
+                matmul_into(U3[a], V3[a], M3[a])
+            s = np.empty((m, alpha, tiles_w), dtype=x.dtype)
+            out = np.empty((m, m * tiles_w), dtype=x.dtype)
+            flag = False
+            for i in range(nr):
+                for kk in range(K):
+                    args = (M, y, bias, cst, r0, i, kk, tiles_h, tiles_w, s, out)
+                    if m == 2:
+                        flag |= _output_job_f2(*args)
+                    else:
+                        flag |= _output_job_f4(*args)
+            bad[item] = flag
+
+    return fused
+
+
+_FUSED = {2: _make_fused(2), 4: _make_fused(4)}
 
 
 @numba.njit(**PJIT)
@@ -592,8 +631,8 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
             return not bad.any()
         mwork = _scratch.per_thread("winograd.M", dt, alpha2 * G * Kg * nt)
         with single_threaded_blas():
-            _fused(x, U, y, b, cst, bad, m, item_rows, rows_total, tiles_h, tiles_w, pt, pl,
-                   vwork, mwork)
+            _FUSED[m](x, U, y, b, cst, bad, item_rows, rows_total, tiles_h, tiles_w, pt, pl,
+                      vwork, mwork)
         return not bad.any()
     rows = int(min(rows_total, _block_rows(p, m, tiles_w)))
     kb = max(16, -(-Kg // 4))  # output channels per GEMM + output job (4 jobs per group)
@@ -608,17 +647,17 @@ def _execute(x, w, U, m, bias, p, y, timings=None):
         bad[:] = False
         t0 = clock()
         # The first block also carries the kernel transform, when still pending.
-        _input_transform(x, V, cst, m, r0, nr, tiles_h, tiles_w, pt, pl, wT, Gm, U2)
+        _INPUT_TRANSFORM[m](x, V, cst, r0, nr, tiles_h, tiles_w, pt, pl, wT, Gm, U2)
         wT = no_kernels
         t1 = clock()
         if timings is None:
             with single_threaded_blas():
-                _gemm_output(U, V, M, y, b, cst, bad, m, kb, r0, nr, tiles_h, tiles_w)
+                _GEMM_OUTPUT[m](U, V, M, y, b, cst, bad, kb, r0, nr, tiles_h, tiles_w)
         else:
             batched_matmul(U.reshape(alpha2 * G, Kg, Cg), V.reshape(alpha2 * G, Cg, nt),
                            M.reshape(alpha2 * G, Kg, nt))
             t2 = clock()
-            _output_transform(M, y, b, cst, bad, m, r0, nr, tiles_h, tiles_w)
+            _OUTPUT_TRANSFORM[m](M, y, b, cst, bad, r0, nr, tiles_h, tiles_w)
             timings["input_transform"] += t1 - t0
             timings["gemm"] += t2 - t1
             timings["output_transform"] += clock() - t2

@@ -83,7 +83,7 @@ from ..packing import pack_input_blocked, padded_bias, unpack_blocked_output
 from ..simd import all_finite, lanes, sget, sset, stack_vectors, vfma, vload, vsplat, vstore
 from . import few
 from .stream import (_KT_CHANNELS, F2_SCALE, F4_SCALE, STREAM4_TILES, _apart, _kt_scratch,
-                     _stream4_products, _transform_block, stream_scratch)
+                     _stream4_products, _TB2, stream_scratch)
 
 
 @numba.njit(**JIT)
@@ -163,137 +163,150 @@ _IN2, _OUT2 = _make_tile_transforms(2)
 _IN4, _OUT4 = _make_tile_transforms(4)
 
 
-@numba.njit(**JIT)
-def _input_tile(m, xb, base, Wp, L, BT, V, voff, vstride):
-    if m == 2:
-        _IN2(xb, base, Wp, L, BT, V, voff, vstride)
-    else:
-        _IN4(xb, base, Wp, L, BT, V, voff, vstride)
+def _make_fused(m: int):
+    """The fused schedule of F(m x m, 3 x 3) (``m`` a closure constant: only its own tile
+    transforms are compiled in)."""
 
-
-@numba.njit(**JIT)
-def _output_tile(m, M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk):
-    if m == 2:
-        return _OUT2(M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk)
-    return _OUT4(M, moff, mstride, AT, bv, yb, ybase, p0, q0, P, Q, L, chk)
-
-
-@numba.njit(**PJIT)
-def _fused(m, xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
-           T_item, vwork, mwork, twork, upto):
-    # One parallel loop over items of T_item tiles: input transform, the alpha^2 products
-    # (each item streams all of U), output transform.  upto < 3 stops each item after the
-    # input transform (1) or the products (2): only for timing the phases (profile).
-    L = twork.shape[1]
-    A2 = (m + 2) * (m + 2)
-    Cp, Kp = CB * L, KB * L
-    per_img = tiles_h * tiles_w
-    total = Nimg * per_img
-    nitems = (total + T_item - 1) // T_item
-    PQ = P * Q
-    for item in numba.prange(nitems):
-        t0 = item * T_item
-        T = min(T_item, total - t0)
-        tid = numba.get_thread_id()
-        Vb = vwork[tid]
-        Mb = mwork[tid]
-        vs, ms = _apart(T * Cp, L), _apart(T * Kp, L)
-        for tt in range(T):
-            n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
-            for cb in range(CB):
-                base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-                _input_tile(m, xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, vs)
-        if upto < 2:
-            continue
-        for a in range(A2):
-            panel_gemm(Vb, a * vs, U, a * KB * Cp * L, Mb, a * ms, T, Cp, 0, KB, Kp, L)
-        if upto < 3:
-            continue
-        chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
-        for tt in range(T):
-            n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
-            for kb in range(KB):
-                chk = _output_tile(m, Mb, tt * Kp + kb * L, ms, AT, vload(bias, kb * L),
-                                   yb, (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, chk)
-        bad[item] = not all_finite(chk, twork[tid])
-
-
-@numba.njit(**PJIT)
-def _split(m, xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h,
-           tiles_w, V, M, twork, kchunk, C, Gm, uwork, wlwork, stream, fresh_u, upto):
-    # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
-    # (tile x channel block), the products split by (alpha^2 element, block of output
-    # channels) so that U is read once, and output transforms (channel block x tile).
-    # stream: U is the flat KCRS weights instead, and each product job transforms the
-    # kernels of its output channels itself: F(2x2) those of its kchunk blocks into its
-    # thread's uwork first; F(4x4) each where it is used (_stream4_products, uwork
-    # holding the gathered weights, V laid out by channel block and group of tiles).
-    L = twork.shape[1]
-    A2 = (m + 2) * (m + 2)
-    Cp, Kp = CB * L, KB * L
-    per_img = tiles_h * tiles_w
-    PQ = P * Q
-    vs, ms = _apart(T * Cp, L), _apart(T * Kp, L)
-    inline = stream and m == 4
-    TB = STREAM4_TILES
-    Tv = (T + TB - 1) // TB * TB if inline else T  # tiles with V (inline: whole groups)
-    for job in numba.prange(Tv * CB):
-        tt, cb = job // CB, job % CB
-        if inline:  # V: (CB, groups, A2, TB, L)
-            voff, vst = ((cb * (Tv // TB) + tt // TB) * A2 * TB + tt % TB) * L, TB * L
-        else:
-            voff, vst = tt * Cp + cb * L, vs
-        if tt < T:
-            n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
-            base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
-            _input_tile(m, xb, base, Wp, L, BT, V, voff, vst)
-        else:  # a group's missing tiles: zeros (their products are not stored)
-            zero = vsplat(0, V)
-            for a in range(A2):
-                vstore(V, voff + a * vst, zero)
-    if upto < 2:
-        return
-    nkc = (KB + kchunk - 1) // kchunk
-    if inline:
-        for kb in numba.prange(KB):
-            _stream4_products(U, K, C, kb, uwork[numba.get_thread_id()], V, T, Cp, M, ms, Kp)
-    elif stream:
-        ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
-        for job in numba.prange(nkc):
-            kb0, kb1 = job * kchunk, min(KB, job * kchunk + kchunk)
+    @numba.njit(**PJIT)
+    def fused(xb, U, BT, AT, bias, yb, Nimg, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h, tiles_w,
+              T_item, vwork, mwork, twork, upto):
+        # One parallel loop over items of T_item tiles: input transform, the alpha^2 products
+        # (each item streams all of U), output transform.  upto < 3 stops each item after the
+        # input transform (1) or the products (2): only for timing the phases (profile).
+        L = twork.shape[1]
+        A2 = (m + 2) * (m + 2)
+        Cp, Kp = CB * L, KB * L
+        per_img = tiles_h * tiles_w
+        total = Nimg * per_img
+        nitems = (total + T_item - 1) // T_item
+        PQ = P * Q
+        for item in numba.prange(nitems):
+            t0 = item * T_item
+            T = min(T_item, total - t0)
             tid = numba.get_thread_id()
-            Ut = uwork[tid]
-            astride = _apart((kb1 - kb0) * Cp * L, L)  # Ut: (alpha^2, kb1 - kb0, Cp, L)
-            for kb in range(kb0, kb1):
-                for cb in range(ncb):
-                    c0 = cb * _KT_CHANNELS
-                    _transform_block(U, K, C, Gm, kb * L, c0, min(Cp, c0 + _KT_CHANNELS),
-                                     wlwork[tid], Ut, ((kb - kb0) * Cp + c0) * L, astride)
+            Vb = vwork[tid]
+            Mb = mwork[tid]
+            vs, ms = _apart(T * Cp, L), _apart(T * Kp, L)
+            for tt in range(T):
+                n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
+                for cb in range(CB):
+                    base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
+                    if m == 2:
+                        _IN2(xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, vs)
+                    else:
+                        _IN4(xb, base, Wp, L, BT, Vb, tt * Cp + cb * L, vs)
+            if upto < 2:
+                continue
             for a in range(A2):
-                panel_gemm(V, a * vs, Ut, a * astride - kb0 * Cp * L, M, a * ms, T, Cp,
-                           kb0, kb1, Kp, L)
-    else:
-        # fresh_u: U was just written by this call's kernel transform (by blocks of output
-        # channels): jobs by channel block first, so each core reads the U it wrote
-        # (from its own cache, not the other core's).  A kept U: by a first, so a core's
-        # consecutive jobs share V[a].
-        for job in numba.prange(A2 * nkc):
-            if fresh_u:
-                kc, a = job // A2, job % A2
+                panel_gemm(Vb, a * vs, U, a * KB * Cp * L, Mb, a * ms, T, Cp, 0, KB, Kp, L)
+            if upto < 3:
+                continue
+            chk = vsplat(0, Vb)  # stays 0 unless an output is inf or NaN (x * 0 is NaN then)
+            for tt in range(T):
+                n, th, tw = _tile_position(t0 + tt, per_img, tiles_w)
+                for kb in range(KB):
+                    args = (Mb, tt * Kp + kb * L, ms, AT, vload(bias, kb * L), yb,
+                            (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, chk)
+                    chk = _OUT2(*args) if m == 2 else _OUT4(*args)
+            bad[item] = not all_finite(chk, twork[tid])
+
+    return fused
+
+
+_FUSED = {2: _make_fused(2), 4: _make_fused(4)}
+
+
+def _make_split(m: int, stream: bool):
+    """The split schedule of F(m x m, 3 x 3), with a kept ``U`` or (``stream``) the weights
+    transformed by the products (closure constants: only that variant is compiled in)."""
+    inline = stream and m == 4
+
+    @numba.njit(**PJIT)
+    def split(xb, U, BT, AT, bias, yb, t_begin, T, bad, CB, Hp, Wp, KB, K, P, Q, tiles_h,
+              tiles_w, V, M, twork, kchunk, C, Gm, uwork, wlwork, fresh_u, upto):
+        # Tiles t_begin .. t_begin + T - 1 in three parallel loops: input transforms
+        # (tile x channel block), the products split by (alpha^2 element, block of output
+        # channels) so that U is read once, and output transforms (channel block x tile).
+        # stream: U is the flat KCRS weights instead, and each product job transforms the
+        # kernels of its output channels itself: F(2x2) those of its kchunk blocks into its
+        # thread's uwork first; F(4x4) each where it is used (_stream4_products, uwork
+        # holding the gathered weights, V laid out by channel block and group of tiles).
+        L = twork.shape[1]
+        A2 = (m + 2) * (m + 2)
+        Cp, Kp = CB * L, KB * L
+        per_img = tiles_h * tiles_w
+        PQ = P * Q
+        vs, ms = _apart(T * Cp, L), _apart(T * Kp, L)
+        TB = STREAM4_TILES
+        Tv = (T + TB - 1) // TB * TB if inline else T  # tiles with V (inline: whole groups)
+        for job in numba.prange(Tv * CB):
+            tt, cb = job // CB, job % CB
+            if inline:  # V: (CB, groups, A2, TB, L)
+                voff, vst = ((cb * (Tv // TB) + tt // TB) * A2 * TB + tt % TB) * L, TB * L
             else:
-                a, kc = job // nkc, job % nkc
-            panel_gemm(V, a * vs, U, a * KB * Cp * L, M, a * ms, T, Cp,
-                       kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
-    if upto < 3:
-        return
-    # by blocks of output channels, as the products: each core reads the M it wrote
-    for job in numba.prange(T * KB):
-        kb, tt = job // T, job % T
-        n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
-        chk = _output_tile(m, M, tt * Kp + kb * L, ms, AT, vload(bias, kb * L), yb,
-                           (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
-        if not all_finite(chk, twork[numba.get_thread_id()]):
-            bad[0] = True
+                voff, vst = tt * Cp + cb * L, vs
+            if tt < T:
+                n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
+                base = (((n * CB + cb) * Hp + th * m) * Wp + tw * m) * L
+                if m == 2:
+                    _IN2(xb, base, Wp, L, BT, V, voff, vst)
+                else:
+                    _IN4(xb, base, Wp, L, BT, V, voff, vst)
+            else:  # a group's missing tiles: zeros (their products are not stored)
+                zero = vsplat(0, V)
+                for a in range(A2):
+                    vstore(V, voff + a * vst, zero)
+        if upto < 2:
+            return
+        nkc = (KB + kchunk - 1) // kchunk
+        if inline:
+            for kb in numba.prange(KB):
+                # int64(kb): one compilation of the callee (see packing.task_coords)
+                _stream4_products(U, K, C, numba.int64(kb), uwork[numba.get_thread_id()], V, T,
+                                  Cp, M, ms, Kp)
+        elif stream:
+            ncb = (Cp + _KT_CHANNELS - 1) // _KT_CHANNELS
+            for job in numba.prange(nkc):
+                kb0, kb1 = job * kchunk, min(KB, job * kchunk + kchunk)
+                tid = numba.get_thread_id()
+                Ut = uwork[tid]
+                astride = _apart((kb1 - kb0) * Cp * L, L)  # Ut: (alpha^2, kb1 - kb0, Cp, L)
+                for kb in range(kb0, kb1):
+                    for cb in range(ncb):
+                        c0 = cb * _KT_CHANNELS
+                        _TB2(U, K, C, Gm, kb * L, c0, min(Cp, c0 + _KT_CHANNELS),
+                             wlwork[tid], Ut, ((kb - kb0) * Cp + c0) * L, astride)
+                for a in range(A2):
+                    panel_gemm(V, a * vs, Ut, a * astride - kb0 * Cp * L, M, a * ms, T, Cp,
+                               kb0, kb1, Kp, L)
+        else:
+            # fresh_u: U was just written by this call's kernel transform (by blocks of output
+            # channels): jobs by channel block first, so each core reads the U it wrote
+            # (from its own cache, not the other core's).  A kept U: by a first, so a core's
+            # consecutive jobs share V[a].
+            for job in numba.prange(A2 * nkc):
+                if fresh_u:
+                    kc, a = job // A2, job % A2
+                else:
+                    a, kc = job // nkc, job % nkc
+                panel_gemm(V, a * vs, U, a * KB * Cp * L, M, a * ms, T, Cp,
+                           kc * kchunk, min(KB, kc * kchunk + kchunk), Kp, L)
+        if upto < 3:
+            return
+        # by blocks of output channels, as the products: each core reads the M it wrote
+        for job in numba.prange(T * KB):
+            kb, tt = job // T, job % T
+            n, th, tw = _tile_position(t_begin + tt, per_img, tiles_w)
+            args = (M, tt * Kp + kb * L, ms, AT, vload(bias, kb * L), yb,
+                    (n * KB + kb) * PQ * L, th * m, tw * m, P, Q, L, vsplat(0, M))
+            chk = _OUT2(*args) if m == 2 else _OUT4(*args)
+            if not all_finite(chk, twork[numba.get_thread_id()]):
+                bad[0] = True
+
+    return split
+
+
+_SPLIT = {(m, stream): _make_split(m, stream) for m in (2, 4) for stream in (False, True)}
 
 
 def uv_bytes(K, C, m, dtype) -> int:
@@ -448,19 +461,18 @@ def run(x, U, bias, p, y, m, plan, timings=None, fresh_u=False):
         yb = ybuf[:(n1 - n0) * KB * PQ * L]
         if mode == "fused":
             bad = np.zeros(-(-total // T_item), dtype=np.bool_)
-            calls = [(_fused, (m, xb, Uf, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K,
-                              p.P, p.Q, tiles_h, tiles_w, T_item, vwork, mwork, twork))]
+            calls = [(_FUSED[m], (xb, Uf, BT, AT, bias_p, yb, n1 - n0, bad, CB, Hp, Wp, KB, p.K,
+                                  p.P, p.Q, tiles_h, tiles_w, T_item, vwork, mwork, twork))]
         else:
             bad = np.zeros(1, dtype=np.bool_)
             calls = []
             for s0 in range(0, total, T_item):
                 T = min(T_item, total - s0)
-                calls.append((_split, (m, xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB,
-                                      p.K, p.P, p.Q, tiles_h, tiles_w,
-                                      vbuf if stream else vbuf[:A2 * _apart(T * CB * L, L)],
-                                      mbuf[:A2 * _apart(T * KB * L, L)], twork,
-                                      CPU.vec_split_kchunk, p.C, Gm, uwork, wlwork, stream,
-                                      fresh_u)))
+                args = (xb, Uf, BT, AT, bias_p, yb, s0, T, bad, CB, Hp, Wp, KB, p.K, p.P, p.Q,
+                        tiles_h, tiles_w, vbuf if stream else vbuf[:A2 * _apart(T * CB * L, L)],
+                        mbuf[:A2 * _apart(T * KB * L, L)], twork, CPU.vec_split_kchunk, p.C,
+                        Gm, uwork, wlwork, fresh_u)
+                calls.append((_SPLIT[m, stream], args))
         t1 = t2 = t3 = clock()
         if timings is not None:
             for kern, args in calls:
