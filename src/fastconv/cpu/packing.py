@@ -74,64 +74,61 @@ def _make_pack_input(MODE: int):
     interleaves rows of ``L`` pixels of that many channels (``Vc = MODE``,
     an RGB input) in registers.  Any block the fast path does not cover (a
     partial last channel block, the columns past the last whole vector) is
-    copied element by element.
+    copied element by element.  Every move is a raw load or store at a flat
+    offset (``sload`` / ``sstore``): no wraparound checks of signed indices, and
+    no slice assignment, whose shape-mismatch error would make Numba compile
+    its string formatting (seconds of a cold first call).
     """
 
     @numba.njit(**PJIT)
-    def pack(x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
-        # xf: x flattened when x is C-contiguous (enables the register moves), else empty.
-        N, C, H, W = x.shape
+    def pack(xf, N, C, H, W, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer):
+        # xf: the C-contiguous NCHW input, flat.
         Cg = C // G
-        zero = x.dtype.type(0)
-        L = VECTOR_BYTES // x.itemsize
+        zero = xf.dtype.type(0)
+        L = VECTOR_BYTES // xf.itemsize
         for task in numba.prange(N * G * CB * Hp):
             cb, h, ng = task_coords(numba.int64(task), CB, Hp, rows_outer)
             g = ng % G
             n = ng // G
             base = ((ng * CB + cb) * Hp + h) * Wp * Vc
             hi = h - pt
-            # Slices, not element loops: Numba's indexing of a signed index checks for
-            # wraparound, which turns fills into scatters.
             if hi < 0 or hi >= H:
-                xb[base:base + Wp * Vc] = zero
+                for i in range(Wp * Vc):
+                    sstore(xb, base + i, zero)
                 continue
-            xb[base:base + pl * Vc] = zero
-            xb[base + (pl + W) * Vc:base + Wp * Vc] = zero
+            for i in range(pl * Vc):
+                sstore(xb, base + i, zero)
+            for i in range((pl + W) * Vc, Wp * Vc):
+                sstore(xb, base + i, zero)
             vmax = min(Vc, Cg - cb * Vc)
             c0 = g * Cg + cb * Vc
             o = base + pl * Vc
+            src = ((n * C + c0) * H + hi) * W
             w0 = 0
             if MODE == 1:
-                if vmax == Vc and W >= Vc and xf.size:
+                if vmax == Vc and W >= Vc:
                     # Vc whole channels of one vector: Vc x Vc blocks (channels x pixels)
                     # transposed in registers, instead of Vc * Vc scalar moves; the last
                     # block overlaps the one before (the same values again, in one more
                     # transpose rather than scalar moves; one call site of the inlined
                     # transpose keeps the compiled kernel small).
-                    src = ((n * C + c0) * H + hi) * W
                     while w0 < W:
                         w0 = min(w0, W - Vc)
                         vtranspose(xf, src + w0, H * W, xb, o + w0 * Vc, Vc)
                         w0 += Vc
             elif MODE >= 2:
-                if vmax == Vc and xf.size:
+                if vmax == Vc:
                     # a few channels: rows of L pixels interleaved in registers
-                    src = ((n * C + c0) * H + hi) * W
                     while w0 < W:
                         w0 = min(w0, W - L)  # the last L pixels overlap the previous ones
                         vinterleave(xf, src + w0, H * W, MODE, xb, o + w0 * Vc)
                         w0 += L
-            # The rest element by element into strided views, indexed by range indices
-            # (which LLVM knows are not negative: no wraparound checks).  A loop, not a
-            # slice assignment: assigning an array to a slice makes Numba compile its
-            # string formatting of a shape-mismatch error, seconds of a cold first call.
             for v in range(vmax):
-                row = x[n, c0 + v, hi, w0:]
-                dst = xb[o + w0 * Vc + v:o + v + (W - 1) * Vc + 1:Vc]
-                for j in range(W - w0):
-                    dst[j] = row[j]
+                for j in range(w0, W):
+                    sstore(xb, o + j * Vc + v, sload(xf, src + v * H * W + j))
             for v in range(vmax, Vc):
-                xb[o + v:o + v + (W - 1) * Vc + 1:Vc] = zero
+                for j in range(W):
+                    sstore(xb, o + j * Vc + v, zero)
 
     return pack
 
@@ -155,17 +152,15 @@ def pack_input_blocked(x, G, Vc, padding, extra_cols=0, scratch=None, rows_outer
     xb = (empty_aligned(size, x.dtype) if scratch is None
           else _scratch.buffer(scratch, x.dtype, size))
     if xb.size:
-        xf = x.reshape(-1) if x.flags.c_contiguous else np.empty(0, x.dtype)
+        xf = np.ascontiguousarray(x).reshape(-1)  # the callers' x is contiguous: no copy
         L = VECTOR_BYTES // x.itemsize
-        if not xf.size:
-            mode = 0
-        elif Vc == L:
+        if Vc == L:
             mode = 1
         elif 2 <= Vc <= 4 and W >= L:
             mode = Vc
         else:
             mode = 0
-        _PACK_INPUT[mode](x, xf, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer)
+        _PACK_INPUT[mode](xf, N, C, H, W, xb, G, CB, Vc, pt, pl, Hp, Wp, rows_outer)
     return xb, CB, Hp, Wp
 
 
@@ -316,8 +311,8 @@ def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V):
             t = min(t, t1 - V)
             vtranspose(yb, src + t * V, V, yf, dst + t, PQ)
             t += V
-    for lane in range(nl):
-        for tt in range(t, t1):
+    for tt in range(t, t1):
+        for lane in range(nl):
             sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
 
 
