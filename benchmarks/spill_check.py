@@ -53,6 +53,7 @@ GRAD_CALLS = [
     ("grad-depthwise", (2, 32, 14, 14), (32, 1, 3, 3), dict(groups=32, padding=1)),
     ("grad-tap-gemm", (2, 64, 4, 4), (64, 64, 3, 3), dict(padding=1)),
     ("grad-tap-gemm-chunks", (1, 3, 66, 64), (4, 3, 3, 3), dict(padding=1)),  # a first layer
+    ("grad-tap-gemm-swapped", (1, 3, 66, 64), (40, 3, 3, 3), dict(padding=1)),  # taps x channels
     ("grad-winograd", (2, 64, 14, 14), (64, 64, 3, 3), dict(padding=1)),
     ("grad-rows", (4, 6, 8, 8), (16, 6, 5, 5), dict(padding=2)),  # rows of one vector, either dtype
 ]
@@ -95,6 +96,7 @@ def _dispatchers():
     out += [("grad_depthwise._pair_weight", grad_depthwise._pair_weight),
             ("grad_gemm._panel_rows", grad_gemm._panel_rows),
             ("grad_gemm._unfold_gemm", grad_gemm._unfold_gemm),
+            ("grad_gemm._unfold_gemm_t", grad_gemm._unfold_gemm_t),
             ("grad_winograd._products", grad_winograd._products),
             ("grad_rows._rows", grad_rows._rows)]
     return out

@@ -522,6 +522,7 @@ def test_weight_grad_depthwise_nonfinite_and_threads():
     ((1, 2, 2, 2), (3, 2, 3, 3), dict(padding=3, stride=2)),           # windows of padding only
     ((2, 6, 33, 31), (5, 6, 3, 3), dict(stride=2, padding=1)),         # strided: N*P*Q = 544
     ((1, 3, 66, 64), (4, 3, 3, 3), dict(padding=1)),                   # a first layer: 4224 pixels
+    ((1, 3, 66, 64), (40, 3, 3, 3), dict(padding=1)),                  # ... taps and K swapped
 ])
 def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
     """The small-map weight gradient (gy times the unfolded taps, panel_gemm's tiles)
@@ -536,6 +537,27 @@ def test_weight_grad_tap_gemm(x_shape, w_shape, kw):
                  lambda x32, gy32: grad_gemm.tap_gemm_weight(x32, gy32, w_shape[2:], p.padding,
                                                             p.stride, p.dilation),
                  p.N * p.P * p.Q)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((1, 3, 80, 70), (40, 3, 3, 3), dict(padding=1)),        # 27 taps: AVX-512 float32 swaps
+    ((2, 2, 200, 45), (20, 2, 2, 2), dict(stride=2, padding=1)),  # 8 taps: every target swaps
+])
+def test_weight_grad_tap_gemm_swapped(monkeypatch, dtype, x_shape, w_shape, kw):
+    """First layers where few taps make it cheaper (swaps_roles) run with taps and output
+    channels swapped (_unfold_gemm_t, channels transposed in registers, a ragged channel
+    block): bitwise the result of the other orientation."""
+    from fastconv.cpu import grad_gemm
+
+    if not grad_gemm.swaps_roles(int(np.prod(w_shape[1:])), w_shape[0], dtype):
+        pytest.skip("this target and dtype keep taps as the tile's vectors")  # pragma: no cover
+    p = normalize(x_shape, w_shape, None, dtype, **kw)
+    x, gy = (_rand(s).astype(dtype) for s in (x_shape, p.output_shape))
+    args = (x, gy, w_shape[2:], p.padding, p.stride, p.dilation)
+    swapped = grad_gemm.tap_gemm_weight(*args)
+    monkeypatch.setattr(grad_gemm, "swaps_roles", lambda *a: False)
+    np.testing.assert_array_equal(swapped, grad_gemm.tap_gemm_weight(*args))
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw", [

@@ -44,7 +44,7 @@ from .._config import CPU, JIT, PJIT
 from . import _scratch
 from ._gemm import PANEL_ROWS, PANEL_VECS, grouped_matmul, panel_gemm
 from .packing import swap_middle
-from .simd import lanes, sload, sstore
+from .simd import lanes, sload, sstore, vtranspose
 
 
 @numba.njit(**PJIT)
@@ -185,27 +185,102 @@ def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L):
 
 
 @numba.njit(**PJIT)
-def _unfold_gemm(x, V, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
-    # Mp[b, k, j] = sum over the pixels of chunk b of V[k, pix] * U[pix, j]: one job per chunk
-    # of `rows` output rows (n, p), which it unfolds into its own U (_unfold_row) and
-    # multiplies at once by all K rows of V (K x NPQ), while the chunk is in cache.
+def _unfold_gemm(x, gy, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
+    # Mp[b, k, j] = sum over the pixels of chunk b of gy[pix, k] * U[pix, j]: one job per
+    # chunk of `rows` output rows (p) of one image n, which it unfolds into its own U
+    # (_unfold_row) and multiplies at once by all K rows of gy (read in place: within one
+    # image a channel's pixels are contiguous), while the chunk is in cache.
     N, C, H, W = x.shape
     K, Kp = Mp.shape[1], Mp.shape[2]
-    NPQ = N * P * Q
+    PQ = P * Q
     nb = Kp // L
-    NR = N * P
-    nchunk = (NR + rows - 1) // rows
+    cpi = (P + rows - 1) // rows  # chunks per image
     xf = x.reshape(-1)
-    Vf = V.reshape(-1)
-    for b in numba.prange(nchunk):
-        j0 = b * rows
-        j1 = min(NR, j0 + rows)
-        CH = (j1 - j0) * Q
+    gf = gy.reshape(-1)
+    for task in numba.prange(N * cpi):
+        b = numba.int64(task)  # one compilation of the callees: see packing.task_coords
+        n = b // cpi
+        p0 = (b % cpi) * rows
+        p1 = min(P, p0 + rows)
+        CH = (p1 - p0) * Q
         U = np.empty(nb * CH * L, dtype=x.dtype)
-        for j in range(j0, j1):
-            _unfold_row(xf, U, j // P, j % P, (j - j0) * Q, CH, C, H, W, R, S, Q, sh, sw, dh, dw,
+        for p in range(p0, p1):
+            _unfold_row(xf, U, n, p, (p - p0) * Q, CH, C, H, W, R, S, Q, sh, sw, dh, dw,
                         pt, qlo, qhi, L)
-        panel_gemm(Vf, j0 * Q, U, 0, Mp[b].reshape(-1), 0, K, NPQ, 0, nb, Kp, L, L, CH * L, CH)
+        panel_gemm(gf, n * K * PQ + p0 * Q, U, 0, Mp[b].reshape(-1), 0, K, PQ, 0, nb, Kp, L,
+                   L, CH * L, CH)
+
+
+@numba.njit(**JIT)
+def _unfold_row_t(xf, UT, n, p, o0, CH, C, H, W, R, S, Q, sh, sw, dh, dw, pt, qlo, qhi):
+    # Output row (n, p) of the transposed im2col matrix (taps x pixels): the value of tap
+    # j = (c*R + r)*S + s at pixel q goes to UT[j*CH + o0 + q]; CH the row length, o0 the
+    # row's first pixel, qlo / qhi as in _unfold_row.  Each tap's run is a (strided) copy
+    # of part of an input row.
+    zero = xf.dtype.type(0)
+    j = 0
+    for c in range(C):
+        for r in range(R):
+            h = p * sh + r * dh - pt
+            inside = 0 <= h < H
+            src = ((n * C + c) * H + h) * W
+            for s in range(S):
+                o = j * CH + o0
+                lo, hi = (qlo[s], qhi[s]) if inside else (Q, Q)
+                for q in range(lo):
+                    sstore(UT, o + q, zero)
+                off = src + qlo[S + s]
+                for q in range(lo, hi):
+                    sstore(UT, o + q, sload(xf, off + q * sw))
+                for q in range(hi, Q):
+                    sstore(UT, o + q, zero)
+                j += 1
+
+
+@numba.njit(**PJIT)
+def _unfold_gemm_t(x, gy, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
+    # Mp[b, j, k] = sum over the pixels of chunk b of U[pix, j] * gy[pix, k]: _unfold_gemm
+    # with the roles swapped, for few taps and many output channels.  Each job unfolds its
+    # chunk (the same chunks) transposed (UT: taps x pixels, _unfold_row_t), copies the
+    # chunk's gy transposed (GT: pixels x Kp, zero past K), and multiplies UT @ GT: the
+    # register tile's rows are taps and its vectors output channels.
+    N, C, H, W = x.shape
+    K = gy.shape[1]
+    taps, Kp = Mp.shape[1], Mp.shape[2]
+    PQ = P * Q
+    cpi = (P + rows - 1) // rows  # chunks per image
+    xf = x.reshape(-1)
+    gf = gy.reshape(-1)
+    zero = x.dtype.type(0)
+    for task in numba.prange(N * cpi):
+        b = numba.int64(task)  # one compilation of the callees: see packing.task_coords
+        n = b // cpi
+        p0 = (b % cpi) * rows
+        p1 = min(P, p0 + rows)
+        CH = (p1 - p0) * Q
+        UT = np.empty(taps * CH, dtype=x.dtype)
+        GT = np.empty(CH * Kp, dtype=x.dtype)
+        for p in range(p0, p1):
+            o0 = (p - p0) * Q
+            _unfold_row_t(xf, UT, n, p, o0, CH, C, H, W, R, S, Q, sh, sw, dh, dw, pt, qlo, qhi)
+            # GT's rows of this output row: L x L blocks (channels x pixels) transposed in
+            # registers (the last block of a row overlapping the one before), the channels
+            # past the last whole block one by one, zeros past K.
+            src = n * K * PQ + p * Q
+            kw = K // L * L if Q >= L else 0
+            for k0 in range(0, kw, L):
+                q0 = 0
+                while q0 < Q:
+                    q0 = min(q0, Q - L)
+                    vtranspose(gf, src + k0 * PQ + q0, PQ, GT, (o0 + q0) * Kp + k0, Kp)
+                    q0 += L
+            for q in range(Q):
+                o = (o0 + q) * Kp
+                for k in range(kw, K):
+                    sstore(GT, o + k, sload(gf, src + k * PQ + q))
+                for k in range(K, Kp):
+                    sstore(GT, o + k, zero)
+        panel_gemm(UT, 0, GT, 0, Mp[b].reshape(-1), 0, taps, CH, 0, Kp // L, Kp, L, Kp, L)
 
 
 @numba.njit(**PJIT)
@@ -313,6 +388,28 @@ def tap_gemm_pays(x_shape, gy_shape, RS, groups, stride=(1, 1)) -> bool:
             and unfold_bytes <= CPU.workspace_bytes)
 
 
+def _width_fill(n, L):
+    """Share of panel_gemm's register-tile columns that ``n`` columns of ``L`` lanes fill:
+    vectors over the vectors of the tiles they take (a partial tile issues fewer
+    multiply-adds per vector load and broadcast)."""
+    v = -(-n // L)
+    return v / (-(-v // PANEL_VECS) * PANEL_VECS)
+
+
+def swaps_roles(taps, K, dtype) -> bool:
+    """Whether :func:`tap_gemm_weight`'s chunks run with taps and output channels swapped.
+
+    They do where the output channels fill the register tile's width
+    (:func:`_width_fill`) by more than 0.1 better than the taps do: a 3-channel
+    3x3 first layer on AVX-512 has 27 taps in 2 of the tile's 4 vectors (0.5)
+    against 64 channels in 4 (1.0); a 7x7 one 147 taps in 10 of 12 (0.83).
+    With AVX2's 2-vector tiles the taps fill it (27 taps: 4 of 4; 147: 19 of
+    20), and the plain orientation stays.
+    """
+    L = lanes(dtype)
+    return _width_fill(K, L) > _width_fill(taps, L) + 0.1
+
+
 def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     """``grad_w`` (K, C, R, S) of an ungrouped layer as one GEMM over ``x``'s unfolded taps.
 
@@ -324,9 +421,14 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     ``CPU.grad_gemm_chunk_bytes``, or a chunk would hold fewer than ``4 K``
     pixels, it is unfolded whole and the rows of ``grad_w`` are shared out
     between the threads; on larger maps with few taps (first layers) each
-    job takes a chunk of output rows, unfolds it and multiplies
-    it while it is in cache (no unfolded copy of the whole input travels
-    through memory), and the chunks' products are added in chunk order.
+    job takes a chunk of output rows of one image, unfolds it and multiplies
+    it by ``gy``'s rows read in place while it is in cache (no unfolded or
+    transposed copy of a whole operand travels through memory), and the
+    chunks' products are added in chunk order.
+    Where the output channels fill the register tiles better than the taps
+    (:func:`swaps_roles`), the chunks run with the roles swapped
+    (:func:`_unfold_gemm_t`): taps x pixels times pixels x output channels,
+    ``gy``'s chunk transposed in registers.
 
     Summation order and error bound: each entry sums its ``n = N*P*Q`` products
     in pixel order with one fused multiply-add per term -- per chunk, then the
@@ -344,28 +446,39 @@ def tap_gemm_weight(x, gy, RS, pads, stride, dilation):
     (sh, sw), (dh, dw) = stride, dilation
     cols = _tap_columns(Q, S, W, sw, dw, pads[2])
     xc = np.ascontiguousarray(x, dtype=dtype)
-    # V[k, (n, p, q)] = gy[n, k, p, q]
-    V = swap_middle(np.ascontiguousarray(gy, dtype=dtype)[None]).reshape(-1)
-    M = empty_aligned(K * Kp, dtype)
+    gyc = np.ascontiguousarray(gy, dtype=dtype)
     item = np.dtype(dtype).itemsize
     rows = max(1, CPU.grad_gemm_chunk_bytes // (Q * Kp * item))
+    M = empty_aligned(K * Kp, dtype)
     if rows >= 2 * N * P or rows * Q < 4 * K:
         # The whole unfold fits the chunk budget twice over, or a chunk would hold
         # fewer than 4 pixels per output channel (many taps: deep layers on small
         # maps), so that the chunks' partial products would outweigh the unfold:
         # unfold it whole, then share the GEMM's rows and tap blocks out between the
         # threads.
+        V = swap_middle(gyc[None]).reshape(-1)  # V[k, (n, p, q)] = gy[n, k, p, q]
         U = _scratch.buffer("grad_gemm.U", dtype, nb * npq * L)
         _unfold_taps(xc, U, R, S, P, Q, sh, sw, dh, dw, pads[0], *cols, L)
         _panel_rows(V, U, M, K, npq, nb, Kp, L, *_panel_jobs(K, nb, L), 0, 0)
     else:
-        # Large maps (first layers): chunks of output rows, each unfolded and multiplied
-        # while in cache, their partial products added in chunk order.
-        rows = -(-N * P // -(-N * P // rows))  # equal chunks
-        nchunk = -(-N * P // rows)
+        # Large maps (first layers): chunks of output rows of one image each, unfolded
+        # and multiplied while in cache, their partial products added in chunk order.
+        cpi = -(-P // min(rows, P))  # chunks per image, of equal rows
+        rows = -(-P // cpi)
+        nchunk = N * cpi
+        if swaps_roles(taps, K, dtype):
+            # Few taps: the same chunks with the roles swapped.  Each product is the
+            # same fused multiply-add in the same pixel order: the result is bitwise
+            # that of the other orientation.
+            KB = -(-K // L)
+            Mp = _scratch.buffer("grad_gemm.Mp", dtype, nchunk * taps * KB * L)
+            MT = np.empty(taps * KB * L, dtype=dtype)
+            _unfold_gemm_t(xc, gyc, Mp.reshape(nchunk, taps, KB * L), R, S, P, Q, sh, sw, dh,
+                           dw, pads[0], *cols, L, rows)
+            _sum_chunks(Mp.reshape(nchunk, -1), MT)
+            return np.ascontiguousarray(MT.reshape(taps, KB * L)[:, :K].T).reshape(K, C, R, S)
         Mp = _scratch.buffer("grad_gemm.Mp", dtype, nchunk * K * Kp).reshape(nchunk, K, Kp)
-        _unfold_gemm(xc, V.reshape(K, npq), Mp, R, S, P, Q, sh, sw, dh, dw, pads[0], *cols, L,
-                     rows)
+        _unfold_gemm(xc, gyc, Mp, R, S, P, Q, sh, sw, dh, dw, pads[0], *cols, L, rows)
         _sum_chunks(Mp, M)
     gw = M.reshape(K, Kp)
     if Kp != taps:
