@@ -144,6 +144,7 @@ def _unfold_row(xf, U, n, p, o0, NB, C, H, W, R, S, Q, sh, sw, dh, dw, pt, qlo, 
     # column lies inside x for kernel column s (x's column of q at q*sw + qlo[S + s]).  The
     # taps in order (c, r, s), their lane and block counted along, per tap a run over q read
     # along x's row and written every L elements; zero outside x and past the last tap.
+    # With L = 1 and NB the row length it writes the transposed matrix (taps x pixels).
     taps = C * R * S
     nb = (taps + L - 1) // L
     zero = xf.dtype.type(0)
@@ -184,6 +185,15 @@ def _unfold_taps(x, U, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L):
                     pt, qlo, qhi, L)
 
 
+@numba.njit(**JIT)
+def _chunk(b, cpi, rows, P):
+    """``(n, p0, p1)``: chunk ``b`` is output rows ``p0 .. p1 - 1`` of image ``n``, ``cpi``
+    chunks of ``rows`` rows per image (the last one shorter)."""
+    n = b // cpi
+    p0 = (b % cpi) * rows
+    return n, p0, min(P, p0 + rows)
+
+
 @numba.njit(**PJIT)
 def _unfold_gemm(x, gy, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
     # Mp[b, k, j] = sum over the pixels of chunk b of gy[pix, k] * U[pix, j]: one job per
@@ -199,9 +209,7 @@ def _unfold_gemm(x, gy, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
     gf = gy.reshape(-1)
     for task in numba.prange(N * cpi):
         b = numba.int64(task)  # one compilation of the callees: see packing.task_coords
-        n = b // cpi
-        p0 = (b % cpi) * rows
-        p1 = min(P, p0 + rows)
+        n, p0, p1 = _chunk(b, cpi, rows, P)
         CH = (p1 - p0) * Q
         U = np.empty(nb * CH * L, dtype=x.dtype)
         for p in range(p0, p1):
@@ -211,37 +219,11 @@ def _unfold_gemm(x, gy, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
                    L, CH * L, CH)
 
 
-@numba.njit(**JIT)
-def _unfold_row_t(xf, UT, n, p, o0, CH, C, H, W, R, S, Q, sh, sw, dh, dw, pt, qlo, qhi):
-    # Output row (n, p) of the transposed im2col matrix (taps x pixels): the value of tap
-    # j = (c*R + r)*S + s at pixel q goes to UT[j*CH + o0 + q]; CH the row length, o0 the
-    # row's first pixel, qlo / qhi as in _unfold_row.  Each tap's run is a (strided) copy
-    # of part of an input row.
-    zero = xf.dtype.type(0)
-    j = 0
-    for c in range(C):
-        for r in range(R):
-            h = p * sh + r * dh - pt
-            inside = 0 <= h < H
-            src = ((n * C + c) * H + h) * W
-            for s in range(S):
-                o = j * CH + o0
-                lo, hi = (qlo[s], qhi[s]) if inside else (Q, Q)
-                for q in range(lo):
-                    sstore(UT, o + q, zero)
-                off = src + qlo[S + s]
-                for q in range(lo, hi):
-                    sstore(UT, o + q, sload(xf, off + q * sw))
-                for q in range(hi, Q):
-                    sstore(UT, o + q, zero)
-                j += 1
-
-
 @numba.njit(**PJIT)
 def _unfold_gemm_t(x, gy, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows):
     # Mp[b, j, k] = sum over the pixels of chunk b of U[pix, j] * gy[pix, k]: _unfold_gemm
     # with the roles swapped, for few taps and many output channels.  Each job unfolds its
-    # chunk (the same chunks) transposed (UT: taps x pixels, _unfold_row_t), copies the
+    # chunk (the same chunks) transposed (UT: taps x pixels, _unfold_row), copies the
     # chunk's gy transposed (GT: pixels x Kp, zero past K), and multiplies UT @ GT: the
     # register tile's rows are taps and its vectors output channels.
     N, C, H, W = x.shape
@@ -254,15 +236,14 @@ def _unfold_gemm_t(x, gy, Mp, R, S, P, Q, sh, sw, dh, dw, pt, qlo, qhi, L, rows)
     zero = x.dtype.type(0)
     for task in numba.prange(N * cpi):
         b = numba.int64(task)  # one compilation of the callees: see packing.task_coords
-        n = b // cpi
-        p0 = (b % cpi) * rows
-        p1 = min(P, p0 + rows)
+        n, p0, p1 = _chunk(b, cpi, rows, P)
         CH = (p1 - p0) * Q
         UT = np.empty(taps * CH, dtype=x.dtype)
         GT = np.empty(CH * Kp, dtype=x.dtype)
         for p in range(p0, p1):
             o0 = (p - p0) * Q
-            _unfold_row_t(xf, UT, n, p, o0, CH, C, H, W, R, S, Q, sh, sw, dh, dw, pt, qlo, qhi)
+            # one lane per block (L = 1): UT[j * CH + o0 + q], taps x pixels
+            _unfold_row(xf, UT, n, p, o0, CH, C, H, W, R, S, Q, sh, sw, dh, dw, pt, qlo, qhi, 1)
             # GT's rows of this output row: L x L blocks (channels x pixels) transposed in
             # registers (the last block of a row overlapping the one before), the channels
             # past the last whole block one by one, zeros past K.
