@@ -56,6 +56,8 @@ GRAD_CALLS = [
     ("grad-tap-gemm-swapped", (1, 3, 66, 64), (40, 3, 3, 3), dict(padding=1)),  # taps x channels
     ("grad-winograd", (2, 64, 14, 14), (64, 64, 3, 3), dict(padding=1)),
     ("grad-rows", (4, 6, 8, 8), (16, 6, 5, 5), dict(padding=2)),  # rows of one vector, either dtype
+    ("grad-rows-2", (4, 6, 14, 14), (16, 6, 5, 5), dict(padding=2)),  # two vectors on AVX2
+    ("grad-rows-2w", (4, 6, 20, 20), (16, 6, 5, 5), dict(padding=2)),  # ... and on AVX-512
 ]
 
 
@@ -98,7 +100,7 @@ def _dispatchers():
             ("grad_gemm._unfold_gemm", grad_gemm._unfold_gemm),
             ("grad_gemm._unfold_gemm_t", grad_gemm._unfold_gemm_t),
             ("grad_winograd._products", grad_winograd._products),
-            ("grad_rows._rows", grad_rows._rows)]
+            ] + [(f"grad_rows._ROWS[{nv}]", d) for nv, d in grad_rows._ROWS.items()]
     return out
 
 

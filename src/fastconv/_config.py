@@ -302,8 +302,8 @@ class CpuSettings(_Settings):
     #: convolution's F(4x4) streams its kernel transforms through 4-tile register blocks
     #: (AVX-512) and wastes few products on partial tiles.
     grad_input_gemm_winograd_channels: int = 128
-    #: Input gradient with a vector per output row (:mod:`fastconv.cpu.grad_rows`, maps at
-    #: most one vector wide, stride 1): most input channels (the derived convolution's
+    #: Input gradient with one or two vectors per output row (:mod:`fastconv.cpu.grad_rows`,
+    #: maps at most two vectors wide, stride 1): most input channels (the derived convolution's
     #: output maps; more keep the forward kernels busy).
     grad_rows_max_channels: int = 16
     #: Tile-row path: target V + M of one block of tile rows (last-level cache).

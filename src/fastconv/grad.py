@@ -45,8 +45,8 @@ error bound, and the tests hold them):
   pairs of input and output maps), the input gradient as the single
   zero-inserted call (the per-phase form saves products a depthwise layer
   has few of);
-* few input channels and maps at most one vector wide (LeNet-5's C3): the
-  input gradient with one vector per output row (:mod:`fastconv.cpu.grad_rows`);
+* few input channels and maps at most two vectors wide (LeNet-5's C3): the
+  input gradient with one or two vectors per output row (:mod:`fastconv.cpu.grad_rows`);
 * 3x3 stride-1 layers on larger maps: the weight gradient by Winograd's
   F(3x3, 2x2), 16 GEMMs over 2x2 tiles of ``grad_y`` in the transform
   domain (:mod:`fastconv.cpu.grad_winograd`).
@@ -181,7 +181,7 @@ def _input_grad_nchw(gy, w, out_hw, pads, stride, dilation, groups, bias, algori
         from .cpu import grad_rows
 
         if grad_rows.rows_pay(gy.shape, w.shape, out_hw, stride, G, buf.dtype):
-            # Few input channels, rows of at most one vector (fastconv.cpu.grad_rows).
+            # Few input channels, rows of at most two vectors (fastconv.cpu.grad_rows).
             gx = grad_rows.input_rows(buf, w, out_hw, (dh, dw))
             if bias is not None:
                 gx += bias.reshape(1, -1, 1, 1)
