@@ -24,9 +24,11 @@ TOLERANCE = {
     ("im2col", "float64"): 1e-13,
     ("winograd_f2x2_3x3", "float64"): 1e-13,
     ("winograd_f4x4_3x3", "float64"): 1e-12,
+    ("fft", "float32"): 1e-4,
+    ("fft", "float64"): 1e-12,
 }
 
-CONCRETE = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3")
+CONCRETE = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3", "fft")
 
 
 @pytest.fixture

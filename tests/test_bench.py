@@ -179,7 +179,7 @@ def test_cli_list(capsys):
 
 
 @pytest.mark.parametrize("argv, msg", [(["--layers", "nope"], "unknown layer"),
-                                       (["--algorithms", "fft"], "unknown algorithm"),
+                                       (["--algorithms", "no_such_algorithm"], "unknown algorithm"),
                                        (["--repeat", "0"], "--repeat must be >= 1"),
                                        (["--threads", "0"], "--threads must be >= 1"),
                                        (["--cpu-time"], "--cpu-time needs --threads 1")])

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -53,6 +54,16 @@ def test_warmup_tasks_cover_every_algorithm_and_kind():
     # Winograd only where it applies (3x3, stride 1)
     assert all(t[1][2:] == (3, 3) and t[2].get("stride", 1) == 1
                for t in todo if t[4].startswith("winograd"))
+    # fft on large kernels, through each of its contraction kernels
+    from fastconv._params import normalize
+    from fastconv.cpu import fft
+    kinds = set()
+    for xs, ws, kw, _, alg in todo:
+        if alg == "fft":
+            assert ws[2] * ws[3] >= _warmup.FFT_MIN_TAPS
+            p = normalize(xs, ws, None, np.dtype("float32"), **kw)
+            kinds.add(fft.contraction_kind(p, fft.phase_kernel_size(p)[2]))
+    assert kinds == {"one", "small", "panel"}
     assert len(_warmup.tasks(("float32",))) * 2 == len(todo)
 
 

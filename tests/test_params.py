@@ -74,7 +74,7 @@ BAD = [
     (dict(padding=(1, 2, 3)), TypeError, "padding must be"),
     (dict(layout="NCWH"), ValueError, "layout must be one of 'NCHW', 'NHWC'"),
     (dict(layout=None), ValueError, "layout must be one of"),
-    (dict(algorithm="fft"), ValueError, "algorithm must be one of 'auto', 'direct'"),
+    (dict(algorithm="no_such_algorithm"), ValueError, "algorithm must be one of 'auto', 'direct'"),
     (dict(algorithm=3), TypeError, "algorithm must be a string"),
     (dict(bias=np.zeros(5, F32)), ValueError, "bias must have shape (K,) = (6,)"),
     (dict(bias=np.zeros((6, 1), F32)), ValueError, "bias must have shape"),

@@ -20,6 +20,7 @@ from conftest import TOLERANCE, random_problem, rel_err
     ("winograd", {"padding": "same"}),
     ("im2col", {"stride": 2, "padding": 1}),
     ("direct", {"dilation": 2}),
+    ("fft", {"stride": 2, "padding": 2, "groups": 2}),
     ("auto", {"padding": 1}),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -95,8 +96,9 @@ def test_nonfinite_with_prepared_weights(rng):
     x[0, 0, 4, 4] = np.inf
     wi = w.copy()
     wi[1, 2, 1, 1] = np.nan
-    for weights in (w, wi):
-        conv = plan(weights, b, x_shape=x.shape, padding=1, algorithm="winograd_f4x4_3x3")
+    for weights, alg in ((w, "winograd_f4x4_3x3"), (wi, "winograd_f4x4_3x3"), (w, "fft"),
+                         (wi, "fft")):
+        conv = plan(weights, b, x_shape=x.shape, padding=1, algorithm=alg)
         y = conv(x)
         ref = fastconv.conv2d(x, weights, b, padding=1, algorithm="direct")
         np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))

@@ -150,6 +150,10 @@ class CpuSettings(_Settings):
     auto_method: str = ""
     #: Clause 2: fewest output channels per group to share Winograd's input transforms.
     winograd_min_kg: int = 16
+    #: Clause 3: fewest kernel taps (R * S) for which fft is weighed against direct ...
+    fft_min_taps: int = 25
+    #: ... and the margin its predicted time must beat direct's by (the model's spread).
+    fft_over_direct: float = 1.15
     #: Clause 2, dilated: shortest side of its phases' maps (narrower: not one F(4x4) tile).
     dilated_min_side: int = 4
     #: Clause 2a: shorter output side of a large map (many tiles per transformed kernel) ...

@@ -26,7 +26,8 @@ import time
 
 #: Layer kinds: (x shape, w shape, keyword arguments).  3x3 on a wide map, on a small one,
 #: deep on 7x7 maps (one and four images: Winograd's stream and split schedules), dilated,
-#: 1x1, a strided 7x7 stem, 5x5 over 3 channels, depthwise on a large and on a small map.
+#: 1x1, a strided 7x7 stem, 5x5 over 3 channels, depthwise on a large and on a small map,
+#: depthwise 7x7 (and, for fft, each of its three contraction kernels among these).
 CASES = (
     ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
     ((1, 64, 14, 14), (64, 64, 3, 3), dict(padding=1)),
@@ -38,8 +39,11 @@ CASES = (
     ((1, 3, 32, 32), (8, 3, 5, 5), {}),
     ((1, 32, 56, 56), (32, 1, 3, 3), dict(padding=1, groups=32)),
     ((8, 64, 7, 7), (64, 1, 3, 3), dict(padding=1, groups=64)),
+    ((1, 96, 28, 28), (96, 1, 7, 7), dict(padding=3, groups=96)),
 )
-ALGORITHMS = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3")
+ALGORITHMS = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3", "fft")
+#: fft runs on the kinds whose kernels have at least this many taps (where auto may pick it).
+FFT_MIN_TAPS = 25
 
 
 def tasks(dtypes=("float32", "float64"), cases=None) -> list:
@@ -50,6 +54,8 @@ def tasks(dtypes=("float32", "float64"), cases=None) -> list:
         for dt in dtypes:
             for alg in ALGORITHMS:
                 if alg.startswith("winograd") and (ws[2:] != (3, 3) or kw.get("stride", 1) != 1):
+                    continue
+                if alg == "fft" and ws[2] * ws[3] < FFT_MIN_TAPS:
                     continue
                 out.append((xs, ws, kw, dt, alg))
     return out

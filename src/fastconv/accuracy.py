@@ -19,6 +19,15 @@ Winograd F(m x m, 3 x 3) with transforms ``A^T, G, B^T``::
 
 the same sums evaluated with absolute values, tile by tile.  The normwise
 form of this bound is :func:`fastconv.winograd_math.error_bound`.
+
+FFT (:mod:`fastconv.cpu.fft`, with ``L = log2(Fh * Fw)`` of its tiling and
+``Cs = Cg * sh * sw`` channels per group after the stride's phases), a
+normwise bound, the same for every pixel of an output map::
+
+    |dy[n, k]| <= (24 L + 2 Cs + 9) u  sum_c ||x[n, c]||_2 ||w[k, c]||_1  +  u |b[k]|
+
+(the sum over the input channels of ``k``'s group; the derivation is in
+:mod:`fastconv.cpu.fft`).
 """
 
 from __future__ import annotations
@@ -74,8 +83,9 @@ def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilatio
                 layout="NCHW") -> np.ndarray:
     """Elementwise first-order error bound of ``algorithm`` on these inputs (NCHW, batched).
 
-    ``algorithm`` is a concrete name: "direct", "im2col", "winograd_f2x2_3x3"
-    or "winograd_f4x4_3x3" (CUDA kernels obey the same bounds).
+    ``algorithm`` is a concrete name: "direct", "im2col", "winograd_f2x2_3x3",
+    "winograd_f4x4_3x3" (CUDA kernels obey the same bounds) or "fft" (the
+    tiling this process would use for the call).
     """
     x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, layout=layout)
@@ -90,5 +100,25 @@ def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilatio
             bound += _gamma(2, dtype) * (np.abs(np.asarray(b, np.float64))[None, :, None, None]
                                          + bound / _gamma(p.Cg + 4 * (m + 2) + 7, dtype))
         return bound
+    if algorithm == "fft":
+        return _fft_bound(x64, w, b, p)
     raise ValueError(f"algorithm must be a concrete algorithm name (direct, im2col, "
-                     f"winograd_f2x2_3x3, winograd_f4x4_3x3), got {algorithm!r}")
+                     f"winograd_f2x2_3x3, winograd_f4x4_3x3, fft), got {algorithm!r}")
+
+
+def _fft_bound(x64, w, b, p: ConvParams) -> np.ndarray:
+    from .cpu import fft
+
+    pl = fft.plan(p)
+    u = np.finfo(p.dtype).eps / 2
+    coef = (24 * np.log2(pl.Fh * pl.Fw) + 2 * pl.Cs + 9) * u
+    xn = np.sqrt((x64 ** 2).sum(axis=(2, 3)))  # (N, C)
+    wn = np.abs(np.asarray(w, np.float64)).sum(axis=(2, 3))  # (K, Cg)
+    s = np.empty((p.N, p.K))
+    for g in range(p.groups):
+        ks, cs = slice(g * p.Kg, (g + 1) * p.Kg), slice(g * p.Cg, (g + 1) * p.Cg)
+        s[:, ks] = xn[:, cs] @ wn[ks].T
+    bound = coef * s
+    if b is not None:
+        bound = bound + u * np.abs(np.asarray(b, np.float64))[None, :]
+    return np.broadcast_to(bound[:, :, None, None], (p.N, p.K, p.P, p.Q)).copy()

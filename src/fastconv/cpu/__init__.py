@@ -1,7 +1,7 @@
 """CPU kernels and the CPU ``auto`` rule.
 
-This package lists ``direct``, ``im2col``, ``winograd_f2x2_3x3`` and
-``winograd_f4x4_3x3`` in ``ALGORITHMS``, and the aliases ``winograd`` and
+This package lists ``direct``, ``im2col``, ``winograd_f2x2_3x3``,
+``winograd_f4x4_3x3`` and ``fft`` in ``ALGORITHMS``, and the aliases ``winograd`` and
 ``tuned`` in ``ALIASES``; :mod:`fastconv._dispatch` reads them on first use.
 
 How ``auto`` chooses (:func:`auto_rule`)
@@ -62,13 +62,21 @@ output map's shorter side), in this order:
       holds -- maps at least 33 wide and ``Kg >= 40``, or ``Kg >= 20`` from
       100 wide -- else ``direct``.  VGG-16 conv1_1 (3 -> 64 channels,
       224x224) takes this path; one input channel is left to ``direct``;
-3. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7,
-   few channels, maps under 6x6): ``direct``, the register-blocked loop
-   nest.
+3. kernels of at least ``fft_min_taps`` (25) taps, except depthwise:
+   ``fft`` where the cost model (:mod:`fastconv.cpu.cost`) predicts it
+   ``fft_over_direct`` (1.15) times faster than ``direct`` -- dense 7x7
+   and larger kernels over tens of channels, 5x5 kernels on large maps over
+   many channels.  Depthwise kernels stay with ``direct``: each channel's
+   transforms (a few times ``log2`` of the tile's points per pixel, at
+   SciPy's FFT speed, far below the FMA peak) cost more than its ``R * S``
+   vectorised products, up to 31x31 kernels;
+4. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7 that
+   ``fft`` does not repay, few channels, maps under 6x6): ``direct``, the
+   register-blocked loop nest.
 
 ``auto`` never picks an algorithm that does not support the call: Winograd is
-chosen only where its ``supports`` accepts the call, and ``direct`` and
-``im2col`` support every configuration.
+chosen only where its ``supports`` accepts the call, and ``direct``,
+``im2col`` and ``fft`` support every configuration.
 
 The thresholds
 --------------
@@ -101,7 +109,7 @@ from __future__ import annotations
 
 from .._algorithm import Algorithm
 from .._config import CPU
-from . import direct, im2col, winograd
+from . import direct, fft, im2col, winograd
 from .winograd import few as winograd_few, vec as winograd_vec
 
 
@@ -252,7 +260,16 @@ def fitted_rule(p) -> str:
         cost4 = stream4_cost(p) if need is not None else None
         if cost4 is not None and 9 * p.N * p.P * p.Q >= need * cost4:
             return "winograd_f4x4_3x3"
+    if p_call.R * p_call.S >= CPU.fft_min_taps and not p_call.depthwise and fft_pays(p_call):
+        return "fft"
     return "direct"
+
+
+def fft_pays(p) -> bool:
+    """Clause 3: the cost model predicts ``fft`` ``fft_over_direct`` times faster than ``direct``."""
+    from . import cost
+
+    return CPU.fft_over_direct * cost.predict(p, "fft") < cost.predict(p, "direct")
 
 
 def fresh_weights_rule(p) -> str:
@@ -303,5 +320,8 @@ ALGORITHMS = (
     Algorithm("winograd_f4x4_3x3", "cpu", winograd.supports, winograd.run_f4x4,
               "Winograd F(4x4,3x3); 3x3, stride 1 (dilation through its phases)",
               prepare=winograd.prepare_f4x4, run_prepared=winograd.run_prepared),
+    Algorithm("fft", "cpu", fft.supports, fft.run,
+              "FFT of overlap-save tiles, a contraction per frequency; every configuration",
+              prepare=fft.prepare, run_prepared=fft.run_prepared),
 )
 ALIASES = {"winograd": winograd_rule, "tuned": tuned_rule}

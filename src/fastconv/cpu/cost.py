@@ -46,13 +46,18 @@ import numpy as np
 from .. import _config
 from .._config import CPU, PJIT
 from . import target as _target
+from ._gemm import PANEL_ROWS
 from .simd import lanes
 
 #: Inverse efficiencies by instruction set (see the module docstring): each entry
 #: multiplies the seconds of one term.  Fitted by benchmarks/fit_cost_model.py, except
 #: ``direct_simple`` and ``wino_weight_transform`` (no fitting shape took those terms),
-#: ``direct_channels`` (a path added after the fit; set to ``direct_blocked``'s value) and
-#: ``call`` (every algorithm pays it, so timings cannot tell it apart; 1: the calibrated cost).
+#: ``direct_channels`` (a path added after the fit; set to ``direct_blocked``'s value),
+#: ``call`` (every algorithm pays it, so timings cannot tell it apart; 1: the calibrated cost)
+#: and the ``fft_*`` entries: fitted by non-negative least squares on relative errors to 66
+#: timings of :mod:`fastconv.cpu.fft` on AVX-512 (14 layers of 5x5 to 31x31 kernels, each
+#: tiling the plan could choose; ``docs/benchmarks.md``), and copied to the AVX2 column,
+#: which has no fit of its own (the transforms are SciPy's on both).
 COEF = {
     "avx512": {
         # direct
@@ -68,6 +73,8 @@ COEF = {
         "wino_stream_kernels": 9.71, "wino_transform_2": 1.38, "wino_transform_4": 7.4,
         "wino_few_transform": 4.48, "wino_u_bytes": 0.0514, "wino_vm_bytes": 4.9,
         "wino_weight_transform": 4.0,
+        # FFT: SciPy's transforms, the per-frequency contraction, spectra traffic
+        "fft_transforms": 23.4, "fft_calls": 0.58, "fft_products": 1.69, "fft_bytes": 0.93,
         # every algorithm
         "call": 1.0, "passes": 13.3,
     },
@@ -85,6 +92,8 @@ COEF = {
         "wino_stream_kernels": 2.67, "wino_transform_2": 6.89, "wino_transform_4": 17.8,
         "wino_few_transform": 7.12, "wino_u_bytes": 1.22, "wino_vm_bytes": 4.41,
         "wino_weight_transform": 4.0,
+        # FFT: SciPy's transforms, the per-frequency contraction, spectra traffic
+        "fft_transforms": 23.4, "fft_calls": 0.58, "fft_products": 1.69, "fft_bytes": 0.93,
         # every algorithm
         "call": 1.0, "passes": 15.9,
     },
@@ -242,6 +251,73 @@ def _im2col_terms(p, m: Machine, threads: int, rate: float, out: dict) -> None:
         out["passes"] = 2
 
 
+#: Seconds of one 2-D transform beyond its flops (SciPy's per-transform setup).
+FFT_CALL_S = 1e-6
+
+
+def fft_tile_terms(p, Fh: int, Fw: int, machine: Machine | None = None,
+                   threads: int | None = None) -> dict:
+    """The terms of :mod:`fastconv.cpu.fft` on ``p`` with FFT lengths ``Fh x Fw``.
+
+    ``fft_transforms``: the input tiles' and output tiles' real transforms,
+    ``2.5 M log2 M`` flops each for ``M = Fh * Fw`` points, counted as half
+    as many multiply-adds (SciPy's transforms run far below the FMA peak:
+    the ``COEF`` entry); ``fft_products``: four real multiply-adds per
+    complex one, one per tile, frequency, input channel of a group and
+    output channel; ``fft_calls``: a fixed cost per 2-D transform (about a
+    microsecond: small tiles are many short transforms); ``fft_bytes``: the kernels' spectra, read once per chunk
+    of tiles, the tiles' spectra written and read, the padded input and the
+    output.  The kernels' own transforms are left out (prepared weights,
+    see the module docstring).
+    """
+    from . import fft
+
+    m = machine or current_machine()
+    threads = numba.get_num_threads() if threads is None else int(threads)
+    rate = m.fma_rate * (4 / p.dtype.itemsize)
+    e = p.dtype.itemsize
+    Rs, Ss, Cs = fft.phase_kernel_size(p)
+    Th, Tw = Fh - Rs + 1, Fw - Ss + 1
+    per_image = -(-p.P // Th) * -(-p.Q // Tw)
+    tiles = p.N * per_image
+    points = Fh * Fw
+    freqs = Fh * (Fw // 2 + 1)
+    transforms = tiles * (p.groups * Cs + p.K) * 2.5 * points * math.log2(max(points, 2))
+    # the panel contraction pads each group's output channels to whole vectors and runs
+    # two rows per tile (real and imaginary) through a register tile of PANEL_ROWS rows
+    L = lanes(p.dtype)
+    Kc = p.groups * -(-p.Kg // L) * L if fft.contraction_kind(p, Cs) == "panel" else p.K
+    rows = 2 * tiles if fft.contraction_kind(p, Cs) == "panel" else PANEL_ROWS
+    products = tiles * freqs * Cs * Kc * (-(-rows // PANEL_ROWS) * PANEL_ROWS / rows)
+    per_tile = fft.chunk_bytes(p, Rs, Ss, Cs, Fh, Fw)
+    chunks = max(1, -(-tiles * per_tile // max(CPU.workspace_bytes, 1)))
+    spectra = Kc * Cs * freqs * 2 * e
+    io = (p.N * p.groups * Cs * (p.P + Rs - 1) * (p.Q + Ss - 1) + p.N * p.K * p.P * p.Q) * e
+    return {"fft_transforms": transforms / 2 / (rate * threads),
+            "fft_calls": tiles * (p.groups * Cs + p.K) * FFT_CALL_S / threads,
+            "fft_products": 4 * products / (rate * threads),
+            "fft_bytes": (chunks * spectra + 2 * tiles * per_tile + io) / m.bandwidth,
+            "passes": 3 * chunks * m.pass_s}
+
+
+def fft_tile_seconds(p, Fh: int, Fw: int, machine: Machine | None = None) -> float:
+    """:func:`fft_tile_terms` weighted by ``COEF``: the predicted seconds of that tiling."""
+    m = machine or current_machine()
+    c = coefficients(m.isa)
+    return sum(c.get(k, 1.0) * v for k, v in fft_tile_terms(p, Fh, Fw, m).items())
+
+
+def _fft_terms(p, m: Machine, threads: int, out: dict) -> None:
+    from . import fft
+
+    pl = fft.plan(p)
+    t = fft_tile_terms(p, pl.Fh, pl.Fw, m, threads)
+    out.update(t)
+    out["passes"] = t["passes"] / m.pass_s  # terms() converts passes to seconds
+    out["schedule"] = (f"{pl.Fh}x{pl.Fw} FFTs ({pl.nth}x{pl.ntw} tiles), "
+                       f"{fft.contraction_kind(p, pl.Cs)}")
+
+
 def _winograd_terms(p, mm: int, m: Machine, threads: int, rate: float, out: dict) -> None:
     from .._weight_cache import CACHE
     from .winograd import few, phase_params, tile_row, vec as _vec
@@ -332,6 +408,8 @@ def terms(p, algorithm: str, machine: Machine | None = None, threads: int | None
         _im2col_terms(p, m, threads, rate, out)
     elif algorithm in ("winograd_f2x2_3x3", "winograd_f4x4_3x3"):
         _winograd_terms(p, 2 if algorithm == "winograd_f2x2_3x3" else 4, m, threads, rate, out)
+    elif algorithm == "fft":
+        _fft_terms(p, m, threads, out)
     else:
         raise ValueError(f"no cost model for algorithm {algorithm!r}")
     out["passes"] = out.get("passes", 0) * m.pass_s
@@ -454,7 +532,7 @@ def calibrate(store: bool = True) -> Machine:
 # --- choosing ------------------------------------------------------------------------------------
 
 #: The algorithms the model compares (every CPU algorithm of ``fastconv.cpu.ALGORITHMS``).
-CANDIDATES = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3")
+CANDIDATES = ("direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3", "fft")
 
 
 def predictions(p, machine: Machine | None = None, coef: dict | None = None) -> dict:
