@@ -5,6 +5,7 @@ Examples::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m fastconv bench
     python -m fastconv bench --quick --json bench.json --plot bench.png
     python -m fastconv bench --layers resnet50_3x3_64,vgg16_3_2 --algorithms im2col,winograd --phases
+    python -m fastconv bench --suite large     # 7x7 to 31x31 kernels, dense and depthwise
     python -m fastconv bench --training --quick --json training.json
 
 ``--training`` runs :mod:`fastconv.bench.training` instead of the forward benchmark.
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", metavar="NAME,...",
                     help="comma-separated layer names from the suite (see --list)")
     ap.add_argument("--list", action="store_true", help="list the suite's layers and exit")
+    ap.add_argument("--suite", choices=("standard", "large"), default="standard",
+                    help="the layer set: the standard 18 layers, or large kernels (7x7 to 31x31, "
+                         "dense and depthwise, where the fft algorithm pays)")
     ap.add_argument("--algorithms", metavar="NAME,...",
                     help="comma-separated fastconv algorithms (default: every registered one; "
                          "the one auto chooses is always timed)")
@@ -93,7 +97,7 @@ def main(argv=None) -> int:
     from .runner import PEERS, check_algorithms, run_suite, steps_per_layer
 
     if args.list:
-        for layer in load_layers():
+        for layer in load_layers(suite=args.suite):
             print(f"{layer.name:20s} {layer.describe():45s} {layer.flops / 1e9:7.3f} GFLOP")
         return 0
     if args.training:
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
         print(f"fastconv bench: error: {exc}", file=sys.stderr)
         return 2
     try:
-        layers = select_layers(_split(args.layers), quick=args.quick)
+        layers = select_layers(_split(args.layers), quick=args.quick, suite=args.suite)
         algorithms = _split(args.algorithms)
         if algorithms is not None and args.device == "cpu":
             check_algorithms(algorithms)

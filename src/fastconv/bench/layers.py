@@ -88,13 +88,21 @@ def _from_dict(d: dict) -> Layer:
     known = {"name", "N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation",
              "groups", "source"}
     extra = {k: v for k, v in d.items() if k not in known}
-    return Layer(**{k: d[k] for k in known if k in d}, extra=extra)
+    # JSON lists (a per-axis padding) become tuples, as conv2d and torch take them
+    return Layer(**{k: tuple(d[k]) if isinstance(d[k], list) else d[k] for k in known if k in d},
+                 extra=extra)
 
 
-def load_layers(path=None) -> list:
-    """The standard layers (the shipped ``conv_layers.json``, or ``path``)."""
+#: The shipped layer sets: the standard suite, and large kernels (where ``fft`` pays).
+SUITES = {"standard": "conv_layers.json", "large": "large_kernels.json"}
+
+
+def load_layers(path=None, suite: str = "standard") -> list:
+    """The layers of a shipped set (:data:`SUITES`; the standard suite by default), or ``path``."""
     if path is None:
-        text = resources.files(__package__).joinpath("conv_layers.json").read_text()
+        if suite not in SUITES:
+            raise ValueError(f"suite must be one of {', '.join(map(repr, SUITES))}, got {suite!r}")
+        text = resources.files(__package__).joinpath(SUITES[suite]).read_text()
     else:
         with open(path) as f:
             text = f.read()
@@ -102,12 +110,15 @@ def load_layers(path=None) -> list:
     return [_from_dict(d) for d in data["layers"]]
 
 
-def select_layers(names=None, quick: bool = False, path=None) -> list:
-    """Layers by name (``names``: iterable or comma-separated string), or the quick subset.
+def select_layers(names=None, quick: bool = False, path=None, suite: str = "standard") -> list:
+    """Layers of ``suite`` by name (``names``: iterable or comma-separated string), or the
+    quick subset (of the standard suite).
 
     Raises ValueError listing the valid names for an unknown one.
     """
-    layers = load_layers(path)
+    if quick and suite != "standard":
+        raise ValueError("--quick selects layers of the standard suite only")
+    layers = load_layers(path, suite)
     by_name = {l.name: l for l in layers}
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
