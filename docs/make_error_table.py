@@ -19,7 +19,9 @@ Next to each measured error it prints the bound fastconv states for it:
 * direct and im2col (any summation order, BLAS included):
   ``gamma_n * Cg*R*S * max|x| * max|w|`` with ``n = Cg*R*S`` and
   ``gamma_n = n u / (1 - n u)`` (Higham 2002, eq. 3.5);
-* Winograd F(m x m, 3 x 3): :func:`fastconv.winograd_math.error_bound`.
+* Winograd F(m x m, 3 x 3): :func:`fastconv.winograd_math.error_bound`;
+* FFT: the largest entry of :func:`fastconv.accuracy.error_bound` (a
+  normwise bound, the same for every pixel of an output map).
 
 The script exits with an error if a measured error exceeds its bound, so a
 table in the docs is also a passed test.  The generated file is committed;
@@ -36,7 +38,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 import fastconv
-from fastconv import reference
+from fastconv import accuracy, reference
 from fastconv._dispatch import auto_choice
 from fastconv._params import normalize
 from fastconv.winograd_math import error_bound
@@ -48,7 +50,7 @@ CONFIGS = [
     ("3x3, 32 -> 32 maps, 16x16", 2, 32, 16, 16, 32, 3, 3),
     ("3x3, 256 -> 64 maps, 8x8", 1, 256, 8, 8, 64, 3, 3),
 ]
-ALGORITHMS = ["direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3"]
+ALGORITHMS = ["direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3", "fft"]
 DTYPES = [np.float32, np.float64]
 
 
@@ -94,6 +96,8 @@ def measure():
                 err = np.abs(y.astype(np.longdouble) - exact).astype(np.float64)
                 if alg.startswith("winograd"):
                     bound = error_bound(int(alg[len("winograd_f")]), C, dtype, max_x, max_w)
+                elif alg == "fft":
+                    bound = float(accuracy.error_bound("fft", x, w).max())
                 else:
                     bound = direct_bound(C, R, S, dtype, max_x, max_w)
                 rows.append(dict(config=label, algorithm=alg, auto=(alg == auto),
