@@ -129,7 +129,7 @@ def test_error_table_regenerates(tmp_path):
     fresh = _table_rows(out.read_text())
     assert len(fresh) >= 16
     algorithms = {r[1].split("``")[1] for r in fresh}
-    assert algorithms == {"direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3"}
+    assert algorithms == {"direct", "im2col", "winograd_f2x2_3x3", "winograd_f4x4_3x3", "fft"}
     with open(os.path.join(DOCS, "_generated", "error_table.rst")) as f:
         committed = _table_rows(f.read())
     assert committed == fresh, "the committed error table is stale: run python docs/make_error_table.py"
