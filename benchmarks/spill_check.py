@@ -31,7 +31,7 @@ os.environ["FASTCONV_CACHE"] = "0"  # before fastconv is imported: inspect_asm n
 
 import fastconv
 from fastconv.cpu import _gemm, grad_depthwise, grad_gemm, grad_rows, grad_winograd, simd
-from fastconv.cpu.direct import blocked, pointwise, width
+from fastconv.cpu.direct import blocked, channels, pointwise, width
 from fastconv.cpu.winograd import few, stream, vec
 
 #: A vector register moved to or from a stack slot.
@@ -42,6 +42,8 @@ CALLS = [
     ("blocked", (1, 64, 14, 14), (64, 64, 3, 3), dict(padding=1), "direct"),
     ("blocked-NKB1", (1, 32, 12, 12), (16, 32, 3, 3), dict(padding=1), "direct"),
     ("width", (1, 32, 28, 28), (32, 1, 3, 3), dict(groups=32, padding=1), "direct"),
+    ("channels", (1, 32, 6, 6), (32, 1, 3, 3), dict(groups=32, padding=1), "direct"),
+    ("channels-window", (1, 32, 28, 28), (32, 1, 13, 13), dict(groups=32, padding=6), "direct"),
     ("pointwise", (1, 64, 14, 14), (60, 64, 1, 1), dict(), "direct"),  # Kg: not whole vectors
     ("winograd-vec", (1, 64, 14, 14), (64, 64, 3, 3), dict(padding=1), "winograd_f4x4_3x3"),
     ("winograd-stream", (1, 256, 4, 4), (256, 256, 3, 3), dict(padding=1), "winograd_f4x4_3x3"),
@@ -90,6 +92,7 @@ def _dispatchers():
     out = [("_gemm.panel_gemm (inlined in vec)", _gemm.panel_gemm)]
     out += [(f"blocked.driver{key}", d) for key, d in blocked._DRIVERS.items()]
     out += [(f"width.driver{key[:3]}", d) for key, d in width._DRIVERS.items()]
+    out += [(f"channels.driver{key}", d) for key, d in channels._DRIVERS.items()]
     out += [("pointwise.kernel", pointwise._kernel())]
     out += [(f"vec._FUSED[{m}]", d) for m, d in vec._FUSED.items()]
     out += [(f"vec._SPLIT[{m}, stream={st}]", d) for (m, st), d in vec._SPLIT.items()]

@@ -107,3 +107,35 @@ def test_nonfinite_propagation(rng):
     fin = np.isfinite(ref)
     assert np.isnan(ref).any() and fin.any() and not np.isfinite(ref[1, C - 1]).all()
     np.testing.assert_allclose(y[fin], ref[fin], rtol=1e-4, atol=1e-4)
+
+
+# (N, C, H, W, multiplier, R, S, kwargs): rows whose width is and is not a multiple of the
+# pixel block, blocks crossing rows, a tile's short last block, 3- and 13-tap kernel rows
+# (each kernel width is one more compiled driver per dtype: two widths keep that short).
+WINDOW_CASES = [
+    (1, 20, 9, 16, 1, 3, 3, dict(padding=1)),
+    (2, 37, 11, 21, 2, 3, 3, dict(padding=(1, 2))),
+    (1, 20, 12, 19, 1, 13, 13, dict(padding=6)),
+    (1, 20, 15, 30, 1, 13, 13, dict(padding=6, stride=(2, 1), dilation=(2, 1))),
+]
+WINDOW_DTYPES = ([(c, np.float32) for c in WINDOW_CASES]
+                 + [(c, np.float64) for c in WINDOW_CASES if c[6] == 3])
+
+
+@pytest.mark.parametrize("case,dtype", WINDOW_DTYPES)
+def test_register_window_is_bitwise_the_generic_loop(case, dtype, rng, monkeypatch):
+    """Kernel rows read through a register window give the generic loop's sums, bit for bit."""
+    from fastconv.cpu.direct import channels
+
+    N, C, H, W, mult, R, S, kw = case
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((C * mult, 1, R, S)).astype(dtype)
+    b = rng.standard_normal(C * mult).astype(dtype)
+    p = normalize(x.shape, w.shape, b.shape, np.dtype(dtype), groups=C, **kw)
+    if channels.window_width(p) == 0:
+        pytest.skip("this target's registers hold no window of this kernel width")
+    windowed = check_direct(x, w, b, path="channels", groups=C, **kw)  # within the bound
+    monkeypatch.setattr(channels, "window_width", lambda p: 0)
+    generic = np.empty(p.output_shape, dtype)
+    channels.run(x, w, b, p, generic)
+    np.testing.assert_array_equal(windowed, generic)

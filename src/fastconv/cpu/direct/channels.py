@@ -39,6 +39,16 @@ hot loop has no branch.  Accumulators go to a per-thread tile buffer
 register transposes (:func:`fastconv.cpu.packing.unpack_block`, lane
 stride ``Kg * P * Q``): no separate output pass.
 
+That loop issues one load per multiply-add, so the load ports, not the FMA
+units, bound it.  Where the kernel rows are ``S`` taps wide with unit
+horizontal stride and dilation, and ``NPX`` accumulators plus a window of
+``NPX + S - 1`` vectors fit the target's registers (:func:`window_width`:
+up to 16 taps with AVX-512's 32 registers, none with AVX2's 16), a block
+of ``NPX`` pixels of one output row loads that window once per kernel row
+and each vector serves up to ``S`` multiply-adds; blocks that cross a row
+or end a tile keep the loop above.  The products and their order per
+output are the same, so the results are bitwise those of the loop above.
+
 Summation order and error bound are those of :mod:`fastconv.cpu.direct`:
 bias first, then kernel row, kernel column, each output reduced by one
 thread, so results do not depend on the thread count.  Padding zeros are
@@ -55,8 +65,8 @@ from ... import _weight_cache
 from ..._config import JIT, PJIT
 from .. import _scratch
 from ..packing import unpack_block
-from ..simd import (ACCUMULATORS, lanes, sget, sload, sset, sstore, stack_ints, stack_vectors,
-                    vfma, vload, vload_masked, vsplat, vstore, vtranspose)
+from ..simd import (ACCUMULATORS, REGISTERS, lanes, sget, sload, sset, sstore, stack_ints,
+                    stack_vectors, vfma, vload, vload_masked, vsplat, vstore, vtranspose)
 
 # Output pixels per register block: one accumulator each.  Enough independent FMAs to cover
 # the FMA latency on both targets (a third of AVX-512's accumulators, two thirds of AVX2's),
@@ -134,13 +144,23 @@ def _pack_rows(xf, xl, tmp, n, cb, C, H, W, Wp, pt, pl, prow0, nrows, V):
                 sstore(xl, d + lane, zero)
 
 
-def _make_channels_driver(NPX: int):
+def _make_channels_driver(NPX: int, SR: int = 0):
     """Compile the channel-vectorised driver with ``NPX`` pixel accumulators.
 
     The accumulator and offset arrays live on the stack and are indexed only
     inside loops of constant trip count, which LLVM unrolls and promotes to
     registers.
+
+    ``SR > 0``: kernels ``SR`` taps wide with unit horizontal stride and
+    dilation (:func:`window_width`).  A block of ``NPX`` pixels of one output
+    row then reads, per kernel row, one window of ``NPX + SR - 1`` adjacent
+    input vectors, each loaded once into a register and used by up to ``SR``
+    multiply-adds (the generic loop loads the input under every pixel and
+    tap: one load per multiply-add, which bounds it by the load ports, not
+    the FMA units).  Same products in the same order per output, so the
+    same results bitwise.
     """
+    WIN = NPX + SR - 1 if SR > 0 else 1
 
     @numba.njit(**PJIT)
     def driver(xf, wb, bb, yf, xt, yt, N, C, Kg, H, W, pt, pl, Wp, R, S, P, Q, sh, sw, dh, dw,
@@ -168,6 +188,7 @@ def _make_channels_driver(NPX: int):
             nrows = ((t_end - 1) // Q) * sh + (R - 1) * dh + 1 - prow0
             _pack_rows(xf, xl, yl, n, cb, C, H, W, Wp, pt, pl, prow0, nrows, V)
             acc = stack_vectors(yt, NPX)
+            xw = stack_vectors(yt, WIN)
             offs = stack_ints(NPX)
             for j in range(Kg):
                 wbase = (j * CB + cb) * RS * V
@@ -188,13 +209,24 @@ def _make_channels_driver(NPX: int):
                             p += 1
                     for i in range(NPX):
                         sset(acc, i, b)
-                    for r in range(R):
-                        for s in range(S):
-                            wv = vload(wb, wbase + (r * S + s) * V)
-                            xo = r * dh * xrow + s * dw * V
-                            for i in range(NPX):
-                                sset(acc, i, vfma(vload(xl, xo + sget(offs, i)), wv,
-                                                  sget(acc, i)))
+                    if SR > 0 and npx == NPX and t0 - (t0 // Q) * Q + NPX <= Q:
+                        # one output row: the window of each kernel row in registers
+                        for r in range(R):
+                            xo = r * dh * xrow + sget(offs, 0)
+                            for u in range(WIN):
+                                sset(xw, u, vload(xl, xo + u * V))
+                            for s in range(SR):
+                                wv = vload(wb, wbase + (r * SR + s) * V)
+                                for i in range(NPX):
+                                    sset(acc, i, vfma(sget(xw, i + s), wv, sget(acc, i)))
+                    else:
+                        for r in range(R):
+                            for s in range(S):
+                                wv = vload(wb, wbase + (r * S + s) * V)
+                                xo = r * dh * xrow + s * dw * V
+                                for i in range(NPX):
+                                    sset(acc, i, vfma(vload(xl, xo + sget(offs, i)), wv,
+                                                      sget(acc, i)))
                     for i in range(NPX):
                         if i < npx:
                             vstore(yl, (t0 - t_begin + i) * V, sget(acc, i))
@@ -205,12 +237,28 @@ def _make_channels_driver(NPX: int):
     return driver
 
 
-def channels_driver(NPX: int = NPX):
-    """The (lazily compiled, disk-cached) channel-vectorised driver for ``NPX`` accumulators."""
-    drv = _DRIVERS.get(NPX)
+def channels_driver(NPX: int = NPX, SR: int = 0):
+    """The (lazily compiled, disk-cached) channel-vectorised driver for ``NPX`` accumulators
+    and, with ``SR > 0``, register windows for ``SR``-tap kernel rows."""
+    drv = _DRIVERS.get((NPX, SR))
     if drv is None:
-        drv = _DRIVERS.setdefault(NPX, _make_channels_driver(NPX))
+        drv = _DRIVERS.setdefault((NPX, SR), _make_channels_driver(NPX, SR))
     return drv
+
+
+#: Widest kernel row whose window fits the registers with the accumulators and one
+#: weight vector (16 taps with AVX-512's 32 registers; none with AVX2's 16).
+MAX_WINDOW_TAPS = REGISTERS - 2 * NPX
+
+
+def window_width(p) -> int:
+    """The ``SR`` of :func:`channels_driver` for ``p``: its kernel width where the window
+    variant applies (unit horizontal stride and dilation, 3 to ``MAX_WINDOW_TAPS`` taps,
+    output rows of at least ``NPX`` pixels), else 0."""
+    if (p.stride[1] == 1 and p.dilation[1] == 1 and 3 <= p.S <= MAX_WINDOW_TAPS
+            and p.Q >= NPX):
+        return p.S
+    return 0
 
 
 def _pack_weights(w, G, Kg, CB, V):
@@ -255,7 +303,7 @@ def run(x, w, bias, p, y):
     # serves the packing as a V x V transpose buffer).
     xt = _scratch.per_thread("direct.channels.xt", p.dtype, rows * Wp * V)
     yt = _scratch.per_thread("direct.channels.yt", p.dtype, max(tile_px, V) * V)
-    drv = channels_driver()
+    drv = channels_driver(NPX, window_width(p))
     drv(np.ascontiguousarray(x).reshape(-1), wb, bb.reshape(-1), y.reshape(-1), xt, yt, p.N, G,
         Kg, p.H, p.W, p.padding[0], p.padding[2], Wp, p.R, p.S, p.P, p.Q, p.stride[0],
         p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, V)
