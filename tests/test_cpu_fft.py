@@ -111,3 +111,51 @@ def test_bound_is_not_vacuous(rng):
     y = fastconv.conv2d(x, w, padding=5, algorithm="fft")
     bound = accuracy.error_bound("fft", x, w, padding=5)
     assert bound.max() < 1e-2 * np.abs(y).max()
+
+
+def test_auto_hands_one_call_weights_to_direct(rng, cpu_settings, monkeypatch):
+    """Where auto chose fft, weights whose spectra would serve one call run direct instead
+    (unless fft pays even with their transforms); kept weights and explicit fft run fft."""
+    import fastconv.cpu as cpu
+    from fastconv.cpu import direct
+
+    cpu_settings.auto_method = "rule"
+    monkeypatch.setattr(cpu, "fft_pays", lambda p, fresh=False: not fresh)
+    calls = []
+    real_direct = direct.run
+    monkeypatch.setattr(direct, "run", lambda *a, **k: (calls.append(1), real_direct(*a, **k)))
+    x, w, b = random_problem(rng, (1, 6, 23, 21), (7, 6, 9, 9), np.float32)
+    kw = {"padding": 4}
+    p = normalize(x.shape, w.shape, b.shape, np.dtype(np.float32), **kw)
+    assert fastconv._dispatch.concrete("auto", p, "cpu") == "fft"
+    want_direct = fastconv.conv2d(x, w, b, algorithm="direct", **kw)
+    want_fft = fastconv.conv2d(x, w, b, algorithm="fft", **kw)
+    assert not np.array_equal(want_direct, want_fft)  # the two are told apart by rounding
+    for step in range(3):  # new weights on every call, as in training
+        w[0, 0, 0, 0] += 1.0
+        calls.clear()
+        y = fastconv.conv2d(x, w, b, **kw)
+        assert calls and np.array_equal(y, fastconv.conv2d(x, w, b, algorithm="direct", **kw))
+        calls.clear()
+        fastconv.conv2d(x, w, b, algorithm="fft", **kw)  # explicit: fft, whatever the weights
+        assert not calls
+    for _ in range(2):  # the same weights again: kept spectra, fft
+        y = fastconv.conv2d(x, w, b, **kw)
+    calls.clear()
+    y = fastconv.conv2d(x, w, b, **kw)
+    assert not calls
+    np.testing.assert_array_equal(y, fastconv.conv2d(x, w, b, algorithm="fft", **kw))
+
+
+def test_fresh_weights_rule_weighs_the_kernel_transforms(cpu_settings, monkeypatch):
+    """The gradients' derived kernels are new on every call: fft only where it pays with them."""
+    import fastconv.cpu as cpu
+
+    cpu_settings.auto_method = "rule"
+    p = normalize((1, 6, 31, 29), (7, 6, 9, 9), None, np.dtype(np.float32))
+    monkeypatch.setattr(cpu, "fft_pays", lambda p, fresh=False: not fresh)
+    assert fastconv._dispatch.concrete("auto", p, "cpu") == "fft"
+    assert cpu.fresh_weights_rule(p) == "direct"
+    cpu_settings.fft_over_direct = 1.16  # a new generation of settings: decisions again
+    monkeypatch.setattr(cpu, "fft_pays", lambda p, fresh=False: True)
+    assert cpu.fresh_weights_rule(p) == "fft"

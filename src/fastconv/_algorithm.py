@@ -23,3 +23,8 @@ class Algorithm:
     # (e.g. Winograd-transformed), run_prepared(x, packed, bias, params, y).
     prepare: Optional[Callable] = None
     run_prepared: Optional[Callable] = None
+    # Optional run(x, w, bias, params, y) for calls where ``auto`` chose the algorithm:
+    # auto chooses once per shape, so an algorithm that pays only under conditions known at
+    # call time (fft: weights whose transforms the weight cache keeps) may hand such a
+    # call to another algorithm here.  An explicit ``algorithm=`` name always runs ``run``.
+    run_auto: Optional[Callable] = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -152,13 +153,29 @@ def concrete(name, params: ConvParams, device: str = "cpu") -> str:
 
 
 def resolve(name, params: ConvParams, device: str = "cpu") -> Algorithm:
-    """Turn a user's ``algorithm=`` value into a registered kernel that supports ``params``."""
+    """Turn a user's ``algorithm=`` value into a registered kernel that supports ``params``.
+
+    For ``"auto"``, an algorithm with a ``run_auto`` comes back with that as its ``run``.
+    """
     alg = get(device, concrete(name, params, device))
     if name != AUTO:  # the auto rules pick only algorithms that support the call
         reason = alg.supports(params)
         if reason is not None:
             raise UnsupportedError(f"algorithm={name!r} does not support this call: {reason}")
+    elif alg.run_auto is not None:
+        alg = _auto_variant(alg)
     return alg
+
+
+_AUTO_VARIANTS: dict = {}  # (device, name) -> the registered Algorithm with run = run_auto
+
+
+def _auto_variant(alg: Algorithm) -> Algorithm:
+    key = (alg.device, alg.name)
+    variant = _AUTO_VARIANTS.get(key)
+    if variant is None or variant.run_auto is not alg.run_auto:
+        variant = _AUTO_VARIANTS[key] = replace(alg, run=alg.run_auto)
+    return variant
 
 
 def check_out(out, params: ConvParams) -> None:

@@ -265,11 +265,17 @@ def fitted_rule(p) -> str:
     return "direct"
 
 
-def fft_pays(p) -> bool:
-    """Clause 3: the cost model predicts ``fft`` ``fft_over_direct`` times faster than ``direct``."""
+def fft_pays(p, fresh: bool = False) -> bool:
+    """Clause 3: the cost model predicts ``fft`` ``fft_over_direct`` times faster than ``direct``.
+
+    ``fresh``: with the kernels' spectra computed for the call
+    (:func:`fastconv.cpu.cost.fft_weight_seconds`), as when the weights are new
+    to it: a training step, the gradients' derived kernels.
+    """
     from . import cost
 
-    return CPU.fft_over_direct * cost.predict(p, "fft") < cost.predict(p, "direct")
+    t = cost.predict(p, "fft") + (cost.fft_weight_seconds(p) if fresh else 0.0)
+    return CPU.fft_over_direct * t < cost.predict(p, "direct")
 
 
 def fresh_weights_rule(p) -> str:
@@ -290,6 +296,8 @@ def fresh_weights_rule(p) -> str:
 
     def choose():
         alg = concrete("auto", p, "cpu")
+        if alg == "fft":
+            return alg if fft_pays(p, fresh=True) else "direct"
         if alg != "winograd_f4x4_3x3":
             return alg
         pw = winograd.phase_params(p)
@@ -322,6 +330,6 @@ ALGORITHMS = (
               prepare=winograd.prepare_f4x4, run_prepared=winograd.run_prepared),
     Algorithm("fft", "cpu", fft.supports, fft.run,
               "FFT of overlap-save tiles, a contraction per frequency; every configuration",
-              prepare=fft.prepare, run_prepared=fft.run_prepared),
+              prepare=fft.prepare, run_prepared=fft.run_prepared, run_auto=fft.run_auto),
 )
 ALIASES = {"winograd": winograd_rule, "tuned": tuned_rule}

@@ -300,6 +300,24 @@ def fft_tile_terms(p, Fh: int, Fw: int, machine: Machine | None = None,
             "passes": 3 * chunks * m.pass_s}
 
 
+def fft_weight_seconds(p, machine: Machine | None = None) -> float:
+    """Predicted seconds of :mod:`fastconv.cpu.fft`'s kernel spectra for ``p`` (a transform
+    of every kernel, zero-padded to the tile, as the input's: the ``fft_transforms`` and
+    ``fft_calls`` terms): what a call pays when the weight cache does not keep them."""
+    from . import fft
+
+    m = machine or current_machine()
+    c = coefficients(m.isa)
+    threads = numba.get_num_threads()
+    rate = m.fma_rate * (4 / p.dtype.itemsize)
+    pl = fft.plan(p)
+    points = pl.Fh * pl.Fw
+    kernels = p.K * pl.Cs
+    flops = kernels * 2.5 * points * math.log2(max(points, 2))
+    return (c.get("fft_transforms", 1.0) * flops / 2 / (rate * threads)
+            + c.get("fft_calls", 1.0) * kernels * FFT_CALL_S / threads)
+
+
 def fft_tile_seconds(p, Fh: int, Fw: int, machine: Machine | None = None) -> float:
     """:func:`fft_tile_terms` weighted by ``COEF``: the predicted seconds of that tiling."""
     m = machine or current_machine()

@@ -218,8 +218,8 @@ class Spectra:
     """The kernels' spectra, conjugated, in the layout of the call's contraction.
 
     ``"one"``: ``wr``, ``wi`` the real and imaginary parts, ``[G, Kg,
-    freqs]``; ``"small"``: the same, ``[G, freqs, Cs, Kg]``; ``"panel"``:
-    ``U``, flat ``[G, freqs, 2 Cs, Kh]`` with ``Kh`` = ``Kg`` rounded up to
+    freqs]``; ``"small"``: the same, ``[freqs, G, Cs, Kg]``; ``"panel"``:
+    ``U``, flat ``[freqs, G, 2 Cs, Kh]`` with ``Kh`` = ``Kg`` rounded up to
     whole vectors: for each frequency the complex ``Cs x Kg`` matrix ``W``
     as ``[Wr; Wi]``, each coefficient stored once (:func:`_contract` puts
     the signs on the input's side).
@@ -238,26 +238,30 @@ class Spectra:
         # phase (i, j) of the kernel: taps i, i + sh, ... and j, j + sw, ...; channels
         # ordered (input channel, i, j) as the input's phases (_phase_input)
         ws = (we.reshape(K, Cg, pl.Rs, sh, pl.Ss, sw).transpose(0, 1, 3, 5, 2, 4)
-              .reshape(K, pl.Cs, pl.Rs, pl.Ss))
-        spec = scipy.fft.rfft2(ws, s=(pl.Fh, pl.Fw), workers=_threads())
-        spec = spec.reshape(G, Kg, pl.Cs, pl.freqs)
+              .reshape(G, Kg, pl.Cs, pl.Rs, pl.Ss))
+        # rfft2(ws, s=(Fh, Fw)) over the taps, laid out [Fh, Fw // 2 + 1, G, Cs, Kg]: the
+        # transforms run along the leading axes (SciPy takes strided lines), so the
+        # frequency-major layouts below are copies of contiguous (Cs, Kg) blocks, and the
+        # first pass transforms the Rs kernel rows only (the rest are zeros).
+        threads = _threads()
+        spec = scipy.fft.rfft(ws.transpose(3, 4, 0, 2, 1), n=pl.Fw, axis=1, workers=threads)
+        spec = scipy.fft.fft(spec, n=pl.Fh, axis=0, workers=threads, overwrite_x=True)
+        spec = spec.reshape(pl.freqs, G, pl.Cs, Kg)
         kind = contraction_kind(p, pl.Cs)
         self.wr = self.wi = self.U = None
         self.Kh = 0
         if kind == "one":
-            self.wr = np.ascontiguousarray(spec.real[:, :, 0])
-            self.wi = np.ascontiguousarray(-spec.imag[:, :, 0])
+            self.wr = np.ascontiguousarray(spec.real[:, :, 0].transpose(1, 2, 0))
+            self.wi = np.ascontiguousarray(-spec.imag[:, :, 0].transpose(1, 2, 0))
         elif kind == "small":
-            self.wr = np.ascontiguousarray(spec.real.transpose(0, 3, 2, 1))
-            self.wi = np.ascontiguousarray(-spec.imag.transpose(0, 3, 2, 1))
+            self.wr = np.ascontiguousarray(spec.real)
+            self.wi = -spec.imag
         else:
             L = lanes(w.dtype)
             Kh = self.Kh = -(-Kg // L) * L
-            wr = spec.real.transpose(0, 3, 2, 1)  # [G, freqs, Cs, Kg]
-            wi = -spec.imag.transpose(0, 3, 2, 1)
-            U = np.zeros((G, pl.freqs, 2, pl.Cs, Kh), w.dtype)
-            U[:, :, 0, :, :Kg] = wr
-            U[:, :, 1, :, :Kg] = wi
+            U = np.zeros((pl.freqs, G, 2, pl.Cs, Kh), w.dtype)
+            U[:, :, 0, :, :Kg] = spec.real
+            np.negative(spec.imag, out=U[:, :, 1, :, :Kg])
             self.U = U.reshape(-1)
 
     @property
@@ -277,7 +281,7 @@ def _threads() -> int:
 @numba.njit(**PJIT)
 def _contract(X, U, Y, G, Cs, Kg, Kh):
     # X: [nb, G * Cs, T, 2 * F] input spectra, real and imaginary parts interleaved;
-    # U: flat [G, F, 2 * Cs, Kh], each frequency's conjugated kernel spectra W (Cs x Kg)
+    # U: flat [F, G, 2 * Cs, Kh], each frequency's conjugated kernel spectra W (Cs x Kg)
     # as [Wr; Wi] (Spectra); Y: [nb, G * Kg, T, 2 * F] out.  Tile m of the frequency
     # gives two rows, [Xr | -Xi] and [Xi | Xr], whose products with [Wr; Wi] are the
     # real and imaginary parts of X W: one panel_gemm per (group, frequency).  The sums
@@ -306,7 +310,7 @@ def _contract(X, U, Y, G, Cs, Kg, Kh):
                         V[row + Cs + c] = -im
                         V[row + C2 + c] = im
                         V[row + C2 + Cs + c] = re
-            panel_gemm(V, 0, U, (g * F + f) * C2 * Kh, P, 0, 2 * M, C2, 0, Kh // L, Kh, L, Kh, L)
+            panel_gemm(V, 0, U, (f * G + g) * C2 * Kh, P, 0, 2 * M, C2, 0, Kh // L, Kh, L, Kh, L)
             for n in range(nb):
                 for k in range(Kg):
                     dst = Y[n, g * Kg + k]
@@ -318,7 +322,7 @@ def _contract(X, U, Y, G, Cs, Kg, Kh):
 @numba.njit(**PJIT)
 def _contract_small(X, wr, wi, Y, G, Cs, Kg):
     # As _contract, for fewer output channels per group than a vector's lanes (a panel
-    # would be mostly padding): wr, wi: [G, F, Cs, Kg] the kernel spectra's parts.
+    # would be mostly padding): wr, wi: [F, G, Cs, Kg] the kernel spectra's parts.
     # Y[n, g*Kg + k, t, f] = sum_c X[n, g*Cs + c, t, f] * W[g, f, c, k] (complex), the
     # sum in channel order.
     nb, T, F = X.shape[0], X.shape[2], X.shape[3] // 2
@@ -339,8 +343,8 @@ def _contract_small(X, wr, wi, Y, G, Cs, Kg):
                         row = X[n, g * Cs + c, t]
                         a = row[2 * f]
                         b = row[2 * f + 1]
-                        vr = wr[g, f, c]
-                        vi = wi[g, f, c]
+                        vr = wr[f, g, c]
+                        vi = wi[f, g, c]
                         for k in range(Kg):
                             ar[k] += a * vr[k] - b * vi[k]
                             ai[k] += a * vi[k] + b * vr[k]
@@ -422,6 +426,32 @@ def run(x, w, bias, p, y):
     spectra = _weight_cache.CACHE.get(
         w, ("fft", pl.Fh, pl.Fw, p.stride, p.dilation, p.groups),
         lambda snap: Spectra(snap, p, pl))
+    run_prepared(x, spectra, bias, p, y)
+
+
+def run_auto(x, w, bias, p, y):
+    """:func:`run` where ``auto`` chose fft: ``direct`` instead for weights whose spectra
+    would serve this call alone (new to it: a training step, a first call) unless the
+    cost model predicts fft faster with their transforms
+    (:func:`fastconv.cpu.fft_pays` with ``fresh``).  The transforms of every kernel,
+    at SciPy's FFT speed, can cost several times the convolution by ``direct``."""
+    if y.size == 0:
+        return
+    pl = plan(p)
+
+    def build(snap):
+        if _weight_cache.building_for_one_call():
+            from . import fft_pays
+
+            if not p.remembered("fft_pays_fresh", lambda: fft_pays(p, fresh=True)):
+                return None
+        return Spectra(snap, p, pl)
+
+    spectra = _weight_cache.CACHE.get(
+        w, ("fft", pl.Fh, pl.Fw, p.stride, p.dilation, p.groups), build)
+    if spectra is None:
+        direct.run(x, w, bias, p, y)
+        return
     run_prepared(x, spectra, bias, p, y)
 
 
