@@ -66,10 +66,13 @@ output map's shorter side), in this order:
    ``fft`` where the cost model (:mod:`fastconv.cpu.cost`) predicts it
    ``fft_over_direct`` (1.15) times faster than ``direct`` -- dense 7x7
    and larger kernels over tens of channels, 5x5 kernels on large maps over
-   many channels.  Depthwise kernels stay with ``direct``: each channel's
-   transforms (a few times ``log2`` of the tile's points per pixel, at
-   SciPy's FFT speed, far below the FMA peak) cost more than its ``R * S``
-   vectorised products, up to 31x31 kernels;
+   many channels.  The prediction assumes the weight cache keeps the
+   kernels' spectra (inference); a call whose weights are new to it (a
+   training step) runs ``direct`` unless ``fft`` pays with their transforms
+   too (:func:`fastconv.cpu.fft.run_auto`).  Depthwise kernels stay with
+   ``direct``: each channel's transforms (a few times ``log2`` of the
+   tile's points per pixel, at SciPy's FFT speed, far below the FMA peak)
+   cost more than its ``R * S`` vectorised products, up to 31x31 kernels;
 4. everything else (depthwise and grouped, strided, dilated, 5x5 and 7x7 that
    ``fft`` does not repay, few channels, maps under 6x6): ``direct``, the
    register-blocked loop nest.
