@@ -54,10 +54,9 @@ from .simd import lanes
 #: ``direct_simple`` and ``wino_weight_transform`` (no fitting shape took those terms),
 #: ``direct_channels`` (a path added after the fit; set to ``direct_blocked``'s value),
 #: ``call`` (every algorithm pays it, so timings cannot tell it apart; 1: the calibrated cost)
-#: and the ``fft_*`` entries: fitted by non-negative least squares on relative errors to 66
-#: timings of :mod:`fastconv.cpu.fft` on AVX-512 (14 layers of 5x5 to 31x31 kernels, each
-#: tiling the plan could choose; ``docs/benchmarks.md``), and copied to the AVX2 column,
-#: which has no fit of its own (the transforms are SciPy's on both).
+#: and the ``fft_*`` entries: fitted by non-negative least squares on relative errors to 64
+#: timings of :mod:`fastconv.cpu.fft` per instruction set (14 layers of 5x5 to 31x31
+#: kernels, each tiling the plan could choose; ``docs/benchmarks.md``).
 COEF = {
     "avx512": {
         # direct
@@ -93,7 +92,7 @@ COEF = {
         "wino_few_transform": 7.12, "wino_u_bytes": 1.22, "wino_vm_bytes": 4.41,
         "wino_weight_transform": 4.0,
         # FFT: SciPy's transforms, the per-frequency contraction, spectra traffic
-        "fft_transforms": 23.4, "fft_calls": 0.58, "fft_products": 1.69, "fft_bytes": 0.93,
+        "fft_transforms": 20.8, "fft_calls": 0.47, "fft_products": 3.33, "fft_bytes": 3.41,
         # every algorithm
         "call": 1.0, "passes": 15.9,
     },
@@ -578,6 +577,10 @@ def predictions(p, machine: Machine | None = None, coef: dict | None = None) -> 
 
 
 def choose(p, machine: Machine | None = None) -> str:
-    """The candidate with the lowest predicted time (``direct`` on a tie)."""
+    """The candidate with the lowest predicted time (``direct`` on a tie); ``fft``'s is
+    weighed by ``CPU.fft_over_direct`` first, the margin of the fitted rule's clause 3 (its
+    predictions spread more than the others')."""
     pred = predictions(p, machine)
+    if "fft" in pred:
+        pred["fft"] *= CPU.fft_over_direct
     return min(pred, key=lambda n: (pred[n], CANDIDATES.index(n)))
