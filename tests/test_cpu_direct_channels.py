@@ -110,13 +110,15 @@ def test_nonfinite_propagation(rng):
 
 
 # (N, C, H, W, multiplier, R, S, kwargs): rows whose width is and is not a multiple of the
-# pixel block, blocks crossing rows, a tile's short last block, 3- and 13-tap kernel rows
+# pixel block or shorter than it, a tile's short last block, 3- and 13-tap kernel rows
 # (each kernel width is one more compiled driver per dtype: two widths keep that short).
 WINDOW_CASES = [
     (1, 20, 9, 16, 1, 3, 3, dict(padding=1)),
     (2, 37, 11, 21, 2, 3, 3, dict(padding=(1, 2))),
     (1, 20, 12, 19, 1, 13, 13, dict(padding=6)),
     (1, 20, 15, 30, 1, 13, 13, dict(padding=6, stride=(2, 1), dilation=(2, 1))),
+    (2, 37, 6, 5, 1, 3, 3, dict(padding=1)),    # rows shorter than the pixel block
+    (1, 20, 7, 7, 1, 13, 13, dict(padding=6)),  # RepLKNet's last stage, 7-pixel rows
 ]
 WINDOW_DTYPES = ([(c, np.float32) for c in WINDOW_CASES]
                  + [(c, np.float64) for c in WINDOW_CASES if c[6] == 3])

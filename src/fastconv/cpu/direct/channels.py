@@ -43,10 +43,10 @@ That loop issues one load per multiply-add, so the load ports, not the FMA
 units, bound it.  Where the kernel rows are ``S`` taps wide with unit
 horizontal stride and dilation, and ``NPX`` accumulators plus a window of
 ``NPX + S - 1`` vectors fit the target's registers (:func:`window_width`:
-up to 16 taps with AVX-512's 32 registers, none with AVX2's 16), a block
-of ``NPX`` pixels of one output row loads that window once per kernel row
-and each vector serves up to ``S`` multiply-adds; blocks that cross a row
-or end a tile keep the loop above.  The products and their order per
+up to 16 taps with AVX-512's 32 registers, none with AVX2's 16), blocks
+end with their output row (on rows shorter than ``NPX`` pixels, one block
+per row) and a block loads that window once per kernel row, each vector
+serving up to ``S`` multiply-adds.  The products and their order per
 output are the same, so the results are bitwise those of the loop above.
 
 Summation order and error bound are those of :mod:`fastconv.cpu.direct`:
@@ -152,10 +152,10 @@ def _make_channels_driver(NPX: int, SR: int = 0):
     registers.
 
     ``SR > 0``: kernels ``SR`` taps wide with unit horizontal stride and
-    dilation (:func:`window_width`).  A block of ``NPX`` pixels of one output
-    row then reads, per kernel row, one window of ``NPX + SR - 1`` adjacent
-    input vectors, each loaded once into a register and used by up to ``SR``
-    multiply-adds (the generic loop loads the input under every pixel and
+    dilation (:func:`window_width`).  Blocks of up to ``NPX`` pixels then end
+    with their output row, and a block reads, per kernel row, one window of
+    ``NPX + SR - 1`` adjacent input vectors, each loaded once into a register
+    and used by up to ``SR`` multiply-adds (the generic loop loads the input under every pixel and
     tap: one load per multiply-add, which bounds it by the load ports, not
     the FMA units).  Same products in the same order per output, so the
     same results bitwise.
@@ -193,11 +193,14 @@ def _make_channels_driver(NPX: int, SR: int = 0):
             for j in range(Kg):
                 wbase = (j * CB + cb) * RS * V
                 b = vload(bb, (j * CB + cb) * V)
-                for t0 in range(t_begin, t_end, NPX):
+                t0 = t_begin
+                while t0 < t_end:
                     # --- micro-kernel: NPX pixels x V channels
-                    npx = min(NPX, t_end - t0)
                     p = t0 // Q
                     q = t0 - p * Q
+                    npx = min(NPX, t_end - t0)
+                    if SR > 0:
+                        npx = min(npx, Q - q)  # blocks end with their output row
                     for i in range(NPX):
                         if i < npx:
                             sset(offs, i, (p * sh - prow0) * xrow + q * sw * V)
@@ -209,8 +212,10 @@ def _make_channels_driver(NPX: int, SR: int = 0):
                             p += 1
                     for i in range(NPX):
                         sset(acc, i, b)
-                    if SR > 0 and npx == NPX and t0 - (t0 // Q) * Q + NPX <= Q:
-                        # one output row: the window of each kernel row in registers
+                    if SR > 0:
+                        # one output row: the window of each kernel row in registers (the
+                        # accumulators past npx read past the row's end, into the next
+                        # packed row or the buffer's slack, and are never stored)
                         for r in range(R):
                             xo = r * dh * xrow + sget(offs, 0)
                             for u in range(WIN):
@@ -230,6 +235,7 @@ def _make_channels_driver(NPX: int, SR: int = 0):
                     for i in range(NPX):
                         if i < npx:
                             vstore(yl, (t0 - t_begin + i) * V, sget(acc, i))
+                    t0 += npx
                 # Lane l of the tile is output channel (cb * V + l) * Kg + j.
                 unpack_block(yl, -t_begin * V, yf, (n * K + cb * V * Kg + j) * PQ, Kg * PQ,
                              min(V, C - cb * V), t_begin, t_end, V)
@@ -253,10 +259,9 @@ MAX_WINDOW_TAPS = REGISTERS - 2 * NPX
 
 def window_width(p) -> int:
     """The ``SR`` of :func:`channels_driver` for ``p``: its kernel width where the window
-    variant applies (unit horizontal stride and dilation, 3 to ``MAX_WINDOW_TAPS`` taps,
-    output rows of at least ``NPX`` pixels), else 0."""
-    if (p.stride[1] == 1 and p.dilation[1] == 1 and 3 <= p.S <= MAX_WINDOW_TAPS
-            and p.Q >= NPX):
+    variant applies (unit horizontal stride and dilation, 3 to ``MAX_WINDOW_TAPS`` taps),
+    else 0."""
+    if p.stride[1] == 1 and p.dilation[1] == 1 and 3 <= p.S <= MAX_WINDOW_TAPS:
         return p.S
     return 0
 
@@ -301,7 +306,10 @@ def run(x, w, bias, p, y):
     Wp = p.padded_hw[1]
     # Per Numba thread: the item's packed input rows, and its output tile (which first
     # serves the packing as a V x V transpose buffer).
-    xt = _scratch.per_thread("direct.channels.xt", p.dtype, rows * Wp * V)
+    # (plus NPX vectors of slack, zeroed: the register window of a block at the end of the
+    # last row reads up to NPX vectors past it, into accumulators that are not stored)
+    xt = _scratch.per_thread("direct.channels.xt", p.dtype, rows * Wp * V + NPX * V)
+    xt[:, rows * Wp * V:] = 0
     yt = _scratch.per_thread("direct.channels.yt", p.dtype, max(tile_px, V) * V)
     drv = channels_driver(NPX, window_width(p))
     drv(np.ascontiguousarray(x).reshape(-1), wb, bb.reshape(-1), y.reshape(-1), xt, yt, p.N, G,
