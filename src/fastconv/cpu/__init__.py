@@ -273,12 +273,16 @@ def fft_pays(p, fresh: bool = False) -> bool:
 
     ``fresh``: with the kernels' spectra computed for the call
     (:func:`fastconv.cpu.cost.fft_weight_seconds`), as when the weights are new
-    to it: a training step, the gradients' derived kernels.
+    to it: a training step, the gradients' derived kernels.  Decided once per
+    ``ConvParams`` (its memo).
     """
     from . import cost
 
-    t = cost.predict(p, "fft") + (cost.fft_weight_seconds(p) if fresh else 0.0)
-    return CPU.fft_over_direct * t < cost.predict(p, "direct")
+    def pays():
+        t = cost.predict(p, "fft") + (cost.fft_weight_seconds(p) if fresh else 0.0)
+        return CPU.fft_over_direct * t < cost.predict(p, "direct")
+
+    return p.remembered(("fft_pays", fresh), pays)
 
 
 def fresh_weights_rule(p) -> str:

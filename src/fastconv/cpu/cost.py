@@ -264,10 +264,12 @@ def fft_tile_terms(p, Fh: int, Fw: int, machine: Machine | None = None,
     the ``COEF`` entry); ``fft_products``: four real multiply-adds per
     complex one, one per tile, frequency, input channel of a group and
     output channel; ``fft_calls``: a fixed cost per 2-D transform (about a
-    microsecond: small tiles are many short transforms); ``fft_bytes``: the kernels' spectra, read once per chunk
-    of tiles, the tiles' spectra written and read, the padded input and the
-    output.  The kernels' own transforms are left out (prepared weights,
-    see the module docstring).
+    microsecond: small tiles are many short transforms); ``fft_bytes``: the
+    kernels' spectra, read once per chunk of tiles, the tiles' spectra
+    written and read, the padded input and the output; ``passes``: parallel
+    loops (a count, as in :func:`terms`).  The kernels' own transforms are
+    left out (prepared weights, see the module docstring;
+    :func:`fft_weight_seconds`).
     """
     from . import fft
 
@@ -279,24 +281,31 @@ def fft_tile_terms(p, Fh: int, Fw: int, machine: Machine | None = None,
     Th, Tw = Fh - Rs + 1, Fw - Ss + 1
     per_image = -(-p.P // Th) * -(-p.Q // Tw)
     tiles = p.N * per_image
-    points = Fh * Fw
     freqs = Fh * (Fw // 2 + 1)
-    transforms = tiles * (p.groups * Cs + p.K) * 2.5 * points * math.log2(max(points, 2))
+    transforms, calls = _transform_seconds(tiles * (p.groups * Cs + p.K), Fh * Fw, rate,
+                                           threads)
     # the panel contraction pads each group's output channels to whole vectors and runs
     # two rows per tile (real and imaginary) through a register tile of PANEL_ROWS rows
     L = lanes(p.dtype)
-    Kc = p.groups * -(-p.Kg // L) * L if fft.contraction_kind(p, Cs) == "panel" else p.K
-    rows = 2 * tiles if fft.contraction_kind(p, Cs) == "panel" else PANEL_ROWS
+    panel = fft.contraction_kind(p, Cs) == "panel"
+    Kc = p.groups * -(-p.Kg // L) * L if panel else p.K
+    rows = 2 * tiles if panel else PANEL_ROWS
     products = tiles * freqs * Cs * Kc * (-(-rows // PANEL_ROWS) * PANEL_ROWS / rows)
     per_tile = fft.chunk_bytes(p, Rs, Ss, Cs, Fh, Fw)
     chunks = max(1, -(-tiles * per_tile // max(CPU.workspace_bytes, 1)))
     spectra = Kc * Cs * freqs * 2 * e
     io = (p.N * p.groups * Cs * (p.P + Rs - 1) * (p.Q + Ss - 1) + p.N * p.K * p.P * p.Q) * e
-    return {"fft_transforms": transforms / 2 / (rate * threads),
-            "fft_calls": tiles * (p.groups * Cs + p.K) * FFT_CALL_S / threads,
+    return {"fft_transforms": transforms, "fft_calls": calls,
             "fft_products": 4 * products / (rate * threads),
             "fft_bytes": (chunks * spectra + 2 * tiles * per_tile + io) / m.bandwidth,
-            "passes": 3 * chunks * m.pass_s}
+            "passes": 3 * chunks}
+
+
+def _transform_seconds(count: int, points: int, rate: float, threads: int) -> tuple:
+    """``(fft_transforms, fft_calls)`` seconds of ``count`` real 2-D transforms of ``points``
+    points: ``2.5 M log2 M`` flops each, counted as half as many multiply-adds."""
+    flops = count * 2.5 * points * math.log2(max(points, 2))
+    return flops / 2 / (rate * threads), count * FFT_CALL_S / threads
 
 
 def fft_weight_seconds(p, machine: Machine | None = None) -> float:
@@ -307,30 +316,27 @@ def fft_weight_seconds(p, machine: Machine | None = None) -> float:
 
     m = machine or current_machine()
     c = coefficients(m.isa)
-    threads = numba.get_num_threads()
-    rate = m.fma_rate * (4 / p.dtype.itemsize)
     pl = fft.plan(p)
-    points = pl.Fh * pl.Fw
-    kernels = p.K * pl.Cs
-    flops = kernels * 2.5 * points * math.log2(max(points, 2))
-    return (c.get("fft_transforms", 1.0) * flops / 2 / (rate * threads)
-            + c.get("fft_calls", 1.0) * kernels * FFT_CALL_S / threads)
+    transforms, calls = _transform_seconds(p.K * pl.Cs, pl.Fh * pl.Fw,
+                                           m.fma_rate * (4 / p.dtype.itemsize),
+                                           numba.get_num_threads())
+    return c.get("fft_transforms", 1.0) * transforms + c.get("fft_calls", 1.0) * calls
 
 
 def fft_tile_seconds(p, Fh: int, Fw: int, machine: Machine | None = None) -> float:
     """:func:`fft_tile_terms` weighted by ``COEF``: the predicted seconds of that tiling."""
     m = machine or current_machine()
     c = coefficients(m.isa)
-    return sum(c.get(k, 1.0) * v for k, v in fft_tile_terms(p, Fh, Fw, m).items())
+    t = fft_tile_terms(p, Fh, Fw, m)
+    t["passes"] *= m.pass_s
+    return sum(c.get(k, 1.0) * v for k, v in t.items())
 
 
 def _fft_terms(p, m: Machine, threads: int, out: dict) -> None:
     from . import fft
 
     pl = fft.plan(p)
-    t = fft_tile_terms(p, pl.Fh, pl.Fw, m, threads)
-    out.update(t)
-    out["passes"] = t["passes"] / m.pass_s  # terms() converts passes to seconds
+    out.update(fft_tile_terms(p, pl.Fh, pl.Fw, m, threads))
     out["schedule"] = (f"{pl.Fh}x{pl.Fw} FFTs ({pl.nth}x{pl.ntw} tiles), "
                        f"{fft.contraction_kind(p, pl.Cs)}")
 

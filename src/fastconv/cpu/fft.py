@@ -419,14 +419,25 @@ def _chunk(xs, spectra, p, pl: Plan, y, n0, n1, a0, a1, threads):
     y[n0:n1, :, r0:r1] = out[:, :, :r1 - r0, :p.Q]
 
 
+def _spectra(w, p, pl: Plan, auto: bool):
+    """The kernels' spectra from the weight cache (built on a miss); with ``auto``, None
+    for a one-call build that does not pay (see :func:`run_auto`)."""
+
+    def build(snap):
+        if auto and _weight_cache.building_for_one_call():
+            from . import fft_pays
+
+            if not fft_pays(p, fresh=True):
+                return None
+        return Spectra(snap, p, pl)
+
+    return _weight_cache.CACHE.get(
+        w, ("fft", pl.Fh, pl.Fw, p.stride, p.dilation, p.groups), build)
+
+
 def run(x, w, bias, p, y):
-    if y.size == 0:
-        return
-    pl = plan(p)
-    spectra = _weight_cache.CACHE.get(
-        w, ("fft", pl.Fh, pl.Fw, p.stride, p.dilation, p.groups),
-        lambda snap: Spectra(snap, p, pl))
-    run_prepared(x, spectra, bias, p, y)
+    if y.size:
+        run_prepared(x, _spectra(w, p, plan(p), auto=False), bias, p, y)
 
 
 def run_auto(x, w, bias, p, y):
@@ -437,22 +448,11 @@ def run_auto(x, w, bias, p, y):
     at SciPy's FFT speed, can cost several times the convolution by ``direct``."""
     if y.size == 0:
         return
-    pl = plan(p)
-
-    def build(snap):
-        if _weight_cache.building_for_one_call():
-            from . import fft_pays
-
-            if not p.remembered("fft_pays_fresh", lambda: fft_pays(p, fresh=True)):
-                return None
-        return Spectra(snap, p, pl)
-
-    spectra = _weight_cache.CACHE.get(
-        w, ("fft", pl.Fh, pl.Fw, p.stride, p.dilation, p.groups), build)
+    spectra = _spectra(w, p, plan(p), auto=True)
     if spectra is None:
         direct.run(x, w, bias, p, y)
-        return
-    run_prepared(x, spectra, bias, p, y)
+    else:
+        run_prepared(x, spectra, bias, p, y)
 
 
 def run_prepared(x, spectra: Spectra, bias, p, y):
