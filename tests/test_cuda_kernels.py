@@ -316,6 +316,46 @@ def test_connections_table(rng):
         fastconv.cuda.conv2d(dev(x), dev(w0), connections=table[:, :5])
 
 
+def test_fused_epilogue(rng):
+    """activation= and residual= on the GPU: act(conv + bias + residual), relu bitwise like
+    the unfused expression; NHWC, a residual that is out, and a float64 residual."""
+    from fastconv import _epilogue as E
+
+    x, w, b = random_problem(rng, (2, 3, 6, 5), (4, 3, 3, 3))
+    y0 = run("direct", x, w, b, padding=1)
+    r = rng.standard_normal(y0.shape).astype(np.float32)
+    r[0, 1, 2, 3] = np.nan
+    for act in ("relu", "relu6", "silu", "gelu"):
+        rd = dev(r)
+        y = host(fastconv.cuda.conv2d(dev(x), dev(w), dev(b), padding=1, algorithm="direct",
+                                      activation=act, residual=rd))
+        assert np.array_equal(host(rd), r, equal_nan=True)  # the residual is untouched
+        want = E.reference(y0.astype(np.float64) + r, act)
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+        assert np.isnan(y[0, 1, 2, 3])
+        if act == "relu":
+            v = y0 + r
+            assert np.array_equal(y, np.where(v < 0, np.float32(0), v), equal_nan=True)
+    # NHWC, out=residual
+    xin = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    rn = np.ascontiguousarray(r.transpose(0, 2, 3, 1))
+    rd = dev(rn)
+    got = fastconv.cuda.conv2d(dev(xin), dev(w), dev(b), padding=1, layout="NHWC",
+                               algorithm="im2col", activation="relu6", residual=rd, out=rd)
+    assert got is rd
+    want = E.reference(y0.astype(np.float64) + r, "relu6").transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(host(rd), want, rtol=1e-6, atol=1e-6)
+    # a float64 residual is converted to the result's dtype
+    y = host(fastconv.cuda.conv2d(dev(x), dev(w), dev(b), padding=1, algorithm="direct",
+                                  residual=dev(r.astype(np.float64))))
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, y0 + r, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        fastconv.cuda.conv2d(dev(x), dev(w), residual=dev(r))  # unpadded: 4x3 maps
+    with pytest.raises(TypeError, match="residual"):
+        fastconv.conv2d(dev(x), dev(w), padding=1, residual=r)  # a host residual
+
+
 def test_every_launched_kernel_is_compile_checked():
     """Runs last: what this module launched is a subset of the compile check's list."""
     from fastconv.cuda.compile_check import specializations

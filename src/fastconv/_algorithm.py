@@ -28,3 +28,8 @@ class Algorithm:
     # call time (fft: weights whose transforms the weight cache keeps) may hand such a
     # call to another algorithm here.  An explicit ``algorithm=`` name always runs ``run``.
     run_auto: Optional[Callable] = None
+    # Whether ``run`` (and ``run_prepared``, ``run_auto``) accept ``epi=``, a
+    # :class:`fastconv._epilogue.Epilogue` with an NCHW residual, and apply it to ``y``
+    # before returning (in their stores where they can).  Without it, the caller
+    # applies the epilogue as a pass over the finished result.
+    epilogue: bool = False

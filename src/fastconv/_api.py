@@ -7,12 +7,14 @@ import numpy as np
 from . import _config
 from ._aligned import empty_aligned
 from ._dispatch import check_out, resolve
+from ._epilogue import NONE, Epilogue, parse_epilogue
 from ._params import ConvParams, connection_mask, parse_arrays
 from ._placement import is_device_array as _is_device_array
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           layout="NCHW", algorithm="auto", out=None, connections=None):
+           layout="NCHW", algorithm="auto", out=None, connections=None, activation=None,
+           residual=None):
     """2-D multi-channel convolution (cross-correlation), as in PyTorch and JAX.
 
     Output map ``k`` is ``bias[k]`` plus the sum, over the input maps ``c``
@@ -61,6 +63,15 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         input maps would give up that blocking to save few products (in
         LeNet-5 C3, 60 of the 96 pairs are connected).  The reference
         skips unconnected pairs outright.
+    activation : {None, "relu", "relu6", "silu", "gelu"}
+        Applied to ``conv + bias + residual`` in the same call (a fused
+        epilogue): ``relu`` is ``max(v, 0)``, ``relu6`` ``min(max(v, 0), 6)``,
+        ``silu`` ``v / (1 + exp(-v))`` and ``gelu`` the exact, erf-based
+        ``v / 2 * (1 + erf(v / sqrt(2)))``, as in PyTorch.  NaN stays NaN.
+    residual : array_like, optional
+        Added to ``conv + bias`` before the activation: float, exactly the
+        result's shape (layout and rank), converted to the result's dtype.
+        It may be ``out`` itself (``out += conv``, then the activation).
 
     Returns
     -------
@@ -80,7 +91,13 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     Notes
     -----
-    Inputs are never modified.  NaN and inf propagate exactly to the outputs
+    The result is ``act((conv + bias) + residual)`` rounded in that order, so
+    with ``relu`` or ``relu6`` it equals the unfused numpy expression on
+    the same convolution bitwise; ``silu`` and ``gelu`` add their own
+    rounding (see :mod:`fastconv._epilogue`).  The kernels that own their
+    stores apply the epilogue to each block as they write it, while it is in
+    cache; the others (BLAS's GEMM, the FFT's inverse transforms) in one pass
+    after.  Inputs are never modified.  NaN and inf propagate exactly to the outputs
     whose receptive field holds them, whatever the algorithm.  Results do not
     depend on the number of threads, and calls from several Python threads
     are safe.
@@ -95,21 +112,23 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     >>> float(fastconv.conv2d(x, w)[0, 0, 0, 0])   # 2 maps x 9 taps
     18.0
     """
-    if _is_device_array(x) or _is_device_array(w) or (bias is not None and _is_device_array(bias)):
+    if (_is_device_array(x) or _is_device_array(w) or (bias is not None and _is_device_array(bias))
+            or (residual is not None and _is_device_array(residual))):
         from .cuda import conv2d as cuda_conv2d
         return cuda_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                            groups=groups, layout=layout, algorithm=algorithm, out=out,
-                           connections=connections)
+                           connections=connections, activation=activation, residual=residual)
 
     x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, layout=layout)
+    epi = parse_epilogue(activation, residual, p)
     if out is not None:
         check_out(out, p)
     mask = connection_mask(connections, p)
     if mask is not None:
         w = np.where(mask[:, :, None, None], w, np.zeros((), dtype=w.dtype))
     alg = resolve(algorithm, p, "cpu")
-    return execute(alg, x, w, b, p, out)
+    return execute(alg, x, w, b, p, out, epi)
 
 
 def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:
@@ -131,8 +150,23 @@ def to_nchw(x: np.ndarray, p: ConvParams) -> np.ndarray:
     return _kernel_array(xx, p.dtype)
 
 
-def execute(alg, x, w, b, p: ConvParams, out=None):
-    """Run a resolved CPU algorithm on validated arrays and lay out its result."""
+def execute(alg, x, w, b, p: ConvParams, out=None, epi: Epilogue = NONE):
+    """Run a resolved CPU algorithm on validated arrays and lay out its result.
+
+    ``epi`` (residual in the call's layout and rank) goes to the kernels for NCHW results
+    (``alg.epilogue``) and is applied after the layout for NHWC ones.
+    """
+    if epi.residual is not None and out is not None and np.may_share_memory(out, epi.residual):
+        # the kernels write each output before they add its residual
+        epi = epi.with_residual(epi.residual.copy())
+    inner, outer = NONE, NONE  # the epilogue on the NCHW buffer / on the laid-out result
+    if epi.active:
+        if p.layout == "NCHW":
+            r = epi.residual
+            inner = epi if r is None else epi.with_residual(
+                np.ascontiguousarray(r if p.batched else r[None]))
+        else:
+            outer = epi
     xx = to_nchw(x, p)
     ww = _kernel_array(w, p.dtype)
     bb = None if b is None else _kernel_array(b, p.dtype)
@@ -149,14 +183,31 @@ def execute(alg, x, w, b, p: ConvParams, out=None):
     if p.N:
         # NaN/inf inputs propagate by design: no "invalid value" warnings from BLAS calls.
         with _config.parallel_section(), np.errstate(invalid="ignore", over="ignore"):
-            alg.run(xx, ww, bb, p, y)
+            if inner.active and getattr(alg, "epilogue", False):
+                alg.run(xx, ww, bb, p, y, epi=inner)
+            else:
+                alg.run(xx, ww, bb, p, y)
+                if inner.active:
+                    _cpu_epilogue().apply(y, inner)
     if direct_out:
         return out
     if p.layout == "NHWC":
         y = y.transpose(0, 2, 3, 1)
     if not p.batched:
         y = y[0]
+    if outer.active:
+        y = np.ascontiguousarray(y)
+        with np.errstate(invalid="ignore", over="ignore"):
+            _cpu_epilogue().apply(y, outer.with_residual(
+                None if outer.residual is None else np.ascontiguousarray(outer.residual)))
     if out is not None:
         np.copyto(out, y)
         return out
     return np.ascontiguousarray(y)
+
+
+def _cpu_epilogue():
+    """:mod:`fastconv.cpu.epilogue`, imported on first use (``import fastconv`` imports no backend)."""
+    from .cpu import epilogue
+
+    return epilogue

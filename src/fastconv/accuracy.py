@@ -28,6 +28,15 @@ normwise bound, the same for every pixel of an output map::
 
 (the sum over the input channels of ``k``'s group; the derivation is in
 :mod:`fastconv.cpu.fft`).
+
+A fused epilogue ``y = act(conv + b + r)`` (``activation=``, ``residual=``)
+adds one rounding for the residual and the activation's own, and scales the
+convolution's bound by the activation's largest slope ``L``::
+
+    |dy| <= L (bound + u |z|) + c u |z|,   z = conv + b + r
+
+with ``L`` = 1 (relu, relu6), 1.0998 (silu), 1.1289 (gelu) and ``c`` = 0, 0,
+6, 8 (:func:`fastconv._epilogue.error_bound`).
 """
 
 from __future__ import annotations
@@ -80,15 +89,31 @@ def _winograd_abs(x64, w, p: ConvParams, m: int) -> np.ndarray:
 
 
 def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-                layout="NCHW") -> np.ndarray:
+                layout="NCHW", activation=None, residual=None) -> np.ndarray:
     """Elementwise first-order error bound of ``algorithm`` on these inputs (NCHW, batched).
 
     ``algorithm`` is a concrete name: "direct", "im2col", "winograd_f2x2_3x3",
     "winograd_f4x4_3x3" (CUDA kernels obey the same bounds) or "fft" (the
-    tiling this process would use for the call).
+    tiling this process would use for the call).  With ``activation`` or
+    ``residual``, the bound of the fused call (module docstring).
     """
     x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, layout=layout)
+    if activation is not None or residual is not None:
+        from . import reference
+        from ._epilogue import error_bound as epilogue_bound, parse_epilogue
+
+        epi = parse_epilogue(activation, residual, p)
+        conv = error_bound(algorithm, x, w, bias, stride=stride, padding=padding,
+                           dilation=dilation, groups=groups, layout=layout)
+        z = reference.conv2d(_nchw64(x, p), np.asarray(w, np.float64),
+                             None if b is None else np.asarray(b, np.float64), stride=p.stride,
+                             padding=(p.padding[:2], p.padding[2:]), dilation=p.dilation,
+                             groups=p.groups)
+        if epi.residual is not None:
+            r = epi.residual if p.batched else epi.residual[None]
+            z = z + (r.transpose(0, 3, 1, 2) if p.layout == "NHWC" else r)
+        return epilogue_bound(conv, z, epi.activation, p.dtype)
     dtype = p.dtype
     x64 = _nchw64(x, p)
     if algorithm in ("direct", "im2col"):

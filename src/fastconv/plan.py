@@ -13,6 +13,7 @@ import numpy as np
 
 from ._api import execute
 from ._dispatch import check_out, resolve
+from ._epilogue import NONE, check_activation, parse_epilogue
 from ._params import as_float_array, normalize
 
 _KEEP = object()
@@ -26,8 +27,11 @@ class _Prepared:
     def __init__(self, name, run_prepared, packed):
         self.name, self.run_prepared, self.packed = name, run_prepared, packed
 
-    def run(self, x, w, bias, p, y):
-        self.run_prepared(x, self.packed, bias, p, y)
+    # The CPU's run_prepared functions all take the fused epilogue (fastconv._algorithm).
+    epilogue = True
+
+    def run(self, x, w, bias, p, y, epi=NONE):
+        self.run_prepared(x, self.packed, bias, p, y, epi=epi)
 
 
 class ConvPlan:
@@ -58,9 +62,10 @@ class ConvPlan:
     old or the new weights, never a mix).
     """
 
-    def __init__(self, w, bias, params, alg):
+    def __init__(self, w, bias, params, alg, activation=None):
         self.params = params
         self._alg = alg
+        self.activation = activation
         self._w_shape = w.shape
         self._state = self._build(w, bias)
 
@@ -123,8 +128,12 @@ class ConvPlan:
         extra = getattr(packed, "nbytes", 0) if packed is not None else 0
         return ww.nbytes + (0 if bb is None else bb.nbytes) + extra
 
-    def __call__(self, x, out=None):
-        """Convolve ``x`` (of the plan's shape) with the plan's weights; see :func:`fastconv.conv2d`."""
+    def __call__(self, x, out=None, *, residual=None):
+        """Convolve ``x`` (of the plan's shape) with the plan's weights; see :func:`fastconv.conv2d`.
+
+        ``residual`` (the result's shape) is added before the plan's activation, as in
+        ``conv2d(..., activation=, residual=)``.
+        """
         p = self.params
         x = as_float_array(x, "x")
         if x.shape != self.x_shape:
@@ -133,21 +142,22 @@ class ConvPlan:
         if not np.can_cast(x.dtype, p.dtype, "safe"):
             raise ValueError(f"x has dtype {x.dtype} but the plan computes in {p.dtype}; cast x "
                              f"or make the plan with dtype=np.{x.dtype}")
+        epi = parse_epilogue(self.activation, residual, p)
         if out is not None:
             check_out(out, p)
         ww, bb, runner = self._state  # one read: update() may swap it concurrently
-        return execute(runner, x, ww, bb, p, out)
+        return execute(runner, x, ww, bb, p, out, epi)
 
     def __repr__(self):
         p = self.params
         return (f"ConvPlan(algorithm={self.algorithm!r}, x_shape={self.x_shape}, "
                 f"w_shape={self._w_shape}, stride={p.stride}, padding={p.padding}, "
                 f"dilation={p.dilation}, groups={p.groups}, layout={p.layout!r}, "
-                f"dtype={p.dtype.name})")
+                f"dtype={p.dtype.name}, activation={self.activation!r})")
 
 
 def plan(w, bias=None, *, x_shape, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-         algorithm="auto", dtype=None):
+         algorithm="auto", dtype=None, activation=None):
     """Plan a CPU convolution with fixed weights for inputs of one shape.
 
     Parameters
@@ -165,12 +175,15 @@ def plan(w, bias=None, *, x_shape, stride=1, padding=0, dilation=1, groups=1, la
         dtype of the computation and the result; default
         ``np.result_type(w, bias)``.  Inputs of a dtype that casts safely to
         it (float32 into a float64 plan) are accepted.
+    activation : {None, "relu", "relu6", "silu", "gelu"}
+        The fused epilogue's activation, applied on every call (with the
+        call's ``residual=`` if given), as in :func:`fastconv.conv2d`.
 
     Returns
     -------
     ConvPlan
-        Call it as ``plan(x, out=None)``; it returns what
-        ``fastconv.conv2d(x, w, bias, ...)`` would.
+        Call it as ``plan(x, out=None, residual=None)``; it returns what
+        ``fastconv.conv2d(x, w, bias, ..., activation=, residual=)`` would.
 
     Raises
     ------
@@ -211,5 +224,6 @@ def plan(w, bias=None, *, x_shape, stride=1, padding=0, dilation=1, groups=1, la
         raise TypeError(f"x_shape must be a tuple of ints, got {x_shape!r}")
     p = normalize(tuple(x_shape), w.shape, None if b is None else b.shape, dtype, stride=stride,
                   padding=padding, dilation=dilation, groups=groups, layout=layout)
+    activation = check_activation(activation)
     alg = resolve(algorithm, p, "cpu")
-    return ConvPlan(w, b, p, alg)
+    return ConvPlan(w, b, p, alg, activation)

@@ -423,8 +423,8 @@ def _check_algorithm(algorithm):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto"):
-    """``torch.nn.functional.conv2d`` computed by fastconv's kernels.
+           algorithm="auto", activation=None, residual=None):
+    """``torch.nn.functional.conv2d`` computed by fastconv's kernels, with an optional fused epilogue.
 
     Parameters
     ----------
@@ -440,11 +440,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     algorithm : str
         ``"auto"`` or one of :func:`fastconv.algorithms`; it also names the
         kernel that runs the derived convolutions of the backward pass.
+    activation : {None, "relu", "relu6", "silu", "gelu"}
+        ``act(conv + bias + residual)`` as :func:`fastconv.conv2d` computes it
+        (``F.relu``, ``F.relu6``, ``F.silu``, ``F.gelu`` semantics).
+    residual : Tensor, optional
+        The result's shape, dtype and device; added before the activation.
 
     Returns
     -------
     Tensor, shape (N, K, P, Q) (or (K, P, Q))
-        Differentiable (twice) with respect to input, weight and bias.
+        Differentiable (twice without an epilogue) with respect to input,
+        weight, bias and residual.
 
     Notes
     -----
@@ -452,9 +458,20 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     Works under :func:`torch.compile` (``fullgraph=True``): the call is one
     opaque ``fastconv::conv2d`` node.  Eager CPU calls run the same
     computation without the operator's dispatch (``_EagerConv2d``).
+
+    The epilogue runs fused (one fastconv call) when no gradient is needed,
+    and with gradients for ``relu`` and ``relu6``, whose derivative the
+    backward reads off the output (``_EagerConvAct``).  ``silu`` and
+    ``gelu`` need the pre-activation for their derivative: with gradients
+    they run the convolution with the residual fused, then PyTorch's
+    activation.  Under :func:`torch.compile` the epilogue is PyTorch's
+    operations after the ``fastconv::conv2d`` node.
     """
     _check_tensors(input, weight, bias, "conv2d")
     _check_algorithm(algorithm)
+    activation = _check_activation(activation)
+    if residual is not None:
+        _check_residual(residual, input)
     batched = input.dim() == 4
     x = input if batched else input.unsqueeze(0)
     _, _, H, W = x.shape
@@ -474,11 +491,108 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         raise ValueError(f"conv2d: kernel {R}x{S} (dilation {d}) is larger than the padded input "
                          f"{H}x{W} + padding {pads}")
     args = (x, weight, bias, list(s), list(pads), list(d), int(groups), algorithm)
-    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+    if activation is not None or residual is not None:
+        r = None if residual is None else (residual if batched else residual.unsqueeze(0))
+        y = _conv2d_epilogue(args, activation, r)
+    elif x.device.type == "cpu" and not torch.compiler.is_compiling():
         y = _EagerConv2d.apply(*args)
     else:
         y = torch.ops.fastconv.conv2d(*args)
     return y if batched else y.squeeze(0)
+
+
+_TORCH_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
+
+
+def _check_activation(activation):
+    from ._epilogue import check_activation
+
+    return check_activation(activation)
+
+
+def _check_residual(residual, x):
+    if not isinstance(residual, Tensor):
+        raise TypeError(f"conv2d: residual must be a torch.Tensor, got {type(residual).__name__}")
+    if residual.dtype != x.dtype or residual.device != x.device:
+        raise TypeError(f"conv2d: residual must have the input's dtype and device ({x.dtype} on "
+                        f"{x.device}), got {residual.dtype} on {residual.device}")
+
+
+def _conv2d_epilogue(args, activation, r):
+    """``act(conv2d(*args) + r)``: one fused call where the gradients allow it (see :func:`conv2d`)."""
+    x, w, bias, stride, pads, dil, groups, algorithm = args
+    tensors = [t for t in (x, w, bias, r) if t is not None]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if r is not None:
+        P = _out_size(x.shape[2], pads[0], pads[1], w.shape[2], stride[0], dil[0])
+        Q = _out_size(x.shape[3], pads[2], pads[3], w.shape[3], stride[1], dil[1])
+        if tuple(r.shape) != (x.shape[0], w.shape[0], P, Q):
+            raise ValueError(f"conv2d: residual must have the result's shape "
+                             f"{(x.shape[0], w.shape[0], P, Q)}, got {tuple(r.shape)}")
+    if torch.compiler.is_compiling():
+        y = torch.ops.fastconv.conv2d(*args)
+        y = y if r is None else y + r
+        return y if activation is None else _TORCH_ACT[activation](y)
+    if not needs_grad:
+        return _fused_impl(x, w, bias, r, stride, pads, dil, groups, algorithm, activation)
+    if activation in (None, "relu", "relu6"):
+        return _EagerConvAct.apply(x, w, bias, r, stride, pads, dil, groups, algorithm, activation)
+    z = _EagerConvAct.apply(x, w, bias, r, stride, pads, dil, groups, algorithm, None)
+    return _TORCH_ACT[activation](z)
+
+
+def _fused_impl(x, w, bias, r, stride, padding, dilation, groups, algorithm, activation):
+    kw = _kw(stride, padding, dilation, groups)
+    if x.device.type == "cpu":
+        y = _np_conv2d(_np(x), _np(w), None if bias is None else _np(bias), algorithm=algorithm,
+                       activation=activation, residual=None if r is None else _np(r), **kw)
+        return torch.from_numpy(y)
+    y = _np_conv2d(x.detach(), w.detach(), None if bias is None else bias.detach(),
+                   algorithm=algorithm, activation=activation,
+                   residual=None if r is None else r.detach(), **kw)
+    return _as_tensor(y, x)
+
+
+class _EagerConvAct(torch.autograd.Function):
+    """``act(conv2d(x, w, bias) + r)`` in one fused call, for ``act`` in (None, relu, relu6).
+
+    Their derivative is a mask of the output (``0 < y`` for relu, ``0 < y < 6``
+    for relu6: PyTorch's convention at the kinks), so the backward needs only
+    ``y``: ``dz = dy * mask``, then the convolution's gradients of ``dz``
+    (one ``conv2d_backward`` call where both are needed) and ``dr = dz``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, bias, r, stride, padding, dilation, groups, algorithm, activation):
+        y = _fused_impl(x, w, bias, r, stride, padding, dilation, groups, algorithm, activation)
+        ctx.save_for_backward(x, w, y if activation is not None else None)
+        ctx.has_bias = bias is not None
+        ctx.activation = activation
+        ctx.cfg = (stride, padding, dilation, groups, algorithm)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, w, y = ctx.saved_tensors
+        if ctx.activation == "relu":
+            grad_y = grad_y * (y > 0)
+        elif ctx.activation == "relu6":
+            grad_y = grad_y * ((y > 0) & (y < 6))
+        ops = torch.ops.fastconv
+        gx, gw, gb, *_ = _conv2d_grads(_GradContext(ctx, x, w), grad_y, ops.conv2d_backward,
+                                       ops.conv2d_grad_input, ops.conv2d_grad_weight)
+        gr = grad_y if ctx.needs_input_grad[3] else None
+        return gx, gw, gb, gr, None, None, None, None, None, None
+
+
+class _GradContext:
+    """The fields :func:`_conv2d_grads` reads, from an ``_EagerConvAct`` context."""
+
+    def __init__(self, ctx, x, w):
+        self.saved_tensors = (x, w)
+        self.needs_input_grad = ctx.needs_input_grad[:3]
+        self.has_bias = ctx.has_bias
+        self.cfg = ctx.cfg
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -516,8 +630,11 @@ class Conv2d(torch.nn.Conv2d):
     Same constructor, parameters (``weight``, ``bias``), initialisation,
     ``state_dict`` keys and ``padding_mode`` handling (``'zeros'``,
     ``'reflect'``, ``'replicate'``, ``'circular'``) as ``torch.nn.Conv2d``,
-    of which it is a subclass, plus ``algorithm=`` (see :func:`conv2d`).
-    float32/float64 only.
+    of which it is a subclass, plus ``algorithm=`` (see :func:`conv2d`) and
+    ``activation=``: the module then computes ``act(conv(x) + residual)`` in
+    one fused call, ``residual`` an optional second argument of
+    :meth:`forward` (a ResNet block's skip connection).  float32/float64
+    only.
 
     Examples
     --------
@@ -529,28 +646,49 @@ class Conv2d(torch.nn.Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None, *, algorithm="auto"):
+                 dtype=None, *, algorithm="auto", activation=None):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
                          device=device, dtype=dtype)
         _check_algorithm(algorithm)
         self.algorithm = algorithm
+        self.activation = _check_activation(activation)
 
-    def _conv_forward(self, input, weight, bias):
+    def forward(self, input, residual=None):
+        """``act(conv(input) + residual)`` (``residual`` optional, the result's shape)."""
+        return self._conv_forward(input, self.weight, self.bias, residual)
+
+    def _conv_forward(self, input, weight, bias, residual=None):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         else:
             padding = self.padding
         return conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
-                      algorithm=self.algorithm)
+                      algorithm=self.algorithm, activation=getattr(self, "activation", None),
+                      residual=residual)
 
     def extra_repr(self):
         text = super().extra_repr()
-        return text if self.algorithm == "auto" else f"{text}, algorithm={self.algorithm!r}"
+        if self.algorithm != "auto":
+            text += f", algorithm={self.algorithm!r}"
+        if getattr(self, "activation", None) is not None:
+            text += f", activation={self.activation!r}"
+        return text
 
 
-def convert(model, algorithm="auto"):
+_ACT_MODULES = {torch.nn.ReLU: "relu", torch.nn.ReLU6: "relu6", torch.nn.SiLU: "silu"}
+
+
+def _module_activation(m):
+    """The fused activation equal to module ``m``, or None."""
+    name = _ACT_MODULES.get(type(m))
+    if name is None and type(m) is torch.nn.GELU and m.approximate == "none":
+        name = "gelu"
+    return name
+
+
+def convert(model, algorithm="auto", *, fuse=False):
     """Make every ``torch.nn.Conv2d`` in ``model`` run on fastconv, in place; returns ``model``.
 
     Each ``nn.Conv2d`` (including ``model`` itself) becomes a
@@ -560,13 +698,35 @@ def convert(model, algorithm="auto"):
     an optimizer built before the call keeps working), buffers, hooks and
     ``state_dict`` keys are untouched.  Subclasses of ``nn.Conv2d`` other
     than :class:`Conv2d` are left alone (their ``forward`` may differ).
+
+    With ``fuse=True``, a convolution followed directly by ``nn.ReLU``,
+    ``nn.ReLU6``, ``nn.SiLU`` or the exact ``nn.GELU`` in an
+    ``nn.Sequential`` takes that activation into its fused epilogue
+    (:class:`Conv2d`'s ``activation``), and the activation module is replaced
+    by ``nn.Identity`` (so indices and ``state_dict`` keys stay; activation
+    modules hold no parameters).  Only ``nn.Sequential`` is fused: there the
+    order of execution is the order of the children.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_algorithm(algorithm)
+    if not isinstance(fuse, bool):
+        raise TypeError(f"fuse must be a bool, got {fuse!r}")
     for m in model.modules():
         if type(m) is torch.nn.Conv2d:
             m.__class__ = Conv2d
+            m.activation = None
         if isinstance(m, Conv2d):
             m.algorithm = algorithm
+    if fuse:
+        for seq in model.modules():
+            if type(seq) is not torch.nn.Sequential:
+                continue
+            names = list(seq._modules)
+            for a, b in zip(names, names[1:]):
+                conv, act = seq._modules[a], seq._modules[b]
+                name = _module_activation(act)
+                if isinstance(conv, Conv2d) and conv.activation is None and name is not None:
+                    conv.activation = name
+                    seq._modules[b] = torch.nn.Identity()
     return model

@@ -326,17 +326,21 @@ def tuned_rule(p) -> str:
 # Read by fastconv._dispatch when the CPU is first used (see its BACKENDS).
 ALGORITHMS = (
     Algorithm("direct", "cpu", direct.supports, direct.run,
-              "direct loop nest; every configuration"),
+              "direct loop nest; every configuration", epilogue=True),
     Algorithm("im2col", "cpu", im2col.supports, im2col.run,
-              "im2col + BLAS GEMM with a bounded workspace; every configuration"),
+              "im2col + BLAS GEMM with a bounded workspace; every configuration",
+              epilogue=True),
     Algorithm("winograd_f2x2_3x3", "cpu", winograd.supports, winograd.run_f2x2,
               "Winograd F(2x2,3x3); 3x3, stride 1 (dilation through its phases)",
-              prepare=winograd.prepare_f2x2, run_prepared=winograd.run_prepared),
+              prepare=winograd.prepare_f2x2, run_prepared=winograd.run_prepared,
+              epilogue=True),
     Algorithm("winograd_f4x4_3x3", "cpu", winograd.supports, winograd.run_f4x4,
               "Winograd F(4x4,3x3); 3x3, stride 1 (dilation through its phases)",
-              prepare=winograd.prepare_f4x4, run_prepared=winograd.run_prepared),
+              prepare=winograd.prepare_f4x4, run_prepared=winograd.run_prepared,
+              epilogue=True),
     Algorithm("fft", "cpu", fft.supports, fft.run,
               "FFT of overlap-save tiles, a contraction per frequency; every configuration",
-              prepare=fft.prepare, run_prepared=fft.run_prepared, run_auto=fft.run_auto),
+              prepare=fft.prepare, run_prepared=fft.run_prepared, run_auto=fft.run_auto,
+              epilogue=True),
 )
 ALIASES = {"winograd": winograd_rule, "tuned": tuned_rule}

@@ -95,7 +95,8 @@ import scipy.fft
 
 from .. import _config, _weight_cache
 from .._config import PJIT, parallel_section
-from . import direct
+from .._epilogue import NONE
+from . import direct, epilogue
 from ._gemm import panel_gemm
 from .simd import VECTOR_BYTES, lanes
 
@@ -435,12 +436,12 @@ def _spectra(w, p, pl: Plan, auto: bool):
         w, ("fft", pl.Fh, pl.Fw, p.stride, p.dilation, p.groups), build)
 
 
-def run(x, w, bias, p, y):
+def run(x, w, bias, p, y, epi=NONE):
     if y.size:
-        run_prepared(x, _spectra(w, p, plan(p), auto=False), bias, p, y)
+        run_prepared(x, _spectra(w, p, plan(p), auto=False), bias, p, y, epi)
 
 
-def run_auto(x, w, bias, p, y):
+def run_auto(x, w, bias, p, y, epi=NONE):
     """:func:`run` where ``auto`` chose fft: ``direct`` instead for weights whose spectra
     would serve this call alone (new to it: a training step, a first call) unless the
     cost model predicts fft faster with their transforms
@@ -450,13 +451,17 @@ def run_auto(x, w, bias, p, y):
         return
     spectra = _spectra(w, p, plan(p), auto=True)
     if spectra is None:
-        direct.run(x, w, bias, p, y)
+        direct.run(x, w, bias, p, y, epi=epi)
     else:
-        run_prepared(x, spectra, bias, p, y)
+        run_prepared(x, spectra, bias, p, y, epi)
 
 
-def run_prepared(x, spectra: Spectra, bias, p, y):
-    """The convolution with the kernels' spectra from :func:`prepare` (or the weight cache)."""
+def run_prepared(x, spectra: Spectra, bias, p, y, epi=NONE):
+    """The convolution with the kernels' spectra from :func:`prepare` (or the weight cache).
+
+    ``epi`` (NCHW residual) is applied last, in one pass with nothing else to fuse into
+    (the tiles' results leave the inverse transforms as a strided copy).
+    """
     if y.size == 0:
         return
     pl = plan(p)
@@ -470,7 +475,9 @@ def run_prepared(x, spectra: Spectra, bias, p, y):
             for a0 in range(0, pl.nth, pl.rows):
                 _chunk(xs, spectra, p, pl, y, n, n + 1, a0, min(pl.nth, a0 + pl.rows), threads)
     if not math.isfinite(float(y.sum(dtype=np.float64))):
-        direct.run(x, spectra.w, bias, p, y)  # NaN/inf inputs or an overflow: exact propagation
+        # NaN/inf inputs or an overflow: exact propagation
+        direct.run(x, spectra.w, bias, p, y, epi=epi)
         return
     if bias is not None:
         y += bias.reshape(1, -1, 1, 1)
+    epilogue.apply(y, epi)

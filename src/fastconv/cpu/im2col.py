@@ -47,7 +47,8 @@ import numpy as np
 
 from .. import _config
 from .._config import PJIT
-from . import _scratch
+from .._epilogue import NONE
+from . import _scratch, epilogue
 from .packing import subsample_pointwise
 from ._gemm import grouped_matmul
 
@@ -154,9 +155,14 @@ def _add_bias(y, bias):
         y += bias.reshape(1, -1, 1, 1)
 
 
-def run(x, w, bias, p, y):
+def run(x, w, bias, p, y, epi=NONE):
+    """im2col + GEMM of NCHW ``x`` into NCHW ``y``, then the bias and ``epi`` (NCHW residual).
+
+    BLAS writes the GEMM's result, so bias and epilogue follow as passes over ``y``.
+    """
     _execute(x, w, bias, p, y, {"unfold": 0.0, "gemm": 0.0})
     _add_bias(y, bias)
+    epilogue.apply(y, epi)
 
 
 def profile_phases(x, w, bias, p, y):

@@ -43,6 +43,7 @@ from .. import _weight_cache
 from .._aligned import empty_aligned
 from .._config import JIT, PJIT
 from . import _scratch
+from .epilogue import finish_rows
 from .simd import VECTOR_BYTES, sload, sstore, vinterleave, vtranspose
 
 
@@ -285,21 +286,22 @@ def pack_input_phases(x, padding, sw, min_cols):
 
 
 @numba.njit(**JIT)
-def unpack_task(yb, ybase, ykb, yf, ydst, PQ, kb0, NKB, Kg, t_begin, t_end, V):
+def unpack_task(yb, ybase, ykb, yf, ydst, PQ, kb0, NKB, Kg, t_begin, t_end, V, rf, ep, mode):
     # yf[ydst + (kb * V + l) * PQ + t] = yb[ybase + (kb - kb0) * ykb + t * V + l] for the
     # output-channel blocks kb0 .. kb0 + NKB - 1 (real channels only) and the pixels
-    # t_begin .. t_end - 1 of one task.
+    # t_begin .. t_end - 1 of one task, then the epilogue (rf, ep, mode) on them.
     for i in range(NKB):
         nl = min(V, Kg - (kb0 + i) * V)
         if nl <= 0:
             break
         unpack_block(yb, ybase + i * ykb, yf, ydst + (kb0 + i) * V * PQ, PQ, nl,
-                     t_begin, t_end, V)
+                     t_begin, t_end, V, rf, ep, mode)
 
 
 @numba.njit(**JIT)
-def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V):
-    # yf[dst + l * PQ + t] = yb[src + t * V + l] for l < nl and t0 <= t < t1: V x V register
+def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V, rf, ep, mode):
+    # yf[dst + l * PQ + t] = yb[src + t * V + l] for l < nl and t0 <= t < t1, then the fused
+    # epilogue (fastconv.cpu.epilogue.finish_rows) on those rows while they are in L1: V x V register
     # transposes when the block has all V lanes, the ragged end by one more overlapping the
     # pixels before it (the same values again) when there are V of them, else element by
     # element -- raw loads and stores: Numba's signed indexing would add wraparound checks
@@ -314,14 +316,18 @@ def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V):
     for tt in range(t, t1):
         for lane in range(nl):
             sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
+    finish_rows(yf, rf, ep, mode, dst, PQ, nl, t0, t1)
 
 
 UNPACK_TILE = 64  # pixels per task: V x 64 elements stay in L1
 
 
 @numba.njit(**PJIT)
-def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
+def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major, rf, ep, mode):
     """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time (winograd.vec's output).
+
+    Each tile gets the fused epilogue ``(rf, ep, mode)`` (:mod:`fastconv.cpu.epilogue`)
+    as soon as it is written.
 
     Full ``V x V`` blocks (V channels by V pixels) are transposed in
     registers (:func:`vtranspose`, instead of ``V * V`` scalar moves), a
@@ -345,7 +351,7 @@ def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major):
         t0 = tile * UNPACK_TILE
         t1 = min(PQ, t0 + UNPACK_TILE)
         unpack_block(yb, (ng * KBp + kb) * PQ * V, yf, (n * K + g * Kg + kb * V) * PQ, PQ,
-                      min(V, Kg - kb * V), t0, t1, V)
+                      min(V, Kg - kb * V), t0, t1, V, rf, ep, mode)
 
 
 @numba.njit(**PJIT)

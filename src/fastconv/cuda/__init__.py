@@ -132,7 +132,7 @@ ALIASES = {"winograd": winograd_rule}
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-           algorithm="auto", out=None, connections=None):
+           algorithm="auto", out=None, connections=None, activation=None, residual=None):
     """2-D multi-channel convolution (cross-correlation) of CUDA arrays.
 
     Same arguments and result as :func:`fastconv.conv2d`, for arrays that
@@ -173,22 +173,25 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     from . import _arrays, _runtime
 
     if not (_arrays.is_device_array(x) and _arrays.is_device_array(w)
-            and (bias is None or _arrays.is_device_array(bias))):
-        _arrays.check_placement({"x": x, "w": w, "bias": bias})
+            and (bias is None or _arrays.is_device_array(bias))
+            and (residual is None or _arrays.is_device_array(residual))):
+        _arrays.check_placement({"x": x, "w": w, "bias": bias, "residual": residual})
         raise TypeError(f"x must be a CUDA array for fastconv.cuda.conv2d, got "
                         f"{type(x).__name__}; use fastconv.conv2d for host arrays")
     if out is not None and not _arrays.is_device_array(out):
         raise TypeError(f"out must be a CUDA array like x (the inputs are on the GPU), got "
                         f"{type(out).__module__.split('.')[0]}.{type(out).__name__}")
     _runtime.require()
-    _arrays.check_same_gpu({"x": x, "w": w, "bias": bias, "out": out})
+    _arrays.check_same_gpu({"x": x, "w": w, "bias": bias, "out": out, "residual": residual})
     with _arrays.device_of(x):
         return _run(x, w, bias, out, stride, padding, dilation, groups, layout, algorithm,
-                    connections)
+                    connections, activation, residual)
 
 
-def _run(x, w, bias, out, stride, padding, dilation, groups, layout, algorithm, connections):
-    from . import _arrays, _replay, _runtime
+def _run(x, w, bias, out, stride, padding, dilation, groups, layout, algorithm, connections,
+         activation=None, residual=None):
+    from . import _arrays, _epilogue, _replay, _runtime
+    from .._epilogue import Epilogue, check_activation
 
     xv, wv = _arrays.view_of(x, "x"), _arrays.view_of(w, "w")
     bv = None if bias is None else _arrays.view_of(bias, "bias")
@@ -200,6 +203,16 @@ def _run(x, w, bias, out, stride, padding, dilation, groups, layout, algorithm, 
     p = normalize(xv.shape, wv.shape, None if bv is None else bv.shape, dtype, stride=stride,
                   padding=padding, dilation=dilation, groups=groups, layout=layout)
     mask = None if connections is None else connection_mask(connections, p)
+    activation = check_activation(activation)
+    rv = None
+    if residual is not None:
+        rv = _arrays.view_of(residual, "residual")
+        if rv.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"residual must have dtype float32 or float64, got {rv.dtype}")
+        if rv.shape != p.output_shape:
+            raise ValueError(f"residual must have the result's shape {p.output_shape}, "
+                             f"got {rv.shape}")
+    epi = Epilogue(activation, rv)
     alg = resolve(algorithm, p, "cuda")
     ov = None
     if out is not None:
@@ -211,6 +224,15 @@ def _run(x, w, bias, out, stride, padding, dilation, groups, layout, algorithm, 
         if ov.readonly:
             raise ValueError("out must be writeable, got a read-only CUDA array")
     ctx = _arrays.context_for(x, xv)
+    if rv is not None and ov is not None and rv.overlaps(ov):
+        # the convolution writes out before the epilogue reads the residual
+        copy = ctx.empty(rv.shape, rv.dtype)
+        _arrays.copy4d(rv.expand(4), copy.expand(4), ctx)
+        rv = copy
+    if epi.active:
+        result = _execute(alg, xv, wv, bv, ov, p, ctx, mask)
+        _epilogue.apply(result, rv, epi, ctx)
+        return out if out is not None else result.owner
     if ov is None and mask is None and _runtime._state.get("mode") == "fast":
         # The launches of a repeated call are recorded once and replayed (see _replay).
         key = ("cuda_plan", alg.name, ctx.device, xv.strides, xv.dtype.str, wv.strides,

@@ -42,10 +42,10 @@ DEFAULT_CCS = ((8, 0), (9, 0))
 
 def specializations() -> list:
     """Every KernelSpec the CUDA dispatcher can launch under the current settings."""
-    from . import _arrays, _connections, _runtime, direct, implicit_gemm, winograd
+    from . import _arrays, _connections, _epilogue, _runtime, direct, implicit_gemm, winograd
 
     specs = []
-    for mod in (direct, implicit_gemm, winograd, _arrays, _connections):
+    for mod in (direct, implicit_gemm, winograd, _arrays, _connections, _epilogue):
         specs.extend(mod.specializations())
     specs.append(_runtime._probe_spec())
     seen, unique = set(), []

@@ -80,6 +80,8 @@ from __future__ import annotations
 import numba
 
 from ..._config import CPU, parallel_section
+from ..._epilogue import NONE
+from .. import epilogue
 from ..simd import lanes
 from . import blocked, channels, pointwise, simple, width
 
@@ -143,11 +145,24 @@ PATHS = {"simple": simple.run, "blocked": blocked.run, "width": width.run,
          "pointwise": pointwise.run, "channels": channels.run}
 
 
-def run(x, w, bias, p, y, path=None):
-    """Direct convolution of NCHW ``x`` into NCHW ``y``; ``path`` forces a kernel (tests)."""
+#: The paths that apply the fused epilogue in their own stores; the others get
+#: :func:`fastconv.cpu.epilogue.apply`'s pass after them.
+FUSED_PATHS = ("blocked", "pointwise", "channels", "width")
+
+
+def run(x, w, bias, p, y, path=None, epi=NONE):
+    """Direct convolution of NCHW ``x`` into NCHW ``y``; ``path`` forces a kernel (tests).
+
+    ``epi`` (:class:`fastconv._epilogue.Epilogue` with an NCHW residual) is
+    applied to ``y`` before this returns, whatever the path.
+    """
     if y.size == 0:
         return
     if path is None:
         path = choose_path(p)
     with parallel_section():
-        PATHS[path](x, w, bias, p, y)
+        if path in FUSED_PATHS:
+            PATHS[path](x, w, bias, p, y, epi)
+        else:
+            PATHS[path](x, w, bias, p, y)
+            epilogue.apply(y, epi)

@@ -25,7 +25,8 @@ import numpy as np
 
 from ... import _weight_cache
 from ..._config import CPU, PJIT
-from .. import _scratch
+from ..._epilogue import NONE
+from .. import _scratch, epilogue
 from ..packing import (pack_input_blocked, pack_weights_blocked, padded_bias, subsample_pointwise,
                        task_coords, unpack_task)
 from ..simd import ACCUMULATORS, REGISTERS, lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
@@ -80,11 +81,12 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
     # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
     def driver(xb, wb, bb, yb, N, G, KBp, CB, xcb, xrow, xcol, xch, Vc, R, S, P, Q,
-               sh, sw, dh, dw, ntiles, tile_px, ccb, tiles_outer, yf, Kg):
+               sh, sw, dh, dw, ntiles, tile_px, ccb, tiles_outer, yf, Kg, rf, ep, mode):
         # Input element (block cb, channel c of the block, row h, column w) of image and
         # group ng is xb[(ng * CB + cb) * xcb + h * xrow + w * xcol + c * xch].
         # Each task ends by writing its outputs to yf (the NCHW result, flat; Kg output
-        # channels per group) from its cache (unpack_task): no separate unpacking pass.
+        # channels per group) from its cache (unpack_task), with the fused epilogue
+        # (rf, ep, mode; fastconv.cpu.epilogue): no separate unpacking or epilogue pass.
         PQ = P * Q
         nkg = KBp // NKB
         ykb = PQ * V
@@ -150,7 +152,7 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
                             if j < npx:
                                 vstore(yb, ybase + i * ykb + (t0 + j) * V, sget(acc, i * NPX + j))
             unpack_task(yb, ybase, ykb, yf, (n * G + g) * Kg * PQ, PQ, kb0, NKB, Kg,
-                        t_begin, t_end, V)
+                        t_begin, t_end, V, rf, ep, mode)
 
     return driver
 
@@ -251,8 +253,12 @@ def _reads_in_place(p) -> bool:
     return -(-p.Cg // Vc) * Vc == p.Cg
 
 
-def run(x, w, bias, p, y):
-    """Blocked direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration)."""
+def run(x, w, bias, p, y, epi=NONE):
+    """Blocked direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration).
+
+    ``epi`` (:class:`fastconv._epilogue.Epilogue`, NCHW residual) is applied in each
+    task's store.
+    """
     if (CPU.subsample_strided_1x1 and p.R == p.S == 1 and p.stride != (1, 1)
             and p.padding == (0, 0, 0, 0) and (REGISTERS < 32 or not _reads_in_place(p))):
         # A strided 1x1 reads every sh-th row and sw-th column.  Where the input would be
@@ -262,7 +268,7 @@ def run(x, w, bias, p, y):
         # turns it into a stride-1 call.
         xs = subsample_pointwise(x, p, _scratch.buffer("blocked.xs", p.dtype,
                                                        p.N * p.C * p.P * p.Q))
-        return run(xs, w, bias, _unit_stride(p), y)
+        return run(xs, w, bias, _unit_stride(p), y, epi)
     V = lanes(p.dtype)
     G = p.groups
     plan = blocked_plan(p)
@@ -303,4 +309,5 @@ def run(x, w, bias, p, y):
         yf = y[n0:n1].reshape(-1)
         drv(xb, wb, bb, yb, n1 - n0, G, KBp, CB, *strides, Vc, p.R, p.S, p.P, p.Q,
             p.stride[0], p.stride[1], p.dilation[0], p.dilation[1], tiling.ntiles,
-            tiling.tile_px, plan.ccb, tiles_outer, yf, p.Kg)
+            tiling.tile_px, plan.ccb, tiles_outer, yf, p.Kg,
+            *epilogue.args(epi, n0 * p.K * p.P * p.Q, yf.size, p.dtype))

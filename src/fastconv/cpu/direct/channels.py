@@ -63,7 +63,8 @@ import numpy as np
 
 from ... import _weight_cache
 from ..._config import JIT, PJIT
-from .. import _scratch
+from ..._epilogue import NONE
+from .. import _scratch, epilogue
 from ..packing import unpack_block
 from ..simd import (ACCUMULATORS, REGISTERS, lanes, sget, sload, sset, sstore, stack_ints,
                     stack_vectors, vfma, vload, vload_masked, vsplat, vstore, vtranspose)
@@ -164,7 +165,7 @@ def _make_channels_driver(NPX: int, SR: int = 0):
 
     @numba.njit(**PJIT)
     def driver(xf, wb, bb, yf, xt, yt, N, C, Kg, H, W, pt, pl, Wp, R, S, P, Q, sh, sw, dh, dw,
-               ntiles, tile_px, V):
+               ntiles, tile_px, V, rf, ep, mode):
         # The item's packed rows: xl[(hl * Wp + w) * V + l], padded row prow0 + hl of
         # channel block cb; xf and yf are the NCHW input and output, flat.
         PQ = P * Q
@@ -236,9 +237,10 @@ def _make_channels_driver(NPX: int, SR: int = 0):
                         if i < npx:
                             vstore(yl, (t0 - t_begin + i) * V, sget(acc, i))
                     t0 += npx
-                # Lane l of the tile is output channel (cb * V + l) * Kg + j.
+                # Lane l of the tile is output channel (cb * V + l) * Kg + j; the fused
+                # epilogue (rf, ep, mode) follows the store.
                 unpack_block(yl, -t_begin * V, yf, (n * K + cb * V * Kg + j) * PQ, Kg * PQ,
-                             min(V, C - cb * V), t_begin, t_end, V)
+                             min(V, C - cb * V), t_begin, t_end, V, rf, ep, mode)
 
     return driver
 
@@ -292,8 +294,11 @@ def tiling(p):
     return ntiles, tile_px, rows
 
 
-def run(x, w, bias, p, y):
-    """Channel-vectorised direct convolution of NCHW ``x`` into NCHW ``y`` (``Cg == 1`` only)."""
+def run(x, w, bias, p, y, epi=NONE):
+    """Channel-vectorised direct convolution of NCHW ``x`` into NCHW ``y`` (``Cg == 1`` only).
+
+    ``epi`` (NCHW residual) is applied in each task's store.
+    """
     V = lanes(p.dtype)
     G, Kg = p.groups, p.Kg
     CB = -(-G // V)
@@ -314,4 +319,5 @@ def run(x, w, bias, p, y):
     drv = channels_driver(NPX, window_width(p))
     drv(np.ascontiguousarray(x).reshape(-1), wb, bb.reshape(-1), y.reshape(-1), xt, yt, p.N, G,
         Kg, p.H, p.W, p.padding[0], p.padding[2], Wp, p.R, p.S, p.P, p.Q, p.stride[0],
-        p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, V)
+        p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, V,
+        *epilogue.args(epi, dtype=p.dtype))

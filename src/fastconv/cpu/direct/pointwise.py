@@ -40,7 +40,9 @@ import numpy as np
 
 from ... import _weight_cache
 from ..._config import CPU, PJIT
-from .. import _scratch
+from ..._epilogue import NONE
+from .. import _scratch, epilogue
+from ..epilogue import finish
 from ..packing import padded_bias, subsample_pointwise
 from ..simd import (ACCUMULATORS, lanes, sget, sset, sstore, stack_vectors, vbcast, vfma, vload, vload_masked,
                     vstore, vstore_masked)
@@ -71,7 +73,8 @@ def _make_kernel():
     NACC = NK * NV
 
     @numba.njit(**PJIT)
-    def kernel(xf, wp, bp, yf, L, N, G, Cg, Kg, KBp, PQ, nkg, kbi, npb, vpb):
+    def kernel(xf, wp, bp, yf, L, N, G, Cg, Kg, KBp, PQ, nkg, kbi, npb, vpb, rf, ep, mode):
+        # Each output row segment gets the fused epilogue (rf, ep, mode) right after its store.
         nvec = (PQ + L - 1) // L
         for task in numba.prange(N * G * nkg * npb):
             pb = task % npb
@@ -114,6 +117,7 @@ def _make_kernel():
                                 vstore(yf, ybase + j * L, sget(acc, i * NV + j))
                             elif j == nv - 1:
                                 vstore_masked(yf, ybase + j * L, sget(acc, i * NV + j), tail)
+                        finish(yf, rf, ep, mode, ybase, ybase + (nv - 1) * L + tail)
 
     return kernel
 
@@ -171,8 +175,11 @@ def plan(p, threads=None) -> PointwisePlan:
     return PointwisePlan(KBp, nkg, kbi, npb, vpb)
 
 
-def run(x, w, bias, p, y):
-    """1x1 convolution of NCHW ``x`` into C-contiguous NCHW ``y`` (any stride, groups)."""
+def run(x, w, bias, p, y, epi=NONE):
+    """1x1 convolution of NCHW ``x`` into C-contiguous NCHW ``y`` (any stride, groups).
+
+    ``epi`` (NCHW residual) is applied right after each store.
+    """
     if y.size == 0:
         return
     G, Cg, Kg = p.groups, p.Cg, p.Kg
@@ -184,7 +191,7 @@ def run(x, w, bias, p, y):
     wp = _weight_cache.CACHE.get(w, ("pointwise", G, NK), lambda snap: _packed(snap, G, Kg, Cg, KBp))
     bp = padded_bias(bias, G, Kg, KBp * NK, p.dtype)
     _kernel()(xs.reshape(-1), wp, bp, y.reshape(-1), lanes(p.dtype), p.N, G, Cg, Kg, KBp,
-              p.P * p.Q, pl.nkg, pl.kbi, pl.npb, pl.vpb)
+              p.P * p.Q, pl.nkg, pl.kbi, pl.npb, pl.vpb, *epilogue.args(epi, dtype=p.dtype))
 
 
 def _packed(w, G, Kg, Cg, KBp):

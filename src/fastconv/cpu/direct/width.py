@@ -54,6 +54,9 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from ..._config import CPU, JIT, PJIT
+from ..._epilogue import NONE
+from .. import epilogue
+from ..epilogue import finish
 from ..simd import (SimdVector, lanes, sget, sload, sstore, sset, stack_ints, stack_vectors,
                     vbcast, vfma, vsplat, vstore, vstore_masked, vload)
 
@@ -250,7 +253,8 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple, SWC: int):
     # a separate micro-kernel dispatcher would get a new on-disk cache key in
     # every process (Numba keys closures by their pickled cell contents).
     @numba.njit(**PJIT)
-    def driver(x, wf, bias, y, taps, G, pt, pl, sw, Wq, R_, S_, P, Q, sh_, dh_, dw, V, PB):
+    def driver(x, wf, bias, y, taps, G, pt, pl, sw, Wq, R_, S_, P, Q, sh_, dh_, dw, V, PB,
+               rf, ep, mode):
         R = RC if RC > 0 else R_
         S = SC if SC > 0 else S_
         sh = SHC if SHC > 0 else sh_
@@ -383,6 +387,11 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple, SWC: int):
                                                     vstore(yf, yo + q, sget(acc, a))
                                                 else:
                                                     vstore_masked(yf, yo + q, sget(acc, a), Q - q)
+                    # The block's rows are complete: the fused epilogue (rf, ep, mode) on them.
+                    for i in range(nko):
+                        for pr in range(npr):
+                            yo = n * K * PQ + sget(ko, i) * PQ + (pr0 + pr) * Q
+                            finish(yf, rf, ep, mode, yo, yo + Q)
 
     return driver
 
@@ -443,8 +452,11 @@ def width_plan(p) -> WidthPlan:
     return WidthPlan(NKO, NQV, PR)
 
 
-def run(x, w, bias, p, y):
-    """Width-vectorised direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration)."""
+def run(x, w, bias, p, y, epi=NONE):
+    """Width-vectorised direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration).
+
+    ``epi`` (NCHW residual) is applied to each block of output rows as it is finished.
+    """
     V = lanes(p.dtype)
     plan = width_plan(p)
     sw, dw = p.stride[1], p.dilation[1]
@@ -460,7 +472,7 @@ def run(x, w, bias, p, y):
     SWC = sw if (sw <= 2 and CPU.width_direct_loads) else 0
     drv = width_driver(plan.NKO, plan.NQV, plan.PR, fixed_shape(p), SWC)
     drv(x, w.reshape(-1), b, y, taps, p.groups, p.padding[0], p.padding[2], sw, Wq, p.R, p.S,
-        p.P, p.Q, p.stride[0], p.dilation[0], dw, V, PB)
+        p.P, p.Q, p.stride[0], p.dilation[0], dw, V, PB, *epilogue.args(epi, dtype=p.dtype))
 
 
 def fixed_shape(p):

@@ -70,7 +70,8 @@ import numpy as np
 
 from ... import _config
 from ... import _weight_cache
-from .. import direct
+from ..._epilogue import NONE
+from .. import direct, epilogue
 from . import stream, tile_row
 from . import vec as _vec  # (``vec`` names a VecPlan in the functions below)
 
@@ -211,54 +212,60 @@ def prepare_f4x4(w, p):
     return prepare(w, p, 4)
 
 
-def run_prepared(x, packed, bias, p, y, vec=False):
+def run_prepared(x, packed, bias, p, y, vec=False, epi=NONE):
     """Run with weights from :func:`prepare`; falls back to ``direct`` on non-finite values.
 
     Takes the channel-vectorised path (:mod:`fastconv.cpu.winograd.vec`) when
     it fits the call, else the tile-row path; ``vec`` is its plan when the
-    caller has it already.
+    caller has it already.  ``epi`` (NCHW residual) is applied before this
+    returns: in the vectorised path's stores, after the others.
     """
     if p.dilation != (1, 1):
         _through_phases(x, p, y, lambda xph, pp, yph: run_prepared(xph, packed, bias, pp, yph))
+        epilogue.apply(y, epi)
         return
     if vec is False:
         vec = packed.vec_plan(p)
+    fused = False
     if not packed.finite:
         ok = False
     elif vec is not None:
         U = packed.w if vec.mode == "stream" else packed.Uv()
         fresh, packed.fresh = packed.fresh, False
-        ok = _vec.run(x, U, bias, p, y, packed.m, vec, fresh_u=fresh)
+        ok = fused = _vec.run(x, U, bias, p, y, packed.m, vec, fresh_u=fresh, epi=epi)
     else:
         ok = tile_row._execute(x, None, packed.U, packed.m, bias, p, y)
     if not ok:
-        direct.run(x, packed.w, bias, p, y)
+        direct.run(x, packed.w, bias, p, y, epi=epi)
+    elif not fused:
+        epilogue.apply(y, epi)
 
 
-def _run(x, w, bias, p, y, m):
+def _run(x, w, bias, p, y, m, epi=NONE):
     if p.dilation != (1, 1):
         _through_phases(x, p, y, lambda xph, pp, yph: _run(xph, w, bias, pp, yph, m))
+        epilogue.apply(y, epi)
         return
     # The transformed weights of unchanged weights come from the weight cache
     # (content-verified; see fastconv._weight_cache), except where the products
     # transform the kernels themselves (the "stream" mode of fastconv.cpu.winograd.vec).
     vec = _vec.plan(p, m)
     if vec is not None and vec.mode == "stream":
-        if not _vec.run(x, w, bias, p, y, m, vec):
-            direct.run(x, w, bias, p, y)
+        if not _vec.run(x, w, bias, p, y, m, vec, epi=epi):
+            direct.run(x, w, bias, p, y, epi=epi)
         return
     packed = _weight_cache.CACHE.get(
         w, ("winograd", m, p.groups),
         lambda snap: PreparedWeights(m, snap, p.groups, p))
-    run_prepared(x, packed, bias, p, y, False if packed.one_call else vec)
+    run_prepared(x, packed, bias, p, y, False if packed.one_call else vec, epi)
 
 
-def run_f2x2(x, w, bias, p, y):
-    _run(x, w, bias, p, y, 2)
+def run_f2x2(x, w, bias, p, y, epi=NONE):
+    _run(x, w, bias, p, y, 2, epi)
 
 
-def run_f4x4(x, w, bias, p, y):
-    _run(x, w, bias, p, y, 4)
+def run_f4x4(x, w, bias, p, y, epi=NONE):
+    _run(x, w, bias, p, y, 4, epi)
 
 
 def profile_phases(x, w, bias, p, y, m=None):

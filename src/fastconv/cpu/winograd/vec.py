@@ -76,8 +76,9 @@ import numba
 import numpy as np
 
 from ..._config import CPU, JIT, PJIT
+from ..._epilogue import NONE
 from ...winograd_math import transform_matrices
-from .. import _scratch
+from .. import _scratch, epilogue
 from .._gemm import panel_gemm
 from ..packing import pack_input_blocked, padded_bias, unpack_blocked_output
 from ..simd import all_finite, lanes, sget, sset, stack_vectors, vfma, vload, vsplat, vstore
@@ -399,7 +400,7 @@ def plan(p, m, fresh=False):
     return VecPlan("fused", T, nb)
 
 
-def run(x, U, bias, p, y, m, plan, timings=None, fresh_u=False):
+def run(x, U, bias, p, y, m, plan, timings=None, fresh_u=False, epi=NONE):
     """The convolution of NCHW ``x`` into ``y`` with laid-out ``U``; False if a result is not finite.
 
     ``plan`` is this call's :class:`VecPlan` (from :func:`plan`); ``U`` is from
@@ -412,7 +413,8 @@ def run(x, U, bias, p, y, m, plan, timings=None, fresh_u=False):
     loop, so they cannot be timed one by one); in mode ``"stream"`` the
     kernel transform is part of ``gemm``.  ``fresh_u``: ``U`` was transformed
     in this call (the split schedule then shares its products out like the
-    transform, see :func:`_split`).
+    transform, see :func:`_split`).  ``epi`` (NCHW residual) is applied to each
+    tile of the output as it is unpacked.
     """
     mode, T_item, nb = plan.mode, plan.tiles, plan.nb
     L = lanes(p.dtype)
@@ -490,8 +492,9 @@ def run(x, U, bias, p, y, m, plan, timings=None, fresh_u=False):
         if bad.any():
             return False
         # shared out as the output transform: by tiles (fused) or by channel blocks (split)
-        unpack_blocked_output(yb, y[n0:n1].reshape(-1), n1 - n0, p.K, p.P, p.Q, 1, KB, L,
-                               mode == "fused")
+        yf = y[n0:n1].reshape(-1)
+        unpack_blocked_output(yb, yf, n1 - n0, p.K, p.P, p.Q, 1, KB, L, mode == "fused",
+                              *epilogue.args(epi, n0 * p.K * PQ, yf.size, dt))
         if timings is not None:
             full = clock() - t0
             timings["output_transform"] += max(0.0, full - (t3 - t2))

@@ -1,0 +1,122 @@
+"""The CPU side of the fused epilogue (:mod:`fastconv._epilogue`).
+
+A kernel that owns its stores calls :func:`finish` (one contiguous span) or
+:func:`finish_rows` (a block of rows) on the outputs it has just written,
+from the same task: the block is still in that core's cache, so the
+epilogue costs arithmetic, not a second trip through memory.  Kernels
+receive three arguments for it, the same types whether or not an epilogue
+is asked for (so no second specialisation is compiled):
+
+* ``rf``: the residual, flat, indexed like the kernel's flat output (or
+  ``ep`` itself when there is no residual; it is then never read);
+* ``ep``: the constants the activations use, in the call's dtype
+  (:func:`constants`);
+* ``mode``: the activation's code plus ``RESIDUAL`` (0: nothing to do).
+
+:func:`apply` is the same epilogue as one parallel pass over a finished
+output, for the paths that do not fuse it (and for NHWC results, which are
+laid out after the kernel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .._config import JIT, PJIT
+from .._epilogue import CODES, RESIDUAL, Epilogue
+from .simd import sload, sstore
+
+RELU, RELU6, SILU, GELU = CODES["relu"], CODES["relu6"], CODES["silu"], CODES["gelu"]
+
+_CONSTANTS: dict = {}
+
+
+def constants(dtype) -> np.ndarray:
+    """``[0, 6, 1/2, 1/sqrt(2), 1]`` in ``dtype``: the activations' constants, typed like the output."""
+    dtype = np.dtype(dtype)
+    c = _CONSTANTS.get(dtype)
+    if c is None:
+        c = np.array([0.0, 6.0, 0.5, 1.0 / math.sqrt(2.0), 1.0], dtype=dtype)
+        c.flags.writeable = False
+        c = _CONSTANTS.setdefault(dtype, c)
+    return c
+
+
+def args(epi: Epilogue, y_flat_offset: int = 0, size: int = -1, dtype=np.float32):
+    """``(rf, ep, mode)`` for a kernel writing the flat output from ``y_flat_offset`` on.
+
+    ``rf`` is the residual's matching flat slice (the residual is C-contiguous
+    in the kernel's layout); without a residual it is ``ep``.
+    """
+    ep = constants(dtype)
+    # The kernels are compiled for writeable arrays; a read-only ep would be another type.
+    ep = ep.copy()
+    if epi.residual is None:
+        return ep, ep, epi.mode
+    rf = epi.residual.reshape(-1)
+    end = rf.size if size < 0 else y_flat_offset + size
+    return rf[y_flat_offset:end], ep, epi.mode
+
+
+@numba.njit(**JIT)
+def finish(yf, rf, ep, mode, i0, i1):
+    """``yf[i] = act(yf[i] + rf[i])`` for ``i0 <= i < i1`` (``mode`` says which; 0: nothing).
+
+    One loop per activation, with the activation's branch outside it, so each
+    loop is a plain elementwise loop LLVM vectorises (relu and relu6 with
+    compare-and-select; NaN stays NaN because ``NaN < 0`` is false).
+    """
+    if mode == 0:
+        return
+    if mode & RESIDUAL:
+        for i in range(i0, i1):
+            sstore(yf, i, sload(yf, i) + sload(rf, i))
+    act = mode & 7
+    zero, six, half, rsqrt2, one = ep[0], ep[1], ep[2], ep[3], ep[4]
+    if act == RELU:
+        for i in range(i0, i1):
+            v = sload(yf, i)
+            sstore(yf, i, zero if v < zero else v)
+    elif act == RELU6:
+        for i in range(i0, i1):
+            v = sload(yf, i)
+            sstore(yf, i, zero if v < zero else (six if v > six else v))
+    elif act == SILU:
+        for i in range(i0, i1):
+            v = sload(yf, i)
+            sstore(yf, i, v / (one + math.exp(-v)))
+    elif act == GELU:
+        for i in range(i0, i1):
+            v = sload(yf, i)
+            sstore(yf, i, half * v * (one + math.erf(v * rsqrt2)))
+
+
+@numba.njit(**JIT)
+def finish_rows(yf, rf, ep, mode, dst, stride, rows, t0, t1):
+    """:func:`finish` on ``rows`` spans ``yf[dst + l * stride + t]``, ``t0 <= t < t1``."""
+    if mode == 0:
+        return
+    for lane in range(rows):
+        finish(yf, rf, ep, mode, dst + lane * stride + t0, dst + lane * stride + t1)
+
+
+#: Elements per task of :func:`apply`'s pass: a few L1-sized pages.
+CHUNK = 16384
+
+
+@numba.njit(**PJIT)
+def _apply(yf, rf, ep, mode, chunk):
+    n = yf.size
+    for t in numba.prange((n + chunk - 1) // chunk):
+        finish(yf, rf, ep, mode, t * chunk, min(n, (t + 1) * chunk))
+
+
+def apply(y: np.ndarray, epi: Epilogue) -> None:
+    """The epilogue as one parallel in-place pass over ``y`` (C-contiguous, the residual's layout)."""
+    if not epi.active or y.size == 0:
+        return
+    rf, ep, mode = args(epi, dtype=y.dtype)
+    _apply(y.reshape(-1), rf, ep, mode, CHUNK)
