@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastconv._epilogue import NONE
-from fastconv.cpu import epilogue, packing
+from fastconv.cpu import packing
 from fastconv.cpu.packing import pack_input_blocked, pack_input_phases, pack_weights_blocked
 from fastconv.cpu.simd import lanes
 
@@ -45,7 +44,7 @@ def test_unpack_blocked_output(N, G, Kg, P, Q, dtype, pixel_major, rng):
     yb = rng.standard_normal((N, G, KBp, P * Q, V)).astype(dtype)
     y = np.full((N, G * Kg, P, Q), np.nan, dtype)
     packing.unpack_blocked_output(yb.reshape(-1), y.reshape(-1), N, G * Kg, P, Q, G, KBp, V,
-                                  pixel_major, *epilogue.args(NONE, dtype=dtype))
+                                  pixel_major)
     expect = yb.transpose(0, 1, 2, 4, 3).reshape(N, G, KBp * V, P, Q)[:, :, :Kg]
     np.testing.assert_array_equal(y, expect.reshape(N, G * Kg, P, Q))
 

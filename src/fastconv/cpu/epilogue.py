@@ -35,13 +35,17 @@ _CONSTANTS: dict = {}
 
 
 def constants(dtype) -> np.ndarray:
-    """``[0, 6, 1/2, 1/sqrt(2), 1]`` in ``dtype``: the activations' constants, typed like the output."""
+    """``[0, 6, 1/2, 1/sqrt(2), 1]`` in ``dtype``: the activations' constants, typed like the output.
+
+    One array per dtype, shared by every call; kernels only read it.  It stays
+    flagged writeable because the kernels are compiled for writeable arrays (a
+    read-only one would be another type, and another compilation).
+    """
     dtype = np.dtype(dtype)
     c = _CONSTANTS.get(dtype)
     if c is None:
-        c = np.array([0.0, 6.0, 0.5, 1.0 / math.sqrt(2.0), 1.0], dtype=dtype)
-        c.flags.writeable = False
-        c = _CONSTANTS.setdefault(dtype, c)
+        c = _CONSTANTS.setdefault(
+            dtype, np.array([0.0, 6.0, 0.5, 1.0 / math.sqrt(2.0), 1.0], dtype=dtype))
     return c
 
 
@@ -52,8 +56,6 @@ def args(epi: Epilogue, y_flat_offset: int = 0, size: int = -1, dtype=np.float32
     in the kernel's layout); without a residual it is ``ep``.
     """
     ep = constants(dtype)
-    # The kernels are compiled for writeable arrays; a read-only ep would be another type.
-    ep = ep.copy()
     if epi.residual is None:
         return ep, ep, epi.mode
     rf = epi.residual.reshape(-1)

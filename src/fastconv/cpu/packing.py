@@ -286,22 +286,21 @@ def pack_input_phases(x, padding, sw, min_cols):
 
 
 @numba.njit(**JIT)
-def unpack_task(yb, ybase, ykb, yf, ydst, PQ, kb0, NKB, Kg, t_begin, t_end, V, rf, ep, mode):
+def unpack_task(yb, ybase, ykb, yf, ydst, PQ, kb0, NKB, Kg, t_begin, t_end, V):
     # yf[ydst + (kb * V + l) * PQ + t] = yb[ybase + (kb - kb0) * ykb + t * V + l] for the
     # output-channel blocks kb0 .. kb0 + NKB - 1 (real channels only) and the pixels
-    # t_begin .. t_end - 1 of one task, then the epilogue (rf, ep, mode) on them.
+    # t_begin .. t_end - 1 of one task.
     for i in range(NKB):
         nl = min(V, Kg - (kb0 + i) * V)
         if nl <= 0:
             break
         unpack_block(yb, ybase + i * ykb, yf, ydst + (kb0 + i) * V * PQ, PQ, nl,
-                     t_begin, t_end, V, rf, ep, mode)
+                     t_begin, t_end, V)
 
 
 @numba.njit(**JIT)
-def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V, rf, ep, mode):
-    # yf[dst + l * PQ + t] = yb[src + t * V + l] for l < nl and t0 <= t < t1, then the fused
-    # epilogue (fastconv.cpu.epilogue.finish_rows) on those rows while they are in L1: V x V register
+def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V):
+    # yf[dst + l * PQ + t] = yb[src + t * V + l] for l < nl and t0 <= t < t1: V x V register
     # transposes when the block has all V lanes, the ragged end by one more overlapping the
     # pixels before it (the same values again) when there are V of them, else element by
     # element -- raw loads and stores: Numba's signed indexing would add wraparound checks
@@ -316,24 +315,57 @@ def unpack_block(yb, src, yf, dst, PQ, nl, t0, t1, V, rf, ep, mode):
     for tt in range(t, t1):
         for lane in range(nl):
             sstore(yf, dst + lane * PQ + tt, sload(yb, src + tt * V + lane))
-    finish_rows(yf, rf, ep, mode, dst, PQ, nl, t0, t1)
+
+
+@numba.njit(**JIT)
+def finish_task(yf, ydst, PQ, kb0, NKB, Kg, t_begin, t_end, V, rf, ep, mode):
+    # The fused epilogue (fastconv.cpu.epilogue) on what unpack_task just wrote, while
+    # it is in this core's cache.
+    for i in range(NKB):
+        nl = min(V, Kg - (kb0 + i) * V)
+        if nl <= 0:
+            break
+        finish_rows(yf, rf, ep, mode, ydst + (kb0 + i) * V * PQ, PQ, nl, t_begin, t_end)
 
 
 UNPACK_TILE = 64  # pixels per task: V x 64 elements stay in L1
 
 
-@numba.njit(**PJIT)
-def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major, rf, ep, mode):
-    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time (winograd.vec's output).
+def _make_unpack_blocked_output(EPI: bool):
+    @numba.njit(**PJIT)
+    def unpack(yb, yf, N, K, P, Q, G, KBp, V, pixel_major, rf, ep, mode):
+        Kg = K // G
+        PQ = P * Q
+        KB = (Kg + V - 1) // V
+        ntile = (PQ + UNPACK_TILE - 1) // UNPACK_TILE
+        for task in numba.prange(N * G * KB * ntile):
+            kb, tile, ng = task_coords(numba.int64(task), KB, ntile, pixel_major)
+            n, g = ng // G, ng % G
+            t0 = tile * UNPACK_TILE
+            t1 = min(PQ, t0 + UNPACK_TILE)
+            nl = min(V, Kg - kb * V)
+            dst = (n * K + g * Kg + kb * V) * PQ
+            unpack_block(yb, (ng * KBp + kb) * PQ * V, yf, dst, PQ, nl, t0, t1, V)
+            if EPI:  # a compile-time constant: without it, no epilogue code is compiled
+                finish_rows(yf, rf, ep, mode, dst, PQ, nl, t0, t1)
 
-    Each tile gets the fused epilogue ``(rf, ep, mode)`` (:mod:`fastconv.cpu.epilogue`)
-    as soon as it is written.
+    return unpack
+
+
+_UNPACK = {}
+
+
+def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major, rf=None, ep=None, mode=0):
+    """``[N, G, KBp, P*Q, V]`` -> NCHW, one L1-sized pixel tile at a time (winograd.vec's output).
 
     Full ``V x V`` blocks (V channels by V pixels) are transposed in
     registers (:func:`vtranspose`, instead of ``V * V`` scalar moves), a
     tile's ragged end by one more block overlapping the previous one (it
     rewrites the same values, still in vector moves); the rest element by
-    element.
+    element.  With an epilogue (``mode`` != 0; ``rf``, ``ep`` from
+    :func:`fastconv.cpu.epilogue.args`) each tile gets it as soon as it is
+    written, from a second compiled variant (calls without one compile none
+    of its code).
 
     The tasks are shared out like the kernel's that wrote ``yb``, so each
     core unpacks what it computed: by pixel tiles (``pixel_major``: the
@@ -341,17 +373,13 @@ def unpack_blocked_output(yb, yf, N, K, P, Q, G, KBp, V, pixel_major, rf, ep, mo
     would read half its blocks from the other core's cache, which is slow
     where the cores sit on different core complexes (as a VM's vCPUs may).
     """
-    Kg = K // G
-    PQ = P * Q
-    KB = (Kg + V - 1) // V
-    ntile = (PQ + UNPACK_TILE - 1) // UNPACK_TILE
-    for task in numba.prange(N * G * KB * ntile):
-        kb, tile, ng = task_coords(numba.int64(task), KB, ntile, pixel_major)
-        n, g = ng // G, ng % G
-        t0 = tile * UNPACK_TILE
-        t1 = min(PQ, t0 + UNPACK_TILE)
-        unpack_block(yb, (ng * KBp + kb) * PQ * V, yf, (n * K + g * Kg + kb * V) * PQ, PQ,
-                      min(V, Kg - kb * V), t0, t1, V, rf, ep, mode)
+    epi = mode != 0
+    fn = _UNPACK.get(epi)
+    if fn is None:
+        fn = _UNPACK.setdefault(epi, _make_unpack_blocked_output(epi))
+    if not epi:
+        rf = ep = yf[:0]
+    fn(yb, yf, N, K, P, Q, G, KBp, V, pixel_major, rf, ep, mode)
 
 
 @numba.njit(**PJIT)

@@ -27,8 +27,8 @@ from ... import _weight_cache
 from ..._config import CPU, PJIT
 from ..._epilogue import NONE
 from .. import _scratch, epilogue
-from ..packing import (pack_input_blocked, pack_weights_blocked, padded_bias, subsample_pointwise,
-                       task_coords, unpack_task)
+from ..packing import (finish_task, pack_input_blocked, pack_weights_blocked, padded_bias,
+                       subsample_pointwise, task_coords, unpack_task)
 from ..simd import ACCUMULATORS, REGISTERS, lanes, sget, sset, stack_ints, stack_vectors, vbcast, vfma, vload, vstore
 
 # The thresholds of the blocked path's plan (chunk_weight_bytes and the like) are fields of
@@ -61,8 +61,12 @@ NKB_SPEED = ({4: 1.0, 2: 1.0, 1: 1.0} if REGISTERS >= 32 else {4: 0.73, 2: 1.0, 
 _DRIVERS: dict = {}
 
 
-def _make_blocked_driver(NKB: int, NPX: int, V: int):
+def _make_blocked_driver(NKB: int, NPX: int, V: int, EPI: bool = False):
     """Compile the blocked driver for ``NKB`` channel blocks x ``NPX`` pixels of ``V`` lanes.
+
+    ``EPI``: the variant that applies the fused epilogue (``rf, ep, mode``;
+    :mod:`fastconv.cpu.epilogue`) to each task's outputs after unpacking them
+    (a compile-time constant, so the plain variant compiles none of its code).
 
     The micro-kernel's accumulator and offset arrays live on the stack and
     are indexed only inside loops of constant trip count (``NKB``, ``NPX``),
@@ -85,8 +89,8 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
         # Input element (block cb, channel c of the block, row h, column w) of image and
         # group ng is xb[(ng * CB + cb) * xcb + h * xrow + w * xcol + c * xch].
         # Each task ends by writing its outputs to yf (the NCHW result, flat; Kg output
-        # channels per group) from its cache (unpack_task), with the fused epilogue
-        # (rf, ep, mode; fastconv.cpu.epilogue): no separate unpacking or epilogue pass.
+        # channels per group) from its cache (unpack_task), then with EPI the epilogue
+        # on them: no separate unpacking or epilogue pass.
         PQ = P * Q
         nkg = KBp // NKB
         ykb = PQ * V
@@ -152,17 +156,21 @@ def _make_blocked_driver(NKB: int, NPX: int, V: int):
                             if j < npx:
                                 vstore(yb, ybase + i * ykb + (t0 + j) * V, sget(acc, i * NPX + j))
             unpack_task(yb, ybase, ykb, yf, (n * G + g) * Kg * PQ, PQ, kb0, NKB, Kg,
-                        t_begin, t_end, V, rf, ep, mode)
+                        t_begin, t_end, V)
+            if EPI:
+                finish_task(yf, (n * G + g) * Kg * PQ, PQ, kb0, NKB, Kg, t_begin, t_end, V,
+                            rf, ep, mode)
 
     return driver
 
 
-def blocked_driver(NKB: int, NPX: int, V: int):
-    """The (lazily compiled, disk-cached) blocked driver for one register blocking."""
-    key = (NKB, NPX, V)
+def blocked_driver(NKB: int, NPX: int, V: int, epi: bool = False):
+    """The (lazily compiled, disk-cached) blocked driver for one register blocking
+    (``epi``: the variant with the fused epilogue)."""
+    key = (NKB, NPX, V) + ((True,) if epi else ())
     drv = _DRIVERS.get(key)
     if drv is None:
-        drv = _DRIVERS.setdefault(key, _make_blocked_driver(NKB, NPX, V))
+        drv = _DRIVERS.setdefault(key, _make_blocked_driver(NKB, NPX, V, epi))
     return drv
 
 
@@ -285,7 +293,7 @@ def run(x, w, bias, p, y, epi=NONE):
     nb = max(1, min(p.N, CPU.workspace_bytes // max(per_image, 1)))
     # A batch slice keeps the call's register blocking; its pixel tiles are its own.
     tiling = plan if nb == p.N else blocked_plan(p, N=nb)
-    drv = blocked_driver(NKB, plan.NPX, V)
+    drv = blocked_driver(NKB, plan.NPX, V, epi.active)
     # Without padding, and when the channel blocks cover the channels exactly, the
     # kernel reads NCHW in place (on small layers the packing pass is a large share of the call).
     in_place = _reads_in_place(p)

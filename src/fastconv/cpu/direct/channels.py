@@ -65,6 +65,7 @@ from ... import _weight_cache
 from ..._config import JIT, PJIT
 from ..._epilogue import NONE
 from .. import _scratch, epilogue
+from ..epilogue import finish_rows
 from ..packing import unpack_block
 from ..simd import (ACCUMULATORS, REGISTERS, lanes, sget, sload, sset, sstore, stack_ints,
                     stack_vectors, vfma, vload, vload_masked, vsplat, vstore, vtranspose)
@@ -145,8 +146,12 @@ def _pack_rows(xf, xl, tmp, n, cb, C, H, W, Wp, pt, pl, prow0, nrows, V):
                 sstore(xl, d + lane, zero)
 
 
-def _make_channels_driver(NPX: int, SR: int = 0):
+def _make_channels_driver(NPX: int, SR: int = 0, EPI: bool = False):
     """Compile the channel-vectorised driver with ``NPX`` pixel accumulators.
+
+    ``EPI``: the variant that applies the fused epilogue (``rf, ep, mode``) to each
+    tile right after its store (a compile-time constant: the plain variant
+    compiles none of its code).
 
     The accumulator and offset arrays live on the stack and are indexed only
     inside loops of constant trip count, which LLVM unrolls and promotes to
@@ -237,20 +242,25 @@ def _make_channels_driver(NPX: int, SR: int = 0):
                         if i < npx:
                             vstore(yl, (t0 - t_begin + i) * V, sget(acc, i))
                     t0 += npx
-                # Lane l of the tile is output channel (cb * V + l) * Kg + j; the fused
-                # epilogue (rf, ep, mode) follows the store.
-                unpack_block(yl, -t_begin * V, yf, (n * K + cb * V * Kg + j) * PQ, Kg * PQ,
-                             min(V, C - cb * V), t_begin, t_end, V, rf, ep, mode)
+                # Lane l of the tile is output channel (cb * V + l) * Kg + j.
+                dst = (n * K + cb * V * Kg + j) * PQ
+                unpack_block(yl, -t_begin * V, yf, dst, Kg * PQ, min(V, C - cb * V), t_begin,
+                             t_end, V)
+                if EPI:
+                    finish_rows(yf, rf, ep, mode, dst, Kg * PQ, min(V, C - cb * V), t_begin,
+                                t_end)
 
     return driver
 
 
-def channels_driver(NPX: int = NPX, SR: int = 0):
+def channels_driver(NPX: int = NPX, SR: int = 0, epi: bool = False):
     """The (lazily compiled, disk-cached) channel-vectorised driver for ``NPX`` accumulators
-    and, with ``SR > 0``, register windows for ``SR``-tap kernel rows."""
-    drv = _DRIVERS.get((NPX, SR))
+    and, with ``SR > 0``, register windows for ``SR``-tap kernel rows (``epi``: the variant
+    with the fused epilogue)."""
+    key = (NPX, SR) + ((True,) if epi else ())
+    drv = _DRIVERS.get(key)
     if drv is None:
-        drv = _DRIVERS.setdefault((NPX, SR), _make_channels_driver(NPX, SR))
+        drv = _DRIVERS.setdefault(key, _make_channels_driver(NPX, SR, epi))
     return drv
 
 
@@ -316,7 +326,7 @@ def run(x, w, bias, p, y, epi=NONE):
     xt = _scratch.per_thread("direct.channels.xt", p.dtype, rows * Wp * V + NPX * V)
     xt[:, rows * Wp * V:] = 0
     yt = _scratch.per_thread("direct.channels.yt", p.dtype, max(tile_px, V) * V)
-    drv = channels_driver(NPX, window_width(p))
+    drv = channels_driver(NPX, window_width(p), epi.active)
     drv(np.ascontiguousarray(x).reshape(-1), wb, bb.reshape(-1), y.reshape(-1), xt, yt, p.N, G,
         Kg, p.H, p.W, p.padding[0], p.padding[2], Wp, p.R, p.S, p.P, p.Q, p.stride[0],
         p.stride[1], p.dilation[0], p.dilation[1], ntiles, tile_px, V,

@@ -69,12 +69,14 @@ def _pack_weights(w2, wp, G, Kg, Cg, KBp):
                     sstore(wp, base + c * NK + i, zero)
 
 
-def _make_kernel():
+def _make_kernel(EPI: bool):
+    # EPI: the variant that applies the fused epilogue (rf, ep, mode) to each output row
+    # segment right after its store (a compile-time constant: the plain variant compiles
+    # none of its code).
     NACC = NK * NV
 
     @numba.njit(**PJIT)
     def kernel(xf, wp, bp, yf, L, N, G, Cg, Kg, KBp, PQ, nkg, kbi, npb, vpb, rf, ep, mode):
-        # Each output row segment gets the fused epilogue (rf, ep, mode) right after its store.
         nvec = (PQ + L - 1) // L
         for task in numba.prange(N * G * nkg * npb):
             pb = task % npb
@@ -117,18 +119,21 @@ def _make_kernel():
                                 vstore(yf, ybase + j * L, sget(acc, i * NV + j))
                             elif j == nv - 1:
                                 vstore_masked(yf, ybase + j * L, sget(acc, i * NV + j), tail)
-                        finish(yf, rf, ep, mode, ybase, ybase + (nv - 1) * L + tail)
+                        if EPI:
+                            finish(yf, rf, ep, mode, ybase, ybase + (nv - 1) * L + tail)
 
     return kernel
 
 
-_KERNEL = []
+_KERNEL: dict = {}
 
 
-def _kernel():
-    if not _KERNEL:
-        _KERNEL.append(_make_kernel())
-    return _KERNEL[0]
+def _kernel(epi: bool = False):
+    """The (lazily compiled, disk-cached) kernel; ``epi``: the variant with the fused epilogue."""
+    k = _KERNEL.get(epi)
+    if k is None:
+        k = _KERNEL.setdefault(epi, _make_kernel(epi))
+    return k
 
 
 def supports(p):
@@ -190,7 +195,7 @@ def run(x, w, bias, p, y, epi=NONE):
     KBp = pl.KBp
     wp = _weight_cache.CACHE.get(w, ("pointwise", G, NK), lambda snap: _packed(snap, G, Kg, Cg, KBp))
     bp = padded_bias(bias, G, Kg, KBp * NK, p.dtype)
-    _kernel()(xs.reshape(-1), wp, bp, y.reshape(-1), lanes(p.dtype), p.N, G, Cg, Kg, KBp,
+    _kernel(epi.active)(xs.reshape(-1), wp, bp, y.reshape(-1), lanes(p.dtype), p.N, G, Cg, Kg, KBp,
               p.P * p.Q, pl.nkg, pl.kbi, pl.npb, pl.vpb, *epilogue.args(epi, dtype=p.dtype))
 
 

@@ -224,7 +224,7 @@ def _pack_row(xf, xl, base, src, ph, sw, Wq, pl, W, V):
 _DRIVERS: dict = {}
 
 
-def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple, SWC: int):
+def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple, SWC: int, EPI: bool = False):
     """Compile the width-vectorised driver for ``NKO`` channels x ``PR`` rows x ``NQV`` vectors.
 
     Row blocking: the micro-kernel holds the accumulators of ``PR`` output
@@ -387,26 +387,29 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple, SWC: int):
                                                     vstore(yf, yo + q, sget(acc, a))
                                                 else:
                                                     vstore_masked(yf, yo + q, sget(acc, a), Q - q)
-                    # The block's rows are complete: the fused epilogue (rf, ep, mode) on them.
-                    for i in range(nko):
-                        for pr in range(npr):
-                            yo = n * K * PQ + sget(ko, i) * PQ + (pr0 + pr) * Q
-                            finish(yf, rf, ep, mode, yo, yo + Q)
+                    if EPI:  # the block's rows are complete: the fused epilogue on them
+                        for i in range(nko):
+                            for pr in range(npr):
+                                yo = n * K * PQ + sget(ko, i) * PQ + (pr0 + pr) * Q
+                                finish(yf, rf, ep, mode, yo, yo + Q)
 
     return driver
 
 
-def width_driver(NKO: int, NQV: int, PR: int, FIX: tuple = (0, 0, 0, 0), SWC: int = 0):
+def width_driver(NKO: int, NQV: int, PR: int, FIX: tuple = (0, 0, 0, 0), SWC: int = 0,
+                 epi: bool = False):
     """The (lazily compiled, disk-cached) width-vectorised driver for one blocking.
 
     ``FIX`` = (R, S, sh, dh) compiled in as constants, 0 for any; ``SWC``
     the horizontal stride (1 or 2) of a driver that reads ``x`` directly,
-    0 for the packed one.
+    0 for the packed one; ``epi``: the variant that applies the fused
+    epilogue (``rf, ep, mode``) to each block of output rows once it is
+    complete (the plain variant compiles none of its code).
     """
-    key = (NKO, NQV, PR, FIX, SWC)
+    key = (NKO, NQV, PR, FIX, SWC) + ((True,) if epi else ())
     drv = _DRIVERS.get(key)
     if drv is None:
-        drv = _DRIVERS.setdefault(key, _make_width_driver(NKO, NQV, PR, FIX, SWC))
+        drv = _DRIVERS.setdefault(key, _make_width_driver(NKO, NQV, PR, FIX, SWC, epi))
     return drv
 
 
@@ -470,7 +473,7 @@ def run(x, w, bias, p, y, epi=NONE):
     PB = row_block(p, Wq, plan.PR)
     # Strides 1 and 2 read x directly (no copy of the input); others pack.
     SWC = sw if (sw <= 2 and CPU.width_direct_loads) else 0
-    drv = width_driver(plan.NKO, plan.NQV, plan.PR, fixed_shape(p), SWC)
+    drv = width_driver(plan.NKO, plan.NQV, plan.PR, fixed_shape(p), SWC, epi.active)
     drv(x, w.reshape(-1), b, y, taps, p.groups, p.padding[0], p.padding[2], sw, Wq, p.R, p.S,
         p.P, p.Q, p.stride[0], p.dilation[0], dw, V, PB, *epilogue.args(epi, dtype=p.dtype))
 
