@@ -27,7 +27,8 @@ import numpy as np
 
 from .._config import JIT, PJIT
 from .._epilogue import CODES, RESIDUAL, Epilogue
-from .simd import sload, sstore
+from .simd import (sload, sstore, vadd, vclamp, vcount, vload, vload_masked, vsplat, vstore,
+                   vstore_masked)
 
 RELU, RELU6, SILU, GELU = CODES["relu"], CODES["relu6"], CODES["silu"], CODES["gelu"]
 
@@ -63,40 +64,57 @@ def args(epi: Epilogue, y_flat_offset: int = 0, size: int = -1, dtype=np.float32
     return rf[y_flat_offset:end], ep, epi.mode
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def finish(yf, rf, ep, mode, i0, i1):
     """``yf[i] = act(yf[i] + rf[i])`` for ``i0 <= i < i1`` (``mode`` says which; 0: nothing).
 
-    One loop per activation, with the activation's branch outside it, so each
-    loop is a plain elementwise loop LLVM vectorises (relu and relu6 with
-    compare-and-select; NaN stays NaN because ``NaN < 0`` is false).
+    One pass: each element is loaded, gets its residual and activation, and is
+    stored once.  The residual, relu and relu6 run on whole vectors of the
+    target (:func:`~fastconv.cpu.simd.vclamp`: compare and select, so NaN stays
+    NaN), the last partial vector masked: the spans the kernels hand over are
+    short (a tile's row), where a compiler-vectorised loop would spend most
+    of its time in its set-up and scalar remainder.  silu and gelu, whose
+    ``exp`` and ``erf`` are library calls per element, are plain loops.
     """
     if mode == 0:
         return
-    if mode & RESIDUAL:
-        for i in range(i0, i1):
-            sstore(yf, i, sload(yf, i) + sload(rf, i))
+    res = (mode & RESIDUAL) != 0
     act = mode & 7
-    zero, six, half, rsqrt2, one = ep[0], ep[1], ep[2], ep[3], ep[4]
-    if act == RELU:
+    if act <= RELU6:
+        V = vcount(yf)
+        lo = vsplat(ep[0], yf)
+        hi = vsplat(ep[1], yf)
+        clamp = act != 0
+        upper = act == RELU6
+        i = i0
+        while i + V <= i1:
+            v = vload(yf, i)
+            if res:
+                v = vadd(v, vload(rf, i))
+            if clamp:
+                v = vclamp(v, lo, hi, upper)
+            vstore(yf, i, v)
+            i += V
+        if i < i1:
+            v = vload_masked(yf, i, i1 - i)
+            if res:
+                v = vadd(v, vload_masked(rf, i, i1 - i))
+            if clamp:
+                v = vclamp(v, lo, hi, upper)
+            vstore_masked(yf, i, v, i1 - i)
+        return
+    half, rsqrt2, one = ep[2], ep[3], ep[4]
+    if act == SILU:
         for i in range(i0, i1):
-            v = sload(yf, i)
-            sstore(yf, i, zero if v < zero else v)
-    elif act == RELU6:
-        for i in range(i0, i1):
-            v = sload(yf, i)
-            sstore(yf, i, zero if v < zero else (six if v > six else v))
-    elif act == SILU:
-        for i in range(i0, i1):
-            v = sload(yf, i)
+            v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
             sstore(yf, i, v / (one + math.exp(-v)))
     elif act == GELU:
         for i in range(i0, i1):
-            v = sload(yf, i)
+            v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
             sstore(yf, i, half * v * (one + math.erf(v * rsqrt2)))
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def finish_rows(yf, rf, ep, mode, dst, stride, rows, t0, t1):
     """:func:`finish` on ``rows`` spans ``yf[dst + l * stride + t]``, ``t0 <= t < t1``."""
     if mode == 0:

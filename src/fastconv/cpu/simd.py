@@ -402,6 +402,38 @@ vsub = _lanewise("fsub", "-")
 vmul = _lanewise("fmul", "*")
 
 
+@intrinsic
+def vcount(typingctx, like):
+    """Lanes of a vector of ``like``'s dtype, as a compile-time constant (no division)."""
+    if not _is_float_array(like):
+        return None
+    count = SimdVector(like.dtype).count
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.IntType(64), count)
+
+    return types.int64(like), codegen
+
+
+@intrinsic
+def vclamp(typingctx, v, lo, hi, upper):
+    """Lane-wise ``lo if v < lo else (hi if upper and v > hi else v)`` (compare and select).
+
+    NaN lanes stay NaN (both comparisons are false for NaN), as in PyTorch's
+    ``relu`` and ``relu6``; ``upper`` (a bool) says whether ``hi`` applies.
+    """
+    if not (isinstance(v, SimdVector) and v == lo == hi and isinstance(upper, types.Boolean)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, a, b, up = args
+        x = builder.select(builder.fcmp_ordered("<", x, a), a, x)
+        clipped = builder.select(builder.fcmp_ordered(">", x, b), b, x)
+        return builder.select(up, clipped, x)
+
+    return v(v, lo, hi, upper), codegen
+
+
 def _literal_count(n):
     return isinstance(n, types.IntegerLiteral) and n.literal_value > 0
 

@@ -70,9 +70,9 @@ def _pack_weights(w2, wp, G, Kg, Cg, KBp):
 
 
 def _make_kernel(EPI: bool):
-    # EPI: the variant that applies the fused epilogue (rf, ep, mode) to each output row
-    # segment right after its store (a compile-time constant: the plain variant compiles
-    # none of its code).
+    # EPI: the variant that applies the fused epilogue (rf, ep, mode) to each work item's
+    # outputs once they are complete (a compile-time constant: the plain variant compiles
+    # none of its code; in the micro-kernel's loop it would cost the loop registers).
     NACC = NK * NV
 
     @numba.njit(**PJIT)
@@ -119,8 +119,10 @@ def _make_kernel(EPI: bool):
                                 vstore(yf, ybase + j * L, sget(acc, i * NV + j))
                             elif j == nv - 1:
                                 vstore_masked(yf, ybase + j * L, sget(acc, i * NV + j), tail)
-                        if EPI:
-                            finish(yf, rf, ep, mode, ybase, ybase + (nv - 1) * L + tail)
+            if EPI:  # the item's outputs are complete (and in this core's cache)
+                for k in range(kgi * kbi * NK, min(Kg, min(KBp, (kgi + 1) * kbi) * NK)):
+                    ybase = ((n * G + g) * Kg + k) * PQ + p0
+                    finish(yf, rf, ep, mode, ybase, ybase + min(nv * L, PQ - p0))
 
     return kernel
 
@@ -183,7 +185,7 @@ def plan(p, threads=None) -> PointwisePlan:
 def run(x, w, bias, p, y, epi=NONE):
     """1x1 convolution of NCHW ``x`` into C-contiguous NCHW ``y`` (any stride, groups).
 
-    ``epi`` (NCHW residual) is applied right after each store.
+    ``epi`` (NCHW residual) is applied to each work item's outputs as they are finished.
     """
     if y.size == 0:
         return

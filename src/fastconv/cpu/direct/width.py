@@ -387,11 +387,11 @@ def _make_width_driver(NKO: int, NQV: int, PR: int, FIX: tuple, SWC: int, EPI: b
                                                     vstore(yf, yo + q, sget(acc, a))
                                                 else:
                                                     vstore_masked(yf, yo + q, sget(acc, a), Q - q)
-                    if EPI:  # the block's rows are complete: the fused epilogue on them
-                        for i in range(nko):
-                            for pr in range(npr):
-                                yo = n * K * PQ + sget(ko, i) * PQ + (pr0 + pr) * Q
-                                finish(yf, rf, ep, mode, yo, yo + Q)
+
+            if EPI:  # the item's rows are complete (and in this core's L2): the epilogue
+                for k in range(g * Kg, g * Kg + Kg):
+                    yo = (n * K + k) * PQ
+                    finish(yf, rf, ep, mode, yo + p0 * Q, yo + p1 * Q)
 
     return driver
 
@@ -403,8 +403,8 @@ def width_driver(NKO: int, NQV: int, PR: int, FIX: tuple = (0, 0, 0, 0), SWC: in
     ``FIX`` = (R, S, sh, dh) compiled in as constants, 0 for any; ``SWC``
     the horizontal stride (1 or 2) of a driver that reads ``x`` directly,
     0 for the packed one; ``epi``: the variant that applies the fused
-    epilogue (``rf, ep, mode``) to each block of output rows once it is
-    complete (the plain variant compiles none of its code).
+    epilogue (``rf, ep, mode``) to each work item's output rows once they
+    are complete (the plain variant compiles none of its code).
     """
     key = (NKO, NQV, PR, FIX, SWC) + ((True,) if epi else ())
     drv = _DRIVERS.get(key)
@@ -458,7 +458,7 @@ def width_plan(p) -> WidthPlan:
 def run(x, w, bias, p, y, epi=NONE):
     """Width-vectorised direct convolution of NCHW ``x`` into NCHW ``y`` (any configuration).
 
-    ``epi`` (NCHW residual) is applied to each block of output rows as it is finished.
+    ``epi`` (NCHW residual) is applied to each work item's output rows as they are finished.
     """
     V = lanes(p.dtype)
     plan = width_plan(p)
