@@ -18,8 +18,9 @@ of the output's shape:
     ``no_grad``, torch on the same threads.
 
 Same algorithm for every fastconv variant (``auto``'s choice).  Interleaved
-rounds, each timed call right after an untimed one of the same variant;
-medians.  Prints each variant's time over the fused call's (above 1: the
+rounds of the fastconv variants, each timed call right after an untimed one
+of the same variant, then torch's rounds (its OpenMP workers spin for a
+while after a call and would slow whichever variant came next); medians.  Prints each variant's time over the fused call's (above 1: the
 fused call is faster) and their geometric means.
 """
 
@@ -90,12 +91,16 @@ def main(argv=None) -> int:
         if not np.allclose(calls["fused"](), unfused(), rtol=1e-5, atol=1e-5):
             raise SystemExit(f"{layer.name}: the fused result differs from the unfused one")
         times = {k: [] for k in calls}
-        for _ in range(args.repeat):
-            for name, f in calls.items():
-                f()
-                t0 = time.perf_counter()
-                f()
-                times[name].append(time.perf_counter() - t0)
+        # torch in a block of its own, after the interleaved fastconv variants: its OpenMP
+        # workers spin for a while after each call and would slow the variant after it.
+        for group in (("fused", "numpy", "expr"), ("torch",)):
+            for _ in range(args.repeat):
+                for name in group:
+                    f = calls[name]
+                    f()
+                    t0 = time.perf_counter()
+                    f()
+                    times[name].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in times.items()}
         for k in ratios:
             ratios[k].append(med[k] / med["fused"])

@@ -201,20 +201,27 @@ def test_plan_epilogue(rng):
         fastconv.plan(w, x_shape=x.shape, activation="swish")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", ACTS[1:])
-def test_error_bound_of_activation(act):
-    # The activations' own rounding (float32 kernel on exactly representable inputs) stays
-    # within ACTIVATION_ULPS u |v| of the float64 value.
+def test_error_bound_of_activation(act, dtype):
+    # The activations' own rounding (the kernels' exp and erf included) stays within
+    # ACTIVATION_ULPS u |v| of the float64 (scipy) value; inf, -inf, NaN as the reference.
     from fastconv.cpu import epilogue
 
-    v = np.concatenate([np.linspace(-30, 30, 20001), np.geomspace(1e-6, 80, 2000),
-                        -np.geomspace(1e-6, 80, 2000)]).astype(np.float32)
+    v = np.concatenate([np.linspace(-30, 30, 60001), np.geomspace(1e-8, 800, 6000),
+                        -np.geomspace(1e-8, 800, 6000)]).astype(dtype)
     y = v.copy()
     epilogue.apply(y, E.Epilogue(act))
     want = E.reference(v.astype(np.float64), act)
-    u = np.finfo(np.float32).eps / 2
-    bound = E.ACTIVATION_ULPS[act] * u * np.abs(v.astype(np.float64)) + 1e-45
+    u = np.finfo(dtype).eps / 2
+    if dtype == np.float64:  # the reference's own rounding (numpy's exp, scipy's erf)
+        u *= 2
+    bound = E.ACTIVATION_ULPS[act] * u * np.abs(v.astype(np.float64)) + 1e-300
     assert (np.abs(y - want) <= bound).all()
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], dtype)
+    y = special.copy()
+    epilogue.apply(y, E.Epilogue(act))
+    np.testing.assert_array_equal(y, E.reference(special, act).astype(dtype))
 
 
 # --- the PyTorch adapter ------------------------------------------------------------------

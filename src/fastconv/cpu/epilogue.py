@@ -27,27 +27,88 @@ import numpy as np
 
 from .._config import JIT, PJIT
 from .._epilogue import CODES, RESIDUAL, Epilogue
-from .simd import (sload, sstore, vadd, vclamp, vcount, vload, vload_masked, vsplat, vstore,
-                   vstore_masked)
+from .simd import (VECTOR_BYTES, pow2, sload, sstore, vadd, vclamp, vcount, vload, vload_masked,
+                   vsplat, vstore, vstore_masked)
 
 RELU, RELU6, SILU, GELU = CODES["relu"], CODES["relu6"], CODES["silu"], CODES["gelu"]
 
 _CONSTANTS: dict = {}
 
+# Numerical Recipes' erfc (Press et al., "Numerical Recipes", 2nd ed., section 6.2):
+# erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), z >= 0, fractional error below 1.2e-7.
+_ERFC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+         -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+# Indices into the constants (constants()).
+_LOG2E, _LN2HI, _LN2LO, _EXPLO, _EXPHI, _INF, _TAYLOR, _NR = 5, 6, 7, 8, 9, 10, 11, 23
+
 
 def constants(dtype) -> np.ndarray:
-    """``[0, 6, 1/2, 1/sqrt(2), 1]`` in ``dtype``: the activations' constants, typed like the output.
+    """The activations' constants in ``dtype``, typed like the output.
 
-    One array per dtype, shared by every call; kernels only read it.  It stays
-    flagged writeable because the kernels are compiled for writeable arrays (a
+    ``[0, 6, 1/2, 1/sqrt(2), 1]``, then :func:`_exp`'s (``log2(e)``, ``ln 2``
+    split in two parts as in Cephes, the range bounds, ``inf``, ``1/n!`` for
+    ``n = 2..13``) and Numerical Recipes' ``erfc`` coefficients.  One array per
+    dtype, shared by every call; kernels only read it.  It stays flagged
+    writeable because the kernels are compiled for writeable arrays (a
     read-only one would be another type, and another compilation).
     """
     dtype = np.dtype(dtype)
     c = _CONSTANTS.get(dtype)
     if c is None:
-        c = _CONSTANTS.setdefault(
-            dtype, np.array([0.0, 6.0, 0.5, 1.0 / math.sqrt(2.0), 1.0], dtype=dtype))
+        if dtype == np.float32:  # Cephes expf's split of ln 2; 2**k stays normal
+            ln2 = (0.693359375, -2.12194440e-4)
+            bounds = (-87.0, 88.0)
+        else:  # Cephes exp's split
+            ln2 = (6.93145751953125e-1, 1.42860682030941723212e-6)
+            bounds = (-708.0, 709.0)
+        values = ([0.0, 6.0, 0.5, 1.0 / math.sqrt(2.0), 1.0, 1.0 / math.log(2.0), *ln2, *bounds,
+                   math.inf] + [1.0 / math.factorial(n) for n in range(2, 14)] + list(_ERFC))
+        c = _CONSTANTS.setdefault(dtype, np.array(values, dtype=dtype))
     return c
+
+
+@numba.njit(inline="always", **JIT)
+def _exp(x, ep, f32):
+    """``exp(x)`` without a library call, so that loops of it vectorise.
+
+    ``x = k ln 2 + r`` with ``|r| <= ln(2)/2`` (``ln 2`` in two parts, so ``r``
+    is exact to a few units in the last place), ``exp(r)`` by its Taylor
+    polynomial (degree 7 in float32, 13 in float64: truncation below ``u/10``),
+    scaled by ``2**k`` from the exponent bits.  Within 3 ulp of ``exp``; 0 below
+    ``-87`` (float32) / ``-708`` (float64), ``inf`` above ``88`` / ``709`` (the
+    range where ``2**k`` is a normal number), NaN for NaN.  ``f32``: the
+    dtype is float32 (a constant after inlining).
+    """
+    lo, hi = ep[_EXPLO], ep[_EXPHI]
+    xc = lo if x < lo else (hi if x > hi else x)
+    k = np.floor(xc * ep[_LOG2E] + ep[2])
+    r = (xc - k * ep[_LN2HI]) - k * ep[_LN2LO]
+    if f32:
+        p = ep[_TAYLOR + 5]
+        for n in range(4, -1, -1):
+            p = p * r + ep[_TAYLOR + n]
+    else:
+        p = ep[_TAYLOR + 11]
+        for n in range(10, -1, -1):
+            p = p * r + ep[_TAYLOR + n]
+    p = (p * r + ep[4]) * r + ep[4]
+    y = p * pow2(k)
+    return ep[_INF] if x > hi else (ep[0] if x < lo else y)
+
+
+@numba.njit(inline="always", **JIT)
+def _one_plus_erf(w, ep):
+    """``1 + erf(w)`` in float32 from Numerical Recipes' ``erfc`` (fractional error below
+    1.2e-7, about 2 ulp, plus the float32 rounding of its evaluation): ``2 - erfc(w)``
+    for ``w >= 0``, ``erfc(-w)`` below, so no cancellation for negative ``w``."""
+    z = -w if w < ep[0] else w
+    t = ep[4] / (ep[4] + ep[2] * z)
+    q = ep[_NR + 9]
+    for n in range(8, -1, -1):
+        q = q * t + ep[_NR + n]
+    ans = t * _exp(q - z * z, ep, True)
+    return ans if w < ep[0] else (ep[4] + ep[4]) - ans
 
 
 def args(epi: Epilogue, y_flat_offset: int = 0, size: int = -1, dtype=np.float32):
@@ -73,8 +134,9 @@ def finish(yf, rf, ep, mode, i0, i1):
     target (:func:`~fastconv.cpu.simd.vclamp`: compare and select, so NaN stays
     NaN), the last partial vector masked: the spans the kernels hand over are
     short (a tile's row), where a compiler-vectorised loop would spend most
-    of its time in its set-up and scalar remainder.  silu and gelu, whose
-    ``exp`` and ``erf`` are library calls per element, are plain loops.
+    of its time in its set-up and scalar remainder.  silu and gelu are plain
+    loops that LLVM vectorises: :func:`_exp` and, in float32, :func:`_one_plus_erf`
+    have no library calls (float64 gelu calls ``erf``).
     """
     if mode == 0:
         return
@@ -104,14 +166,20 @@ def finish(yf, rf, ep, mode, i0, i1):
             vstore_masked(yf, i, v, i1 - i)
         return
     half, rsqrt2, one = ep[2], ep[3], ep[4]
+    f32 = vcount(yf) * 4 == VECTOR_BYTES  # a compile-time constant
     if act == SILU:
         for i in range(i0, i1):
             v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
-            sstore(yf, i, v / (one + math.exp(-v)))
+            sstore(yf, i, v / (one + _exp(-v, ep, f32)))
     elif act == GELU:
-        for i in range(i0, i1):
-            v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
-            sstore(yf, i, half * v * (one + math.erf(v * rsqrt2)))
+        if f32:
+            for i in range(i0, i1):
+                v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
+                sstore(yf, i, half * v * _one_plus_erf(v * rsqrt2, ep))
+        else:
+            for i in range(i0, i1):
+                v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
+                sstore(yf, i, half * v * (one + math.erf(v * rsqrt2)))
 
 
 @numba.njit(inline="always", **JIT)

@@ -575,3 +575,21 @@ def sstore(typingctx, arr, idx, v):
         return context.get_dummy_value()
 
     return types.void(arr, idx, v), codegen
+
+
+@intrinsic
+def pow2(typingctx, k):
+    """``2 ** k`` for an integer-valued float ``k`` in the normal range (-126..127 for
+    float32, -1022..1023 for float64), built from its exponent bits (no library call,
+    so loops of it vectorise)."""
+    if not isinstance(k, types.Float):
+        return None
+    bits, mant, bias = (32, 23, 127) if k.bitwidth == 32 else (64, 52, 1023)
+
+    def codegen(context, builder, sig, args):
+        it = ir.IntType(bits)
+        ki = builder.fptosi(args[0], it)
+        e = builder.shl(builder.add(ki, ir.Constant(it, bias)), ir.Constant(it, mant))
+        return builder.bitcast(e, args[0].type)
+
+    return k(k), codegen
