@@ -108,6 +108,19 @@ _AVX2_CALLS = """
             # float64: the float64 reference's own rounding is as large as the kernel's
             bound = error_bound(alg, x, w, b, **kw) * (2 if dt == np.float64 else 1)
             assert y.dtype == dt and np.all(np.abs(y - ref) <= bound), (xs, ws, alg, dt)
+    # the fused epilogue's vector code (8 float32 lanes), through the blocked path's stores
+    from fastconv import _epilogue
+    xs, ws, kw = cases[0][:3]
+    for dt in (np.float32, np.float64):
+        x = rng.standard_normal(xs).astype(dt)
+        w = rng.standard_normal(ws).astype(dt)
+        ref = reference.conv2d(x, w, None, **kw)
+        r = rng.standard_normal(ref.shape).astype(dt)
+        for act in ("relu6", "silu", "gelu"):
+            y = fastconv.conv2d(x, w, algorithm="direct", activation=act, residual=r, **kw)
+            bound = error_bound("direct", x, w, activation=act, residual=r, **kw)
+            want = _epilogue.reference(ref + r, act)
+            assert np.all(np.abs(y - want) <= bound * (2 if dt == np.float64 else 1)), (act, dt)
     print("ok")
 """
 

@@ -48,7 +48,7 @@ LIPSCHITZ = {None: 1.0, "relu": 1.0, "relu6": 1.0, "silu": 1.0998, "gelu": 1.128
 
 #: Rounding error of evaluating the activation, in units ``u |v|`` of its
 #: argument ``v``: exact for the piecewise-linear ones; ``silu`` rounds in
-#: ``exp`` (the CPU kernels' own, within 3 ulp: :func:`fastconv.cpu.epilogue._exp`),
+#: ``exp`` (the CPU kernels' own, within 3 ulp: :func:`fastconv.cpu.epilogue._vexp`),
 #: the sum and the quotient; ``gelu`` in the scaling, ``erf`` (float32: Numerical
 #: Recipes' ``erfc``, fractional error below 1.2e-7 plus its evaluation's rounding;
 #: float64: the C library's), the sum and the two products; on the GPU, libdevice's

@@ -27,8 +27,8 @@ import numpy as np
 
 from .._config import JIT, PJIT
 from .._epilogue import CODES, RESIDUAL, Epilogue
-from .simd import (VECTOR_BYTES, pow2, sload, sstore, vadd, vclamp, vcount, vload, vload_masked,
-                   vsplat, vstore, vstore_masked)
+from .simd import (VECTOR_BYTES, sload, sstore, vadd, vclamp, vcount, vdiv, vfloor, vfma, vload,
+                   vload_masked, vmul, vpow2, vselect_lt, vsplat, vstore, vstore_masked, vsub)
 
 RELU, RELU6, SILU, GELU = CODES["relu"], CODES["relu6"], CODES["silu"], CODES["gelu"]
 
@@ -46,7 +46,7 @@ _LOG2E, _LN2HI, _LN2LO, _EXPLO, _EXPHI, _INF, _TAYLOR, _NR = 5, 6, 7, 8, 9, 10, 
 def constants(dtype) -> np.ndarray:
     """The activations' constants in ``dtype``, typed like the output.
 
-    ``[0, 6, 1/2, 1/sqrt(2), 1]``, then :func:`_exp`'s (``log2(e)``, ``ln 2``
+    ``[0, 6, 1/2, 1/sqrt(2), 1]``, then :func:`_vexp`'s (``log2(e)``, ``ln 2``
     split in two parts as in Cephes, the range bounds, ``inf``, ``1/n!`` for
     ``n = 2..13``) and Numerical Recipes' ``erfc`` coefficients.  One array per
     dtype, shared by every call; kernels only read it.  It stays flagged
@@ -69,46 +69,56 @@ def constants(dtype) -> np.ndarray:
 
 
 @numba.njit(inline="always", **JIT)
-def _exp(x, ep, f32):
-    """``exp(x)`` without a library call, so that loops of it vectorise.
+def _vexp(x, ep, f32):
+    """Lane-wise ``exp(x)`` of a vector, without a library call.
 
-    ``x = k ln 2 + r`` with ``|r| <= ln(2)/2`` (``ln 2`` in two parts, so ``r``
-    is exact to a few units in the last place), ``exp(r)`` by its Taylor
-    polynomial (degree 7 in float32, 13 in float64: truncation below ``u/10``),
-    scaled by ``2**k`` from the exponent bits.  Within 3 ulp of ``exp``; 0 below
-    ``-87`` (float32) / ``-708`` (float64), ``inf`` above ``88`` / ``709`` (the
-    range where ``2**k`` is a normal number), NaN for NaN.  ``f32``: the
-    dtype is float32 (a constant after inlining).
+    ``x = k ln 2 + r`` with ``|r| <= ln(2)/2`` (``ln 2`` in two parts, as in
+    Cephes, so ``r`` is exact to a few units in the last place), ``exp(r)`` by
+    its Taylor polynomial in fused multiply-adds (degree 7 in float32, 13 in
+    float64: truncation below ``u/10``), scaled by ``2**k`` from the exponent
+    bits.  Within 3 ulp of ``exp``; 0 below ``-87`` (float32) / ``-708``
+    (float64), ``inf`` above ``88`` / ``709`` (the range where ``2**k`` is a
+    normal number), NaN for NaN.  ``f32``: the dtype is float32 (a constant).
     """
-    lo, hi = ep[_EXPLO], ep[_EXPHI]
-    xc = lo if x < lo else (hi if x > hi else x)
-    k = np.floor(xc * ep[_LOG2E] + ep[2])
-    r = (xc - k * ep[_LN2HI]) - k * ep[_LN2LO]
-    if f32:
-        p = ep[_TAYLOR + 5]
-        for n in range(4, -1, -1):
-            p = p * r + ep[_TAYLOR + n]
-    else:
-        p = ep[_TAYLOR + 11]
-        for n in range(10, -1, -1):
-            p = p * r + ep[_TAYLOR + n]
-    p = (p * r + ep[4]) * r + ep[4]
-    y = p * pow2(k)
-    return ep[_INF] if x > hi else (ep[0] if x < lo else y)
+    lo = vsplat(ep[_EXPLO], ep)
+    hi = vsplat(ep[_EXPHI], ep)
+    xc = vclamp(x, lo, hi, True)
+    k = vfloor(vfma(xc, vsplat(ep[_LOG2E], ep), vsplat(ep[2], ep)))
+    r = vsub(vsub(xc, vmul(k, vsplat(ep[_LN2HI], ep))), vmul(k, vsplat(ep[_LN2LO], ep)))
+    top = 5 if f32 else 11
+    p = vsplat(ep[_TAYLOR + top], ep)
+    for n in range(top - 1, -1, -1):
+        p = vfma(p, r, vsplat(ep[_TAYLOR + n], ep))
+    one = vsplat(ep[4], ep)
+    p = vfma(vfma(p, r, one), r, one)
+    y = vmul(p, vpow2(k))
+    y = vselect_lt(hi, x, vsplat(ep[_INF], ep), y)
+    return vselect_lt(x, lo, vsplat(ep[0], ep), y)
 
 
 @numba.njit(inline="always", **JIT)
-def _one_plus_erf(w, ep):
-    """``1 + erf(w)`` in float32 from Numerical Recipes' ``erfc`` (fractional error below
-    1.2e-7, about 2 ulp, plus the float32 rounding of its evaluation): ``2 - erfc(w)``
-    for ``w >= 0``, ``erfc(-w)`` below, so no cancellation for negative ``w``."""
-    z = -w if w < ep[0] else w
-    t = ep[4] / (ep[4] + ep[2] * z)
-    q = ep[_NR + 9]
+def _vone_plus_erf(w, ep):
+    """Lane-wise ``1 + erf(w)`` (float32) from Numerical Recipes' ``erfc`` (fractional
+    error below 1.2e-7, about 2 ulp, plus the rounding of its evaluation):
+    ``2 - erfc(w)`` for ``w >= 0``, ``erfc(-w)`` below, so no cancellation for
+    negative ``w``."""
+    zero = vsplat(ep[0], ep)
+    one = vsplat(ep[4], ep)
+    z = vselect_lt(w, zero, vsub(zero, w), w)
+    t = vdiv(one, vfma(vsplat(ep[2], ep), z, one))
+    q = vsplat(ep[_NR + 9], ep)
     for n in range(8, -1, -1):
-        q = q * t + ep[_NR + n]
-    ans = t * _exp(q - z * z, ep, True)
-    return ans if w < ep[0] else (ep[4] + ep[4]) - ans
+        q = vfma(q, t, vsplat(ep[_NR + n], ep))
+    ans = vmul(t, _vexp(vsub(q, vmul(z, z)), ep, True))
+    return vselect_lt(w, zero, ans, vsub(vadd(one, one), ans))
+
+
+@numba.njit(inline="always", **JIT)
+def _vact(v, ep, act, f32):
+    """silu or (float32) gelu of a vector."""
+    if act == SILU:
+        return vdiv(v, vadd(vsplat(ep[4], ep), _vexp(vsub(vsplat(ep[0], ep), v), ep, f32)))
+    return vmul(vmul(vsplat(ep[2], ep), v), _vone_plus_erf(vmul(v, vsplat(ep[3], ep)), ep))
 
 
 def args(epi: Epilogue, y_flat_offset: int = 0, size: int = -1, dtype=np.float32):
@@ -134,9 +144,9 @@ def finish(yf, rf, ep, mode, i0, i1):
     target (:func:`~fastconv.cpu.simd.vclamp`: compare and select, so NaN stays
     NaN), the last partial vector masked: the spans the kernels hand over are
     short (a tile's row), where a compiler-vectorised loop would spend most
-    of its time in its set-up and scalar remainder.  silu and gelu are plain
-    loops that LLVM vectorises: :func:`_exp` and, in float32, :func:`_one_plus_erf`
-    have no library calls (float64 gelu calls ``erf``).
+    of its time in its set-up and scalar remainder.  silu and gelu too, with
+    :func:`_vexp` and, in float32, :func:`_vone_plus_erf` (no library calls);
+    float64 gelu calls ``erf`` element by element.
     """
     if mode == 0:
         return
@@ -165,21 +175,25 @@ def finish(yf, rf, ep, mode, i0, i1):
                 v = vclamp(v, lo, hi, upper)
             vstore_masked(yf, i, v, i1 - i)
         return
-    half, rsqrt2, one = ep[2], ep[3], ep[4]
     f32 = vcount(yf) * 4 == VECTOR_BYTES  # a compile-time constant
-    if act == SILU:
+    if act == GELU and not f32:  # float64 gelu: the C library's erf, element by element
         for i in range(i0, i1):
             v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
-            sstore(yf, i, v / (one + _exp(-v, ep, f32)))
-    elif act == GELU:
-        if f32:
-            for i in range(i0, i1):
-                v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
-                sstore(yf, i, half * v * _one_plus_erf(v * rsqrt2, ep))
-        else:
-            for i in range(i0, i1):
-                v = sload(yf, i) + sload(rf, i) if res else sload(yf, i)
-                sstore(yf, i, half * v * (one + math.erf(v * rsqrt2)))
+            sstore(yf, i, ep[2] * v * (ep[4] + math.erf(v * ep[3])))
+        return
+    V = vcount(yf)
+    i = i0
+    while i + V <= i1:
+        v = vload(yf, i)
+        if res:
+            v = vadd(v, vload(rf, i))
+        vstore(yf, i, _vact(v, ep, act, f32))
+        i += V
+    if i < i1:
+        v = vload_masked(yf, i, i1 - i)
+        if res:
+            v = vadd(v, vload_masked(rf, i, i1 - i))
+        vstore_masked(yf, i, _vact(v, ep, act, f32), i1 - i)
 
 
 @numba.njit(inline="always", **JIT)

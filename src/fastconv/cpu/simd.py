@@ -400,6 +400,52 @@ def _lanewise(op: str, symbol: str):
 vadd = _lanewise("fadd", "+")
 vsub = _lanewise("fsub", "-")
 vmul = _lanewise("fmul", "*")
+vdiv = _lanewise("fdiv", "/")
+
+
+@intrinsic
+def vfloor(typingctx, v):
+    """Lane-wise ``floor(v)`` (``llvm.floor``: one instruction, no library call)."""
+    if not isinstance(v, SimdVector):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = args[0].type
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]),
+                                            f"llvm.floor.{_vname(vt)}")
+        return builder.call(fn, [args[0]])
+
+    return v(v), codegen
+
+
+@intrinsic
+def vselect_lt(typingctx, a, b, x, y):
+    """Lane-wise ``x if a < b else y`` (an ordered compare: false where either is NaN)."""
+    if not (isinstance(a, SimdVector) and a == b == x == y):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered("<", args[0], args[1]), args[2], args[3])
+
+    return a(a, b, x, y), codegen
+
+
+@intrinsic
+def vpow2(typingctx, k):
+    """Lane-wise ``2 ** k`` for integer-valued lanes in the normal range (-126..127 for
+    float32, -1022..1023 for float64), built from the exponent bits."""
+    if not isinstance(k, SimdVector):
+        return None
+    bits, mant, bias = (32, 23, 127) if k.dtype.bitwidth == 32 else (64, 52, 1023)
+
+    def codegen(context, builder, sig, args):
+        it = ir.VectorType(ir.IntType(bits), k.count)
+        ki = builder.fptosi(args[0], it)
+        e = builder.shl(builder.add(ki, ir.Constant(it, [bias] * k.count)),
+                        ir.Constant(it, [mant] * k.count))
+        return builder.bitcast(e, args[0].type)
+
+    return k(k), codegen
 
 
 @intrinsic
@@ -576,20 +622,3 @@ def sstore(typingctx, arr, idx, v):
 
     return types.void(arr, idx, v), codegen
 
-
-@intrinsic
-def pow2(typingctx, k):
-    """``2 ** k`` for an integer-valued float ``k`` in the normal range (-126..127 for
-    float32, -1022..1023 for float64), built from its exponent bits (no library call,
-    so loops of it vectorise)."""
-    if not isinstance(k, types.Float):
-        return None
-    bits, mant, bias = (32, 23, 127) if k.bitwidth == 32 else (64, 52, 1023)
-
-    def codegen(context, builder, sig, args):
-        it = ir.IntType(bits)
-        ki = builder.fptosi(args[0], it)
-        e = builder.shl(builder.add(ki, ir.Constant(it, bias)), ir.Constant(it, mant))
-        return builder.bitcast(e, args[0].type)
-
-    return k(k), codegen
