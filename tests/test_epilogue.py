@@ -67,8 +67,10 @@ def test_every_algorithm_within_bound(rng, alg, act):
         assert np.array_equal(y, _unfused(y0, r, act))
 
 
-@pytest.mark.parametrize("path", ["blocked", "pointwise", "channels", "width", "simple"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("path, dtype", [
+    ("blocked", np.float32), ("blocked", np.float64), ("pointwise", np.float32),
+    ("channels", np.float32), ("width", np.float32), ("simple", np.float32),
+    ("simple", np.float64)])
 def test_direct_paths(rng, path, dtype):
     # The fused paths (blocked, pointwise, channels) and those applied after (width, simple).
     from fastconv.cpu import direct
@@ -137,11 +139,11 @@ def test_layouts_and_out(rng, layout, batched):
 
 
 def test_residual_of_other_dtype_and_strides(rng):
-    x = rng.standard_normal((1, 4, 7, 7)).astype(np.float32)
-    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
-    r64 = rng.standard_normal((1, 7, 7, 6)).transpose(0, 3, 1, 2)  # float64, not contiguous
-    y = fastconv.conv2d(x, w, padding=1, residual=r64, activation="relu")
-    y0 = fastconv.conv2d(x, w, padding=1)
+    x = rng.standard_normal((1, 32, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((20, 32, 3, 3)).astype(np.float32)
+    r64 = rng.standard_normal((1, 7, 7, 20)).transpose(0, 3, 1, 2)  # float64, not contiguous
+    y = fastconv.conv2d(x, w, padding=1, residual=r64, activation="relu", algorithm="direct")
+    y0 = fastconv.conv2d(x, w, padding=1, algorithm="direct")
     assert y.dtype == np.float32
     assert np.array_equal(y, _unfused(y0, r64.astype(np.float32), "relu"))
 
@@ -185,11 +187,11 @@ def test_bad_arguments_name_them(rng):
 
 
 def test_plan_epilogue(rng):
-    x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
-    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(8).astype(np.float32)
+    x = rng.standard_normal((2, 32, 10, 9)).astype(np.float32)
+    w = rng.standard_normal((20, 32, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
     conv = fastconv.plan(w, b, x_shape=x.shape, padding=1, activation="relu")
-    r = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    r = rng.standard_normal((2, 20, 10, 9)).astype(np.float32)
     want = fastconv.conv2d(x, w, b, padding=1, algorithm=conv.algorithm, activation="relu",
                            residual=r)
     np.testing.assert_array_equal(conv(x, residual=r), want)
