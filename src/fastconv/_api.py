@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _config
+from . import _config, _half
 from ._aligned import empty_aligned
 from ._dispatch import check_out, resolve
 from ._epilogue import NONE, Epilogue, parse_epilogue
@@ -14,7 +14,7 @@ from ._placement import is_device_array as _is_device_array
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
            layout="NCHW", algorithm="auto", out=None, connections=None, activation=None,
-           residual=None):
+           residual=None, out_dtype=None):
     """2-D multi-channel convolution (cross-correlation), as in PyTorch and JAX.
 
     Output map ``k`` is ``bias[k]`` plus the sum, over the input maps ``c``
@@ -25,7 +25,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     ----------
     x : array_like, shape (N, C, H, W) or (N, H, W, C)
         Input maps; 3-D ``(C, H, W)`` (or ``(H, W, C)``) is one unbatched
-        image and gives a 3-D result.  float32 or float64, any strides.
+        image and gives a 3-D result.  float32 or float64, any strides;
+        float16 and bfloat16 (``ml_dtypes.bfloat16``) are computed in
+        float32 (see ``out_dtype``).
         CUDA arrays (``__cuda_array_interface__`` or DLPack on a GPU) run on
         the GPU and return the same kind of array.
     w : array_like, shape (K, C/groups, R, S)
@@ -72,11 +74,17 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         Added to ``conv + bias`` before the activation: float, exactly the
         result's shape (layout and rank), converted to the result's dtype.
         It may be ``out`` itself (``out += conv``, then the activation).
+    out_dtype : numpy dtype, optional
+        For 16-bit inputs, ``numpy.float32`` returns the float32 result instead
+        of rounding it to the inputs' 16-bit dtype (the default); otherwise
+        only the result's own dtype is accepted.  16-bit arrays are widened to
+        float32 exactly and the float32 kernels run; the result's error is the
+        float32 bound plus its rounding to 16 bits (:mod:`fastconv._half`).
 
     Returns
     -------
     y : numpy.ndarray, shape (N, K, P, Q) or (N, P, Q, K)
-        dtype ``np.result_type(x, w, bias)``, with
+        dtype ``np.result_type(x, w, bias)`` (``out_dtype`` when given), with
         ``P = (H + pad_top + pad_bottom - dilation_h * (R - 1) - 1) // stride_h + 1``
         and likewise Q.
 
@@ -119,6 +127,11 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                            groups=groups, layout=layout, algorithm=algorithm, out=out,
                            connections=connections, activation=activation, residual=residual)
 
+    if out_dtype is not None or _half.any_half(x, w, bias, residual):
+        return _conv2d_16(x, w, bias, residual, out, out_dtype, dict(
+            stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
+            algorithm=algorithm, connections=connections, activation=activation))
+
     x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, layout=layout)
     epi = parse_epilogue(activation, residual, p)
@@ -129,6 +142,32 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         w = np.where(mask[:, :, None, None], w, np.zeros((), dtype=w.dtype))
     alg = resolve(algorithm, p, "cpu")
     return execute(alg, x, w, b, p, out, epi)
+
+
+def _conv2d_16(x, w, bias, residual, out, out_dtype, kw):
+    """:func:`conv2d` with 16-bit arrays among its inputs, or with ``out_dtype`` (:mod:`fastconv._half`)."""
+    named = dict(x=x, w=w, bias=bias, residual=residual)
+    compute, result = _half.storage_dtype(named, out_dtype)
+    wide = {n: (_half.widen(a, compute) if a is not None and _half.any_half(np.asarray(a)) else a)
+            for n, a in named.items() if n != "w"}
+    wide["w"] = _half.widen_weights(w, compute) if _half.any_half(np.asarray(w)) else w
+    if out is not None:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        if out.dtype != result:
+            raise ValueError(f"out must have dtype {result.name}, got {out.dtype.name}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable, got a read-only array")
+    if result == compute:
+        return conv2d(wide["x"], wide["w"], wide["bias"], residual=wide["residual"], out=out, **kw)
+    y = conv2d(wide["x"], wide["w"], wide["bias"], residual=wide["residual"], **kw)
+    if out is not None and out.shape != y.shape:
+        raise ValueError(f"out must have shape {y.shape}, got {out.shape}")
+    y = _half.narrow(y, result)  # to nearest, ties to even; float16 overflows to inf
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 def _kernel_array(a: np.ndarray, dtype) -> np.ndarray:

@@ -454,7 +454,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
     Notes
     -----
-    NCHW only, as PyTorch's convolution; float32/float64 CPU or CUDA tensors.
+    NCHW only, as PyTorch's convolution; float32/float64 CPU or CUDA tensors,
+    and bfloat16/float16 ones, computed in float32 (their casts are part of
+    the autograd graph).
     Works under :func:`torch.compile` (``fullgraph=True``): the call is one
     opaque ``fastconv::conv2d`` node.  Eager CPU calls run the same
     computation without the operator's dispatch (``_EagerConv2d``).
@@ -467,6 +469,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     activation.  Under :func:`torch.compile` the epilogue is PyTorch's
     operations after the ``fastconv::conv2d`` node.
     """
+    if isinstance(input, Tensor) and input.dtype in _HALVES:
+        return _conv2d_half(input, weight, bias, stride, padding, dilation, groups, algorithm,
+                            activation, residual)
     _check_tensors(input, weight, bias, "conv2d")
     _check_algorithm(algorithm)
     activation = _check_activation(activation)
@@ -499,6 +504,26 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     else:
         y = torch.ops.fastconv.conv2d(*args)
     return y if batched else y.squeeze(0)
+
+
+_HALVES = (torch.bfloat16, torch.float16)
+
+
+def _conv2d_half(x, w, bias, stride, padding, dilation, groups, algorithm, activation, residual):
+    """:func:`conv2d` of bfloat16 / float16 tensors: widened to float32 (exactly), the float32
+    kernels, the result rounded back; the casts are part of the autograd graph, so the
+    gradients are float32 sums rounded to the tensors' dtype, as PyTorch's CPU kernels do."""
+    for name, t in (("weight", w), ("bias", bias), ("residual", residual)):
+        if t is not None and (not isinstance(t, Tensor) or t.dtype != x.dtype):
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"conv2d: input is {x.dtype}, so {name} must be too; got {got}")
+
+    def wide(t):
+        return None if t is None else t.float()
+
+    y = conv2d(x.float(), w.float(), wide(bias), stride, padding, dilation, groups,
+               algorithm=algorithm, activation=activation, residual=wide(residual))
+    return y.to(x.dtype)
 
 
 _TORCH_ACT = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
