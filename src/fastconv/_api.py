@@ -123,6 +123,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     if (_is_device_array(x) or _is_device_array(w) or (bias is not None and _is_device_array(bias))
             or (residual is not None and _is_device_array(residual))):
         from .cuda import conv2d as cuda_conv2d
+        if out_dtype is not None:
+            raise ValueError("out_dtype applies to 16-bit host arrays; CUDA arrays (float32 or "
+                             "float64) give a result of their own dtype: pass out_dtype=None")
         return cuda_conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                            groups=groups, layout=layout, algorithm=algorithm, out=out,
                            connections=connections, activation=activation, residual=residual)
