@@ -134,3 +134,18 @@ def test_conversions_match_numpy_and_ml_dtypes_bitwise(rng, dtype):
     assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
     wide = convert16.widen(want[::3])  # a strided 16-bit view
     np.testing.assert_array_equal(wide, want[::3].astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=lambda d: d.name)
+def test_accuracy_error_bound_of_16_bit_calls(rng, dtype):
+    from fastconv import _epilogue
+
+    x, w, b = _arrays(rng, dtype, (1, 6, 8, 8), (5, 6, 3, 3))
+    r = rng.standard_normal((1, 5, 8, 8)).astype(dtype)
+    y = fastconv.conv2d(x, w, b, padding=1, activation="silu", residual=r)
+    bound = accuracy.error_bound("direct", x, w, b, padding=1, activation="silu", residual=r)
+    z = reference.conv2d(*(a.astype(np.float64) for a in (x, w, b)), padding=1) + r
+    assert (np.abs(y.astype(np.float64) - _epilogue.reference(z, "silu")) <= bound).all()
+    bound32 = accuracy.error_bound("direct", *(a.astype(np.float32) for a in (x, w, b)),
+                                   padding=1, activation="silu", residual=r.astype(np.float32))
+    assert (bound > bound32).all()  # the rounding to 16 bits is part of it

@@ -37,12 +37,18 @@ convolution's bound by the activation's largest slope ``L``::
 
 with ``L`` = 1 (relu, relu6), 1.0998 (silu), 1.1289 (gelu) and ``c`` = 0, 0,
 6, 8 (:func:`fastconv._epilogue.error_bound`).
+
+16-bit inputs (float16, bfloat16) are computed in float32 on their exact float32
+values and rounded back (:mod:`fastconv._half`)::
+
+    |dy| <= bound32 + u16 (|y| + bound32),   u16 = 2**-11 (float16), 2**-8 (bfloat16)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import reference
 from ._params import ConvParams, parse_arrays
 from .winograd_math import transform_matrices
 
@@ -61,8 +67,6 @@ def _nchw64(x, p: ConvParams) -> np.ndarray:
 
 def _abs_conv(x64, w, b, p: ConvParams) -> np.ndarray:
     """``|x| (*) |w| + |b|`` in float64, NCHW."""
-    from . import reference
-
     return reference.conv2d(np.abs(x64), np.abs(np.asarray(w, np.float64)),
                             None if b is None else np.abs(np.asarray(b, np.float64)),
                             stride=p.stride, padding=(p.padding[:2], p.padding[2:]),
@@ -95,12 +99,34 @@ def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilatio
     ``algorithm`` is a concrete name: "direct", "im2col", "winograd_f2x2_3x3",
     "winograd_f4x4_3x3" (CUDA kernels obey the same bounds) or "fft" (the
     tiling this process would use for the call).  With ``activation`` or
-    ``residual``, the bound of the fused call (module docstring).
+    ``residual``, the bound of the fused call; with float16 or bfloat16 arrays,
+    that of the float32 computation plus the rounding to 16 bits (module docstring).
     """
+    from . import _half
+
+    if _half.any_half(x, w, bias, residual):
+        # the float32 (or float64) computation on the widened arrays, then the rounding
+        compute, result = _half.storage_dtype(dict(x=x, w=w, bias=bias, residual=residual), None)
+        wide = [None if a is None else np.asarray(a, dtype=compute) for a in (x, w, bias, residual)]
+        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout)
+        inner = error_bound(algorithm, wide[0], wide[1], wide[2], activation=activation,
+                            residual=wide[3], **kw)
+        if result == compute:
+            return inner
+        from ._epilogue import reference as act_reference
+
+        xp = parse_arrays(wide[0], wide[1], wide[2], **kw)[3]
+        y = reference.conv2d(_nchw64(wide[0], xp), np.asarray(wide[1], np.float64),
+                             None if bias is None else np.asarray(wide[2], np.float64),
+                             stride=xp.stride, padding=(xp.padding[:2], xp.padding[2:]),
+                             dilation=xp.dilation, groups=xp.groups)
+        if residual is not None:
+            r = wide[3] if xp.batched else wide[3][None]
+            y = y + (r.transpose(0, 3, 1, 2) if xp.layout == "NHWC" else r)
+        return _half.error_bound(inner, act_reference(y, activation), result)
     x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, layout=layout)
     if activation is not None or residual is not None:
-        from . import reference
         from ._epilogue import error_bound as epilogue_bound, parse_epilogue
 
         epi = parse_epilogue(activation, residual, p)
