@@ -95,8 +95,10 @@ def test_auto_method_switch(cpu_settings):
 @pytest.mark.parametrize("layer", random_layers()[1:64:8], ids=lambda l: l.name)
 def test_auto_by_the_model_computes_the_convolution(cpu_settings, layer):
     cpu_settings.auto_method = "model"
+    # fewer channels (the float64 reference runs one scipy correlation per channel pair)
     small = Layer(layer.name, min(layer.N, 2), min(layer.C, 64) // layer.groups * layer.groups
-                  or layer.groups, layer.H, layer.W, layer.K, layer.R, layer.S,
+                  or layer.groups, layer.H, layer.W,
+                  min(layer.K, 48) // layer.groups * layer.groups or layer.groups, layer.R, layer.S,
                   stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
                   groups=layer.groups)
     x, w, b = small.arrays(np.float64)
