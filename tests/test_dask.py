@@ -300,3 +300,24 @@ def test_tile_arithmetic_one_axis(length, stride, R, dilation, data):
     tiles = [corr(x[a:min(a + c + halo, length)]) for a, c in zip(starts, chunks)]
     assert [len(t) for t in tiles] == list(out)
     np.testing.assert_allclose(np.concatenate(tiles), corr(x), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("tiling", [False, (7, 5)], ids=["whole-images", "tiles"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_fused_epilogue_per_block(tiling, layout):
+    rng = np.random.default_rng(5)
+    x = _layout(rng.standard_normal((4, 3, 20, 18)), layout)
+    w = rng.standard_normal((5, 3, 3, 3))
+    r = _layout(rng.standard_normal((4, 5, 20, 18)), layout)
+    kw = dict(padding=1, layout=layout, activation="silu")
+    xd = da.from_array(x, chunks=_chunks(layout, 2, 3, 10, 9))
+    rd = da.from_array(r, chunks=_chunks(layout, 1, 5, 20, 18))  # rechunked like the result
+    y = fd.conv2d(xd, w, residual=rd, spatial_tiling=tiling, **kw)
+    np.testing.assert_allclose(y.compute(), fastconv.conv2d(x, w, residual=r, **kw), **TOL64)
+    y1 = fd.conv2d(da.from_array(x[0]), w, residual=r[0], **kw)  # unbatched, NumPy residual
+    np.testing.assert_allclose(y1.compute(), fastconv.conv2d(x[0], w, residual=r[0], **kw),
+                               **TOL64)
+    with pytest.raises(ValueError, match="residual"):
+        fd.conv2d(xd, w, residual=r[:2], **kw)
+    with pytest.raises(ValueError, match="activation"):
+        fd.conv2d(xd, w, padding=1, layout=layout, activation="tanh")

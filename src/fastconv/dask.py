@@ -40,13 +40,15 @@ def _writeable(a):
     return a if a is None or a.flags.writeable else np.array(a)
 
 
-def _conv_block(xb, w, b, *, stride, padding, dilation, groups, layout, algorithm, numba_threads):
-    """One block: a plain in-memory fastconv call (module level so it pickles)."""
+def _conv_block(xb, w, b, rb=None, *, stride, padding, dilation, groups, layout, algorithm,
+                numba_threads, activation=None):
+    """One block: a plain in-memory fastconv call (module level so it pickles); ``rb`` is the
+    residual's block of the same output pixels."""
     from . import _api
 
     args = (_writeable(xb), _writeable(w), _writeable(b))
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
-              algorithm=algorithm)
+              algorithm=algorithm, activation=activation, residual=rb)
     if numba_threads is None:
         return _api.conv2d(*args, **kw)
     import numba
@@ -115,7 +117,8 @@ def _tiling_bounds(spatial_tiling, x, axes, strides, padded):
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-           algorithm="auto", spatial_tiling=None, numba_threads=None):
+           algorithm="auto", spatial_tiling=None, numba_threads=None, activation=None,
+           residual=None):
     """2-D convolution (cross-correlation) of a Dask array, block by block with fastconv.
 
     Builds a lazy graph; nothing runs until ``.compute()`` (on the threaded
@@ -137,8 +140,12 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
         depends on, so a distributed scheduler ships them to each worker
         once rather than once per task.
     bias : array_like, shape (K,), optional
-    stride, padding, dilation, groups, layout, algorithm
+    stride, padding, dilation, groups, layout, algorithm, activation
         As in :func:`fastconv.conv2d`.
+    residual : array_like or dask.array.Array, optional
+        Added before the activation, as in :func:`fastconv.conv2d` (the
+        result's shape); rechunked like the result, so each block task gets
+        the residual of its own output pixels and fuses the epilogue.
     spatial_tiling : None, bool, int or (int, int)
         How the H and W axes are cut.
 
@@ -226,9 +233,11 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     dtype = np.result_type(*(a.dtype for a in (x, w, b) if a is not None))
 
     if x.ndim == 3:
+        r = None if residual is None else (residual[None] if isinstance(residual, da.Array)
+                                            else np.asarray(residual)[None])
         y = conv2d(x[None], w, bias, stride=stride, padding=padding, dilation=dilation,
                    groups=groups, layout=layout, algorithm=algorithm, spatial_tiling=spatial_tiling,
-                   numba_threads=numba_threads)
+                   numba_threads=numba_threads, activation=activation, residual=r)
         return y[0]
     if x.ndim != 4:
         # normalize gives the same message as the in-memory call
@@ -251,6 +260,19 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
                   check_memory=not spatial_tiling)
     from ._dispatch import resolve
     resolve(algorithm, p, "cpu")  # a named algorithm that cannot run fails now, not in a worker
+    from ._epilogue import check_activation
+
+    activation = check_activation(activation)
+    if residual is not None:
+        if not isinstance(residual, da.Array):
+            residual = da.asarray(as_float_array(residual, "residual"))
+        if np.dtype(residual.dtype) not in FLOAT_DTYPES:
+            raise TypeError(f"residual must have dtype float32 or float64, got {residual.dtype}")
+        want = list(p.output_shape)
+        want[0] = x.shape[0]
+        if tuple(residual.shape) != tuple(want):
+            raise ValueError(f"residual must have the result's shape {tuple(want)}, got "
+                             f"{tuple(residual.shape)}")
 
     if numba_threads is not None:
         if not isinstance(numba_threads, numbers.Integral) or isinstance(numba_threads, bool):
@@ -273,7 +295,15 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     bd = None if b is None else dask.delayed(np.ascontiguousarray(b), pure=True)
     meta = np.empty((0, 0, 0, 0), dtype=dtype)
     common = dict(stride=p.stride, dilation=p.dilation, groups=p.groups, layout=layout,
-                  algorithm=algorithm, numba_threads=numba_threads)
+                  algorithm=algorithm, numba_threads=numba_threads, activation=activation)
+
+    def blocks(xs, chunks):
+        """The arrays map_blocks pairs block by block: the input tiles and, rechunked to the
+        result's chunks (the same block grid), the residual.  map_blocks matches blocks by
+        index (it does not align chunks), so both chunkings stay."""
+        if residual is None:
+            return (xs, wd, bd)
+        return (xs, wd, bd, residual.rechunk(chunks))
 
     def out_chunks(pq_chunks):
         k = (p.K,)
@@ -284,8 +314,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
     if not tile:
         xs = x.rechunk({c_axis: -1, h_axis: -1, w_axis: -1})
         pt, pb, pl, pr = p.padding
-        return da.map_blocks(_conv_block, xs, wd, bd, padding=((pt, pb), (pl, pr)),
-                             chunks=out_chunks(((p.P,), (p.Q,))), dtype=dtype, meta=meta, **common)
+        chunks = out_chunks(((p.P,), (p.Q,)))
+        return da.map_blocks(_conv_block, *blocks(xs, chunks), padding=((pt, pb), (pl, pr)),
+                             chunks=chunks, dtype=dtype, meta=meta, **common)
 
     pt, pb, pl, pr = p.padding
     bounds = _tiling_bounds(spatial_tiling, x, (h_axis, w_axis), p.stride, p.padded_hw)
@@ -311,5 +342,6 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, layout
              w_axis: (0, max(reach[1] - p.stride[1], 0))}
     xo = da.overlap.overlap(xp, depth=depth, boundary="none", allow_rechunk=False)
     pq = (_out_chunks(hc, p.P, p.stride[0]), _out_chunks(wc, p.Q, p.stride[1]))
-    return da.map_blocks(_conv_block, xo, wd, bd, padding=0, chunks=out_chunks(pq),
-                         dtype=dtype, meta=meta, **common)
+    chunks = out_chunks(pq)
+    return da.map_blocks(_conv_block, *blocks(xo, chunks), padding=0, chunks=chunks, dtype=dtype,
+                         meta=meta, **common)
