@@ -149,11 +149,11 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
 def _conv2d_16(x, w, bias, residual, out, out_dtype, kw):
     """:func:`conv2d` with 16-bit arrays among its inputs, or with ``out_dtype`` (:mod:`fastconv._half`)."""
-    named = dict(x=x, w=w, bias=bias, residual=residual)
-    compute, result = _half.storage_dtype(named, out_dtype)
-    wide = {n: (_half.widen(a, compute) if a is not None and _half.any_half(np.asarray(a)) else a)
-            for n, a in named.items() if n != "w"}
-    wide["w"] = _half.widen_weights(w, compute) if _half.any_half(np.asarray(w)) else w
+    compute, result = _half.storage_dtype(dict(x=x, w=w, bias=bias, residual=residual), out_dtype)
+    # 16-bit arrays widened (the weights through the weight cache); the others as they are
+    wide = {n: _half.widen(a, compute) if _half.any_half(a) else a
+            for n, a in dict(x=x, bias=bias, residual=residual).items()}
+    wide["w"] = _half.widen_weights(w, compute) if _half.any_half(w) else w
     if out is not None:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")

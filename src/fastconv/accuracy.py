@@ -65,12 +65,28 @@ def _nchw64(x, p: ConvParams) -> np.ndarray:
     return np.asarray(xx, dtype=np.float64)
 
 
-def _abs_conv(x64, w, b, p: ConvParams) -> np.ndarray:
-    """``|x| (*) |w| + |b|`` in float64, NCHW."""
-    return reference.conv2d(np.abs(x64), np.abs(np.asarray(w, np.float64)),
-                            None if b is None else np.abs(np.asarray(b, np.float64)),
+def _ref64(x64, w, b, p: ConvParams) -> np.ndarray:
+    """The float64 reference convolution of the call ``p`` (NCHW, batched)."""
+    return reference.conv2d(x64, np.asarray(w, np.float64),
+                            None if b is None else np.asarray(b, np.float64),
                             stride=p.stride, padding=(p.padding[:2], p.padding[2:]),
                             dilation=p.dilation, groups=p.groups)
+
+
+def _abs_conv(x64, w, b, p: ConvParams) -> np.ndarray:
+    """``|x| (*) |w| + |b|`` in float64, NCHW."""
+    return _ref64(np.abs(x64), np.abs(np.asarray(w, np.float64)),
+                  None if b is None else np.abs(np.asarray(b, np.float64)), p)
+
+
+def _exact(x, w, b, p: ConvParams, residual) -> np.ndarray:
+    """``conv + b + residual`` in float64, NCHW (``residual`` in the call's layout and rank)."""
+    z = _ref64(_nchw64(x, p), w, b, p)
+    if residual is not None:
+        r = np.asarray(residual, np.float64)
+        r = r if p.batched else r[None]
+        z = z + (r.transpose(0, 3, 1, 2) if p.layout == "NHWC" else r)
+    return z
 
 
 def _winograd_abs(x64, w, p: ConvParams, m: int) -> np.ndarray:
@@ -115,15 +131,9 @@ def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilatio
             return inner
         from ._epilogue import reference as act_reference
 
-        xp = parse_arrays(wide[0], wide[1], wide[2], **kw)[3]
-        y = reference.conv2d(_nchw64(wide[0], xp), np.asarray(wide[1], np.float64),
-                             None if bias is None else np.asarray(wide[2], np.float64),
-                             stride=xp.stride, padding=(xp.padding[:2], xp.padding[2:]),
-                             dilation=xp.dilation, groups=xp.groups)
-        if residual is not None:
-            r = wide[3] if xp.batched else wide[3][None]
-            y = y + (r.transpose(0, 3, 1, 2) if xp.layout == "NHWC" else r)
-        return _half.error_bound(inner, act_reference(y, activation), result)
+        pw = parse_arrays(wide[0], wide[1], wide[2], **kw)[3]
+        y = act_reference(_exact(wide[0], wide[1], wide[2], pw, wide[3]), activation)
+        return _half.error_bound(inner, y, result)
     x, w, b, p = parse_arrays(x, w, bias, stride=stride, padding=padding, dilation=dilation,
                               groups=groups, layout=layout)
     if activation is not None or residual is not None:
@@ -132,13 +142,7 @@ def error_bound(algorithm: str, x, w, bias=None, *, stride=1, padding=0, dilatio
         epi = parse_epilogue(activation, residual, p)
         conv = error_bound(algorithm, x, w, bias, stride=stride, padding=padding,
                            dilation=dilation, groups=groups, layout=layout)
-        z = reference.conv2d(_nchw64(x, p), np.asarray(w, np.float64),
-                             None if b is None else np.asarray(b, np.float64), stride=p.stride,
-                             padding=(p.padding[:2], p.padding[2:]), dilation=p.dilation,
-                             groups=p.groups)
-        if epi.residual is not None:
-            r = epi.residual if p.batched else epi.residual[None]
-            z = z + (r.transpose(0, 3, 1, 2) if p.layout == "NHWC" else r)
+        z = _exact(x, w, b, p, epi.residual)
         return epilogue_bound(conv, z, epi.activation, p.dtype)
     dtype = p.dtype
     x64 = _nchw64(x, p)

@@ -152,7 +152,7 @@ def finish(yf, rf, ep, mode, i0, i1):
         return
     res = (mode & RESIDUAL) != 0
     act = mode & 7
-    if act <= RELU6:
+    if act == 0 or act == RELU or act == RELU6:
         V = vcount(yf)
         lo = vsplat(ep[0], yf)
         hi = vsplat(ep[1], yf)
